@@ -1,0 +1,29 @@
+// pyquant._C: thin pybind11 bindings over the C++ API in csrc/include/pyquant/.
+// Each op's bindings live in csrc/bind_<op>.cpp; this file only assembles the module.
+#include "bind_common.h"
+#ifdef PYQUANT_WITH_CUDA
+#include "pyquant/cuda_api.h"
+#endif
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyquant native kernels (CPU C++, optional CUDA)";
+  m.def("cpu_isa", &pyquant::cpu_isa, "ISA the CPU kernels dispatch to here: avx512, avx2 or scalar");
+  m.def("built_with_cuda", []() {
+#ifdef PYQUANT_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("cuda_device_count", []() {
+#ifdef PYQUANT_WITH_CUDA
+    return pyquant::cuda::device_count();
+#else
+    return 0;
+#endif
+  });
+  pq_bind_qmatmul(m);
+  pq_bind_stream(m);
+  pq_bind_qmatmul_cuda(m);
+  pq_bind_stream_cuda(m);
+}

@@ -1,0 +1,14 @@
+// Internal to csrc/cpu: ISA levels and error helper shared by the CPU kernels.
+#pragma once
+#include <string>
+
+namespace pyquant {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+// The ISA the CPU kernels use on this machine (detected once, PYQUANT_ISA may lower it).
+Isa active_isa();
+
+void set_last_error(const std::string& msg);
+
+}  // namespace pyquant

@@ -1,0 +1,19 @@
+// pyquant embeddable C++ API: shared types. Plain pointers, shapes, strides, a stream.
+// No Python, no torch: link libpyquant_cpu (and libpyquant_cuda) from any inference stack.
+#pragma once
+#include <cstdint>
+
+namespace pyquant {
+
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, I8 = 3, U8 = 4, I32 = 5, I64 = 6, F64 = 7 };
+
+// Status codes returned by every entry point (0 = success). Messages via last_error().
+enum Status : int32_t { kOk = 0, kInvalidArgument = 1, kUnsupported = 2, kCudaError = 3 };
+
+// Thread-local description of the last failure on this thread.
+const char* last_error();
+
+// Instruction set the CPU kernels dispatch to on this machine: "avx512", "avx2" or "scalar".
+const char* cpu_isa();
+
+}  // namespace pyquant

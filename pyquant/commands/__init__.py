@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each (see pyquant/cli.py for the contract)."""

@@ -1,0 +1,99 @@
+"""Backend registry and dispatcher shared by every op.
+
+Each backend module (``pyquant/ops/backend_*.py``) registers one implementation per op with
+``@register(op, backend, devices=..., available=...)``. ``resolve`` picks the first available
+backend in PREFERENCE order for the input's device, or the one the caller named (and says why
+if that one is unavailable). ``backend_info()`` reports all of it: nothing degrades silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+# Fastest first. "reference" is the plain-PyTorch oracle and runs everywhere.
+PREFERENCE = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+
+@dataclasses.dataclass
+class Backend:
+    op: str
+    name: str
+    fn: Callable
+    devices: tuple
+    available: Callable[[], "tuple[bool, str]"]
+
+    def status(self) -> "tuple[bool, str]":
+        try:
+            return self.available()
+        except Exception as e:  # an availability probe must never crash dispatch
+            return False, f"probe failed: {e}"
+
+
+_REGISTRY: dict = {}
+
+
+def _always() -> "tuple[bool, str]":
+    return True, ""
+
+
+def register(op: str, name: str, devices=("cpu", "cuda"), available: Callable = _always):
+    """Decorator: register ``fn`` as backend ``name`` of ``op`` for the given device types."""
+
+    def deco(fn):
+        _REGISTRY.setdefault(op, {})[name] = Backend(op, name, fn, tuple(devices), available)
+        return fn
+
+    return deco
+
+
+def _device_type(device) -> str:
+    return getattr(device, "type", str(device).split(":")[0])
+
+
+def resolve(op: str, device, backend: str = "auto") -> Backend:
+    """The backend that runs ``op`` on ``device``: the named one, or the first available by preference."""
+    dev = _device_type(device)
+    impls = _REGISTRY.get(op, {})
+    if backend != "auto":
+        b = impls.get(backend)
+        if b is None:
+            raise ValueError(f"{op}: unknown backend {backend!r}; registered: {sorted(impls)}")
+        if dev not in b.devices:
+            raise ValueError(f"{op}: backend {backend!r} does not run on device {dev!r} (runs on {b.devices})")
+        ok, why = b.status()
+        if not ok:
+            raise ValueError(f"{op}: backend {backend!r} is unavailable: {why}")
+        return b
+    for name in PREFERENCE.get(dev, ("reference",)):
+        b = impls.get(name)
+        if b is not None and dev in b.devices and b.status()[0]:
+            return b
+    raise ValueError(f"{op}: no available backend for device {dev!r}; registered: {sorted(impls)}")
+
+
+def available_backends(op: str, device="cpu") -> list:
+    """Names of the backends of ``op`` that can run on ``device`` here, fastest first."""
+    dev = _device_type(device)
+    impls = _REGISTRY.get(op, {})
+    order = list(PREFERENCE.get(dev, ())) + sorted(set(impls) - set(PREFERENCE.get(dev, ())))
+    return [n for n in order if n in impls and dev in impls[n].devices and impls[n].status()[0]]
+
+
+def backend_info() -> dict:
+    """{op: {"backends": {name: {"available", "reason", "devices"}}, "auto": {device: name}}}."""
+    out = {}
+    for op, impls in sorted(_REGISTRY.items()):
+        info = {"backends": {}, "auto": {}}
+        for name, b in impls.items():
+            ok, why = b.status()
+            info["backends"][name] = {"available": ok, "reason": why, "devices": list(b.devices)}
+        for dev in PREFERENCE:
+            try:
+                info["auto"][dev] = resolve(op, dev).name
+            except ValueError:
+                info["auto"][dev] = None
+        out[op] = info
+    return out

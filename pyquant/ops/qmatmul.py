@@ -1,0 +1,72 @@
+"""``qmatmul``: weight-only quantized matmul, y = x @ dequantize(W).T (+ bias).
+
+Public entry point, input validation, and the ``torch.library`` op ``pyquant::qmatmul`` (with a
+fake implementation, so it composes with torch.compile). Backends register a function with the
+signature of ``reference.qmatmul``: (x[M, K] contiguous, qweight, scales, zeros, bias, bits,
+group_size, in_features) -> y[M, N] in x's dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..formats import QuantizedWeight
+from . import reference
+from ._registry import register, resolve
+
+SUPPORTED_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+register("qmatmul", "reference")(reference.qmatmul)
+
+
+@torch.library.custom_op("pyquant::qmatmul", mutates_args=())
+def _qmatmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+                backend: str) -> torch.Tensor:
+    fn = resolve("qmatmul", x.device, backend).fn
+    return fn(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+
+
+@_qmatmul_op.register_fake
+def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, backend):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+def check_qmatmul_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor]) -> None:
+    """Raise ValueError naming the problem if x, qw, bias cannot go through qmatmul."""
+    if not isinstance(qw, QuantizedWeight):
+        raise ValueError(f"qmatmul: weight must be a QuantizedWeight, got {type(qw).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"qmatmul: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_X_DTYPES:
+        raise ValueError(f"qmatmul: unsupported activation dtype {x.dtype} (use float32, bfloat16 or float16)")
+    if x.dim() < 1 or x.shape[-1] != qw.in_features:
+        raise ValueError(f"qmatmul: x's last dimension is {tuple(x.shape)[-1:]} but the weight has K={qw.in_features}")
+    if x.device != qw.device:
+        raise ValueError(f"qmatmul: x is on {x.device} but the weight is on {qw.device}")
+    if bias is not None:
+        if tuple(bias.shape) != (qw.out_features,):
+            raise ValueError(f"qmatmul: bias must have shape [{qw.out_features}], got {list(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError(f"qmatmul: bias is on {bias.device} but x is on {x.device}")
+
+
+def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+    """y[..., N] = x[..., K] @ qw.dequantize().T (+ bias), in x's dtype (accumulated in float32).
+
+    The full-precision weight is never built by the native backends: dequantization happens in
+    registers. ``backend``: "auto" (fastest available for x's device), or a name from
+    ``pq.ops.available_backends("qmatmul", device)``.
+    """
+    check_qmatmul_args(x, qw, bias)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, qw.in_features)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    name = resolve("qmatmul", x.device, backend).name
+    y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
+                                  qw.spec.group_size or 0, qw.in_features, name)
+    return y.reshape(*lead, qw.out_features)

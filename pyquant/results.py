@@ -1,0 +1,100 @@
+"""The versioned results schema shared by every command (reference, compare, perplexity, bench)
+and read by ``pyquant report``. Bottom layer: imports nothing of pyquant but the version.
+
+A results file is one JSON object:
+    {"schema": "pyquant.results", "version": 1, "kind": "compare" | "perplexity" | "bench" | ...,
+     "variant": "int4-g128" (a short label for the model variant measured),
+     "model": {...} (name/path, fingerprints, quant spec), "created": ISO-8601 UTC,
+     "machine": {...} (see machine_facts), "complete": true|false, "data": {...kind-specific...}}
+Writes are atomic (temp file + rename): a file is either whole or absent; a run that stops early
+writes "complete": false.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from typing import Any
+
+SCHEMA = "pyquant.results"
+VERSION = 1
+
+
+def _jsonable(x: Any) -> Any:
+    """Tensors, numpy arrays and numpy scalars -> plain Python; NaN/Inf -> None (strict JSON)."""
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    return x
+
+
+def machine_facts() -> dict:
+    """CPU model, cores, torch version, GPU name (if any), pyquant backend info."""
+    facts = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    facts["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        facts["torch"] = torch.__version__
+        facts["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            facts["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return facts
+
+
+def make_results(kind: str, data: dict, *, variant: str = "", model: dict | None = None,
+                 complete: bool = True, machine: dict | None = None) -> dict:
+    """Build a results object (not yet written)."""
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "kind": kind,
+        "variant": variant,
+        "model": model or {},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine if machine is not None else machine_facts(),
+        "complete": bool(complete),
+        "data": data,
+    }
+
+
+def write_results(path: str, results: dict) -> str:
+    """Atomically write a results object as JSON; returns the path."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_jsonable(results), f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(path: str) -> dict:
+    """Read and check a results file; ValueError if it is not one of ours or of a newer version."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a pyquant results file (schema {obj.get('schema') if isinstance(obj, dict) else None!r})")
+    if obj.get("version", 0) > VERSION:
+        raise ValueError(f"{path}: results version {obj.get('version')} is newer than this pyquant reads ({VERSION})")
+    return obj
