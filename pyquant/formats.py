@@ -216,6 +216,12 @@ class QuantizedWeight:
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return QuantizedWeight(self.spec, mv(self.qweight), mv(self.scales), mv(self.zeros), self.shape)
 
+    def rows(self, start: int, stop: int) -> "QuantizedWeight":
+        """Output rows [start, stop) as a QuantizedWeight sharing storage (formats are row-major in N)."""
+        z = None if self.zeros is None else self.zeros[start:stop]
+        return QuantizedWeight(self.spec, self.qweight[start:stop], self.scales[start:stop], z,
+                               (stop - start, self.in_features))
+
     def tensors(self) -> dict:
         """The tensors to save (names stable across versions)."""
         d = {"qweight": self.qweight, "scales": self.scales}

@@ -5,6 +5,16 @@ triton on GPUs). ``backend_info()`` says which are built/available and which eac
 """
 from ._registry import available_backends, backend_info
 from .qmatmul import qmatmul
-from . import backends  # noqa: F401,E402  (registers the native and Triton backends)
 
-__all__ = ["available_backends", "backend_info", "qmatmul"]
+__all__ = ["available_backends", "backend_info", "qmatmul", "stream_logprobs", "stream_kl_exact", "StreamOutput"]
+
+
+def __getattr__(name):  # stream ops live in ops/stream.py
+    if name in ("stream_logprobs", "stream_kl_exact", "StreamOutput"):
+        from . import stream
+
+        return getattr(stream, name)
+    raise AttributeError(f"module 'pyquant.ops' has no attribute {name!r}")
+
+
+from . import backends  # noqa: E402,F401  (registers the native and Triton backends)
