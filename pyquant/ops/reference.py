@@ -29,3 +29,45 @@ def qmatmul(x: torch.Tensor, qweight, scales, zeros, bias, bits: int, group_size
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
+
+
+# ---- stream_logprobs / stream_kl_exact (materialized: the [T, V] logits exist; tests only) ----
+
+def lm_head_weight(weight, dtype=torch.float64) -> torch.Tensor:
+    """The LM head [V, H] as a dense tensor in ``dtype`` (a QuantizedWeight is dequantized)."""
+    if isinstance(weight, torch.Tensor):
+        return weight.to(dtype)
+    return weight.dequantize(dtype)
+
+
+def stream_logits(hidden: torch.Tensor, weight) -> torch.Tensor:
+    """The full logits [T, V] = hidden @ weight.T, in float64 (the oracle's precision)."""
+    return hidden.to(torch.float64) @ lm_head_weight(weight, torch.float64).T
+
+
+def stream_logprobs(hidden: torch.Tensor, weight, top_n: int, targets=None, ref_ids=None, vocab_tile: int = 0) -> dict:
+    """Backend function of ``stream_logprobs`` computed by materializing the float64 logits [T, V].
+
+    Returns the backend dict (see ops/stream.py) in float64: "logsumexp" [T], "top_ids" [T, N]
+    int64 and "top_logits" [T, N] (raw logits, sorted descending, ties: lower id first),
+    "target_logits" [T] if targets, "ref_logits" [T, Nr] if ref_ids. ``vocab_tile`` is ignored.
+    """
+    logits = stream_logits(hidden, weight)
+    out = {"logsumexp": torch.logsumexp(logits, dim=-1)}
+    vals, ids = torch.sort(logits, dim=-1, descending=True, stable=True)  # stable: lower id first on ties
+    out["top_logits"] = vals[:, :top_n].contiguous()
+    out["top_ids"] = ids[:, :top_n].contiguous()
+    if targets is not None:
+        out["target_logits"] = logits.gather(1, targets.view(-1, 1)).view(-1)
+    if ref_ids is not None:
+        out["ref_logits"] = logits.gather(1, ref_ids)
+    return out
+
+
+def stream_kl_exact(h_ref: torch.Tensor, w_ref, h_cand: torch.Tensor, w_cand, vocab_tile: int = 0) -> dict:
+    """Full-vocabulary KL(ref || cand) [T] (nats) and total variation [T] from materialized float64 logits."""
+    lp = torch.log_softmax(stream_logits(h_ref, w_ref), dim=-1)
+    lq = torch.log_softmax(stream_logits(h_cand, w_cand), dim=-1)
+    p = lp.exp()
+    terms = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))  # 0 log 0 = 0
+    return {"kl": terms.sum(-1), "tv": 0.5 * (p - lq.exp()).abs().sum(-1)}
