@@ -1,0 +1,86 @@
+"""Backend "triton" of op "qmatmul": the Triton kernel in ``pyquant.kernels.qmatmul``.
+
+Runs on CUDA GPUs, and on the CPU when ``TRITON_INTERPRET=1`` (how CI tests it). Imports cleanly
+without triton: it then registers with a probe that says why it is unavailable. The kernel module
+is imported on first use, so the interpreter setting is read when the kernel is first needed.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ...formats import SUPPORTED_GROUP_SIZES
+from .. import _native
+from .._registry import register
+
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_backend_args(x, qweight, scales, zeros, bias, bits: int, group_size: int, in_features: int, who: str) -> None:
+    """Raise ValueError naming the problem unless the raw tensors form a valid qmatmul call.
+
+    Shared by the GPU backends (triton, cuda): they receive raw tensors, not a QuantizedWeight.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"{who}: x must be 2-D [M, K], got shape {list(x.shape)}")
+    if x.dtype not in _X_DTYPES:
+        raise ValueError(f"{who}: unsupported activation dtype {x.dtype} (use float32, bfloat16 or float16)")
+    if x.shape[1] != in_features:
+        raise ValueError(f"{who}: x has K={x.shape[1]} but the weight has in_features={in_features}")
+    if scales.dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"{who}: scales must be float32 or float16, got {scales.dtype}")
+    n = qweight.shape[0] if qweight.dim() == 2 else -1
+    if bits == 8:
+        if qweight.dtype != torch.int8 or tuple(qweight.shape) != (n, in_features):
+            raise ValueError(f"{who}: int8 qweight must be int8 [N, {in_features}], got {qweight.dtype} {list(qweight.shape)}")
+        if tuple(scales.shape) != (n,):
+            raise ValueError(f"{who}: int8 scales must be [{n}], got {list(scales.shape)}")
+        if zeros is not None:
+            raise ValueError(f"{who}: int8 is symmetric: zeros must be None")
+    elif bits == 4:
+        if group_size not in SUPPORTED_GROUP_SIZES:
+            raise ValueError(f"{who}: unsupported int4 group size {group_size!r}: use one of {SUPPORTED_GROUP_SIZES}")
+        ng = -(-in_features // group_size)
+        if qweight.dtype != torch.uint8 or tuple(qweight.shape) != (n, ng * group_size // 2):
+            raise ValueError(f"{who}: int4 qweight must be uint8 [N, {ng * group_size // 2}], "
+                             f"got {qweight.dtype} {list(qweight.shape)}")
+        if tuple(scales.shape) != (n, ng):
+            raise ValueError(f"{who}: int4 scales must be [{n}, {ng}], got {list(scales.shape)}")
+        if zeros is not None and (zeros.dtype != torch.uint8 or tuple(zeros.shape) != (n, ng)):
+            raise ValueError(f"{who}: int4 zeros must be uint8 [{n}, {ng}], got {zeros.dtype} {list(zeros.shape)}")
+    else:
+        raise ValueError(f"{who}: unsupported bit width {bits!r}: use 8 or 4")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"{who}: bias must have shape [{n}], got {list(bias.shape)}")
+    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ValueError(f"{who}: {name} is on {t.device} but x is on {x.device}")
+
+
+def _unit_last_stride(t):
+    """t itself when its last dimension has unit stride (row slices are fine), else a contiguous copy."""
+    if t is None or t.dim() == 0 or t.numel() == 0 or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
+
+
+@register("qmatmul", "triton", devices=_native.triton_devices(), available=_native.triton_available)
+def qmatmul_triton(x, qweight, scales, zeros, bias, bits: int, group_size: int, in_features: int) -> torch.Tensor:
+    """y[M, N] = x[M, K] @ dequantize(W).T (+ bias) with the Triton kernel; fp32 accumulation, x's dtype out.
+
+    Same signature and semantics as ``pyquant.ops.reference.qmatmul``. Raises ValueError on bad input.
+    """
+    check_backend_args(x, qweight, scales, zeros, bias, bits, group_size, in_features, "qmatmul[triton]")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if x.device.type != "cuda" and not interpret:
+        raise ValueError(f"qmatmul[triton]: x is on {x.device}; the Triton backend needs a CUDA device "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    from ...kernels import qmatmul as kq
+
+    x, qweight, scales, zeros = (_unit_last_stride(t) for t in (x, qweight, scales, zeros))
+    if bias is not None:
+        bias = bias.contiguous()
+    return kq.qmatmul(x, qweight, scales, zeros, bias, bits, group_size, in_features, interpret=interpret)
