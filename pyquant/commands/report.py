@@ -1,0 +1,33 @@
+"""`pyquant report`: merge results files into a self-contained HTML trade-off report."""
+from __future__ import annotations
+
+HELP = "merge compare/perplexity/bench results into an HTML + Markdown trade-off report with plots"
+DESCRIPTION = HELP + """
+
+Writes OUTPUT (HTML, plots embedded), its Markdown twin (same name, .md) and the plots as PNG
+files next to it. Each variant gets a verdict against --max-kl (mean KL, nats/token), and the
+summary names the cheapest variant that passes."""
+
+
+def add_arguments(p):
+    from ..report.build import DEFAULT_MAX_KL
+
+    p.add_argument("results", nargs="+", metavar="RESULTS.json", help="results files written by pyquant commands")
+    p.add_argument("--output", "-o", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--max-kl", type=float, default=DEFAULT_MAX_KL,
+                   help=f"pass threshold on mean KL in nats/token (default {DEFAULT_MAX_KL})")
+    p.add_argument("--title", default="pyquant trade-off report", help="page title")
+
+
+def run(args) -> int:
+    from ..report.build import format_table_text, write_report
+
+    out = write_report(args.results, args.output, max_kl=args.max_kl, title=args.title)
+    rep = out["report"]
+    for t in rep.tables[:2]:
+        print(format_table_text(t) + "\n")
+    for _, _, s in rep.verdict_lines:
+        print(s)
+    print(rep.summary)
+    print(f"report: {out['html']} (Markdown: {out['markdown']}; {len(out['figures'])} PNG figures)")
+    return 0

@@ -1,0 +1,284 @@
+"""Read results files and merge them by variant into the figures the report shows.
+
+The report layer reads results files only (pyquant/results.py), never models. Every figure is
+looked up tolerantly: a results file that lacks a key gives ``None`` for that figure (shown as
+"n/a"), never an error, so a report can be made from whatever subset of compare / perplexity /
+bench runs exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable, Optional
+
+from ..results import read_results
+
+KINDS = ("compare", "perplexity", "bench")
+
+
+@dataclasses.dataclass
+class Variant:
+    """Everything measured for one model variant: the ``data`` of each results kind (or None)."""
+
+    name: str
+    compare: Optional[dict] = None
+    perplexity: Optional[dict] = None
+    bench: Optional[dict] = None
+    model: dict = dataclasses.field(default_factory=dict)
+    incomplete: list = dataclasses.field(default_factory=list)  # kinds whose file says complete=false
+    sources: list = dataclasses.field(default_factory=list)  # paths read for this variant
+
+
+def load_variants(paths: Iterable[str]) -> list[Variant]:
+    """Read results files and merge them by their ``variant`` label.
+
+    Returns the variants in order of first appearance. Files of kinds the report does not show
+    (e.g. "reference") are skipped. Two files of the same kind for the same variant: the later
+    path wins. Raises ValueError for a file that is not a pyquant results file or has no variant.
+    """
+    variants: dict[str, Variant] = {}
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no results files given")
+    for path in paths:
+        obj = read_results(path)
+        kind = obj.get("kind")
+        if kind not in KINDS:
+            continue
+        name = str(obj.get("variant") or "").strip()
+        if not name:
+            raise ValueError(f"{path}: results file has no 'variant' label")
+        v = variants.setdefault(name, Variant(name))
+        setattr(v, kind, obj.get("data") or {})
+        v.model = v.model or dict(obj.get("model") or {})
+        v.sources.append(path)
+        if not obj.get("complete", True):
+            v.incomplete.append(kind)
+    if not variants:
+        raise ValueError(f"none of the {len(paths)} files holds compare, perplexity or bench results")
+    return list(variants.values())
+
+
+def _num(x: Any) -> Optional[float]:
+    """A finite float, or None."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _interval(x: Any) -> Optional[tuple]:
+    """A (low, high) pair from [lo, hi] or {"low"/"lo", "high"/"hi"}, else None."""
+    if isinstance(x, dict):
+        x = (x.get("low", x.get("lo")), x.get("high", x.get("hi")))
+    if isinstance(x, (list, tuple)) and len(x) == 2:
+        lo, hi = _num(x[0]), _num(x[1])
+        if lo is not None and hi is not None:
+            return (lo, hi)
+    return None
+
+
+def _find(d: Any, *names: str) -> Any:
+    """The first value found under any of ``names`` in d (searched depth-first), else None."""
+    if isinstance(d, dict):
+        for n in names:
+            if n in d and d[n] is not None:
+                return d[n]
+        for v in d.values():
+            r = _find(v, *names)
+            if r is not None:
+                return r
+    return None
+
+
+def compare_stats(v: Variant, part: str = "all") -> dict:
+    """The compare statistics of one part ("all", "prefill", "generation"), or {}."""
+    if not v.compare:
+        return {}
+    stats = v.compare.get("stats") or {}
+    return stats.get(part) or {}
+
+
+def quality_figures(v: Variant) -> dict:
+    """Quality figures of a variant (all tokens); each None when not measured.
+
+    Keys: kl_mean, kl_mean_ci95 (low, high), kl_p99, kl_max, top1_agree (fraction 0..1),
+    top1_agree_ci95, reject_mean, ppl_ratio (candidate / reference), ppl_ref, ppl_cand,
+    tokens (compared tokens), nonfinite (tokens with NaN/Inf, excluded), and from perplexity
+    results: ppl_token, ppl_word, bits_per_byte.
+    """
+    s = compare_stats(v, "all")
+    top1 = _num(s.get("top1_agree"))
+    top1_ci = _interval(s.get("top1_agree_ci95"))
+    if top1 is not None and top1 > 1.0 + 1e-9:  # given in percent
+        top1 = top1 / 100.0
+        top1_ci = (top1_ci[0] / 100.0, top1_ci[1] / 100.0) if top1_ci else None
+    p = v.perplexity or {}
+    total = p.get("total") if isinstance(p.get("total"), dict) else p
+    return {
+        "kl_mean": _num(s.get("kl_mean")),
+        "kl_mean_ci95": _interval(s.get("kl_mean_ci95")),
+        "kl_p99": _num(s.get("kl_p99")),
+        "kl_max": _num(s.get("kl_max")),
+        "top1_agree": top1,
+        "top1_agree_ci95": top1_ci,
+        "reject_mean": _num(s.get("reject_mean")),
+        "ppl_ratio": _num(s.get("ppl_ratio")),
+        "ppl_ref": _num(s.get("ppl_ref")),
+        "ppl_cand": _num(s.get("ppl_cand")),
+        "tokens": _num(s.get("tokens")),
+        "nonfinite": _num(s.get("nonfinite")),
+        "ppl_token": _num(_find(total, "token_perplexity")),
+        "ppl_word": _num(_find(total, "word_perplexity")),
+        "bits_per_byte": _num(_find(total, "bits_per_byte")),
+    }
+
+
+def _bench_settings(b: dict) -> list[dict]:
+    """The per-batch-size settings of a bench result (a list of dicts with a batch size)."""
+    for key in ("settings", "results", "sweep", "runs"):
+        s = b.get(key)
+        if isinstance(s, list) and s and isinstance(s[0], dict):
+            return s
+        if isinstance(s, dict):  # {"1": {...}, "8": {...}}
+            out = []
+            for k, val in s.items():
+                if isinstance(val, dict):
+                    val = dict(val)
+                    val.setdefault("batch_size", _num(k))
+                    out.append(val)
+            if out:
+                return out
+    return []
+
+
+def _batch_of(setting: dict) -> Optional[int]:
+    bs = _num(_find(setting, "batch_size", "batch"))
+    return int(bs) if bs is not None else None
+
+
+def _latency_ms(setting: dict, names: tuple, pct: str) -> Optional[float]:
+    """A latency percentile in ms from {"ttft": {"p50": seconds}} or {"ttft_ms": {"p50": ms}} shapes."""
+    for name in names:
+        for suffix, scale in (("_ms", 1.0), ("_s", 1e3), ("", 1e3)):
+            d = _find(setting, name + suffix)
+            if isinstance(d, dict):
+                val = _num(d.get(pct))
+                if val is not None:
+                    return val * scale
+    return None
+
+
+def cost_figures(v: Variant) -> dict:
+    """Cost figures of a variant from its bench results; each None when not measured.
+
+    Keys: weight_bytes (packed weights + scales + zeros, in memory), disk_bytes, peak_memory_bytes
+    (peak runtime memory at batch 1 if known, else the largest over settings), ttft_p50_ms,
+    ttft_p99_ms, tpot_p50_ms, tpot_p99_ms (at the smallest batch size measured), and
+    tokens_per_s: {batch_size: decode tokens/s}.
+    """
+    b = v.bench or {}
+    settings = sorted((s for s in _bench_settings(b) if _batch_of(s) is not None), key=_batch_of)
+    first = settings[0] if settings else b
+    tps = {}
+    for s in settings:
+        val = _num(_find(s, "decode_tokens_per_s", "decode_tok_s", "tokens_per_s"))
+        if val is not None:
+            tps[_batch_of(s)] = val
+    peak = _num(_find(first, "peak_memory_bytes", "peak_rss_bytes", "peak_bytes"))
+    if peak is None and settings:
+        peaks = [_num(_find(s, "peak_memory_bytes", "peak_rss_bytes", "peak_bytes")) for s in settings]
+        peaks = [p for p in peaks if p is not None]
+        peak = max(peaks) if peaks else None
+    mem = b.get("memory") if isinstance(b.get("memory"), dict) else b
+    return {
+        "weight_bytes": _num(_find(mem, "weight_bytes", "weights_bytes")),
+        "disk_bytes": _num(_find(mem, "disk_bytes", "bytes_on_disk")),
+        "peak_memory_bytes": peak if peak is not None else _num(_find(mem, "peak_memory_bytes", "peak_rss_bytes")),
+        "ttft_p50_ms": _latency_ms(first, ("ttft",), "p50"),
+        "ttft_p99_ms": _latency_ms(first, ("ttft",), "p99"),
+        "tpot_p50_ms": _latency_ms(first, ("tpot",), "p50"),
+        "tpot_p99_ms": _latency_ms(first, ("tpot",), "p99"),
+        "tokens_per_s": tps,
+    }
+
+
+def _list(d: Any, *names: str) -> Optional[list]:
+    val = _find(d, *names)
+    return list(val) if isinstance(val, (list, tuple)) else None
+
+
+def kl_sample(v: Variant, limit: int = 20000) -> Optional[list]:
+    """Per-token KL values of a variant's compare run (for the CDF), thinned evenly to at most
+    ``limit`` values; None when the results hold none. Looks for ``kl_sample`` or per_token.kl."""
+    if not v.compare:
+        return None
+    xs = v.compare.get("kl_sample")
+    if not isinstance(xs, list):
+        xs = (v.compare.get("per_token") or {}).get("kl")
+    if not isinstance(xs, list) or not xs:
+        return None
+    if len(xs) > limit:
+        step = len(xs) / limit
+        xs = [xs[int(i * step)] for i in range(limit)]
+    return xs
+
+
+def _bucket_curve(rel_pos: list, kl: list, max_buckets: int = 64) -> dict:
+    """Mean KL by relative position, in equal-width integer buckets; position = bucket centre."""
+    pairs = [(p, k) for p, k in zip(rel_pos, kl) if k is not None and _num(k) is not None]
+    if not pairs:
+        return {}
+    lo, hi = min(p for p, _ in pairs), max(p for p, _ in pairs)
+    width = max(1, math.ceil((hi - lo + 1) / max_buckets))
+    sums: dict = {}
+    for p, k in pairs:
+        b = (p - lo) // width
+        s = sums.setdefault(b, [0.0, 0])
+        s[0] += float(k)
+        s[1] += 1
+    keys = sorted(sums)
+    return {"position": [lo + b * width + (width - 1) / 2 for b in keys],
+            "kl": [sums[b][0] / sums[b][1] for b in keys], "boundary": 0.0 if lo < 0 <= hi else None}
+
+
+def kl_curve(v: Variant) -> Optional[dict]:
+    """Mean KL by token position of a variant's compare run: {"position", "kl", "boundary"}.
+
+    Taken from a stored curve (``kl_by_position``: position/kl lists, optional boundary) when
+    present, else computed from per-token KL and the sequences' prompt lengths, with positions
+    relative to the end of the prompt (negative = prefill, boundary 0). None when neither exists.
+    """
+    if not v.compare:
+        return None
+    d = v.compare
+    stored = d.get("kl_by_position") or d.get("kl_curve")
+    if isinstance(stored, dict):
+        x = _list(stored, "position", "positions", "bucket_start", "x")
+        y = _list(stored, "kl_mean", "kl", "mean", "y")
+        if x and y and len(x) == len(y):
+            pairs = [(float(a), float(b)) for a, b in zip(x, y) if _num(a) is not None and _num(b) is not None]
+            b = _num(stored.get("boundary", stored.get("prompt_len")))
+            return {"position": [p for p, _ in pairs], "kl": [k for _, k in pairs], "boundary": b}
+    per = d.get("per_token") or {}
+    kl = per.get("kl")
+    if not isinstance(kl, list) or not kl:
+        return None
+    rel = per.get("rel_position")
+    if not isinstance(rel, list):
+        # sequence layout: prompt_lens + row counts (or lengths: rows = length - 1)
+        seqs = d.get("sequences") if isinstance(d.get("sequences"), dict) else d
+        plen = _list(seqs, "prompt_lens", "prompt_len")
+        rows = _list(seqs, "rows", "num_rows")
+        if rows is None:
+            lens = _list(seqs, "lengths", "seq_lens")
+            rows = [int(n) - 1 for n in lens] if lens else None
+        if not plen or not rows or len(plen) != len(rows) or sum(int(r) for r in rows) != len(kl):
+            return None
+        rel = [t + 1 - int(p) for p, r in zip(plen, rows) for t in range(int(r))]
+    if len(rel) != len(kl):
+        return None
+    return _bucket_curve([int(p) for p in rel], kl) or None
