@@ -26,8 +26,8 @@ def run(args) -> int:
     rep = out["report"]
     for t in rep.tables[:2]:
         print(format_table_text(t) + "\n")
-    for _, _, s in rep.verdict_lines:
-        print(s)
+    for _, vd, s in rep.verdict_lines:
+        print(f"{vd.upper():<10} {s}")
     print(rep.summary)
     print(f"report: {out['html']} (Markdown: {out['markdown']}; {len(out['figures'])} PNG figures)")
     return 0

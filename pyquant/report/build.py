@@ -136,7 +136,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
             s = f"{n}: no KL measured, no verdict."
         else:
             rel = "<=" if vd != "fail" else ">"
-            s = f"{n}: {vd.upper()}: mean KL {q['kl_mean']:.5f}{_ci(q['kl_mean_ci95'], '.5f')} {rel} {max_kl:g}"
+            s = f"{n}: mean KL {q['kl_mean']:.5f}{_ci(q['kl_mean_ci95'], '.5f')} {rel} {max_kl:g}"
             if vd == "borderline":
                 s += " (the 95% interval reaches past the threshold: measure on more prompts)"
             s += "."

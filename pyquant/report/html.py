@@ -19,8 +19,8 @@ table{border-collapse:collapse;font-size:.86em;margin:4px 0}
 th,td{border:1px solid #dde1e5;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f0f2f5}td:first-child,th:first-child{text-align:left;font-weight:600}
 p.note{color:#555;font-size:.82em;margin:4px 0 0;max-width:100%}
-.figs{display:flex;flex-wrap:wrap;gap:18px}
-figure{margin:0;flex:1 1 480px;max-width:100%;min-width:0}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px}
+figure{margin:0;min-width:0}
 figure img{width:100%;height:auto;border:1px solid #e3e6ea}
 figcaption{font-size:.82em;color:#444;margin-top:4px}
 code{font-size:.9em}

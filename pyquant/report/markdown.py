@@ -25,7 +25,7 @@ def render_markdown(report, figure_files) -> str:
     out = [f"# {report.title}", "",
            f"Generated {report.created} by pyquant; threshold: mean KL <= {report.max_kl:g} nats/token.", "",
            f"**{report.summary}**", "", "## Verdict per variant", ""]
-    out += [f"- {s}" for _, _, s in report.verdict_lines]
+    out += [f"- **{vd.upper()}** {s}" for _, vd, s in report.verdict_lines]
     for t in report.tables:
         out += ["", _table(t)]
     out += ["", "## Figures", ""]

@@ -40,7 +40,7 @@ def plot_tradeoff(names: Sequence[str], costs: Sequence[Optional[float]], kls: S
     for i, (n, c, k) in enumerate(pts):
         on_front = i in front
         ax.scatter([c], [k], s=60 if on_front else 40, color=_COLORS[i % len(_COLORS)],
-                   edgecolors="black" if on_front else "none", zorder=3, label=n)
+                   edgecolors="black" if on_front else "none", zorder=3)
         ax.annotate(n, (c, k), textcoords="offset points", xytext=(6, 5), fontsize=8)
     if len(front) > 1:
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-", color="0.4", lw=1.2,
@@ -68,7 +68,7 @@ def plot_kl_by_position(curves: dict) -> Optional[bytes]:
     curves = {n: c for n, c in curves.items() if c and len(c.get("position") or []) > 0}
     if not curves:
         return None
-    fig = Figure(figsize=(7.2, 3.6))
+    fig = Figure(figsize=(5.6, 4.0))
     ax = fig.add_subplot()
     xmin = min(min(c["position"]) for c in curves.values())
     xmax = max(max(c["position"]) for c in curves.values())
@@ -82,11 +82,12 @@ def plot_kl_by_position(curves: dict) -> Optional[bytes]:
         ax.text(0.99, 0.97, "generation", transform=ax.transAxes, va="top", ha="right", fontsize=8, color="#c05000")
     for i, (n, c) in enumerate(curves.items()):
         ax.plot(c["position"], c["kl"], "-", lw=1.3, color=_COLORS[i % len(_COLORS)], label=n)
-    ax.set_xlabel("token position" + (" relative to the end of the prompt" if boundaries == [0] * len(boundaries) and boundaries else ""))
+    relative = bool(boundaries) and all(b == 0 for b in boundaries)
+    ax.set_xlabel("token position" + (" relative to the prompt's end" if relative else ""))
     ax.set_ylabel("mean KL (nats/token)")
     ax.set_xlim(xmin, xmax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", ncol=min(4, len(curves)))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(curves)), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
@@ -104,17 +105,17 @@ def plot_kl_cdf(samples: dict, floor: float = 1e-6) -> Optional[bytes]:
             clean[n] = vals
     if not clean:
         return None
-    fig = Figure(figsize=(7.2, 3.6))
+    fig = Figure(figsize=(5.6, 4.0))
     ax = fig.add_subplot()
     for i, (n, vals) in enumerate(clean.items()):
         m = len(vals)
         ax.step(vals, [(j + 1) / m for j in range(m)], where="post", lw=1.4,
-                color=_COLORS[i % len(_COLORS)], label=f"{n} ({m} tokens)")
+                color=_COLORS[i % len(_COLORS)], label=f"{n} ({m} tok.)")
     ax.set_xscale("log")
-    ax.set_xlabel(f"per-token KL (nats, log scale; values < {floor:g} drawn at {floor:g})")
+    ax.set_xlabel(f"per-token KL (nats, log scale; < {floor:g} drawn at {floor:g})")
     ax.set_ylabel("fraction of tokens ≤ x")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _png(fig)
