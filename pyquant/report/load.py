@@ -139,7 +139,7 @@ def quality_figures(v: Variant) -> dict:
 
 def _bench_settings(b: dict) -> list[dict]:
     """The per-batch-size settings of a bench result (a list of dicts with a batch size)."""
-    for key in ("settings", "results", "sweep", "runs"):
+    for key in ("settings", "results", "runs"):
         s = b.get(key)
         if isinstance(s, list) and s and isinstance(s[0], dict):
             return s
@@ -153,6 +153,10 @@ def _bench_settings(b: dict) -> list[dict]:
             if out:
                 return out
     return []
+
+
+# peak runtime memory of one setting: CPU worker RSS (pq.benchmark), CUDA allocator peak
+_PEAK_KEYS = ("peak_rss_bytes", "max_allocated_bytes", "peak_memory_bytes")
 
 
 def _batch_of(setting: dict) -> Optional[int]:
@@ -175,29 +179,38 @@ def _latency_ms(setting: dict, names: tuple, pct: str) -> Optional[float]:
 def cost_figures(v: Variant) -> dict:
     """Cost figures of a variant from its bench results; each None when not measured.
 
+    Reads the ``pq.benchmark`` layout (pyquant/perf/benchmark.py): data["settings"] = [{"batch",
+    "status", "ttft_s"/"tpot_s": {"p50", "p99", ...} in seconds, "decode_tokens_per_s",
+    "peak_memory": {"peak_rss_bytes" | "max_allocated_bytes"}}], data["memory"] = {"weights":
+    {"total"}, "disk": {"bytes"}}; settings whose status is not "ok" are skipped.
+
     Keys: weight_bytes (packed weights + scales + zeros, in memory), disk_bytes, peak_memory_bytes
     (peak runtime memory at batch 1 if known, else the largest over settings), ttft_p50_ms,
     ttft_p99_ms, tpot_p50_ms, tpot_p99_ms (at the smallest batch size measured), and
     tokens_per_s: {batch_size: decode tokens/s}.
     """
     b = v.bench or {}
-    settings = sorted((s for s in _bench_settings(b) if _batch_of(s) is not None), key=_batch_of)
+    settings = sorted((s for s in _bench_settings(b) if _batch_of(s) is not None and s.get("status", "ok") == "ok"),
+                      key=_batch_of)
     first = settings[0] if settings else b
     tps = {}
     for s in settings:
         val = _num(_find(s, "decode_tokens_per_s", "decode_tok_s", "tokens_per_s"))
         if val is not None:
             tps[_batch_of(s)] = val
-    peak = _num(_find(first, "peak_memory_bytes", "peak_rss_bytes", "peak_bytes"))
+    peak = _num(_find(first, *_PEAK_KEYS))
     if peak is None and settings:
-        peaks = [_num(_find(s, "peak_memory_bytes", "peak_rss_bytes", "peak_bytes")) for s in settings]
+        peaks = [_num(_find(s, *_PEAK_KEYS)) for s in settings]
         peaks = [p for p in peaks if p is not None]
         peak = max(peaks) if peaks else None
-    mem = b.get("memory") if isinstance(b.get("memory"), dict) else b
+    mem = b.get("memory") if isinstance(b.get("memory"), dict) else {}
+    weights, disk = mem.get("weights"), mem.get("disk")
+    wbytes = _num(weights.get("total")) if isinstance(weights, dict) else _num(weights)
+    dbytes = _num(disk.get("bytes")) if isinstance(disk, dict) else _num(disk)
     return {
-        "weight_bytes": _num(_find(mem, "weight_bytes", "weights_bytes")),
-        "disk_bytes": _num(_find(mem, "disk_bytes", "bytes_on_disk")),
-        "peak_memory_bytes": peak if peak is not None else _num(_find(mem, "peak_memory_bytes", "peak_rss_bytes")),
+        "weight_bytes": wbytes if wbytes is not None else _num(_find(mem, "weight_bytes")),
+        "disk_bytes": dbytes if dbytes is not None else _num(_find(mem, "disk_bytes")),
+        "peak_memory_bytes": peak,
         "ttft_p50_ms": _latency_ms(first, ("ttft",), "p50"),
         "ttft_p99_ms": _latency_ms(first, ("ttft",), "p99"),
         "tpot_p50_ms": _latency_ms(first, ("tpot",), "p50"),

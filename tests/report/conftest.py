@@ -20,11 +20,15 @@ def synthetic_compare(kl_mean, seed, n_seq=4, prompt_len=6, gen=10):
 
 
 def synthetic_bench(weight_mib, tpot_ms):
-    return {"memory": {"weight_bytes": weight_mib * 2**20, "disk_bytes": weight_mib * 2**20 * 1.01},
-            "settings": [{"batch_size": 1, "ttft": {"p50": 0.05, "p99": 0.07}, "tpot": {"p50": tpot_ms / 1e3, "p99": tpot_ms * 1.5 / 1e3},
-                          "decode_tokens_per_s": 1e3 / tpot_ms, "peak_rss_bytes": (300 + weight_mib) * 2**20},
-                         {"batch_size": 8, "ttft": {"p50": 0.2, "p99": 0.3}, "tpot": {"p50": 2 * tpot_ms / 1e3, "p99": 3 * tpot_ms / 1e3},
-                          "decode_tokens_per_s": 8e3 / (2 * tpot_ms), "peak_rss_bytes": (400 + weight_mib) * 2**20}]}
+    """A bench results data dict in pq.benchmark's layout (times in seconds, memory in bytes)."""
+    def setting(b, ttft, tpot, peak_mib):
+        return {"batch": b, "status": "ok", "ttft_s": {"p50": ttft, "p99": ttft * 1.4},
+                "tpot_s": {"p50": tpot, "p99": tpot * 1.5}, "decode_tokens_per_s": b / tpot,
+                "peak_memory": {"peak_rss_bytes": peak_mib * 2**20}}
+    return {"memory": {"weights": {"total": weight_mib * 2**20}, "disk": {"bytes": weight_mib * 2**20 * 1.01}},
+            "settings": [setting(8, 0.2, 2 * tpot_ms / 1e3, 400 + weight_mib),
+                         setting(1, 0.05, tpot_ms / 1e3, 300 + weight_mib),
+                         {"batch": 16, "status": "error", "error": "out of memory"}]}
 
 
 # variant: (mean KL, weight MiB, TPOT ms). fp32 -> int8 -> int4-g32 is the knee's shape.
