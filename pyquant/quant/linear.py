@@ -1,0 +1,142 @@
+"""``QuantLinear``: a drop-in ``nn.Linear`` whose weight is a QuantizedWeight, run by ``pq.ops.qmatmul``.
+
+The packed tensors (``qweight``, ``scales``, ``zeros``) are registered as buffers, so ``.to()``,
+``state_dict()`` and ``load_state_dict()`` work as for any module; ``scales`` keep the spec's dtype
+even when the model is cast (``model.to(torch.bfloat16)`` changes activations, not the format).
+
+Which qmatmul backend runs: a module's own ``backend`` attribute if set (``set_backend(model, name)``),
+else the innermost ``with use_backend(name):`` block, else "auto" (fastest available).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import nvtx
+from ..formats import QuantizedWeight, QuantSpec
+from ..ops import qmatmul
+from .rtn import quantize_weight
+
+_BACKEND = contextvars.ContextVar("pyquant_qmatmul_backend", default="auto")
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Within the block, QuantLinear modules without their own ``backend`` run qmatmul on ``name``
+    ("auto", "reference", "cpu", ...; see ``pq.ops.available_backends("qmatmul")``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"use_backend: backend must be a non-empty string, got {name!r}")
+    token = _BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def set_backend(model: nn.Module, name: Optional[str]) -> int:
+    """Pin every QuantLinear in ``model`` to backend ``name`` (None: follow use_backend / "auto").
+    Returns the number of modules changed."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"set_backend: backend must be a non-empty string or None, got {name!r}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.backend = name
+            n += 1
+    return n
+
+
+def _linear_weight(module: nn.Module) -> torch.Tensor:
+    """The [out_features, in_features] weight of an nn.Linear or a transformers Conv1D (stored [in, out])."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2 style
+        return module.weight.t()
+    raise ValueError(f"cannot quantize a {type(module).__name__}: expected nn.Linear or transformers Conv1D")
+
+
+class QuantLinear(nn.Module):
+    """y = x @ W.T + b with W stored in a quantized format (pyquant.formats); forward = ``pq.ops.qmatmul``.
+
+    Build one with ``QuantLinear.from_linear(linear, "int4-g128")`` or ``QuantLinear.from_quantized(qw, bias)``;
+    ``QuantLinear(in_features, out_features, spec, bias=...)`` makes an empty shell to load a state dict into.
+    Input ``x[..., in_features]`` (fp32/bf16/fp16) -> output ``[..., out_features]`` in x's dtype.
+    """
+
+    def __init__(self, in_features: int, out_features: int, spec: "QuantSpec | str", bias: bool = True,
+                 device=None, bias_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        spec = QuantSpec.parse(spec)
+        if int(in_features) <= 0 or int(out_features) <= 0:
+            raise ValueError(f"QuantLinear: features must be positive, got in={in_features} out={out_features}")
+        self.in_features, self.out_features, self.spec = int(in_features), int(out_features), spec
+        n, k = self.out_features, self.in_features
+        if spec.bits == 8:
+            q = torch.zeros(n, k, dtype=torch.int8, device=device)
+            s = torch.ones(n, dtype=spec.torch_scale_dtype, device=device)
+        else:
+            ng = spec.ngroups(k)
+            q = torch.zeros(n, ng * spec.group_size // 2, dtype=torch.uint8, device=device)
+            s = torch.ones(n, ng, dtype=spec.torch_scale_dtype, device=device)
+        z = None if spec.symmetric else torch.zeros(s.shape, dtype=torch.uint8, device=device)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", s)
+        self.register_buffer("zeros", z)
+        self.bias = nn.Parameter(torch.zeros(n, dtype=bias_dtype, device=device), requires_grad=False) if bias else None
+        self.backend: Optional[str] = None
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> "QuantLinear":
+        """A QuantLinear holding ``qw`` (tensors shared, not copied) and an optional bias [out_features]."""
+        if not isinstance(qw, QuantizedWeight):
+            raise ValueError(f"from_quantized needs a QuantizedWeight, got {type(qw).__name__}")
+        if bias is not None and tuple(bias.shape) != (qw.out_features,):
+            raise ValueError(f"bias must have shape [{qw.out_features}], got {list(bias.shape)}")
+        m = cls(qw.in_features, qw.out_features, qw.spec, bias=False, device="meta")
+        m.qweight, m.scales, m.zeros = qw.qweight, qw.scales, qw.zeros
+        if bias is not None:
+            m.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return m
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, spec: "QuantSpec | str") -> "QuantLinear":
+        """Quantize an ``nn.Linear`` (or transformers ``Conv1D``) with round-to-nearest into ``spec``."""
+        w = _linear_weight(linear)
+        qw = quantize_weight(w.detach(), spec)
+        b = getattr(linear, "bias", None)
+        return cls.from_quantized(qw, None if b is None else b.detach())
+
+    @property
+    def qw(self) -> QuantizedWeight:
+        """The weight as a QuantizedWeight over this module's current buffers (no copy)."""
+        return QuantizedWeight(self.spec, self.qweight, self.scales, self.zeros, (self.out_features, self.in_features))
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes of packed weight + scales + zero-points (bias not included)."""
+        return self.qw.nbytes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = self.backend or _BACKEND.get()
+        if nvtx.enabled():
+            m = x.numel() // max(x.shape[-1], 1)
+            with nvtx.range(f"pyquant/qmatmul {self.spec} M={m} N={self.out_features} K={self.in_features}"):
+                return qmatmul(x, self.qw, self.bias, backend=backend)
+        return qmatmul(x, self.qw, self.bias, backend=backend)
+
+    def _apply(self, fn, recurse=True):
+        # Casting the model (e.g. .to(torch.bfloat16)) must not change the format's scale dtype.
+        scales = self.scales
+        super()._apply(fn, recurse)
+        if self.scales.dtype != scales.dtype:
+            self.scales = scales.to(self.scales.device)
+        return self
+
+    def extra_repr(self) -> str:
+        b = self.backend or "auto"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
+               f"spec={self.spec}, backend={b}"

@@ -1,0 +1,144 @@
+"""``quantize_model``: replace a model's linear layers by QuantLinear, in place.
+
+Name patterns (``skip`` and ``overrides`` keys) are matched against full dotted module names
+(e.g. ``model.layers.3.mlp.down_proj``): a pattern containing ``*``, ``?`` or ``[`` is an fnmatch
+glob over the whole name (``*down_proj``, ``model.layers.[0-3].*``); any other pattern matches
+when it is a substring of the name (``lm_head``, ``down_proj``, ``layers.0.``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from typing import Iterable, Optional
+
+from torch import nn
+
+from ..formats import QuantSpec
+from .linear import QuantLinear
+
+CONFIG_VERSION = 1
+_GLOB_CHARS = set("*?[")
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """True if module ``name`` matches ``pattern`` (an fnmatch glob if it has * ? [, else a substring)."""
+    if _GLOB_CHARS & set(pattern):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
+
+
+def is_quantizable(module: nn.Module) -> bool:
+    """True for nn.Linear and transformers' Conv1D (GPT-2 style), the layers quantize_model replaces."""
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` with ``module``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+def _check_patterns(patterns, what: str) -> list:
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    out = []
+    for p in patterns or ():
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"quantize_model: {what} patterns must be non-empty strings, got {p!r}")
+        out.append(p)
+    return out
+
+
+def _untie_output_embeddings(model: nn.Module, lm_head_names: Iterable[str]) -> None:
+    """Quantizing a tied LM head must leave the input embedding alone: mark the model untied so
+    transformers never re-ties the (now quantized) head to the embedding."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not lm_head_names:
+        return
+    for attr in ("tie_word_embeddings",):
+        if getattr(cfg, attr, False):
+            setattr(cfg, attr, False)
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else None
+    if text_cfg is not None and text_cfg is not cfg and getattr(text_cfg, "tie_word_embeddings", False):
+        text_cfg.tie_word_embeddings = False
+
+
+def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",), overrides: Optional[dict] = None,
+                   progress: Optional[bool] = None) -> nn.Module:
+    """Quantize the model's nn.Linear (and Conv1D) layers in place with round-to-nearest; returns the model.
+
+    spec: the default scheme ("int4-g128", "int8", ...). skip: name patterns kept in full precision.
+    overrides: {pattern: spec} for layers that get another scheme; the first matching pattern (in dict
+    order) wins; skip wins over overrides. Patterns are globs or substrings (see the module docstring);
+    a pattern that matches no layer gives a warning. Layers already quantized are left as they are.
+    progress: show a tqdm bar (None: only for models with 64 or more layers to quantize).
+
+    Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides",
+    "layers": {name: {"spec", "shape": [out, in], "bias"}}}, used by save_quantized and reports.
+    A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"quantize_model needs an nn.Module, got {type(model).__name__}")
+    default = QuantSpec.parse(spec)
+    skip = _check_patterns(skip, "skip")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"quantize_model: overrides must be a dict {{pattern: spec}}, got {type(overrides).__name__}")
+    over = {}
+    for p, s in (overrides or {}).items():
+        _check_patterns([p], "override")
+        over[p] = QuantSpec.parse(s)
+
+    candidates = [(n, m) for n, m in model.named_modules() if n and is_quantizable(m)]
+    used = set()
+    plan = []
+    for name, _ in candidates:
+        hit = [p for p in skip if name_matches(name, p)]
+        if hit:
+            used.update(hit)
+            continue
+        chosen = default
+        for p, s in over.items():
+            if name_matches(name, p):
+                used.add(p)
+                chosen = s
+                break
+        plan.append((name, chosen))
+    # a later override pattern shadowed by an earlier one still "matches" for the warning below
+    for p in over:
+        if p not in used and any(name_matches(n, p) for n, _ in candidates):
+            used.add(p)
+    unused = [p for p in list(skip) + list(over) if p not in used]
+    if unused:
+        warnings.warn(f"quantize_model: pattern(s) {unused} matched no linear layer", stacklevel=2)
+
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names_of = {id(m): n for n, m in candidates}
+    head_name = names_of.get(id(out_emb)) if out_emb is not None else None
+    if head_name is not None and any(n == head_name for n, _ in plan):
+        _untie_output_embeddings(model, [head_name])
+
+    show = progress if progress is not None else len(plan) >= 64
+    it = plan
+    if show:
+        from tqdm.auto import tqdm
+
+        it = tqdm(plan, desc=f"quantizing to {default}", unit="layer")
+    layers = {}
+    for name, s in it:
+        q = QuantLinear.from_linear(model.get_submodule(name), s)
+        set_submodule(model, name, q)
+        layers[name] = {"spec": str(s), "shape": [q.out_features, q.in_features], "bias": q.bias is not None}
+
+    cfg = dict(getattr(model, "pyquant_config", None) or {})
+    prev_layers = dict(cfg.get("layers", {}))
+    prev_layers.update(layers)
+    cfg.update({"version": CONFIG_VERSION, "default_spec": str(default), "skip": list(skip),
+                "overrides": {p: str(s) for p, s in over.items()}, "layers": prev_layers})
+    model.pyquant_config = cfg
+    return model
+
+
+def quantized_layers(model: nn.Module) -> dict:
+    """{module name: QuantLinear} for every quantized layer in the model."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
