@@ -16,7 +16,7 @@ from pyquant.ops import stream as stream_mod
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Per-backend size limits (T, V, H) for the accuracy cases; absent = no limit.
-MAX_SIZE = {"triton": (64, 4096, 64)}
+MAX_SIZE = {"triton": (64, 2048, 64)}
 EPS32 = torch.finfo(torch.float32).eps
 
 
