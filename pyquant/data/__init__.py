@@ -1,0 +1,30 @@
+"""Built-in data written for this project, shipped inside the package.
+
+prompts.jsonl    24 prompts for reference collection: instructions, facts with numbers, code,
+                 and multi-turn chats ({"prompt": ...} or {"messages": [...]} per line).
+perplexity.txt   an original text of about 2,800 words (plain English prose with numbers and
+                 dates) for perplexity.
+"""
+from __future__ import annotations
+
+import os
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def path(name: str) -> str:
+    """Absolute path of a built-in data file; ValueError if there is no such file."""
+    p = os.path.join(_DIR, name)
+    if os.path.basename(name) != name or not os.path.isfile(p):
+        raise ValueError(f"no built-in data file {name!r} (have: {sorted(f for f in os.listdir(_DIR) if not f.endswith('.py'))})")
+    return p
+
+
+def prompts_path() -> str:
+    """Path of the built-in prompt set (JSONL)."""
+    return path("prompts.jsonl")
+
+
+def perplexity_text_path() -> str:
+    """Path of the built-in perplexity text (UTF-8 plain text, one document)."""
+    return path("perplexity.txt")
