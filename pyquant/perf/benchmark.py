@@ -178,8 +178,8 @@ def benchmark(model, tokenizer=None, batch_sizes=(1, 8), prompt_len: int = 512, 
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     bs = check_options(batch_sizes, prompt_len, gen_len, requests, warmup, device, threads)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     ctx = check_context(model, prompt_len, gen_len)
     if profile and device.type == "cpu" and not trace_prefix:
         trace_prefix = os.path.abspath("pyquant-bench")

@@ -20,35 +20,37 @@ import torch
 from ..formats import QuantizedWeight
 
 
-def _storage_key(t: torch.Tensor):
-    return (t.device.type, t.untyped_storage().data_ptr())
+def _tensor_key(t: torch.Tensor):
+    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape))
 
 
 def weight_bytes(model: torch.nn.Module) -> dict:
-    """Bytes of the model's weights in memory, each storage counted once (tied weights once).
+    """Bytes of the model's weights in memory, each tensor counted once (tied weights once).
 
-    Returns {"total": bytes, "quantized": bytes of QuantizedWeight tensors (packed codes +
-    scales + zero-points), "dense": bytes of all other parameters and buffers,
-    "quantized_layers": number of QuantizedWeight objects found on modules}.
+    Returns {"total": bytes, "quantized": bytes of quantized weights (QuantizedWeight.nbytes:
+    packed codes + scales + zero-points, found as module attributes or a QuantLinear's ``qw``),
+    "dense": bytes of all other parameters and buffers, "quantized_layers": how many}.
     """
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"weight_bytes needs a torch.nn.Module, got {type(model).__name__}")
     seen = set()
     quant = dense = nq = 0
     for mod in model.modules():
-        for v in vars(mod).values():
-            if isinstance(v, QuantizedWeight):
-                nq += 1
-                for t in v.tensors().values():
-                    k = _storage_key(t)
-                    if k not in seen:
-                        seen.add(k)
-                        quant += t.untyped_storage().nbytes()
+        qws = [v for v in vars(mod).values() if isinstance(v, QuantizedWeight)]
+        if isinstance(getattr(type(mod), "qw", None), property):  # QuantLinear: buffers viewed as a QuantizedWeight
+            qws.append(mod.qw)
+        for qw in qws:
+            keys = {_tensor_key(t) for t in qw.tensors().values()}
+            if keys <= seen:
+                continue
+            seen |= keys
+            nq += 1
+            quant += qw.nbytes
     for t in list(model.parameters()) + list(model.buffers()):
-        k = _storage_key(t)
-        if k not in seen and t.numel() > 0:
+        k = _tensor_key(t)
+        if k not in seen:
             seen.add(k)
-            dense += t.untyped_storage().nbytes()
+            dense += t.numel() * t.element_size()
     return {"total": quant + dense, "quantized": quant, "dense": dense, "quantized_layers": nq}
 
 

@@ -52,6 +52,7 @@ def format_tables(d: dict) -> str:
               "-" if r["gain_per_doubling"] is None else f"{r['gain_per_doubling'] * 100:+.0f}%",
               "-" if r["pays"] is None else ("yes" if r["pays"] else "no")] for r in sw["rows"]]
     verdict = (f"batch stops paying at {sw['stops_paying_at']} (gain per doubling < {sw['threshold'] * 100:.0f}%)"
-               if sw["stops_paying_at"] else f"every measured doubling paid (>= {sw['threshold'] * 100:.0f}% per doubling)")
+               if sw["stops_paying_at"] else "only one batch size measured: no sweep" if len(sw["rows"]) < 2
+               else f"every measured doubling paid (>= {sw['threshold'] * 100:.0f}% per doubling)")
     sweep = _grid(["batch", "decode tok/s", "vs first", "gain/doubling", "pays"], srows)
     return "\n\n".join([head, lat, sweep, verdict])
