@@ -1,0 +1,82 @@
+// qmatmul_cpu: argument checks, ISA dispatch (pyquant::active_isa()), and the portable scalar
+// kernels (the shared kernel code of qmatmul_kernels.h with one-lane "vectors").
+#include "pyquant/qmatmul.h"
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "cpu_dispatch.h"
+#include "qmatmul_impl.h"
+
+namespace pyquant {
+namespace isa_scalar {
+
+struct V {
+  using F = float;
+  using I = uint32_t;
+  static constexpr int W = 1;
+  static F zero() { return 0.f; }
+  static F set1(float a) { return a; }
+  static F load(const float* p) { return *p; }
+  static void store(float* p, F v) { *p = v; }
+  static F add(F a, F b) { return a + b; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static float hsum(F v) { return v; }
+  static I loadi(const uint8_t* p) {  // little-endian: byte 0 in the low bits
+    return static_cast<I>(p[0]) | static_cast<I>(p[1]) << 8 | static_cast<I>(p[2]) << 16 | static_cast<I>(p[3]) << 24;
+  }
+  template <int S>
+  static F nib(I v) {
+    if constexpr (S == 7) return static_cast<float>(v >> 28);
+    else return static_cast<float>(static_cast<int32_t>(v & (15u << (4 * S))));
+  }
+  static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
+  static F scale_block(const float* s, int) { return s[0]; }
+};
+
+}  // namespace isa_scalar
+}  // namespace pyquant
+
+#define PQ_ISA_NS isa_scalar
+#include "qmatmul_kernels.h"
+
+namespace pyquant {
+
+static Status fail(Status st, const std::string& msg) {
+  set_last_error("qmatmul_cpu: " + msg);
+  return st;
+}
+
+static bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+Status qmatmul_cpu(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx, const void* qweight,
+                   const void* scales, DType scale_dtype, const uint8_t* zeros, const void* bias, int bits,
+                   int group_size, int64_t N, void* y, int64_t ldy, int num_threads) {
+  if (!is_float(x_dtype)) return fail(kUnsupported, "x dtype must be float32, bfloat16 or float16");
+  if (scale_dtype != DType::F32 && scale_dtype != DType::F16)
+    return fail(kUnsupported, "scale dtype must be float32 or float16");
+  if (M < 0 || K <= 0 || N <= 0) return fail(kInvalidArgument, "need M >= 0, K > 0, N > 0");
+  if (ldx < K) return fail(kInvalidArgument, "ldx must be >= K");
+  if (ldy < N) return fail(kInvalidArgument, "ldy must be >= N");
+  if (bits == 8) {
+    if (zeros) return fail(kInvalidArgument, "int8 is symmetric: zeros must be null");
+  } else if (bits == 4) {
+    if (group_size != 32 && group_size != 64 && group_size != 128 && group_size != 256)
+      return fail(kUnsupported, "unsupported int4 group size " + std::to_string(group_size) + " (use 32, 64, 128 or 256)");
+  } else {
+    return fail(kUnsupported, "unsupported bit width " + std::to_string(bits) + " (use 8 or 4)");
+  }
+  if (M == 0) return kOk;
+  if (!x || !qweight || !scales || !y) return fail(kInvalidArgument, "null x, qweight, scales or y");
+  QmmArgs a{x, x_dtype, M, K, ldx, qweight, scales, scale_dtype, zeros, bias, bits, bits == 4 ? group_size : 0,
+            N, y, ldy, num_threads};
+  switch (active_isa()) {
+    case Isa::Avx512: isa_avx512::qmatmul_run(a); break;
+    case Isa::Avx2: isa_avx2::qmatmul_run(a); break;
+    default: isa_scalar::qmatmul_run(a); break;
+  }
+  return kOk;
+}
+
+}  // namespace pyquant

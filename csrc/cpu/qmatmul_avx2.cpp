@@ -1,0 +1,47 @@
+// qmatmul kernels for AVX2 + FMA (8 fp32 lanes). Compiled with -mavx2 -mfma -mf16c only.
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace pyquant {
+namespace isa_avx2 {
+
+struct V {
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int W = 8;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float a) { return _mm256_set1_ps(a); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static float hsum(F v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static I loadi(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  template <int S>
+  static F nib(I v) {
+    if constexpr (S == 7) return _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
+    else return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15 << (4 * S))));
+  }
+  static F load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // lane l gets s[l / lpg]; with W = 8 only group size 32 (lpg = 4) lands here.
+  static F scale_block(const float* s, int lpg) {
+    if (lpg == 4) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(s[0])), _mm_set1_ps(s[1]), 1);
+    alignas(32) float t[W];
+    for (int l = 0; l < W; ++l) t[l] = s[l / lpg];
+    return _mm256_load_ps(t);
+  }
+};
+
+}  // namespace isa_avx2
+}  // namespace pyquant
+
+#define PQ_ISA_NS isa_avx2
+#include "qmatmul_kernels.h"

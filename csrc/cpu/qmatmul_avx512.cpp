@@ -1,0 +1,42 @@
+// qmatmul kernels for AVX-512 (16 fp32 lanes): the AVX2 traits widened. Compiled with
+// -mavx512f/bw/vl/dq; picked at run time only on CPUs that report those flags.
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace pyquant {
+namespace isa_avx512 {
+
+struct V {
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int W = 16;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float a) { return _mm512_set1_ps(a); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  static I loadi(const uint8_t* p) { return _mm512_loadu_si512(reinterpret_cast<const void*>(p)); }
+  template <int S>
+  static F nib(I v) {
+    if constexpr (S == 7) return _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 28));
+    else return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15 << (4 * S))));
+  }
+  static F load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // lane l gets s[l / lpg] (group size 32 -> lpg 4, 64 -> lpg 8).
+  static F scale_block(const float* s, int lpg) {
+    alignas(64) float t[W];
+    for (int l = 0; l < W; ++l) t[l] = s[l / lpg];
+    return _mm512_load_ps(t);
+  }
+};
+
+}  // namespace isa_avx512
+}  // namespace pyquant
+
+#define PQ_ISA_NS isa_avx512
+#include "qmatmul_kernels.h"

@@ -1,0 +1,471 @@
+// qmatmul CPU kernels, written once over a vector-traits struct V and compiled per ISA:
+// qmatmul.cpp (scalar, W=1), qmatmul_avx2.cpp (W=8), qmatmul_avx512.cpp (W=16). The includer
+// defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
+//   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
+//   loadi (4W bytes), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
+//   load_i8 (W int8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
+// Everything here lives in the ISA namespace so no inline function is shared between TUs
+// compiled with different instruction sets.
+//
+// Decode (M <= 8): GEMV-like, several W rows per pass share each x load. INT4 bytes are read as
+// 32-bit lanes: lane l of a 4W-byte block holds codes 8l..8l+7, nibble S of every lane is
+// isolated with one AND (no shuffles), and x is permuted (and scaled by 2^-4S) once per call so
+// that the matching x values sit in one vector. Per block: acc = sum(code * x), then
+// total += acc * scale; the zero-points are applied once per row with precomputed group sums
+// of x: y = sum_g s_g * (sum_k code_k x_k - z_g * sum_k x_k).
+// Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
+// fp32 panel (NR = 2W columns wide) that stays in cache, then an MR x NR FMA micro-kernel.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "qmatmul_impl.h"
+
+namespace pyquant {
+namespace PQ_ISA_NS {
+
+// ---- scalar conversions ------------------------------------------------------------------
+static inline float bits_f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline uint32_t f_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+static inline float bf16_to_f32(uint16_t h) { return bits_f(static_cast<uint32_t>(h) << 16); }
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = f_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return static_cast<uint16_t>(u >> 16);
+}
+static inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {
+    float v = static_cast<float>(m) * 5.9604644775390625e-08f;  // subnormal: m * 2^-24
+    return sign ? -v : v;
+  }
+  if (e == 31) return bits_f(sign | 0x7f800000u | (m << 13));
+  return bits_f(sign | ((e + 112u) << 23) | (m << 13));
+}
+static inline uint16_t f32_to_f16(float ff) {  // round to nearest even (F. Giesen's method)
+  uint32_t f = f_bits(ff);
+  const uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  uint16_t o;
+  if (f >= (143u << 23)) {
+    o = (f > (255u << 23)) ? 0x7e00 : 0x7c00;
+  } else if (f < (113u << 23)) {
+    const uint32_t magic = 126u << 23;
+    o = static_cast<uint16_t>(f_bits(bits_f(f) + bits_f(magic)) - magic);
+  } else {
+    uint32_t odd = (f >> 13) & 1u;
+    f += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + odd;
+    o = static_cast<uint16_t>(f >> 13);
+  }
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+
+static inline float load_one(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+static inline void load_row(const void* p, DType dt, int64_t n, float* out) {
+  if (dt == DType::F32) { std::memcpy(out, p, n * sizeof(float)); return; }
+  for (int64_t i = 0; i < n; ++i) out[i] = load_one(p, dt, i);
+}
+static inline void store_row(const float* in, DType dt, int64_t n, void* out) {
+  if (dt == DType::F32) { std::memcpy(out, in, n * sizeof(float)); return; }
+  auto* o = static_cast<uint16_t*>(out);
+  if (dt == DType::BF16) for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(in[i]);
+  else for (int64_t i = 0; i < n; ++i) o[i] = f32_to_f16(in[i]);
+}
+static inline size_t dsize(DType dt) { return dt == DType::F32 ? 4 : 2; }
+static inline const void* row_ptr(const void* base, DType dt, int64_t row, int64_t ld) {
+  return static_cast<const char*>(base) + row * ld * dsize(dt);
+}
+static inline void* row_ptr(void* base, DType dt, int64_t row, int64_t ld) {
+  return static_cast<char*>(base) + row * ld * dsize(dt);
+}
+
+static inline int threads_for(const QmmArgs& a) { return a.nthreads > 0 ? a.nthreads : omp_get_max_threads(); }
+
+// Scales of one weight row as fp32 (ng of them).
+static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* out) {
+  if (a.sdt == DType::F32) {
+    std::memcpy(out, static_cast<const float*>(a.scales) + n * ng, ng * sizeof(float));
+  } else {
+    const auto* s = static_cast<const uint16_t*>(a.scales) + n * ng;
+    for (int64_t g = 0; g < ng; ++g) out[g] = f16_to_f32(s[g]);
+  }
+}
+
+// ============================== decode: INT4 ==============================================
+struct Int4Plan {
+  int64_t G, ng, Kp, nblocks;  // nblocks full 8W-code blocks per row; codes past them: scalar tail
+  std::vector<float> xr, xp, gsum;  // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ng]
+};
+
+// The per-(row, m) integer-code dot products over the full blocks, times the block scales.
+template <int MC, int R>
+static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
+                             const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int W = V::W;
+  F tot[R][MC];
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = V::zero();
+  const int G = static_cast<int>(p.G);
+  for (int64_t b = 0; b < p.nblocks; ++b) {
+    const int64_t k0 = b * 8 * W;
+    I v[R];
+    for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
+    F acc0[R][MC], acc1[R][MC];
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) { acc0[r][m] = V::zero(); acc1[r][m] = V::zero(); }
+#define PQ_NIB_STEP(S, ACC)                                                          \
+    {                                                                                \
+      F xs[MC];                                                                      \
+      for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);            \
+      for (int r = 0; r < R; ++r) {                                                  \
+        F c = V::template nib<S>(v[r]);                                              \
+        for (int m = 0; m < MC; ++m) ACC[r][m] = V::fma(c, xs[m], ACC[r][m]);        \
+      }                                                                              \
+    }
+    PQ_NIB_STEP(0, acc0) PQ_NIB_STEP(1, acc1) PQ_NIB_STEP(2, acc0) PQ_NIB_STEP(3, acc1)
+    PQ_NIB_STEP(4, acc0) PQ_NIB_STEP(5, acc1) PQ_NIB_STEP(6, acc0) PQ_NIB_STEP(7, acc1)
+#undef PQ_NIB_STEP
+    for (int r = 0; r < R; ++r) {
+      F sv = (G >= 8 * W) ? V::set1(srow[r][k0 / G]) : V::scale_block(srow[r] + k0 / G, G / 8);
+      for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(V::add(acc0[r][m], acc1[r][m]), sv, tot[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
+}
+
+template <int MC, int R>
+static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, float* srow_buf, float* yacc) {
+  // yacc[m][r] (MC x R, row-major with stride 4) receives the finished values.
+  const int64_t row_bytes = p.Kp / 2;
+  const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
+  const float* xp[MC];
+  const float* srow[R];
+  for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kp;
+  for (int r = 0; r < R; ++r) srow[r] = srow_buf + r * p.ng;
+  float out[R][MC];
+  dec4_tile<MC, R>(xp, q, row_bytes, srow, p, out);
+  const int64_t kt = p.nblocks * 8 * V::W;
+  for (int r = 0; r < R; ++r) {
+    const uint8_t* qr = q + r * row_bytes;
+    const uint8_t* zr = a.zeros ? a.zeros + (n + r) * p.ng : nullptr;
+    for (int m = 0; m < MC; ++m) {
+      const float* xr = p.xr.data() + (m0 + m) * p.Kp;
+      const float* gs = p.gsum.data() + (m0 + m) * p.ng;
+      float v = out[r][m];
+      for (int64_t k = kt; k < p.Kp; ++k) {  // scalar tail (fewer than 8W codes)
+        int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
+        v += srow[r][k / p.G] * static_cast<float>(code) * xr[k];
+      }
+      float zc = 0.f;
+      for (int64_t g = 0; g < p.ng; ++g) zc += srow[r][g] * static_cast<float>(zr ? zr[g] : 8) * gs[g];
+      yacc[m * 4 + r] = v - zc;
+    }
+  }
+}
+
+template <int MC>
+static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, float* srow_buf,
+                       float* yacc) {
+  constexpr int R = MC == 1 ? 4 : MC == 2 ? 2 : 1;
+  int64_t r = 0;
+  for (; r + R <= nr; r += R) {
+    float tmp[MC * 4];
+    dec4_rows<MC, R>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
+    for (int m = 0; m < MC; ++m) for (int j = 0; j < R; ++j) yacc[m * 4 + r + j] = tmp[m * 4 + j];
+  }
+  for (; r < nr; ++r) {
+    float tmp[MC * 4];
+    dec4_rows<MC, 1>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
+    for (int m = 0; m < MC; ++m) yacc[m * 4 + r] = tmp[m * 4];
+  }
+}
+
+static void decode_int4(const QmmArgs& a) {
+  constexpr int W = V::W;
+  Int4Plan p;
+  p.G = a.group;
+  p.ng = (a.K + p.G - 1) / p.G;
+  p.Kp = p.ng * p.G;
+  p.nblocks = p.Kp / (8 * W);
+  const int64_t M = a.M, Kp = p.Kp;
+  p.xr.assign(M * Kp, 0.f);
+  p.xp.assign(M * Kp, 0.f);
+  p.gsum.assign(M * p.ng, 0.f);
+  for (int64_t m = 0; m < M; ++m) {
+    float* xr = p.xr.data() + m * Kp;
+    float* xp = p.xp.data() + m * Kp;
+    load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, a.K, xr);
+    for (int64_t g = 0; g < p.ng; ++g) {
+      float s = 0.f;
+      for (int64_t k = g * p.G; k < std::min(a.K, (g + 1) * p.G); ++k) s += xr[k];
+      p.gsum[m * p.ng + g] = s;
+    }
+    // Block b, lane l, nibble S holds code b*8W + 8l + S; it meets xp[b*8W + S*W + l].
+    for (int64_t b = 0; b < p.nblocks; ++b)
+      for (int S = 0; S < 8; ++S) {
+        const float mul = S == 7 ? 1.f : 1.f / static_cast<float>(1u << (4 * S));
+        for (int l = 0; l < W; ++l) xp[b * 8 * W + S * W + l] = xr[b * 8 * W + 8 * l + S] * mul;
+      }
+  }
+  const int64_t N = a.N, nblk = (N + 3) / 4;
+#pragma omp parallel num_threads(threads_for(a))
+  {
+    std::vector<float> srow(4 * p.ng), yrow(8 * 4);
+#pragma omp for schedule(static)
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
+      for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, p.ng, srow.data() + r * p.ng);
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mc = std::min<int64_t>(4, M - m0);
+        float* ya = yrow.data() + m0 * 4;
+        switch (mc) {
+          case 1: dec4_block<1>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 2: dec4_block<2>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 3: dec4_block<3>(a, p, m0, n0, nr, srow.data(), ya); break;
+          default: dec4_block<4>(a, p, m0, n0, nr, srow.data(), ya); break;
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float vals[4];
+        for (int64_t r = 0; r < nr; ++r)
+          vals[r] = yrow[m * 4 + r] + (a.bias ? load_one(a.bias, a.xdt, n0 + r) : 0.f);
+        store_row(vals, a.xdt, nr, static_cast<char*>(row_ptr(a.y, a.xdt, m, a.ldy)) + n0 * dsize(a.xdt));
+      }
+    }
+  }
+}
+
+// ============================== decode: INT8 ==============================================
+template <int MC, int R>
+static inline void dec8_tile(const float* const* x, const int8_t* q, int64_t K, float out[R][MC]) {
+  using F = typename V::F;
+  constexpr int W = V::W;
+  F acc0[R][MC], acc1[R][MC];
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) { acc0[r][m] = V::zero(); acc1[r][m] = V::zero(); }
+  int64_t k = 0;
+  for (; k + 2 * W <= K; k += 2 * W) {
+    F x0[MC], x1[MC];
+    for (int m = 0; m < MC; ++m) { x0[m] = V::load(x[m] + k); x1[m] = V::load(x[m] + k + W); }
+    for (int r = 0; r < R; ++r) {
+      F c0 = V::load_i8(q + r * K + k), c1 = V::load_i8(q + r * K + k + W);
+      for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MC; ++m) {
+      float v = V::hsum(V::add(acc0[r][m], acc1[r][m]));
+      for (int64_t kk = k; kk < K; ++kk) v += static_cast<float>(q[r * K + kk]) * x[m][kk];
+      out[r][m] = v;
+    }
+}
+
+template <int MC>
+static void dec8_block(const QmmArgs& a, const float* xf, int64_t m0, int64_t n0, int64_t nr, float* yacc) {
+  constexpr int R = MC <= 2 ? 4 : 2;
+  const int64_t K = a.K;
+  const auto* q = static_cast<const int8_t*>(a.qw);
+  const float* x[MC];
+  for (int m = 0; m < MC; ++m) x[m] = xf + (m0 + m) * K;
+  int64_t r = 0;
+  for (; r + R <= nr; r += R) {
+    float out[R][MC];
+    dec8_tile<MC, R>(x, q + (n0 + r) * K, K, out);
+    for (int m = 0; m < MC; ++m) for (int j = 0; j < R; ++j) yacc[m * 4 + r + j] = out[j][m];
+  }
+  for (; r < nr; ++r) {
+    float out[1][MC];
+    dec8_tile<MC, 1>(x, q + (n0 + r) * K, K, out);
+    for (int m = 0; m < MC; ++m) yacc[m * 4 + r] = out[0][m];
+  }
+}
+
+static void decode_int8(const QmmArgs& a) {
+  const int64_t M = a.M, K = a.K, N = a.N, nblk = (N + 3) / 4;
+  std::vector<float> xf(M * K);
+  for (int64_t m = 0; m < M; ++m) load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xf.data() + m * K);
+#pragma omp parallel num_threads(threads_for(a))
+  {
+    std::vector<float> yrow(8 * 4);
+#pragma omp for schedule(static)
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mc = std::min<int64_t>(4, M - m0);
+        float* ya = yrow.data() + m0 * 4;
+        switch (mc) {
+          case 1: dec8_block<1>(a, xf.data(), m0, n0, nr, ya); break;
+          case 2: dec8_block<2>(a, xf.data(), m0, n0, nr, ya); break;
+          case 3: dec8_block<3>(a, xf.data(), m0, n0, nr, ya); break;
+          default: dec8_block<4>(a, xf.data(), m0, n0, nr, ya); break;
+        }
+      }
+      float s[4];
+      for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, 1, s + r);  // int8: one scale per row
+      for (int64_t m = 0; m < M; ++m) {
+        float vals[4];
+        for (int64_t r = 0; r < nr; ++r)
+          vals[r] = yrow[m * 4 + r] * s[r] + (a.bias ? load_one(a.bias, a.xdt, n0 + r) : 0.f);
+        store_row(vals, a.xdt, nr, static_cast<char*>(row_ptr(a.y, a.xdt, m, a.ldy)) + n0 * dsize(a.xdt));
+      }
+    }
+  }
+}
+
+// ============================== prefill: blocked GEMM =====================================
+constexpr int kMR = 6;
+constexpr int kNR = 2 * V::W;
+constexpr int64_t kKC = 256;  // a multiple of every group size: a K block never splits a group
+constexpr int64_t kNC = kNR * 8;
+
+// C[MR x nc] (+)= A[MR x kc] * Bp[kc x NR]; A rows lda apart, Bp packed NR-wide, C rows ldc apart.
+template <int MR>
+static inline void micro(const float* A, int64_t lda, const float* Bp, int64_t kc, float* C, int64_t ldc, int nc,
+                         bool accumulate) {
+  using F = typename V::F;
+  constexpr int W = V::W;
+  F c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) { c0[i] = V::zero(); c1[i] = V::zero(); }
+  for (int64_t k = 0; k < kc; ++k) {
+    F b0 = V::load(Bp + k * kNR), b1 = V::load(Bp + k * kNR + W);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      F av = V::set1(A[i * lda + k]);
+      c0[i] = V::fma(av, b0, c0[i]);
+      c1[i] = V::fma(av, b1, c1[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if (nc == kNR) {
+      if (accumulate) { c0[i] = V::add(c0[i], V::load(c)); c1[i] = V::add(c1[i], V::load(c + W)); }
+      V::store(c, c0[i]);
+      V::store(c + W, c1[i]);
+    } else {
+      float t[kNR];
+      V::store(t, c0[i]);
+      V::store(t + W, c1[i]);
+      for (int j = 0; j < nc; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
+    }
+  }
+}
+
+static void micro_rows(int mr, const float* A, int64_t lda, const float* Bp, int64_t kc, float* C, int64_t ldc,
+                       int nc, bool acc) {
+  switch (mr) {
+    case 6: micro<6>(A, lda, Bp, kc, C, ldc, nc, acc); break;
+    case 5: micro<5>(A, lda, Bp, kc, C, ldc, nc, acc); break;
+    case 4: micro<4>(A, lda, Bp, kc, C, ldc, nc, acc); break;
+    case 3: micro<3>(A, lda, Bp, kc, C, ldc, nc, acc); break;
+    case 2: micro<2>(A, lda, Bp, kc, C, ldc, nc, acc); break;
+    default: micro<1>(A, lda, Bp, kc, C, ldc, nc, acc); break;
+  }
+}
+
+// Dequantize W[n0:n0+nc, k0:k0+kc] into Bp: panel j (columns j*NR..) is kc x NR, zero-padded.
+static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int64_t kc, float* Bp, float* srow) {
+  const int npan = (nc + kNR - 1) / kNR;
+  const int64_t G = a.group, ng = a.bits == 4 ? (a.K + G - 1) / G : 1;
+  for (int j = nc; j < npan * kNR; ++j)
+    for (int64_t k = 0; k < kc; ++k) Bp[(j / kNR) * kc * kNR + k * kNR + j % kNR] = 0.f;
+  for (int j = 0; j < nc; ++j) {
+    const int64_t n = n0 + j;
+    float* dst = Bp + (j / kNR) * kc * kNR + j % kNR;
+    if (a.bits == 8) {
+      float s;
+      row_scales(a, n, 1, &s);
+      const int8_t* q = static_cast<const int8_t*>(a.qw) + n * a.K + k0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * kNR] = static_cast<float>(q[k]) * s;
+    } else {
+      row_scales(a, n, ng, srow);
+      const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n * (ng * G / 2);
+      for (int64_t g0 = k0; g0 < k0 + kc; g0 += G) {
+        const int64_t g = g0 / G;
+        const float s = srow[g], zs = s * static_cast<float>(a.zeros ? a.zeros[n * ng + g] : 8);
+        const int64_t end = std::min(g0 + G, k0 + kc);
+        for (int64_t k = g0; k < end; ++k) {
+          const int code = (q[k >> 1] >> ((k & 1) * 4)) & 15;
+          dst[(k - k0) * kNR] = static_cast<float>(code) * s - zs;
+        }
+      }
+    }
+  }
+}
+
+static void prefill(const QmmArgs& a) {
+  const int64_t M = a.M, K = a.K, N = a.N;
+  // fp32 view of x: x itself when it already is fp32, else one converted copy.
+  std::vector<float> xbuf;
+  const float* xf = static_cast<const float*>(a.x);
+  int64_t ldxf = a.ldx;
+  if (a.xdt != DType::F32) {
+    xbuf.resize(M * K);
+    for (int64_t m = 0; m < M; ++m) load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xbuf.data() + m * K);
+    xf = xbuf.data();
+    ldxf = K;
+  }
+  const int nt = threads_for(a);
+  const int64_t nnb = (N + kNC - 1) / kNC;
+  // Split M too when there are too few N blocks to keep every thread busy.
+  int64_t nmb = 1;
+  if (nnb < 2 * nt) nmb = std::min<int64_t>((2 * nt + nnb - 1) / nnb, (M + 47) / 48);
+  const int64_t mblk = ((M + nmb - 1) / nmb + kMR - 1) / kMR * kMR;
+  nmb = (M + mblk - 1) / mblk;
+  const bool direct = a.xdt == DType::F32;
+  const int64_t ng = a.bits == 4 ? (K + a.group - 1) / a.group : 1;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> Bp(kKC * kNC), srow(ng), Cbuf(direct ? 0 : mblk * kNC);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < nnb * nmb; ++t) {
+      const int64_t n0 = (t / nmb) * kNC, mb0 = (t % nmb) * mblk;
+      const int nc = static_cast<int>(std::min(kNC, N - n0));
+      const int64_t mrows = std::min(mblk, M - mb0);
+      float* C = direct ? static_cast<float*>(a.y) + mb0 * a.ldy + n0 : Cbuf.data();
+      const int64_t ldc = direct ? a.ldy : kNC;
+      for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const int64_t kc = std::min(kKC, K - k0);
+        dequant_panel(a, n0, nc, k0, kc, Bp.data(), srow.data());
+        for (int64_t i0 = 0; i0 < mrows; i0 += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, mrows - i0));
+          for (int j0 = 0; j0 < nc; j0 += kNR)
+            micro_rows(mr, xf + (mb0 + i0) * ldxf + k0, ldxf, Bp.data() + (j0 / kNR) * kc * kNR, kc,
+                       C + i0 * ldc + j0, ldc, std::min(kNR, nc - j0), k0 > 0);
+        }
+      }
+      // Epilogue: bias, and conversion to x's dtype when y is not fp32.
+      if (a.bias || !direct) {
+        std::vector<float> b(nc, 0.f);
+        if (a.bias) for (int j = 0; j < nc; ++j) b[j] = load_one(a.bias, a.xdt, n0 + j);
+        for (int64_t i = 0; i < mrows; ++i) {
+          float* c = C + i * ldc;
+          for (int j = 0; j < nc; ++j) c[j] += b[j];
+          if (!direct) store_row(c, a.xdt, nc, static_cast<char*>(row_ptr(a.y, a.xdt, mb0 + i, a.ldy)) + n0 * dsize(a.xdt));
+        }
+      }
+    }
+  }
+}
+
+void qmatmul_run(const QmmArgs& a) {
+  if (a.M <= 8) {
+    if (a.bits == 4) decode_int4(a);
+    else decode_int8(a);
+  } else {
+    prefill(a);
+  }
+}
+
+}  // namespace PQ_ISA_NS
+}  // namespace pyquant
