@@ -11,7 +11,7 @@ import os
 from typing import Callable, Optional
 
 from . import plots
-from .load import Variant, cost_figures, kl_curve, kl_sample, load_variants, quality_figures
+from .load import Variant, cost_figures, kl_cdf, kl_curve, load_variants, quality_figures
 from .pareto import cheapest_passing, knee_point, pareto_front, verdict
 
 DEFAULT_MAX_KL = 0.007  # mean KL (nats/token): a commonly cited bar for a high-quality deployment
@@ -181,8 +181,10 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
     png = plots.plot_kl_by_position({v.name: kl_curve(v) for v in variants})
     if png:
         figures.append(Figure("kl_by_position", "KL by position",
-                              "Mean KL per position bucket; shaded: prompt (prefill) vs generated tokens.", png))
-    png = plots.plot_kl_cdf({v.name: kl_sample(v) for v in variants})
+                              "Mean KL per position bucket; shaded: prompt (prefill) vs generated tokens. "
+                              "Spikes in the prefill region at the prompt's start are common: the first tokens "
+                              "have the least context.", png))
+    png = plots.plot_kl_cdf({v.name: kl_cdf(v) for v in variants})
     if png:
         figures.append(Figure("kl_cdf", "Per-token KL distribution",
                               "Empirical CDF of per-token KL (log x-axis): curves further left are closer "

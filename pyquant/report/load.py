@@ -219,79 +219,87 @@ def cost_figures(v: Variant) -> dict:
     }
 
 
-def _list(d: Any, *names: str) -> Optional[list]:
-    val = _find(d, *names)
-    return list(val) if isinstance(val, (list, tuple)) else None
+def kl_cdf(v: Variant, limit: int = 4000) -> Optional[dict]:
+    """Empirical CDF of a variant's per-token KL: {"kl": [ascending], "fraction": [0..1], "tokens": n}.
 
-
-def kl_sample(v: Variant, limit: int = 20000) -> Optional[list]:
-    """Per-token KL values of a variant's compare run (for the CDF), thinned evenly to at most
-    ``limit`` values; None when the results hold none. Looks for ``kl_sample`` or per_token.kl."""
+    From the per-token KL when the results hold it (thinned evenly to at most ``limit`` points),
+    else from the stored quantiles (``kl_quantiles`` = {"q": percent, "kl": values}, as written by
+    pq.compare). None when neither exists. Non-finite values are left out."""
     if not v.compare:
         return None
-    xs = v.compare.get("kl_sample")
-    if not isinstance(xs, list):
-        xs = (v.compare.get("per_token") or {}).get("kl")
-    if not isinstance(xs, list) or not xs:
-        return None
-    if len(xs) > limit:
-        step = len(xs) / limit
-        xs = [xs[int(i * step)] for i in range(limit)]
-    return xs
+    xs = (v.compare.get("per_token") or {}).get("kl")
+    if isinstance(xs, list) and xs:
+        vals = sorted(float(x) for x in xs if _num(x) is not None)
+        m = len(vals)
+        if not m:
+            return None
+        idx = range(m) if m <= limit else sorted({int(round(i * (m - 1) / (limit - 1))) for i in range(limit)})
+        return {"kl": [vals[i] for i in idx], "fraction": [(i + 1) / m for i in idx], "tokens": m}
+    q = v.compare.get("kl_quantiles")
+    if isinstance(q, dict):
+        qs, ks = q.get("q") or [], q.get("kl") or []
+        pairs = [(float(a) / 100.0, float(b)) for a, b in zip(qs, ks) if _num(a) is not None and _num(b) is not None]
+        if pairs:
+            tokens = _num((compare_stats(v, "all") or {}).get("tokens"))
+            return {"kl": [b for _, b in pairs], "fraction": [a for a, _ in pairs],
+                    "tokens": int(tokens) if tokens is not None else None}
+    return None
 
 
 def _bucket_curve(rel_pos: list, kl: list, max_buckets: int = 64) -> dict:
-    """Mean KL by relative position, in equal-width integer buckets; position = bucket centre."""
-    pairs = [(p, k) for p, k in zip(rel_pos, kl) if k is not None and _num(k) is not None]
+    """Mean KL by relative position in equal-width integer buckets aligned at 0 (so no bucket mixes
+    prefill and generation); position = bucket centre."""
+    pairs = [(int(p), float(k)) for p, k in zip(rel_pos, kl) if _num(k) is not None]
     if not pairs:
         return {}
     lo, hi = min(p for p, _ in pairs), max(p for p, _ in pairs)
     width = max(1, math.ceil((hi - lo + 1) / max_buckets))
     sums: dict = {}
     for p, k in pairs:
-        b = (p - lo) // width
-        s = sums.setdefault(b, [0.0, 0])
-        s[0] += float(k)
+        s = sums.setdefault(p // width, [0.0, 0])
+        s[0] += k
         s[1] += 1
     keys = sorted(sums)
-    return {"position": [lo + b * width + (width - 1) / 2 for b in keys],
-            "kl": [sums[b][0] / sums[b][1] for b in keys], "boundary": 0.0 if lo < 0 <= hi else None}
+    return {"position": [b * width + (width - 1) / 2 for b in keys],
+            "kl": [sums[b][0] / sums[b][1] for b in keys], "boundary": -0.5 if lo < 0 <= hi else None}
 
 
 def kl_curve(v: Variant) -> Optional[dict]:
-    """Mean KL by token position of a variant's compare run: {"position", "kl", "boundary"}.
+    """Mean KL by token position of a variant's compare run: {"position", "kl", "boundary", "relative"}.
 
-    Taken from a stored curve (``kl_by_position``: position/kl lists, optional boundary) when
-    present, else computed from per-token KL and the sequences' prompt lengths, with positions
-    relative to the end of the prompt (negative = prefill, boundary 0). None when neither exists.
+    Preferred: from the per-token arrays (``per_token`` kl, seq, pos and ``sequences[i].prompt_len``,
+    as pq.compare writes them), with positions relative to the end of each prompt (negative =
+    prefill, boundary 0, relative True). Else from the stored curve (``curve.position`` =
+    {"bucket_width", "bucket_start", "mean"}: absolute positions) with the boundary at the median
+    prompt length. None when neither exists.
     """
     if not v.compare:
         return None
     d = v.compare
-    stored = d.get("kl_by_position") or d.get("kl_curve")
-    if isinstance(stored, dict):
-        x = _list(stored, "position", "positions", "bucket_start", "x")
-        y = _list(stored, "kl_mean", "kl", "mean", "y")
-        if x and y and len(x) == len(y):
-            pairs = [(float(a), float(b)) for a, b in zip(x, y) if _num(a) is not None and _num(b) is not None]
-            b = _num(stored.get("boundary", stored.get("prompt_len")))
-            return {"position": [p for p, _ in pairs], "kl": [k for _, k in pairs], "boundary": b}
+    seqs = d.get("sequences") if isinstance(d.get("sequences"), list) else []
+    plens = [int(s["prompt_len"]) for s in seqs if isinstance(s, dict) and _num(s.get("prompt_len")) is not None]
     per = d.get("per_token") or {}
-    kl = per.get("kl")
-    if not isinstance(kl, list) or not kl:
-        return None
-    rel = per.get("rel_position")
-    if not isinstance(rel, list):
-        # sequence layout: prompt_lens + row counts (or lengths: rows = length - 1)
-        seqs = d.get("sequences") if isinstance(d.get("sequences"), dict) else d
-        plen = _list(seqs, "prompt_lens", "prompt_len")
-        rows = _list(seqs, "rows", "num_rows")
-        if rows is None:
-            lens = _list(seqs, "lengths", "seq_lens")
-            rows = [int(n) - 1 for n in lens] if lens else None
-        if not plen or not rows or len(plen) != len(rows) or sum(int(r) for r in rows) != len(kl):
-            return None
-        rel = [t + 1 - int(p) for p, r in zip(plen, rows) for t in range(int(r))]
-    if len(rel) != len(kl):
-        return None
-    return _bucket_curve([int(p) for p in rel], kl) or None
+    kl, seq, pos = per.get("kl"), per.get("seq"), per.get("pos")
+    if (isinstance(kl, list) and isinstance(seq, list) and isinstance(pos, list) and kl
+            and len(kl) == len(seq) == len(pos) and len(plens) == len(seqs)):
+        try:
+            rel = [int(p) + 1 - plens[int(s)] for s, p in zip(seq, pos)]
+        except (IndexError, TypeError, ValueError):
+            rel = None
+        if rel is not None:
+            c = _bucket_curve(rel, kl)
+            if c:
+                c["relative"] = True
+                return c
+    curve = (d.get("curve") or {}).get("position") if isinstance(d.get("curve"), dict) else None
+    if isinstance(curve, dict):
+        starts, means = curve.get("bucket_start") or [], curve.get("mean") or []
+        width = _num(curve.get("bucket_width")) or 1.0
+        pairs = [(float(a) + (width - 1) / 2, float(b)) for a, b in zip(starts, means)
+                 if _num(a) is not None and _num(b) is not None]
+        if pairs:
+            plens.sort()
+            boundary = plens[len(plens) // 2] - 1.5 if plens else None  # rows t < prompt_len-1 are prefill
+            return {"position": [p for p, _ in pairs], "kl": [k for _, k in pairs], "boundary": boundary,
+                    "relative": False}
+    return None

@@ -5,7 +5,6 @@ Each ``plot_*`` function returns PNG bytes, or None when the results hold nothin
 from __future__ import annotations
 
 import io
-import math
 from typing import Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -62,9 +61,9 @@ def plot_tradeoff(names: Sequence[str], costs: Sequence[Optional[float]], kls: S
 def plot_kl_by_position(curves: dict) -> Optional[bytes]:
     """Mean KL by token position, one line per variant, prefill and generation regions shaded.
 
-    ``curves``: {variant: {"position": [...], "kl": [...], "boundary": float|None}} where
-    position is relative to the prompt end when ``boundary`` is 0 (negative = prefill) or
-    absolute otherwise. Returns PNG bytes, or None when no curve is given."""
+    ``curves``: {variant: {"position": [...], "kl": [...], "boundary": float|None, "relative": bool}}
+    (see report.load.kl_curve): positions relative to the prompt's end (negative = prefill) or
+    absolute. Returns PNG bytes, or None when no curve is given."""
     curves = {n: c for n, c in curves.items() if c and len(c.get("position") or []) > 0}
     if not curves:
         return None
@@ -72,45 +71,46 @@ def plot_kl_by_position(curves: dict) -> Optional[bytes]:
     ax = fig.add_subplot()
     xmin = min(min(c["position"]) for c in curves.values())
     xmax = max(max(c["position"]) for c in curves.values())
-    boundaries = [c.get("boundary") for c in curves.values() if c.get("boundary") is not None]
+    if xmax <= xmin:
+        xmin, xmax = xmin - 0.5, xmax + 0.5
+    relative = all(c.get("relative") for c in curves.values())
+    boundaries = [c["boundary"] for c in curves.values() if c.get("boundary") is not None]
     if boundaries:
-        b = sum(boundaries) / len(boundaries)
+        b = min(max(sum(boundaries) / len(boundaries), xmin), xmax)
         ax.axvspan(xmin, b, color="#1f77b4", alpha=0.08, lw=0)
         ax.axvspan(b, xmax, color="#ff7f0e", alpha=0.08, lw=0)
         ax.axvline(b, color="0.3", lw=0.8, ls=":")
         ax.text(0.01, 0.97, "prefill (prompt)", transform=ax.transAxes, va="top", fontsize=8, color="#1f77b4")
         ax.text(0.99, 0.97, "generation", transform=ax.transAxes, va="top", ha="right", fontsize=8, color="#c05000")
     for i, (n, c) in enumerate(curves.items()):
-        ax.plot(c["position"], c["kl"], "-", lw=1.3, color=_COLORS[i % len(_COLORS)], label=n)
-    relative = bool(boundaries) and all(b == 0 for b in boundaries)
-    ax.set_xlabel("token position" + (" relative to the prompt's end" if relative else ""))
+        ax.plot(c["position"], c["kl"], "-", marker="." if len(c["position"]) < 20 else None, lw=1.3,
+                color=_COLORS[i % len(_COLORS)], label=n)
+    ax.set_xlabel("token position relative to the prompt's end" if relative
+                  else "token position (boundary: median prompt length)")
     ax.set_ylabel("mean KL (nats/token)")
     ax.set_xlim(xmin, xmax)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(curves)), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
 
-def plot_kl_cdf(samples: dict, floor: float = 1e-6) -> Optional[bytes]:
+def plot_kl_cdf(cdfs: dict, floor: float = 1e-6) -> Optional[bytes]:
     """Empirical CDF of per-token KL on a log x-axis, one line per variant.
 
-    ``samples``: {variant: [per-token KL values]}. Values below ``floor`` (including exact
-    zeros, which a log axis cannot show) are drawn at ``floor``; non-finite values are dropped.
-    Returns PNG bytes, or None when there are no samples."""
-    clean = {}
-    for n, xs in samples.items():
-        vals = sorted(max(float(x), floor) for x in (xs or []) if x is not None and math.isfinite(float(x)))
-        if vals:
-            clean[n] = vals
-    if not clean:
+    ``cdfs``: {variant: {"kl": [ascending], "fraction": [...], "tokens": n}} (report.load.kl_cdf).
+    Values below ``floor`` (exact zeros included, which a log axis cannot show) are drawn at
+    ``floor``. Returns PNG bytes, or None when there is nothing to draw."""
+    cdfs = {n: c for n, c in cdfs.items() if c and c.get("kl")}
+    if not cdfs:
         return None
     fig = Figure(figsize=(5.6, 4.0))
     ax = fig.add_subplot()
-    for i, (n, vals) in enumerate(clean.items()):
-        m = len(vals)
-        ax.step(vals, [(j + 1) / m for j in range(m)], where="post", lw=1.4,
-                color=_COLORS[i % len(_COLORS)], label=f"{n} ({m} tok.)")
+    for i, (n, c) in enumerate(cdfs.items()):
+        xs = [max(float(x), floor) for x in c["kl"]]
+        label = n + (f" ({c['tokens']} tok.)" if c.get("tokens") else "")
+        ax.step(xs, c["fraction"], where="post", lw=1.4, color=_COLORS[i % len(_COLORS)], label=label)
     ax.set_xscale("log")
     ax.set_xlabel(f"per-token KL (nats, log scale; < {floor:g} drawn at {floor:g})")
     ax.set_ylabel("fraction of tokens ≤ x")

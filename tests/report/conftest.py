@@ -6,8 +6,8 @@ import pytest
 from pyquant.results import make_results, write_results
 
 
-def synthetic_compare(kl_mean, seed, n_seq=4, prompt_len=6, gen=10):
-    """A compare results data dict whose per-token KL has the given mean."""
+def synthetic_compare(kl_mean, seed, n_seq=4, prompt_len=6, gen=10, per_token=True):
+    """A compare results data dict in pq.compare's to_dict layout whose per-token KL has about the given mean."""
     rng = random.Random(seed)
     rows = prompt_len - 1 + gen
     kl = [rng.expovariate(1.0 / kl_mean) if kl_mean > 0 else 0.0 for _ in range(n_seq * rows)]
@@ -15,8 +15,18 @@ def synthetic_compare(kl_mean, seed, n_seq=4, prompt_len=6, gen=10):
     stats = {"kl_mean": mean, "kl_mean_ci95": [mean * 0.8, mean * 1.2], "kl_p99": max(kl), "kl_max": max(kl),
              "top1_agree": 1.0 - 5 * mean, "top1_agree_ci95": [0.9 - 5 * mean, 1.0], "reject_mean": mean / 2,
              "ppl_ratio": 1.0 + mean, "ppl_ref": 3.0, "ppl_cand": 3.0 * (1 + mean), "tokens": len(kl), "nonfinite": 0}
-    return {"stats": {"all": stats, "prefill": stats, "generation": stats},
-            "per_token": {"kl": kl}, "prompt_lens": [prompt_len] * n_seq, "rows": [rows] * n_seq}
+    srt = sorted(kl)
+    data = {"stats": {"all": stats, "prefill": stats, "generation": stats},
+            "curve": {"position": {"bucket_width": 1, "bucket_start": list(range(rows)),
+                                   "mean": [sum(kl[s * rows + t] for s in range(n_seq)) / n_seq for t in range(rows)],
+                                   "tokens": [n_seq] * rows}},
+            "kl_quantiles": {"q": list(range(101)), "kl": [srt[min(len(srt) - 1, q * len(srt) // 100)] for q in range(101)]},
+            "sequences": [{"tokens": rows, "prompt_len": prompt_len} for _ in range(n_seq)]}
+    if per_token:
+        data["per_token"] = {"kl": kl, "seq": [s for s in range(n_seq) for _ in range(rows)],
+                             "pos": [t for _ in range(n_seq) for t in range(rows)],
+                             "prefill": [float(t + 1 < prompt_len) for _ in range(n_seq) for t in range(rows)]}
+    return data
 
 
 def synthetic_bench(weight_mib, tpot_ms):

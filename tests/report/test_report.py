@@ -7,7 +7,7 @@ import pytest
 
 from pyquant.cli import main
 from pyquant.report.build import build_report, write_report
-from pyquant.report.load import Variant, cost_figures, kl_curve, load_variants, quality_figures
+from pyquant.report.load import Variant, cost_figures, kl_cdf, kl_curve, load_variants, quality_figures
 from pyquant.results import make_results, write_results
 
 
@@ -19,6 +19,7 @@ def test_merge_by_variant(results_files, VARIANTS):
     assert v.compare and v.bench and v.perplexity and len(v.sources) == 3
     q, c = quality_figures(v), cost_figures(v)
     assert q["kl_mean"] == pytest.approx(sum(v.compare["per_token"]["kl"]) / len(v.compare["per_token"]["kl"]))
+    assert q["top1_agree"] == pytest.approx(1 - 5 * q["kl_mean"]) and q["ppl_token"] == pytest.approx(10 + 0.2)
     assert q["kl_mean_ci95"][0] < q["kl_mean"] < q["kl_mean_ci95"][1]
     assert c["weight_bytes"] == 135 * 2**20
     assert c["tpot_p50_ms"] == pytest.approx(22.0) and c["ttft_p99_ms"] == pytest.approx(70.0)
@@ -26,15 +27,33 @@ def test_merge_by_variant(results_files, VARIANTS):
     assert c["peak_memory_bytes"] == (300 + 135) * 2**20  # batch 1
 
 
-def test_kl_curve_from_per_token_rows():
-    v = Variant("x", compare={"per_token": {"kl": [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0]},
-                              "prompt_lens": [3, 2], "rows": [5, 2]})
+def test_kl_curve_relative_to_prompt_end():
+    # seq 0 (prompt_len 3): rows t=0..4 -> positions -2..2; seq 1 (prompt_len 2): t=0..1 -> -1, 0
+    v = Variant("x", compare={"per_token": {"kl": [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0], "seq": [0] * 5 + [1] * 2,
+                                            "pos": [0, 1, 2, 3, 4, 0, 1]},
+                              "sequences": [{"prompt_len": 3}, {"prompt_len": 2}]})
     c = kl_curve(v)
-    # seq 0: rows t=0..4 -> positions -2..2; seq 1: t=0..1 -> -1, 0
     assert c["position"] == [-2, -1, 0, 1, 2]
     assert c["kl"] == [1.0, (2.0 + 7.0) / 2, (3.0 + 9.0) / 2, 4.0, 5.0]
-    assert c["boundary"] == 0.0
-    assert kl_curve(Variant("y", compare={"per_token": {"kl": [1.0]}, "prompt_lens": [3], "rows": [5]})) is None
+    assert c["boundary"] == -0.5 and c["relative"]
+    # without per-token arrays: the stored absolute-position curve, boundary at the median prompt length
+    v = Variant("y", compare={"curve": {"position": {"bucket_width": 4, "bucket_start": [0, 8], "mean": [0.5, 0.25]}},
+                              "sequences": [{"prompt_len": 5}, {"prompt_len": 9}, {"prompt_len": 7}]})
+    c = kl_curve(v)
+    assert c["position"] == [1.5, 9.5] and c["kl"] == [0.5, 0.25] and c["boundary"] == 5.5 and not c["relative"]
+    assert kl_curve(Variant("z", compare={"stats": {}})) is None
+
+
+def test_kl_cdf_from_per_token_and_quantiles():
+    v = Variant("x", compare={"per_token": {"kl": [0.3, None, 0.1, 0.2, 0.0]}})
+    c = kl_cdf(v)
+    assert c == {"kl": [0.0, 0.1, 0.2, 0.3], "fraction": [0.25, 0.5, 0.75, 1.0], "tokens": 4}
+    v = Variant("y", compare={"kl_quantiles": {"q": [0, 50, 100], "kl": [0.0, 0.01, 0.5]},
+                              "stats": {"all": {"tokens": 123}}})
+    assert kl_cdf(v) == {"kl": [0.0, 0.01, 0.5], "fraction": [0.0, 0.5, 1.0], "tokens": 123}
+    thinned = kl_cdf(Variant("z", compare={"per_token": {"kl": [float(i) for i in range(10000)]}}), limit=100)
+    assert len(thinned["kl"]) == 100 and thinned["kl"][0] == 0.0 and thinned["kl"][-1] == 9999.0
+    assert thinned["fraction"][-1] == 1.0
 
 
 @pytest.mark.parametrize("max_kl,cheapest", [(0.007, "int8"), (0.1, "int4-g128"), (0.0, "fp32")])
