@@ -1,0 +1,58 @@
+"""Backend "cuda" of op "qmatmul": the CUDA decode kernel in csrc/cuda/qmatmul.cu (pyquant._C).
+
+Imports cleanly without CUDA (the probe in ops/_native.py says why the backend is unavailable).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _native
+from .._registry import register
+from .qmatmul_triton import _unit_last_stride, check_backend_args
+
+#: Largest M the CUDA GEMV kernel serves; larger M (prefill) goes to the Triton kernel if it can run.
+MAX_DECODE_M = 8
+
+
+def _prefill_backend(x):
+    """The Triton backend function when it can run on x's device, else None."""
+    ok, _ = _native.triton_available()
+    if not ok:
+        return None
+    from .qmatmul_triton import qmatmul_triton
+
+    return qmatmul_triton
+
+
+@register("qmatmul", "cuda", devices=("cuda",), available=_native.cuda_available)
+def qmatmul_cuda(x, qweight, scales, zeros, bias, bits: int, group_size: int, in_features: int) -> torch.Tensor:
+    """y[M, N] = x[M, K] @ dequantize(W).T (+ bias) on a CUDA device; fp32 accumulation, x's dtype out.
+
+    Same signature and semantics as ``pyquant.ops.reference.qmatmul``. For M <= 8 (decode) it runs
+    the CUDA GEMV kernel; for M > 8 it delegates to the Triton kernel (tiled, tensor cores) when
+    Triton is available, else it runs the CUDA kernel over slices of 8 rows (correct, but it
+    re-reads the weights once per slice). Raises ValueError on bad input.
+    """
+    check_backend_args(x, qweight, scales, zeros, bias, bits, group_size, in_features, "qmatmul[cuda]")
+    if x.device.type != "cuda":
+        raise ValueError(f"qmatmul[cuda]: x is on {x.device}; the cuda backend needs CUDA tensors")
+    if x.shape[0] > MAX_DECODE_M:
+        prefill = _prefill_backend(x)
+        if prefill is not None:
+            return prefill(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    C = _native.native()
+    if C is None or not hasattr(C, "qmatmul_cuda"):
+        raise ValueError(f"qmatmul[cuda]: unavailable: {_native.cuda_available()[1]}")
+    x, qweight, scales, zeros = (None if t is None else _unit_last_stride(t.detach()) for t in (x, qweight, scales, zeros))
+    if bias is not None:
+        bias = bias.detach().to(x.dtype).contiguous()
+    if bits == 8:
+        scales = scales.contiguous()
+    y = torch.empty((x.shape[0], qweight.shape[0]), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        C.qmatmul_cuda(x, qweight, scales, zeros, bias, y,
+                       bits, group_size if bits == 4 else 0, in_features, stream)
+    return y
