@@ -1,0 +1,64 @@
+"""`pyquant compare`: force a candidate through a reference store and measure the divergence."""
+from __future__ import annotations
+
+import os
+
+HELP = "compare a candidate model with a reference store: KL, top-1 agreement, rejection, PPL ratio"
+DESCRIPTION = HELP + """
+
+The candidate is forced through the reference's own tokens (it never picks its own). Statistics
+for all tokens, the prompt part (prefill) and the generated part (generation); --exact adds the
+full-vocabulary KL against the live reference model.
+
+example:
+  pyquant compare --model int4-dir --reference ref.pqref --output compare-int4.json
+  pyquant compare --model int8-dir --reference ref.pqref --exact --reference-model demo --output c.json
+"""
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="candidate: HF model directory, pyquant quantized directory, or 'demo'")
+    p.add_argument("--reference", required=True, help="reference store (.pqref) from `pyquant reference`")
+    p.add_argument("--output", required=True, help="results JSON to write")
+    p.add_argument("--exact", action="store_true", help="also the exact full-vocabulary KL (needs --reference-model)")
+    p.add_argument("--reference-model", help="the live reference model (for --exact)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--per-token", action="store_true", help="also write the per-token arrays to the JSON")
+    p.add_argument("--variant", help="label of the candidate in reports (default: its quantization spec or dtype)")
+
+
+def variant_label(desc: dict, spec: str) -> str:
+    """A short label for a model: its quantization spec, else its dtype ('float32'), else the path."""
+    q = desc.get("quant") or {}
+    return str(q.get("default_spec") or desc.get("dtype") or os.path.basename(str(spec).rstrip("/")))
+
+
+def run(args) -> int:
+    from ..eval.compare import compare
+    from ..eval.progress import TokenProgress
+    from ..eval.store import ReferenceStore
+    from ..models import load_model, model_description, model_fingerprint, tokenizer_fingerprint
+    from ..results import make_results, write_results
+
+    if args.exact and not args.reference_model:
+        raise ValueError("--exact needs --reference-model")
+    store = ReferenceStore.load(args.reference)
+    if len(store) == 0:
+        raise ValueError(f"{args.reference} holds no sequences")
+    model, tok = load_model(args.model)
+    if tok is not None:
+        store.check_tokenizer(tokenizer_fingerprint(tok))
+    ref_model = load_model(args.reference_model)[0] if args.exact else None
+    with TokenProgress(len(store), "compare") as bar:
+        result = compare(model, store, tokenizer=tok, batch_size=args.batch_size, reference_model=ref_model,
+                         exact=args.exact, progress=bar)
+    desc = model_description(model)
+    info = {**desc, "fingerprint": model_fingerprint(model),
+            "tokenizer_fingerprint": tokenizer_fingerprint(tok) if tok is not None else None}
+    data = result.to_dict(per_token=args.per_token)
+    data["throughput"] = {"seconds": bar.elapsed, "tokens_per_s": bar.tokens_per_s}
+    write_results(args.output, make_results("compare", data, variant=args.variant or variant_label(desc, args.model),
+                                            model=info))
+    print(result.table())
+    print(f"{bar.tokens_per_s:,.1f} tok/s; wrote {args.output}")
+    return 0
