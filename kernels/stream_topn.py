@@ -99,7 +99,7 @@ def _stream_topn_kernel(
         if WFMT == 1:
             row_scale = tl.load(s_ptr + offs_v, mask=vmask, other=0.0).to(tl.float32)
             acc = acc * row_scale[None, :]
-        logits = tl.where(vmask[None, :], acc, float("-inf"))
+        logits = tl.where(vmask[None, :] & tmask[:, None], acc, float("-inf"))  # padded rows: no NaN
 
         # 2. online log-sum-exp (a row with only -inf so far keeps max=-inf, sum=0, no NaN)
         new_max = tl.maximum(run_max, tl.max(logits, 1))
@@ -109,9 +109,10 @@ def _stream_topn_kernel(
 
         # 3. running top-N over packed keys
         bits = logits.to(tl.int32, bitcast=True)
+        bits = tl.where((bits & 0x7FFFFFFF) == 0, 0, bits)  # -0.0 ties with +0.0 (lower id first)
         ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         keys = (ordered.to(tl.int64) << 32) | (2147483647 - offs_v).to(tl.int64)[None, :]
-        keys = tl.where(vmask[None, :], keys, (-9223372036854775807 - 1))
+        keys = tl.where(vmask[None, :] & tmask[:, None], keys, (-9223372036854775807 - 1))
         slot_key = tl.where(pos[None, :] < TOP_N, key_top, key_max_i64)
         row_min = tl.min(slot_key, 1)
         best = tl.max(keys, 1)

@@ -17,7 +17,8 @@ constexpr long long kEmpty = (-9223372036854775807LL - 1);
 constexpr long long kIdBias = 0x7FFFFFFFLL;
 
 __device__ __forceinline__ long long make_key(float v, long long id) {
-  const int b = __float_as_int(v);
+  int b = __float_as_int(v);
+  if ((b & 0x7FFFFFFF) == 0) b = 0;  // -0.0 ties with +0.0 (then the lower id wins), integer-only
   const int s = b ^ ((b >> 31) & 0x7FFFFFFF);
   const unsigned long long hi = static_cast<unsigned long long>(static_cast<unsigned int>(s)) << 32;
   return static_cast<long long>(hi | static_cast<unsigned long long>(kIdBias - id));
