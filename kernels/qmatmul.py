@@ -101,7 +101,7 @@ def _next_pow2(v: int) -> int:
 
 
 def block_config(M: int, N: int, K: int, bits: int, group_size: int, interpret: bool) -> dict:
-    """Block sizes and launch options for one call (a plain heuristic; no autotuning).
+    """Block sizes and launch options for one call (a plain heuristic, not yet tuned on a GPU).
 
     Returns a dict of the kernel's constexpr block sizes plus ``num_warps``/``num_stages``.
     INT4 needs BLOCK_K to divide the group size (every supported group size is a power of 2).
@@ -109,9 +109,12 @@ def block_config(M: int, N: int, K: int, bits: int, group_size: int, interpret: 
     kmax = group_size if bits == 4 else 256
     if M < 16:  # decode: multiply-reduce, one small row block, weights streamed once
         bm = _next_pow2(M)
-        bn = 32 if interpret else (64 if bm <= 4 else 32)
-        bk = min(kmax, 128 if interpret else 128)
-        return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, USE_DOT=False, num_warps=4, num_stages=2)
+        if interpret:  # few, large blocks: the interpreter's cost is per block operation
+            return dict(BLOCK_M=bm, BLOCK_N=32, BLOCK_K=min(kmax, 128), USE_DOT=False, num_warps=4, num_stages=1)
+        # GPU: narrow column blocks so even N = 4096 fills >100 SMs; the [BM, BN, BK] product
+        # tile stays at <= 8192 fp32 values (64 per thread with 4 warps), no spills.
+        bk = min(kmax, 128 if bm <= 4 else 64)
+        return dict(BLOCK_M=bm, BLOCK_N=16, BLOCK_K=bk, USE_DOT=False, num_warps=4, num_stages=3)
     bm = 16 if M <= 16 else (32 if M <= 32 else 64)
     bn = 64 if interpret else (64 if M <= 64 else 128)
     bk = min(kmax, 64)
