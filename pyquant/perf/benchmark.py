@@ -123,7 +123,10 @@ def _profiled(enabled: bool, device: torch.device, trace_path: str | None, recor
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             yield
+        os.makedirs(os.path.dirname(os.path.abspath(trace_path)), exist_ok=True)
         prof.export_chrome_trace(trace_path)
+        if not os.path.isfile(trace_path):  # the exporter logs and returns on failure: say so
+            raise OSError(f"could not write the profiler trace {trace_path}")
         record.setdefault("traces", []).append(trace_path)
 
 

@@ -16,3 +16,9 @@ def tiny_llama(seed=0, hidden=64, inter=128, layers=2, vocab=300, ctx=256):
 @pytest.fixture
 def tiny_model():
     return tiny_llama()
+
+
+@pytest.fixture
+def make_llama():
+    """The tiny_llama factory, for tests that need other sizes or several models."""
+    return tiny_llama

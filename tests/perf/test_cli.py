@@ -1,0 +1,61 @@
+import json
+import os
+
+import pytest
+import torch
+
+import pyquant as pq
+from pyquant.cli import main
+from pyquant.results import read_results
+
+
+@pytest.fixture(scope="module")
+def qdir(tmp_path_factory):
+    """A tiny int4 model saved as a pyquant quantized directory (no tokenizer: prompts avoid config specials)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    m = pq.quantize_model(LlamaForCausalLM(cfg).eval(), "int4-g32")
+    return pq.save_quantized(m, str(tmp_path_factory.mktemp("q") / "tiny-int4"))
+
+
+def test_bench_cli_writes_results_table_and_cpu_trace(qdir, tmp_path, capsys):
+    out = tmp_path / "res" / "bench.json"
+    rc = main(["bench", "--model", qdir, "--batch-sizes", "1,2", "--prompt-len", "8", "--gen-len", "3",
+               "--requests", "2", "--warmup", "1", "--threads", "1", "--no-peak-memory", "--profile",
+               "--output", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "TTFT p50 ms" in text and "gain/doubling" in text and "int4-g32" in text
+    res = read_results(str(out))
+    assert res["kind"] == "bench" and res["variant"] == "int4-g32" and res["complete"]
+    assert res["machine"]["backend_info"] and res["machine"]["cpu_count"] >= 1
+    d = res["data"]
+    assert [s["batch"] for s in d["settings"]] == [1, 2]
+    assert d["memory"]["weights"]["quantized_layers"] == 14
+    assert d["memory"]["disk"]["bytes"] == sum(os.path.getsize(os.path.join(qdir, f)) for f in os.listdir(qdir))
+    for b in (1, 2):
+        trace = tmp_path / "res" / f"bench.b{b}.trace.json"
+        assert trace.is_file() and "traceEvents" in json.loads(trace.read_text())
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--requests", "0"], "requests"),
+    (["--batch-sizes", "1,x"], "batch-sizes"),
+    (["--batch-sizes", "0"], "batch sizes"),
+    (["--device", "tpu"], "unknown device"),
+    (["--prompt-len", "60", "--gen-len", "8"], "exceeds the model's context of 64"),
+])
+def test_bench_cli_bad_input_exit_2(qdir, argv, match, capsys):
+    rc = main(["bench", "--model", qdir, "--no-peak-memory", "--prompt-len", "8", "--gen-len", "2", *argv])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "pyquant bench: error:" in err and match in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_bench_cli_cuda_without_cuda_exit_2(capsys):
+    assert main(["bench", "--model", "demo", "--device", "cuda"]) == 2  # fails before loading anything
+    assert "CUDA is not available" in capsys.readouterr().err
