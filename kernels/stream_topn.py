@@ -102,31 +102,37 @@ def _stream_topn_kernel(
         logits = tl.where(vmask[None, :] & tmask[:, None], acc, float("-inf"))  # padded rows: no NaN
 
         # 2. online log-sum-exp (a row with only -inf so far keeps max=-inf, sum=0, no NaN)
-        new_max = tl.maximum(run_max, tl.max(logits, 1))
+        tile_max = tl.max(logits, 1)
+        new_max = tl.maximum(run_max, tile_max)
         safe = tl.where(new_max == float("-inf"), 0.0, new_max)
         run_sum = run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(logits - safe[:, None]), 1)
         run_max = new_max
 
-        # 3. running top-N over packed keys
-        bits = logits.to(tl.int32, bitcast=True)
-        bits = tl.where((bits & 0x7FFFFFFF) == 0, 0, bits)  # -0.0 ties with +0.0 (lower id first)
-        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        keys = (ordered.to(tl.int64) << 32) | (2147483647 - offs_v).to(tl.int64)[None, :]
-        keys = tl.where(vmask[None, :] & tmask[:, None], keys, (-9223372036854775807 - 1))
+        # 3. running top-N over packed keys, skipped when no row's tile max reaches its N-th logit
         slot_key = tl.where(pos[None, :] < TOP_N, key_top, key_max_i64)
         row_min = tl.min(slot_key, 1)
-        best = tl.max(keys, 1)
-        go = tl.max((best > row_min).to(tl.int32), 0)
-        while go > 0:
-            ins = best > row_min
-            min_pos = tl.min(tl.where(slot_key == row_min[:, None], pos[None, :], NP), 1)
-            hit = (pos[None, :] == min_pos[:, None]) & ins[:, None]
-            key_top = tl.where(hit, best[:, None], key_top)
-            keys = tl.where((keys == best[:, None]) & ins[:, None], (-9223372036854775807 - 1), keys)
-            slot_key = tl.where(pos[None, :] < TOP_N, key_top, key_max_i64)
-            row_min = tl.min(slot_key, 1)
+        s_min = (row_min >> 32).to(tl.int32)
+        thr = (s_min ^ ((s_min >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+        thr = tl.where(row_min == (-9223372036854775807 - 1), float("-inf"), thr)
+        need = tl.max(((tile_max >= thr) & tmask).to(tl.int32), 0)
+        if need > 0:
+            bits = logits.to(tl.int32, bitcast=True)
+            bits = tl.where((bits & 0x7FFFFFFF) == 0, 0, bits)  # -0.0 ties with +0.0 (lower id first)
+            ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+            keys = (ordered.to(tl.int64) << 32) | (2147483647 - offs_v).to(tl.int64)[None, :]
+            keys = tl.where(vmask[None, :] & tmask[:, None], keys, (-9223372036854775807 - 1))
             best = tl.max(keys, 1)
             go = tl.max((best > row_min).to(tl.int32), 0)
+            while go > 0:
+                ins = best > row_min
+                min_pos = tl.min(tl.where(slot_key == row_min[:, None], pos[None, :], NP), 1)
+                hit = (pos[None, :] == min_pos[:, None]) & ins[:, None]
+                key_top = tl.where(hit, best[:, None], key_top)
+                keys = tl.where((keys == best[:, None]) & ins[:, None], (-9223372036854775807 - 1), keys)
+                slot_key = tl.where(pos[None, :] < TOP_N, key_top, key_max_i64)
+                row_min = tl.min(slot_key, 1)
+                best = tl.max(keys, 1)
+                go = tl.max((best > row_min).to(tl.int32), 0)
 
         # 4. gathers of the target / reference ids that fall in this tile
         if HAS_TGT:
@@ -227,7 +233,8 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
         return out
 
     interp = os.environ.get("TRITON_INTERPRET") == "1"
-    bv = min(256, max(16, 1 << (int(vocab_tile or 128).bit_length() - 1)))  # power of two <= tile
+    # power of two <= vocab_tile; at most 128 on a GPU (registers), 256 under the interpreter (speed)
+    bv = min(256 if interp else 128, max(16, 1 << (int(vocab_tile or 128).bit_length() - 1)))
     bt = block_t or min(64, max(16, _next_pow2(T)))
     bk = block_k or min(64, max(16, _next_pow2(K)))
     n_tblocks = triton.cdiv(T, bt)
@@ -261,6 +268,7 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
         TOP_N=n, NP=max(2, _next_pow2(n)), BLOCK_T=bt, BLOCK_V=bv, BLOCK_K=bk,
         WFMT=wfmt, HAS_ZEROS=zp is not None, HAS_TGT=targets is not None, HAS_REF=ref_ids is not None,
         DOT_DTYPE=tl_dtype, INPUT_PRECISION=precision,
+        num_warps=8 if bt * bv >= 64 * 128 else 4,
     )
     if splits == 1:
         out["logsumexp"] = max_p[0] + torch.log(sum_p[0])
