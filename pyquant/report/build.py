@@ -78,10 +78,10 @@ def _quality_table(variants, qual) -> Table:
         top1 = "n/a" if q["top1_agree"] is None else f"{q['top1_agree'] * 100:.2f}%" + _ci(q["top1_agree_ci95"], ".2f", 100)
         rows.append([
             v.name + (" (incomplete)" if v.incomplete else ""),
-            _f(q["kl_mean"], ".5f") + _ci(q["kl_mean_ci95"], ".5f"),
-            _f(q["kl_p99"], ".4f"),
+            _f(q["kl_mean"], ".4g") + _ci(q["kl_mean_ci95"], ".3g"),
+            _f(q["kl_p99"], ".4g"),
             top1,
-            _f(q["reject_mean"], ".4f"),
+            _f(q["reject_mean"], ".4g"),
             _f(q["ppl_ratio"], ".4f"),
             _f(q["ppl_token"], ".3f"),
             _f(q["bits_per_byte"], ".4f"),
@@ -136,7 +136,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
             s = f"{n}: no KL measured, no verdict."
         else:
             rel = "<=" if vd != "fail" else ">"
-            s = f"{n}: mean KL {q['kl_mean']:.5f}{_ci(q['kl_mean_ci95'], '.5f')} {rel} {max_kl:g}"
+            s = f"{n}: mean KL {q['kl_mean']:.4g}{_ci(q['kl_mean_ci95'], '.3g')} {rel} {max_kl:g}"
             if vd == "borderline":
                 s += " (the 95% interval reaches past the threshold: measure on more prompts)"
             s += "."

@@ -40,7 +40,7 @@ def plot_tradeoff(names: Sequence[str], costs: Sequence[Optional[float]], kls: S
         on_front = i in front
         ax.scatter([c], [k], s=60 if on_front else 40, color=_COLORS[i % len(_COLORS)],
                    edgecolors="black" if on_front else "none", zorder=3)
-        ax.annotate(n, (c, k), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        ax.annotate(n, (c, k), textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -12), fontsize=8)
     if len(front) > 1:
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-", color="0.4", lw=1.2,
                 zorder=2, label="Pareto front")

@@ -1,0 +1,290 @@
+"""The demo pipeline (``pyquant demo`` / ``make demo``): the whole evaluation of one model.
+
+Steps: load the model (default: the bundled SmolLM2-135M) -> collect a reference on the
+built-in prompts -> for the full-precision model and each quantized variant (RTN on a fresh
+copy): compare against the reference, perplexity on the built-in text, benchmark -> the
+trade-off report (HTML + Markdown + PNGs) -> print the summary.
+
+Files in the output directory: ``reference.pqref``, ``{variant}.{compare,perplexity,bench}.json``
+(pyquant results files), ``report.html``, ``report.md``, ``report_*.png`` and ``demo-config.json``.
+Resumable: a results file that is already there and complete is reused, and the reference
+store resumes from its checkpoint; a directory made with other settings is refused rather than
+mixed. A step whose API is not available in this build is skipped with a message, never faked.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import json
+import os
+import time
+from typing import Callable, Optional
+
+from . import data
+from .results import make_results, read_results, write_results
+
+REFERENCE_VARIANT = "fp32"
+DEFAULT_VARIANTS = ("int8", "int4-g128", "int4-g32")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run (tokens unless said otherwise)."""
+
+    prompts: Optional[int]  # how many built-in prompts (None: all)
+    max_new_tokens: int
+    top_n: int
+    ppl_words: Optional[int]  # words of the built-in text (None: all)
+    ppl_context: int
+    bench_batch_sizes: tuple
+    bench_prompt_len: int
+    bench_gen_len: int
+    bench_requests: int
+    bench_warmup: int
+    bench_peak_memory: bool  # isolated worker process per setting (peak RSS)
+
+
+FULL = DemoSettings(prompts=None, max_new_tokens=96, top_n=16, ppl_words=None, ppl_context=512,
+                    bench_batch_sizes=(1, 8), bench_prompt_len=128, bench_gen_len=32, bench_requests=5,
+                    bench_warmup=1, bench_peak_memory=True)
+QUICK = DemoSettings(prompts=4, max_new_tokens=8, top_n=16, ppl_words=60, ppl_context=64,
+                     bench_batch_sizes=(1, 2), bench_prompt_len=16, bench_gen_len=4, bench_requests=2,
+                     bench_warmup=0, bench_peak_memory=False)
+
+
+class _Log:
+    """Progress lines with the elapsed wall time."""
+
+    def __init__(self, out: Callable[[str], None]):
+        self.t0 = time.perf_counter()
+        self.out = out
+
+    def __call__(self, msg: str) -> None:
+        self.out(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}")
+
+
+def _bar(desc: str, total: Optional[int], unit: str):
+    """A tqdm bar and a ``progress(items, tokens)`` callback that advances it and shows tokens/s."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
+    state = {"tokens": 0, "t0": time.perf_counter()}
+
+    def cb(items: int, tokens: int) -> None:
+        state["tokens"] += tokens
+        bar.update(items)
+        dt = time.perf_counter() - state["t0"]
+        if dt > 0:
+            bar.set_postfix_str(f"{state['tokens'] / dt:.0f} tok/s")
+
+    return bar, cb
+
+
+def _api(name: str, log: _Log):
+    """``pyquant.<name>`` or None (with a message) when that part of pyquant is not in this build."""
+    import pyquant
+
+    try:
+        return getattr(pyquant, name)
+    except (ImportError, AttributeError) as e:
+        log(f"SKIPPED: pq.{name} is not available in this build ({type(e).__name__}: {e})")
+        return None
+
+
+def _reusable(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    try:
+        return bool(read_results(path).get("complete"))
+    except ValueError:
+        return False
+
+
+def _check_config(out_dir: str, config: dict) -> None:
+    """Refuse an output directory that holds a demo run made with other settings."""
+    path = os.path.join(out_dir, "demo-config.json")
+    config = json.loads(json.dumps(config))  # tuples -> lists, as read back
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ValueError(f"{out_dir} holds a demo run made with other settings ({', '.join(diff)} differ): "
+                             "use another --output-dir or delete it")
+    else:
+        with open(path, "w") as f:
+            json.dump(config, f, indent=1)
+
+
+def _texts(settings: DemoSettings) -> list:
+    with open(data.perplexity_text_path(), encoding="utf-8") as f:
+        text = f.read()
+    if settings.ppl_words is not None:
+        text = " ".join(text.split()[: settings.ppl_words])
+    return [text]
+
+
+def _model_info(model, spec_name: str, variant: str) -> dict:
+    info = {"name": spec_name, "variant": variant}
+    try:
+        from .models import model_description
+
+        info.update(model_description(model))
+    except Exception as e:  # noqa: BLE001  (a description is optional; say why it is missing)
+        info["description_error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = "demo",
+             variants=DEFAULT_VARIANTS, max_kl: Optional[float] = None,
+             out: Callable[[str], None] = print) -> dict:
+    """Run the whole demo; returns {"output_dir", "report" (HTML path or None), "results" [paths],
+    "skipped" [messages], "wall_s" (seconds)}.
+
+    model: "demo" (bundled SmolLM2-135M), an HF directory or a .gguf file. variants: quantization
+    schemes (QuantSpec strings) compared with the full-precision model. quick: tiny sizes (for
+    tests). Raises ValueError on bad variants or an output directory made with other settings.
+    """
+    from .formats import QuantSpec
+    from .report.build import DEFAULT_MAX_KL, format_table_text, write_report
+
+    max_kl = DEFAULT_MAX_KL if max_kl is None else max_kl
+    variants = tuple(str(QuantSpec.parse(v)) if v != REFERENCE_VARIANT else v for v in variants)
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"duplicate variants in {variants}")
+    settings = QUICK if quick else FULL
+    log = _Log(out)
+    os.makedirs(output_dir, exist_ok=True)
+    _check_config(output_dir, {"model": str(model), "quick": bool(quick), "settings": dataclasses.asdict(settings)})
+    skipped: list = []
+    results: list = []
+
+    def skip(msg):
+        skipped.append(msg)
+        log(f"SKIPPED: {msg}")
+
+    log(f"demo: model {model!r}, variants {', '.join((REFERENCE_VARIANT,) + variants)}, "
+        f"{'quick' if quick else 'full'} sizes, output in {output_dir}/")
+    load_model = _api("load_model", log)
+    if load_model is None:
+        raise ValueError("pq.load_model is not available: nothing can run")
+    log("loading the model (the first run converts the GGUF file and caches it)")
+    ref_model, tok = load_model(model)
+    n_params = sum(p.numel() for p in ref_model.parameters())
+    log(f"loaded {type(ref_model).__name__} ({n_params / 1e6:.1f} M parameters)")
+
+    # -- reference ------------------------------------------------------------------------------
+    store = None
+    collect_reference = _api("collect_reference", log)
+    store_path = os.path.join(output_dir, "reference.pqref")
+    if collect_reference is None:
+        skip("reference collection (pq.collect_reference missing): no compare results")
+    else:
+        from .eval.prompts import read_prompts
+
+        prompts = read_prompts(data.prompts_path())[: settings.prompts]
+        if os.path.isfile(store_path):
+            from .eval.store import ReferenceStore
+
+            store = ReferenceStore.load(store_path)
+            log(f"reusing {store_path} ({len(store)} sequences)")
+        else:
+            log(f"collecting the reference on {len(prompts)} built-in prompts, {settings.max_new_tokens} new tokens each")
+            bar, cb = _bar("reference", len(prompts), "seq")
+            with bar:
+                store = collect_reference(ref_model, tok, prompts, max_new_tokens=settings.max_new_tokens,
+                                          top_n=settings.top_n, output=store_path, progress=cb)
+            log(f"reference: {len(store)} sequences, {store.num_rows} scored positions, "
+                f"{store.bytes_per_token:.1f} bytes/token -> {store_path}")
+
+    compare_fn = _api("compare", log) if store is not None else None
+    perplexity_fn = _api("perplexity", log)
+    benchmark_fn = _api("benchmark", log)
+    quantize_model = _api("quantize_model", log)
+    for name, fn in (("compare", compare_fn), ("perplexity", perplexity_fn), ("benchmark", benchmark_fn)):
+        if fn is None and not (name == "compare" and store is None):
+            skip(f"{name} for every variant (pq.{name} missing)")
+    texts = _texts(settings)
+
+    # -- each variant -----------------------------------------------------------------------------
+    for variant in (REFERENCE_VARIANT,) + variants:
+        paths = {k: os.path.join(output_dir, f"{variant}.{k}.json") for k in ("compare", "perplexity", "bench")}
+        todo = {k: p for k, p in paths.items() if not _reusable(p)}
+        for k, p in paths.items():
+            if k not in todo:
+                log(f"{variant}: reusing {p}")
+                results.append(p)
+        todo = {k: p for k, p in todo.items()
+                if {"compare": compare_fn, "perplexity": perplexity_fn, "bench": benchmark_fn}[k] is not None}
+        if not todo:
+            continue
+        if variant == REFERENCE_VARIANT:
+            m = ref_model
+        elif quantize_model is None:
+            skip(f"{variant}: quantization (pq.quantize_model missing)")
+            continue
+        else:
+            log(f"{variant}: quantizing a fresh copy of the model (RTN, lm_head kept full precision)")
+            m = quantize_model(copy.deepcopy(ref_model), variant)
+        minfo = _model_info(m, str(model), variant)
+        if "compare" in todo:
+            log(f"{variant}: compare against the reference ({store.num_rows} positions)")
+            bar, cb = _bar(f"compare {variant}", len(store), "seq")
+            with bar:
+                r = compare_fn(m, store, tokenizer=tok, progress=cb)
+            d = r.to_dict(per_token=True)
+            write_results(todo["compare"], make_results("compare", d, variant=variant, model=minfo))
+            results.append(todo["compare"])
+            s = d["stats"]["all"]
+            log(f"{variant}: mean KL {s['kl_mean']:.5f}, top-1 agree {100 * s['top1_agree']:.2f}%")
+        if "perplexity" in todo:
+            log(f"{variant}: perplexity on the built-in text (rolling windows of {settings.ppl_context} tokens)")
+            bar, cb = _bar(f"perplexity {variant}", None, "win")
+            with bar:
+                r = perplexity_fn(m, tok, texts, context=settings.ppl_context, mode="rolling", progress=cb)
+            write_results(todo["perplexity"], make_results("perplexity", r.to_dict(), variant=variant, model=minfo))
+            results.append(todo["perplexity"])
+            log(f"{variant}: token perplexity {r.token_perplexity:.3f}, bits/byte {r.bits_per_byte:.4f}")
+        if "bench" in todo:
+            log(f"{variant}: benchmark, batch sizes {settings.bench_batch_sizes}, prompt {settings.bench_prompt_len} "
+                f"+ {settings.bench_gen_len} generated tokens, {settings.bench_requests} timed requests each")
+            r = benchmark_fn(m, tok, batch_sizes=settings.bench_batch_sizes, prompt_len=settings.bench_prompt_len,
+                             gen_len=settings.bench_gen_len, requests=settings.bench_requests,
+                             warmup=settings.bench_warmup, peak_memory=settings.bench_peak_memory)
+            write_results(todo["bench"], r.to_results(variant=variant, model=minfo))
+            results.append(todo["bench"])
+            s0 = next((s for s in r.settings if s.get("status") == "ok"), None)
+            if s0:
+                log(f"{variant}: TPOT P50 {1e3 * s0['tpot_s']['p50']:.1f} ms at batch {s0['batch']}, "
+                    f"weights {r.memory['weights']['total'] / 2**20:.1f} MiB")
+        if m is not ref_model:
+            del m
+            gc.collect()
+
+    # -- report -----------------------------------------------------------------------------------
+    report_path = None
+    if results:
+        log("writing the report")
+        rep = write_report(results, os.path.join(output_dir, "report.html"), max_kl=max_kl,
+                           title=f"pyquant demo: {model if model != 'demo' else 'SmolLM2-135M-Instruct'}")
+        report_path = rep["html"]
+        r = rep["report"]
+        out("")
+        for t in r.tables:
+            out(t.title)
+            out(format_table_text(t))
+            out("")
+        for _, vd, s in r.verdict_lines:
+            out(f"{vd.upper():<10} {s}")
+        out(r.summary)
+        out("")
+    else:
+        skip("report (no results were produced)")
+    wall = time.perf_counter() - log.t0
+    if skipped:
+        out(f"{len(skipped)} step(s) skipped: " + "; ".join(skipped))
+    if report_path:
+        out(f"report: {os.path.abspath(report_path)}  (Markdown twin: report.md, figures: report_*.png)")
+    out(f"demo finished in {wall:.0f} s")
+    return {"output_dir": output_dir, "report": report_path, "results": results, "skipped": skipped, "wall_s": wall}
