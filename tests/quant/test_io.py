@@ -1,0 +1,147 @@
+"""save_quantized / load_quantized: exact round trip, tied heads, tokenizer, and every corruption
+(missing/corrupt/truncated tensor file, unknown or newer format version) raising ValueError."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import pyquant as pq
+from pyquant.models import model_fingerprint, tokenizer_fingerprint
+from pyquant.quant.io import CONFIG_NAME, WEIGHTS_NAME, tensor_sha256
+from pyquant.quant.linear import QuantLinear
+from tinymodels import random_ids
+
+
+def module_types(model):
+    return {n: (type(m).__name__, str(getattr(m, "spec", ""))) for n, m in model.named_modules()}
+
+
+def assert_same_model(a, b, ids):
+    assert module_types(a) == module_types(b)
+    assert a.pyquant_config == b.pyquant_config
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+    assert model_fingerprint(a) == model_fingerprint(b)
+
+
+def test_round_trip_identical(llama, tmp_path):
+    pq.quantize_model(llama, "int4-g32", overrides={"*down_proj": "int8", "*v_proj": "int4-g64-sym-fp16"})
+    pq.save_quantized(llama, tmp_path)
+    loaded = pq.load_quantized(tmp_path)
+    assert isinstance(loaded.model.layers[1].mlp.down_proj, QuantLinear)
+    assert loaded.model.layers[0].self_attn.v_proj.scales.dtype == torch.float16
+    assert_same_model(llama, loaded, random_ids())
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert meta["format_version"] == 1 and meta["model_fingerprint"] == model_fingerprint(llama)
+    assert meta["tensors"]["lm_head.weight"]["sha256"] == tensor_sha256(llama.lm_head.weight)
+
+
+def test_round_trip_tied_embeddings(tied_llama, tmp_path):
+    pq.quantize_model(tied_llama, "int8")  # lm_head skipped: stays tied, stored once
+    pq.save_quantized(tied_llama, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert meta["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert "lm_head.weight" not in load_file(tmp_path / WEIGHTS_NAME)
+    loaded = pq.load_quantized(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert_same_model(tied_llama, loaded, random_ids())
+
+
+def test_round_trip_quantized_tied_head_with_bias_and_tokenizer(tokenizer, tmp_path):
+    from tinymodels import tiny_llama
+
+    model = tiny_llama(tie=True, bias=True)
+    pq.quantize_model(model, "int4-g64", skip=())
+    pq.save_quantized(model, tmp_path, tokenizer=tokenizer)
+    loaded, tok = pq.load_model(str(tmp_path))
+    assert isinstance(loaded.lm_head, QuantLinear) and isinstance(loaded.model.embed_tokens, nn.Embedding)
+    assert loaded.model.layers[0].self_attn.q_proj.bias is not None
+    assert_same_model(model, loaded, random_ids())
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(tokenizer)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["tokenizer_fingerprint"] == tokenizer_fingerprint(tok)
+
+
+@pytest.fixture
+def saved(llama, tmp_path):
+    pq.quantize_model(llama, "int4-g32")
+    pq.save_quantized(llama, tmp_path)
+    return tmp_path
+
+
+def _edit_meta(path, fn):
+    meta = json.loads((path / CONFIG_NAME).read_text())
+    fn(meta)
+    (path / CONFIG_NAME).write_text(json.dumps(meta))
+
+
+def test_corrupt_tensor_bytes(saved):
+    f = saved / WEIGHTS_NAME
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF  # a byte of the last tensor's data, same file size
+    f.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        pq.load_quantized(saved)
+
+
+def test_truncated_file(saved):
+    f = saved / WEIGHTS_NAME
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        pq.load_quantized(saved)
+    _edit_meta(saved, lambda m: m["file"].pop("bytes"))  # without the size check, safetensors says it
+    with pytest.raises(ValueError, match="cannot read safetensors"):
+        pq.load_quantized(saved)
+
+
+def test_missing_tensor(saved):
+    f = saved / WEIGHTS_NAME
+    tensors = load_file(f)
+    victim = "model.layers.1.mlp.up_proj.scales"
+    del tensors[victim]
+    save_file(tensors, f)
+    _edit_meta(saved, lambda m: m["file"].update(bytes=os.path.getsize(f)))
+    with pytest.raises(ValueError, match="missing tensor.*up_proj.scales"):
+        pq.load_quantized(saved)
+
+
+def test_missing_files(saved):
+    (saved / WEIGHTS_NAME).unlink()
+    with pytest.raises(ValueError, match="is missing"):
+        pq.load_quantized(saved)
+    (saved / CONFIG_NAME).unlink()
+    with pytest.raises(ValueError, match="not a pyquant quantized directory"):
+        pq.load_quantized(saved)
+
+
+@pytest.mark.parametrize("version,message", [(2, "newer"), ("1", "unknown format_version"), (0, "unknown format_version")])
+def test_bad_format_version(saved, version, message):
+    _edit_meta(saved, lambda m: m.update(format_version=version))
+    with pytest.raises(ValueError, match=message):
+        pq.load_quantized(saved)
+
+
+def test_bad_format_and_json(saved):
+    _edit_meta(saved, lambda m: m.update(format="something.else"))
+    with pytest.raises(ValueError, match="unknown format"):
+        pq.load_quantized(saved)
+    (saved / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        pq.load_quantized(saved)
+
+
+def test_layer_not_in_architecture(saved):
+    _edit_meta(saved, lambda m: m["quant"]["layers"].update({"model.layers.7.mlp.up_proj": {"spec": "int8", "shape": [128, 64]}}))
+    with pytest.raises(ValueError, match="does not exist"):
+        pq.load_quantized(saved)
+
+
+def test_save_unquantized_model_is_an_error(llama, tmp_path):
+    with pytest.raises(ValueError, match="no quantized layers"):
+        pq.save_quantized(llama, tmp_path)

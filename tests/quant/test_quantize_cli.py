@@ -1,0 +1,54 @@
+"""`pyquant quantize` through pyquant.cli.main on a tiny HF model directory."""
+import pytest
+
+from pyquant.cli import main
+from pyquant.quant.linear import QuantLinear
+from tinymodels import tiny_llama
+
+
+@pytest.fixture
+def hf_dir(tmp_path, tokenizer):
+    d = tmp_path / "tiny-hf"
+    tiny_llama(tie=True).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+def test_quantize_writes_a_loadable_directory(hf_dir, tmp_path, capsys):
+    import pyquant as pq
+
+    out = tmp_path / "q"
+    rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--override", "*down_proj=int8",
+               "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "quantized 14 linear layers: 12 x int4-g32, 2 x int8" in text
+    assert "weights in memory:" in text and "smaller" in text
+    model, tok = pq.load_model(str(out))
+    assert tok is not None and type(model.lm_head).__name__ == "Linear"
+    assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear)
+    assert str(model.model.layers[0].mlp.down_proj.spec) == "int8"
+
+
+def test_skip_nothing_quantizes_the_head(hf_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--skip", "--output", str(out)]) == 0
+    assert "quantized 15 linear layers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--scheme", "int4-g100"], "group size"),
+    (["--scheme", "int8", "--override", "down_proj"], "PATTERN=SPEC"),
+    (["--scheme", "int8", "--override", "down_proj=int5"], "cannot parse"),
+])
+def test_bad_input_exits_2(hf_dir, tmp_path, capsys, extra, message):
+    rc = main(["quantize", "--model", str(hf_dir), "--output", str(tmp_path / "q"), *extra])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_model_and_nonempty_output_exit_2(hf_dir, tmp_path, capsys):
+    assert main(["quantize", "--model", str(tmp_path / "nope"), "--scheme", "int8", "--output", str(tmp_path / "q")]) == 2
+    assert "is not 'demo'" in capsys.readouterr().err
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(hf_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
