@@ -28,7 +28,7 @@ def make_tokenizer(bos: bool = False):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", **kw)
 
 
-def make_model(tokenizer, seed: int = 0, layers: int = 2, std: float = 0.5):
+def make_model(tokenizer, seed: int = 0, layers: int = 2, std: float = 0.2):
     """A tiny random LlamaForCausalLM over ``tokenizer``'s vocabulary (weights N(0, std) so its
     distributions are far from uniform), float32, eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -40,6 +40,15 @@ def make_model(tokenizer, seed: int = 0, layers: int = 2, std: float = 0.5):
                       bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False, initializer_range=std)
     model = LlamaForCausalLM(cfg).eval()
     return model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The tiny models run fastest on one thread (several threads spin-wait on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +64,18 @@ def model(tok):
 @pytest.fixture(scope="session")
 def prompts():
     return ["The quick brown", "hello", "Perplexity measures how", "A quantized model is good"]
+
+
+@pytest.fixture(scope="session")
+def store(model, tok, prompts):
+    """A reference collected from the tiny model: 4 prompts, 8 new tokens, N=8, batches of 2."""
+    from pyquant.eval.collect import collect_reference
+
+    return collect_reference(model, tok, prompts, max_new_tokens=8, top_n=8, batch_size=2)
+
+
+def full_logprobs(model, tokens):
+    """float64 log-softmax of the model's logits over one sequence: [L, V] (the test oracle)."""
+    with torch.no_grad():
+        logits = model(torch.as_tensor(tokens)[None]).logits[0]
+    return torch.log_softmax(logits.double(), dim=-1)
