@@ -37,27 +37,28 @@ def _stream_topn():
 # ---- Triton ------------------------------------------------------------------------------------
 
 @needs_triton
-@pytest.mark.parametrize("splits", [2, 3, 7])
-def test_triton_split_vocab_combine(splits):
+def test_triton_split_vocab_combine():
     """Vocabulary split across programs, then combined: same answer as one split and as float64,
     ties broken by the lower id across split boundaries."""
-    t, h, v, n = 9, 16, 333, 12
+    t, h, v, n = 9, 16, 203, 12
     # small integers: float32 logits are exact, so many tie, also across splits
     hidden = torch.randint(-2, 3, (t, h)).float().to(TRITON_DEV)
     weight = torch.randint(-2, 3, (v, h)).float().to(TRITON_DEV)
     targets = torch.randint(0, v, (t,), device=TRITON_DEV)
-    ref_ids = torch.stack([torch.randperm(v)[:n] for _ in range(t)]).to(TRITON_DEV)
+    ref_ids = torch.stack([torch.randperm(v)[:4] for _ in range(t)]).to(TRITON_DEV)
     f = _stream_topn()
     one = f(hidden, weight, n, targets, ref_ids, vocab_tile=32, splits=1)
-    many = f(hidden, weight, n, targets, ref_ids, vocab_tile=32, splits=splits)
-    assert torch.equal(one["top_ids"], many["top_ids"]) and torch.equal(one["top_logits"], many["top_logits"])
-    assert torch.equal(one["target_logits"], many["target_logits"])
-    assert torch.equal(one["ref_logits"], many["ref_logits"])
     logits = hidden.double() @ weight.double().T
-    torch.testing.assert_close(many["logsumexp"].double().cpu(), torch.logsumexp(logits, -1).cpu(), atol=1e-4, rtol=0)
     vals, ids = _sorted_ref(logits, n)
-    assert torch.equal(many["top_ids"].cpu(), ids)
-    torch.testing.assert_close(many["top_logits"].double().cpu(), vals, atol=1e-5, rtol=0)
+    for splits in (2, 5):  # 2: slices of 128 and 75 ids; 5 asked -> 4 slices of 64 ids, the last one 11
+        many = f(hidden, weight, n, targets, ref_ids, vocab_tile=32, splits=splits)
+        assert torch.equal(one["top_ids"], many["top_ids"]) and torch.equal(one["top_logits"], many["top_logits"])
+        assert torch.equal(one["target_logits"], many["target_logits"])
+        assert torch.equal(one["ref_logits"], many["ref_logits"])
+        torch.testing.assert_close(many["logsumexp"].double().cpu(), torch.logsumexp(logits, -1).cpu(),
+                                   atol=1e-4, rtol=0)
+        assert torch.equal(many["top_ids"].cpu(), ids)
+        torch.testing.assert_close(many["top_logits"].double().cpu(), vals, atol=0, rtol=0)
 
 
 @needs_triton
