@@ -1,0 +1,150 @@
+"""pyquant.models: load_model on HF / quantized directories (and the bundled demo, slow),
+fingerprints, lm_head_weight, final_hidden_states, model_description."""
+import os
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import pyquant as pq
+from pyquant.formats import QuantizedWeight
+from pyquant.models import (final_hidden_states, lm_head_weight, load_model, model_description, model_fingerprint,
+                            tokenizer_fingerprint)
+from quant.tinymodels import random_ids, tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def hf_dir(tmp_path, tok):
+    model = tiny_llama(tie=True)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def test_load_hf_directory(hf_dir, tok):
+    original, path = hf_dir
+    model, tok2 = load_model(str(path))
+    assert not model.training and model.pyquant_source == str(path)
+    ids = random_ids()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits)
+    assert model_fingerprint(model) == model_fingerprint(original)
+    assert tokenizer_fingerprint(tok2) == tokenizer_fingerprint(tok)
+    assert tok2("w5 w7").input_ids == [5, 7]
+    bf, _ = load_model(str(path), dtype="bfloat16")
+    assert bf.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model_fingerprint(bf) != model_fingerprint(model)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="is not 'demo'"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="config.json is missing"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        load_model(str(tmp_path), dtype="float8")
+
+
+def test_model_fingerprint_stable_and_sensitive():
+    model = tiny_llama()
+    fp = model_fingerprint(model)
+    assert fp == model_fingerprint(model) and len(fp) == 64
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3  # the first element is always sampled
+    fp2 = model_fingerprint(model)
+    assert fp2 != fp
+    model.config.rms_norm_eps = 1e-3
+    fp3 = model_fingerprint(model)
+    assert fp3 != fp2
+    model.config._name_or_path = "/somewhere/else"  # where it was loaded from is not what it is
+    assert model_fingerprint(model) == fp3
+    pq.quantize_model(model, "int8")
+    assert model_fingerprint(model) != fp3
+    assert model_fingerprint(tiny_llama()) != fp  # fresh random weights
+
+
+def test_tokenizer_fingerprint_stable_and_sensitive(tok):
+    fp = tokenizer_fingerprint(tok)
+    assert fp == tokenizer_fingerprint(tiny_tokenizer())
+    assert fp != tokenizer_fingerprint(tiny_tokenizer(vocab=299))
+    other = tiny_tokenizer()
+    other.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert tokenizer_fingerprint(other) != fp
+    with pytest.raises(ValueError):
+        tokenizer_fingerprint(None)
+
+
+def test_lm_head_weight_and_final_hidden_states():
+    model = tiny_llama(tie=True)
+    w = lm_head_weight(model)
+    assert isinstance(w, torch.Tensor) and w.shape == (300, 64) and w is model.model.embed_tokens.weight
+    ids = random_ids(2, 8)
+    with torch.no_grad():
+        hidden, past = final_hidden_states(model, ids)
+        assert hidden.shape == (2, 8, 64) and past is None
+        want = model(ids).logits.double()
+        torch.testing.assert_close(hidden.double() @ w.double().T, want, rtol=1e-4, atol=1e-4)
+        # incremental: prefix with a cache, then the last token alone
+        h1, past = final_hidden_states(model, ids[:, :5], use_cache=True)
+        h2, _ = final_hidden_states(model, ids[:, 5:], past_key_values=past, use_cache=True)
+        torch.testing.assert_close(torch.cat([h1, h2], 1), hidden, rtol=1e-4, atol=1e-4)
+    pq.quantize_model(model, "int4-g32", skip=())
+    qw = lm_head_weight(model)
+    assert isinstance(qw, QuantizedWeight) and qw.shape == (300, 64)
+    with torch.no_grad():
+        hidden, _ = final_hidden_states(model, ids)
+        logits = pq.ops.qmatmul(hidden, qw)
+        torch.testing.assert_close(logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="2-D"):
+        final_hidden_states(model, ids[0])
+
+
+def test_model_description_counts_bytes():
+    model = tiny_llama(tie=True)
+    d = model_description(model)
+    unique = {p.data_ptr(): p for p in model.parameters()}.values()  # tied weight counted once
+    assert d["parameters"] == sum(p.numel() for p in unique)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert d["weight_bytes"] == sum(p.numel() * 4 for p in unique) + buffers
+    assert d["quantized_layers"] == 0 and d["quant"] is None and d["tied_embeddings"] and d["vocab_size"] == 300
+    pq.quantize_model(model, "int4-g32", overrides={"*down_proj": "int8"})
+    q = model_description(model)
+    assert q["parameters"] == d["parameters"]
+    qlayers = [m for m in model.modules() if isinstance(m, pq.QuantLinear)]
+    linear_fp32 = sum(m.in_features * m.out_features * 4 for m in qlayers)
+    assert q["weight_bytes"] == d["weight_bytes"] - linear_fp32 + sum(m.qw.nbytes for m in qlayers)
+    assert q["quantized_layers"] == 14 and q["quant"]["specs"] == {"int4-g32": 12, "int8": 2}
+
+
+@pytest.mark.slow
+def test_demo_load_cache_quantize_generate(tmp_path, monkeypatch):
+    """The bundled SmolLM2-135M: first load converts the GGUF and caches it, the second reads the
+    cache; int4-g128 quantized, it still answers a simple prompt coherently."""
+    monkeypatch.setenv("PYQUANT_CACHE", str(tmp_path / "cache"))
+    t0 = time.perf_counter()
+    model, tok = load_model("demo")
+    t1 = time.perf_counter()
+    model2, _ = load_model("demo")
+    t2 = time.perf_counter()
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    assert model_fingerprint(model) == model_fingerprint(model2)
+    print(f"demo load: first {t1 - t0:.1f} s (GGUF conversion), cached {t2 - t1:.1f} s")
+    assert t2 - t1 < t1 - t0
+    d = model_description(model)
+    assert d["vocab_size"] == 49152 and d["hidden_size"] == 576 and d["tied_embeddings"]
+    ids = tok("The capital of France is", return_tensors="pt")
+    assert ids.input_ids[0, 0].item() != tok.bos_token_id  # the demo tokenizer adds no BOS
+    pq.quantize_model(model, "int4-g128")
+    q = model_description(model)
+    assert q["weight_bytes"] < 0.6 * d["weight_bytes"]  # the tied embedding stays fp32
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    text = tok.decode(out[0, ids.input_ids.shape[1]:])
+    print("int4-g128:", repr(text))
+    assert "Paris" in text
