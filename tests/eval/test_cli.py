@@ -1,0 +1,75 @@
+"""`pyquant reference | compare | perplexity` end to end on a tiny model saved as an HF directory."""
+import json
+
+import pytest
+
+from pyquant.cli import main
+from pyquant.results import read_results
+from conftest import make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tok, model):
+    d = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("p") / "prompts.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": s}) for s in ["The quick brown", "hello", "Numbers like"]) + "\n")
+    return str(p)
+
+
+def test_reference_compare_perplexity(tmp_path, model_dir, prompts_file, capsys):
+    ref = str(tmp_path / "ref.pqref")
+    assert main(["reference", "--model", model_dir, "--prompts", prompts_file, "--output", ref,
+                 "--max-new-tokens", "5", "--top-n", "4", "--batch-size", "2"]) == 0
+    assert "bytes per token" in capsys.readouterr().out
+    out = str(tmp_path / "c.json")
+    assert main(["compare", "--model", model_dir, "--reference", ref, "--output", out,
+                 "--exact", "--reference-model", model_dir]) == 0
+    assert "KL mean" in capsys.readouterr().out
+    res = read_results(out)
+    assert res["kind"] == "compare" and res["complete"] is True
+    assert res["data"]["stats"]["all"]["kl_mean"] < 1e-6 and res["data"]["stats"]["all"]["top1_agree"] == 1.0
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 5)
+    out = str(tmp_path / "p.json")
+    assert main(["perplexity", "--model", model_dir, "--texts", str(text), "--context", "16", "--output", out]) == 0
+    total = read_results(out)["data"]["total"]
+    assert total["tokens"] > 16 and total["token_perplexity"] > 1 and total["bits_per_byte"] > 0
+
+
+def test_bad_input_exits_2(tmp_path, model_dir, prompts_file, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["reference", "--model", model_dir, "--prompts", str(empty), "--output", str(tmp_path / "x.pqref")]) == 2
+    assert "no prompts" in capsys.readouterr().err
+    ref = str(tmp_path / "ref.pqref")
+    assert main(["reference", "--model", model_dir, "--prompts", prompts_file, "--output", ref, "--max-new-tokens", "3",
+                 "--top-n", "2"]) == 0
+    data = open(ref, "rb").read()
+    trunc = tmp_path / "trunc.pqref"
+    trunc.write_bytes(data[:-10])
+    assert main(["compare", "--model", model_dir, "--reference", str(trunc), "--output", str(tmp_path / "c.json")]) == 2
+    assert "truncated" in capsys.readouterr().err
+    other = tmp_path / "other"
+    t2 = make_tokenizer(bos=True)
+    make_model(t2).save_pretrained(other)
+    t2.save_pretrained(other)
+    assert main(["compare", "--model", str(other), "--reference", ref, "--output", str(tmp_path / "c.json")]) == 2
+    assert "tokenizer mismatch" in capsys.readouterr().err
+    assert main(["compare", "--model", model_dir, "--reference", ref, "--output", str(tmp_path / "c.json"), "--exact"]) == 2
+    assert not (tmp_path / "c.json").exists()
+    assert main(["perplexity", "--model", model_dir, "--texts", str(empty), "--output", str(tmp_path / "p.json")]) == 2
+
+
+@pytest.mark.parametrize("cmd", ["reference", "compare", "perplexity"])
+def test_help_has_an_example(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "example:" in capsys.readouterr().out
