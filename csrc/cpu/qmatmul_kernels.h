@@ -106,6 +106,7 @@ static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* ou
 // ============================== decode: INT4 ==============================================
 struct Int4Plan {
   int64_t G, ng, Kp, nblocks;  // nblocks full 8W-code blocks per row; codes past them: scalar tail
+  int gshift;                   // log2(G): group of code k is k >> gshift (no division in the loop)
   std::vector<float> xr, xp, gsum;  // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ng]
 };
 
@@ -118,7 +119,7 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
   constexpr int W = V::W;
   F tot[R][MC];
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = V::zero();
-  const int G = static_cast<int>(p.G);
+  const int G = static_cast<int>(p.G), gshift = p.gshift;
   for (int64_t b = 0; b < p.nblocks; ++b) {
     const int64_t k0 = b * 8 * W;
     I v[R];
@@ -138,7 +139,7 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
     PQ_NIB_STEP(4, acc0) PQ_NIB_STEP(5, acc1) PQ_NIB_STEP(6, acc0) PQ_NIB_STEP(7, acc1)
 #undef PQ_NIB_STEP
     for (int r = 0; r < R; ++r) {
-      F sv = (G >= 8 * W) ? V::set1(srow[r][k0 / G]) : V::scale_block(srow[r] + k0 / G, G / 8);
+      F sv = (G >= 8 * W) ? V::set1(srow[r][k0 >> gshift]) : V::scale_block(srow[r] + (k0 >> gshift), G / 8);
       for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(V::add(acc0[r][m], acc1[r][m]), sv, tot[r][m]);
     }
   }
@@ -166,7 +167,7 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
       float v = out[r][m];
       for (int64_t k = kt; k < p.Kp; ++k) {  // scalar tail (fewer than 8W codes)
         int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
-        v += srow[r][k / p.G] * static_cast<float>(code) * xr[k];
+        v += srow[r][k >> p.gshift] * static_cast<float>(code) * xr[k];
       }
       float zc = 0.f;
       for (int64_t g = 0; g < p.ng; ++g) zc += srow[r][g] * static_cast<float>(zr ? zr[g] : 8) * gs[g];
@@ -199,6 +200,8 @@ static void decode_int4(const QmmArgs& a) {
   p.ng = (a.K + p.G - 1) / p.G;
   p.Kp = p.ng * p.G;
   p.nblocks = p.Kp / (8 * W);
+  p.gshift = 0;
+  while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
   const int64_t M = a.M, Kp = p.Kp;
   p.xr.assign(M * Kp, 0.f);
   p.xp.assign(M * Kp, 0.f);

@@ -1,0 +1,97 @@
+"""Shared benchmark helpers: interleaved median timing, read bandwidth, table and JSON output.
+
+The machine may be shared and noisy, so candidates are timed *interleaved* (one sample of each per
+round, rounds repeated) and compared by median: ratios measured side by side stay meaningful when
+absolute numbers drift.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict
+
+import torch
+
+
+def time_sweep(fn: Callable[[int], object], n_items: int) -> float:
+    """Seconds per item of one pass calling fn(0) .. fn(n_items - 1) (e.g. one call per layer)."""
+    t0 = time.perf_counter()
+    for i in range(n_items):
+        fn(i)
+    return (time.perf_counter() - t0) / n_items
+
+
+def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int, rounds: int = 15,
+                        warmup: int = 2, min_round_s: float = 0.0) -> Dict[str, dict]:
+    """Time every candidate over ``rounds`` rounds, one sweep of ``n_items`` calls each per round.
+
+    Returns {name: {"median_s", "min_s", "samples"}} in seconds per call. ``warmup`` untimed sweeps
+    of each candidate come first. A round repeats a candidate's sweep until ``min_round_s`` passes
+    (so tiny calls are not dominated by timer resolution).
+    """
+    for fn in cands.values():
+        for _ in range(warmup):
+            time_sweep(fn, n_items)
+    samples = {k: [] for k in cands}
+    for _ in range(rounds):
+        for name, fn in cands.items():
+            t_end = time.perf_counter() + min_round_s
+            vals = [time_sweep(fn, n_items)]
+            while time.perf_counter() < t_end:
+                vals.append(time_sweep(fn, n_items))
+            samples[name].append(statistics.median(vals))
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": v} for k, v in samples.items()}
+
+
+def read_bandwidth(nbytes: int = 512 << 20, reps: int = 7) -> float:
+    """This machine's read bandwidth in bytes/s: best of ``reps`` torch.sum over an fp32 array of
+    ``nbytes`` (far larger than the last-level cache), with torch's threads."""
+    a = torch.ones(nbytes // 4, dtype=torch.float32)
+    a.sum()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def format_table(rows: list, columns: list) -> str:
+    """A plain-text table: ``columns`` is a list of (key, header, format) over dict rows."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([("" if r.get(k) is None else fmt.format(r[k])) for k, _, fmt in columns])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c[i].rjust(widths[i]) if i else c[i].ljust(widths[i]) for i in range(len(columns)))
+             for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: CPU, threads, torch version, load average."""
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    try:
+        info["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return info
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` (plus machine info and a timestamp) as indented JSON to ``path``."""
+    payload = dict(payload)
+    payload.setdefault("machine", machine_info())
+    payload.setdefault("time_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)

@@ -1,0 +1,166 @@
+"""Benchmark: pyquant's CPU qmatmul vs torch's int4/int8 CPU kernels and fp32 matmul.
+
+Decode (M=1) rotates over many distinct layers so the weights come from memory, not cache;
+prefill (M=512) is compute-bound. Every row: median us per call, GB/s of weight bytes read,
+fraction of this machine's measured read bandwidth, and the ratio to the best alternative timed
+in the same run (candidates are timed interleaved, so the ratios survive a noisy machine).
+
+    .venv/bin/python bench/qmatmul.py [--quick] [--output bench/qmatmul.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import format_table, interleaved_medians, read_bandwidth, write_json  # noqa: E402
+
+import pyquant as pq  # noqa: E402
+from pyquant.formats import QuantizedWeight, QuantSpec, unpack_int4  # noqa: E402
+
+
+def random_qweight(spec: QuantSpec, n: int, k: int, gen: torch.Generator) -> QuantizedWeight:
+    """A QuantizedWeight with random codes/scales/zeros (quantizing random fp32 would be slower)."""
+    if spec.bits == 8:
+        q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+        return QuantizedWeight(spec, q, torch.rand(n, generator=gen) * 0.01 + 1e-3, None, (n, k))
+    ng = spec.ngroups(k)
+    q = torch.randint(0, 256, (n, ng * spec.group_size // 2), dtype=torch.uint8, generator=gen)
+    z = None if spec.symmetric else torch.randint(0, 16, (n, ng), dtype=torch.uint8, generator=gen)
+    return QuantizedWeight(spec, q, torch.rand(n, ng, generator=gen) * 0.01 + 1e-3, z, (n, k))
+
+
+def torch_int4pack(qw: QuantizedWeight):
+    """torch's CPU int4 format for the same codes: packed weight and [K/G, N, 2] scales+zeros.
+
+    torch computes w = (code - 8) * scale + zero; ours is (code - z) * scale, so zero = (8 - z) * scale.
+    """
+    codes = unpack_int4(qw.qweight).to(torch.int32)
+    packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+    s = qw.scales.float()
+    z = qw.zeros.float() if qw.zeros is not None else torch.full_like(s, 8.0)
+    sz = torch.stack((s, (8.0 - z) * s), dim=-1).transpose(0, 1).contiguous()
+    return packed, sz
+
+
+def nbytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def run(args) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    n = k = args.size
+    L = args.layers
+    g = args.group
+    i4 = QuantSpec.parse(f"int4-g{g}")
+    i8 = QuantSpec.parse("int8")
+    bw = read_bandwidth(args.bw_bytes)
+    print(f"read bandwidth (best torch.sum over {args.bw_bytes >> 20} MiB, {torch.get_num_threads()} threads): "
+          f"{bw / 1e9:.1f} GB/s; backend info: {pq.ops.backend_info()['qmatmul']['backends']['cpu']}")
+
+    rows = []
+
+    def add(group, name, res, wbytes, shape, is_ours):
+        rows.append({"group": group, "backend": name, "shape": shape, "us": res["median_s"] * 1e6,
+                     "min_us": res["min_s"] * 1e6, "gbps": wbytes / res["median_s"] / 1e9,
+                     "frac_bw": wbytes / res["median_s"] / bw, "ours": is_ours})
+
+    # ---------------- decode: M=1, rotating over L layers ----------------
+    q4 = [random_qweight(i4, n, k, gen) for _ in range(L)]
+    q8 = [random_qweight(i8, n, k, gen) for _ in range(L)]
+    t4 = [torch_int4pack(q) for q in q4]
+    wf = [torch.randn(n, k, generator=gen) for _ in range(L)]
+    x = torch.randn(1, k, generator=gen)
+    shape = f"M=1 {n}x{k} x{L} layers"
+    dec = interleaved_medians({
+        "pyquant cpu int4": lambda i: pq.ops.qmatmul(x, q4[i], backend="cpu"),
+        "torch int4pack_mm": lambda i: torch._weight_int4pack_mm_for_cpu(x, t4[i][0], g, t4[i][1]),
+        "pyquant cpu int8": lambda i: pq.ops.qmatmul(x, q8[i], backend="cpu"),
+        "torch int8pack_mm": lambda i: torch._weight_int8pack_mm(x, q8[i].qweight, q8[i].scales),
+        "torch fp32 x @ w.T": lambda i: x @ wf[i].T,
+    }, L, rounds=args.rounds)
+    add("decode int4", "pyquant cpu int4", dec["pyquant cpu int4"], q4[0].nbytes, shape + f" {i4}", True)
+    add("decode int4", "torch int4pack_mm", dec["torch int4pack_mm"], nbytes(*t4[0]), shape + f" g{g}", False)
+    add("decode int8", "pyquant cpu int8", dec["pyquant cpu int8"], q8[0].nbytes, shape + " int8", True)
+    add("decode int8", "torch int8pack_mm", dec["torch int8pack_mm"], nbytes(q8[0].qweight, q8[0].scales), shape, False)
+    add("decode fp32", "torch fp32 x @ w.T", dec["torch fp32 x @ w.T"], nbytes(wf[0]), shape + " fp32", False)
+    del wf, t4
+
+    # ---------------- prefill: M=args.prefill_m ----------------
+    m = args.prefill_m
+    P = 2
+    xp = torch.randn(m, k, generator=gen)
+    wfp = [torch.randn(n, k, generator=gen) for _ in range(P)]
+    shape = f"M={m} {n}x{k}"
+    pre = interleaved_medians({
+        "pyquant cpu int4": lambda i: pq.ops.qmatmul(xp, q4[i], backend="cpu"),
+        "pyquant cpu int8": lambda i: pq.ops.qmatmul(xp, q8[i], backend="cpu"),
+        "torch fp32 matmul": lambda i: torch.matmul(xp, wfp[i].T),
+    }, P, rounds=args.prefill_rounds, warmup=1)
+    flops = 2.0 * m * n * k
+    for name, wb in (("pyquant cpu int4", q4[0].nbytes), ("pyquant cpu int8", q8[0].nbytes), ("torch fp32 matmul", nbytes(wfp[0]))):
+        add("prefill", name, pre[name], wb, shape, name.startswith("pyquant"))
+        rows[-1]["gflops"] = flops / pre[name]["median_s"] / 1e9
+
+    # ratio: the best alternative's median time over this row's (> 1: this row is faster)
+    for r in rows:
+        if r["group"].startswith("decode"):
+            alts = [o for o in rows if o["group"].startswith("decode") and o["backend"] != r["backend"]
+                    and (not r["ours"] or not o["ours"])]
+        else:
+            alts = [o for o in rows if o["group"] == "prefill" and o["ours"] != r["ours"]]
+        best = min(alts, key=lambda o: o["us"]) if alts else None
+        r["vs_best_alt"] = best["us"] / r["us"] if best else None
+        r["best_alt"] = best["backend"] if best else None
+
+    def t(group, name):
+        return next(r["us"] for r in rows if r["group"] == group and r["backend"] == name)
+
+    targets = [
+        ("int4 decode vs torch int4pack_mm (>= 1.0)", t("decode int4", "torch int4pack_mm") / t("decode int4", "pyquant cpu int4"), 1.0),
+        ("int4 decode fraction of read BW (>= 0.8)", next(r["frac_bw"] for r in rows if r["backend"] == "pyquant cpu int4"), 0.8),
+        ("int8 decode vs torch int8pack_mm (>= 1.0)", t("decode int8", "torch int8pack_mm") / t("decode int8", "pyquant cpu int8"), 1.0),
+        ("int8 decode vs fp32 GEMV (>= 4)", t("decode fp32", "torch fp32 x @ w.T") / t("decode int8", "pyquant cpu int8"), 4.0),
+        ("int4 decode vs fp32 GEMV (>= 8)", t("decode fp32", "torch fp32 x @ w.T") / t("decode int4", "pyquant cpu int4"), 8.0),
+        ("int4 prefill vs fp32 matmul (>= 1.0)", t("prefill", "torch fp32 matmul") / t("prefill", "pyquant cpu int4"), 1.0),
+        ("int8 prefill vs fp32 matmul (>= 1.0)", t("prefill", "torch fp32 matmul") / t("prefill", "pyquant cpu int8"), 1.0),
+    ]
+    return {"read_bw_gbps": bw / 1e9, "rows": rows,
+            "targets": [{"target": a, "value": v, "goal": goal, "met": v >= goal} for a, v, goal in targets],
+            "config": vars(args)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (1024x1024, M=64 prefill), fewer rounds")
+    ap.add_argument("--size", type=int, default=4096, help="N = K of the weight (default 4096)")
+    ap.add_argument("--layers", type=int, default=16, help="distinct layers rotated through at decode (default 16)")
+    ap.add_argument("--group", type=int, default=128, help="int4 group size (default 128)")
+    ap.add_argument("--prefill-m", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--prefill-rounds", type=int, default=5)
+    ap.add_argument("--bw-bytes", type=int, default=512 << 20)
+    ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (default: torch's default)")
+    ap.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "qmatmul.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size, args.prefill_m, args.rounds, args.prefill_rounds, args.bw_bytes = 1024, 64, 5, 3, 128 << 20
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    res = run(args)
+    cols = [("backend", "backend", "{}"), ("shape", "shape", "{}"), ("us", "us (median)", "{:.1f}"),
+            ("gbps", "GB/s", "{:.1f}"), ("frac_bw", "of read BW", "{:.0%}"), ("gflops", "GFLOP/s", "{:.1f}"),
+            ("vs_best_alt", "vs best alt", "{:.2f}x"), ("best_alt", "best alt", "{}")]
+    print(format_table(res["rows"], cols))
+    print()
+    for tg in res["targets"]:
+        print(f"{'MET ' if tg['met'] else 'MISS'}  {tg['target']}: {tg['value']:.2f}")
+    write_json(args.output, res)
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

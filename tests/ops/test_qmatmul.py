@@ -1,0 +1,223 @@
+"""qmatmul on every available backend vs a float64 reference (one harness for all backends).
+
+A backend is tested the moment it registers: the parametrization walks
+``pq.ops.available_backends("qmatmul", device)`` for the CPU (the Triton interpreter included when
+TRITON_INTERPRET=1) and CUDA when present. Slow backends get a size cap (LIMITS). Also: the
+scalar ISA path of the C++ kernel (subprocess with PYQUANT_ISA=scalar), thread-count invariance,
+3-D inputs, and bad input raising ValueError naming the problem.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import pyquant as pq
+from pyquant.ops import _native
+from pyquant.quant.rtn import quantize_weight
+
+from helpers import assert_matmul_close, randn
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKENDS = [(d, b) for d in DEVICES for b in pq.ops.available_backends("qmatmul", d)]
+# Largest (M, N, K) each backend runs here (the Triton interpreter on the CPU is slow).
+LIMITS = {("cpu", "triton"): (16, 48, 1000)}
+
+SPECS = ["int8", "int8-fp16", "int4-g32", "int4-g64", "int4-g128", "int4-g256", "int4-g32-sym",
+         "int4-g128-sym", "int4-g64-fp16", "int4-g256-sym-fp16"]
+# (M, N, K): odd sizes, K from 32 to 8192 with ragged last groups; M <= 8 is the decode path,
+# M > 8 the blocked prefill path (N > 128 and K > 256 cross its N and K blocks).
+SHAPES = [(1, 1, 32), (1, 7, 100), (2, 33, 129), (3, 13, 576), (5, 9, 1000), (8, 31, 4096), (1, 17, 8192),
+          (4, 5, 8191), (9, 21, 300), (13, 40, 64), (37, 45, 1000), (64, 130, 520)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _fits(device, backend, m, n, k):
+    lim = LIMITS.get((device, backend))
+    return lim is None or (m <= lim[0] and n <= lim[1] and k <= lim[2])
+
+
+def _case(spec, m, n, k, dtype, device, bias, seed):
+    qw = quantize_weight(randn(n, k, seed=seed), spec).to(device)
+    x = randn(m, k, dtype=dtype, seed=seed + 1, device=device)
+    b = randn(n, dtype=dtype, seed=seed + 2, device=device) if bias else None
+    return x, qw, b
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+def test_matches_float64(device, backend, spec):
+    ran = 0
+    for i, (m, n, k) in enumerate(SHAPES):
+        if not _fits(device, backend, m, n, k):
+            continue
+        for j, dtype in enumerate(DTYPES):
+            bias = (i + j) % 2 == 0
+            x, qw, b = _case(spec, m, n, k, dtype, device, bias, seed=100 * i + 10 * j)
+            y = pq.ops.qmatmul(x, qw, bias=b, backend=backend)
+            assert y.device == x.device
+            assert_matmul_close(y, x, qw.dequantize(torch.float64), b,
+                                what=f"{backend} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
+            ran += 1
+    assert ran > 0
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+def test_3d_input_and_auto(device, backend):
+    x = randn(2, 3, 72, seed=5, device=device)
+    for spec in ("int4-g32", "int8"):
+        qw = quantize_weight(randn(11, 72, seed=6), spec).to(device)
+        y = pq.ops.qmatmul(x, qw, backend=backend)
+        assert y.shape == (2, 3, 11)
+        assert_matmul_close(y, x, qw.dequantize(torch.float64), what=f"{backend} {spec} 3-D")
+    assert torch.equal(pq.ops.qmatmul(x, qw), pq.ops.qmatmul(x, qw, backend=pq.ops.backend_info()["qmatmul"]["auto"][device]))
+
+
+needs_cpu = pytest.mark.skipif(not _native.cpu_available()[0], reason=str(_native.cpu_available()[1]))
+
+
+@needs_cpu
+@pytest.mark.parametrize("spec", ["int4-g64", "int8"])
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_cpu_thread_count_invariant(spec, m):
+    """Each output is computed by one thread, so 1 and 3 threads give bit-identical results."""
+    _C = _native.native()
+    qw = quantize_weight(randn(77, 300, seed=7), spec)
+    x = randn(m, 300, seed=8)
+    ys = []
+    for nt in (1, 3):
+        y = torch.empty(m, 77)
+        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, qw.spec.bits, qw.spec.group_size or 0, 300, y, nt)
+        ys.append(y)
+    assert torch.equal(ys[0], ys[1])
+    assert_matmul_close(ys[0], x, qw.dequantize(torch.float64), what=f"{spec} M={m}")
+
+
+@needs_cpu
+def test_cpu_strided_rows():
+    """x and y rows may be further apart than a row (a column slice), the last dim contiguous."""
+    _C = _native.native()
+    qw = quantize_weight(randn(9, 100, seed=9), "int4-g32")
+    for m in (3, 20):
+        xbig = randn(m, 130, seed=10)
+        ybig = torch.zeros(m, 16)
+        x, y = xbig[:, 5:105], ybig[:, 2:11]
+        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, 4, 32, 100, y, 0)
+        assert_matmul_close(y, x, qw.dequantize(torch.float64), what=f"strided M={m}")
+        assert torch.all(ybig[:, :2] == 0) and torch.all(ybig[:, 11:] == 0)
+
+
+SCALAR_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    import pyquant as pq
+    from pyquant.ops import _native
+    from pyquant.quant.rtn import quantize_weight
+    from helpers import assert_matmul_close, randn
+    assert _native.native().cpu_isa() == "scalar", _native.native().cpu_isa()
+    for spec in ("int8", "int4-g32", "int4-g128-sym-fp16", "int4-g256"):
+        for (m, n, k) in ((1, 7, 300), (6, 5, 129), (19, 37, 520)):
+            for dt in (torch.float32, torch.bfloat16):
+                qw = quantize_weight(randn(n, k, seed=k), spec)
+                x, b = randn(m, k, dtype=dt, seed=m), randn(n, dtype=dt, seed=n)
+                y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
+                assert_matmul_close(y, x, qw.dequantize(torch.float64), b, what=f"scalar {spec} {m} {n} {k} {dt}")
+    print("scalar ok")
+""")
+
+
+@needs_cpu
+def test_cpu_scalar_isa_path():
+    """The portable scalar kernels (PYQUANT_ISA=scalar) in a fresh process."""
+    env = dict(os.environ, PYQUANT_ISA="scalar", OMP_NUM_THREADS="2")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", SCALAR_SCRIPT, here], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "scalar ok" in r.stdout, r.stdout + r.stderr
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+def test_bad_input_public(device, backend):
+    qw = quantize_weight(randn(8, 64, seed=1), "int4-g32").to(device)
+    x = randn(2, 64, device=device)
+    with pytest.raises(ValueError, match="last dimension"):
+        pq.ops.qmatmul(randn(2, 63, device=device), qw, backend=backend)
+    with pytest.raises(ValueError, match="dtype"):
+        pq.ops.qmatmul(torch.ones(2, 64, dtype=torch.int32, device=device), qw, backend=backend)
+    with pytest.raises(ValueError, match="bias"):
+        pq.ops.qmatmul(x, qw, bias=randn(7, device=device), backend=backend)
+    with pytest.raises(ValueError, match="on meta"):
+        pq.ops.qmatmul(torch.empty(2, 64, device="meta"), qw, backend=backend)
+    with pytest.raises(ValueError, match="QuantizedWeight"):
+        pq.ops.qmatmul(x, torch.ones(8, 64, device=device), backend=backend)
+    with pytest.raises(ValueError, match="unknown backend"):
+        pq.ops.qmatmul(x, qw, backend="no-such-backend")
+
+
+def test_bad_group_size():
+    with pytest.raises(ValueError, match="group size"):
+        pq.QuantSpec.parse("int4-g48")
+    with pytest.raises(ValueError, match="group size"):
+        pq.QuantSpec(bits=4, group_size=16)
+
+
+@needs_cpu
+def test_bad_input_binding():
+    """The C++ binding validates every array itself (dtype, shape, layout, group size)."""
+    _C = _native.native()
+    qw = quantize_weight(randn(8, 64, seed=1), "int4-g32")
+    x, y = randn(2, 64), torch.empty(2, 8)
+
+    def call(x=x, q=qw.qweight, s=qw.scales, z=qw.zeros, b=None, bits=4, g=32, k=64, y=y):
+        _C.qmatmul_cpu(x, q, s, z, b, bits, g, k, y, 1)
+
+    call()  # the good call works
+    with pytest.raises(ValueError, match="x: last dimension"):
+        call(k=65)
+    with pytest.raises(ValueError, match="group size"):
+        call(g=48)
+    with pytest.raises(ValueError, match="bit width"):
+        call(bits=3)
+    with pytest.raises(ValueError, match="x: unsupported dtype"):
+        call(x=torch.ones(2, 64, dtype=torch.int32))
+    with pytest.raises(ValueError, match="x: the last dimension must be contiguous"):
+        call(x=randn(64, 2).T)
+    with pytest.raises(ValueError, match="qweight: unsupported dtype"):
+        call(q=qw.qweight.to(torch.int8))
+    with pytest.raises(ValueError, match="qweight: expected shape"):
+        call(q=qw.qweight[:, :16].contiguous())
+    with pytest.raises(ValueError, match="scales: expected shape"):
+        call(s=qw.scales[:7])
+    with pytest.raises(ValueError, match="scales: unsupported dtype"):
+        call(s=qw.scales.double())
+    with pytest.raises(ValueError, match="zeros: expected shape"):
+        call(z=qw.zeros[:, :1].contiguous())
+    with pytest.raises(ValueError, match="bias: unsupported dtype"):
+        call(b=randn(8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="bias: expected shape"):
+        call(b=randn(9))
+    with pytest.raises(ValueError, match="y: unsupported dtype"):
+        call(y=torch.empty(2, 8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="y: expected shape"):
+        call(y=torch.empty(3, 8))
+    with pytest.raises(ValueError, match="expected an array"):
+        call(x=[[1.0] * 64])
+    q8 = quantize_weight(randn(8, 64, seed=1), "int8")
+    with pytest.raises(ValueError, match="zeros: int8"):
+        call(q=q8.qweight, s=q8.scales, z=qw.zeros, bits=8, g=0)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="must be on the CPU"):
+            call(x=x.cuda())
+
+
+@needs_cpu
+def test_numpy_arrays_through_buffer_protocol():
+    np = pytest.importorskip("numpy")
+    _C = _native.native()
+    qw = quantize_weight(randn(5, 96, seed=2), "int4-g64")
+    x = randn(3, 96, seed=3)
+    y = np.zeros((3, 5), dtype=np.float32)
+    _C.qmatmul_cpu(x.numpy(), qw.qweight.numpy(), qw.scales.numpy(), qw.zeros.numpy(), None, 4, 64, 96, y, 1)
+    assert_matmul_close(torch.from_numpy(y), x, qw.dequantize(torch.float64), what="numpy")
