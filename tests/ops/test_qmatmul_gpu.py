@@ -16,29 +16,21 @@ from pyquant.ops import _native
 from pyquant.ops._registry import resolve
 from pyquant.quant.rtn import quantize_weight
 
+from helpers import assert_matmul_close, randn
+
 HAS_GPU = torch.cuda.is_available()
 TRITON_OK = _native.triton_available()[0]
-OUT_EPS = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -10}
 
 
 def _case(spec, m, n, k, dtype, device="cpu", bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    qw = quantize_weight(w, pq.QuantSpec.parse(spec)).to(device)
-    x = torch.randn(m, k, generator=g).to(dtype).to(device)
-    b = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
+    qw = quantize_weight(randn(n, k, seed=seed), spec).to(device)
+    x = randn(m, k, dtype=dtype, seed=seed + 1, device=device)
+    b = randn(n, dtype=dtype, seed=seed + 2, device=device) if bias else None
     return x, qw, b
 
 
-def _assert_close(y, x, qw, b):
-    """|y - y64| <= 1e-5 * (|x| @ |W|^T) + half an output ulp-ish, y64 the float64 result."""
-    w64 = qw.dequantize(torch.float64).cpu()
-    x64 = x.double().cpu()
-    ref = x64 @ w64.T + (b.double().cpu() if b is not None else 0.0)
-    bound = 1e-5 * (x64.abs() @ w64.abs().T) + OUT_EPS[y.dtype] * ref.abs() + 1e-30
-    err = (y.double().cpu() - ref).abs()
-    assert y.dtype == x.dtype and y.shape == ref.shape
-    assert torch.all(err <= bound), f"max err {err.max().item():.3g}, worst ratio {(err / bound).max().item():.3g}"
+def _assert_close(y, x, qw, b, what=""):
+    assert_matmul_close(y, x, qw.dequantize(torch.float64), b, what=what)
 
 
 # ---- Triton (runs under TRITON_INTERPRET=1 on the CPU) -----------------------------------------
@@ -66,7 +58,7 @@ def test_triton_tilings(spec, m, n, k, dtype, use_dot):
     cfg = dict(BLOCK_M=16 if use_dot else 4, BLOCK_N=16, BLOCK_K=bk, USE_DOT=use_dot)
     y = kq.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, qw.spec.bits, g, k,
                    interpret=not HAS_GPU, **cfg)
-    _assert_close(y, x, qw, b)
+    _assert_close(y, x, qw, b, what=f"triton {spec} M={m} N={n} K={k} {dtype} {cfg}")
 
 
 @needs_triton
@@ -135,7 +127,7 @@ def test_cuda_decode(spec, m, dtype):
     """Decode shapes: odd N, K with tails in every chunk size and ragged last groups."""
     for n, k in ((67, 576), (33, 1000), (5, 4097)):
         x, qw, b = _case(spec, m, n, k, dtype, "cuda", bias=(n % 2 == 1), seed=m + n)
-        _assert_close(pq.ops.qmatmul(x, qw, b, backend="cuda"), x, qw, b)
+        _assert_close(pq.ops.qmatmul(x, qw, b, backend="cuda"), x, qw, b, what=f"cuda {spec} M={m} N={n} K={k} {dtype}")
 
 
 @needs_cuda
