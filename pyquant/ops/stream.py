@@ -12,6 +12,7 @@ float64 from those O(T*N) arrays, so no backend re-implements a formula.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional
 
@@ -22,7 +23,7 @@ from . import reference
 from ._registry import register, resolve
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-DEFAULT_VOCAB_TILE = 2048
+DEFAULT_VOCAB_TILE = 4096  # vocabulary rows per tile (see ops/stream_driver.py)
 # Resolution of the rest buckets: p_rest and q_rest come from float32 log-probs, so masses below
 # this are rounding noise. q_rest is floored here inside the log (the estimator stays a lower
 # bound of the full KL and stays finite when both rests are noise).
@@ -173,6 +174,21 @@ def topn_statistics(ref_logprobs: torch.Tensor, cand_logprobs: torch.Tensor) -> 
     return {"kl": kl, "kl_renorm": kl_renorm, "reject": reject}
 
 
+@contextlib.contextmanager
+def _serial(device):
+    """Run the O(T*N) validation and statistics on one CPU thread: these are many tiny ops, and
+    waking torch's thread pool for each costs more than the op (tens of ms each on a loaded machine)."""
+    if getattr(device, "type", "cpu") != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 # ---- public API --------------------------------------------------------------------------------
 
 def stream_logprobs(hidden: torch.Tensor, weight, top_n: int = 16, targets: Optional[torch.Tensor] = None,
@@ -191,12 +207,14 @@ def stream_logprobs(hidden: torch.Tensor, weight, top_n: int = 16, targets: Opti
     if top_n > v:
         raise ValueError(f"stream_logprobs: top_n={top_n} is larger than the vocabulary V={v}")
     tile = _check_tile(vocab_tile, "stream_logprobs")
-    if targets is not None:
-        targets = _check_ids(targets, "targets", (t,), v, hidden.device)
-    ref_ids, ref_lp = _check_ref(ref_ids, ref_logprobs, t, v, hidden.device)
+    with _serial(hidden.device):
+        if targets is not None:
+            targets = _check_ids(targets, "targets", (t,), v, hidden.device)
+        ref_ids, ref_lp = _check_ref(ref_ids, ref_logprobs, t, v, hidden.device)
     b = resolve("stream_logprobs", hidden.device, backend)
     raw = b.fn(hidden.contiguous(), _contiguous(weight), top_n, targets, ref_ids, tile)
-    return _finish(raw, ref_lp, ref_ids, b.name)
+    with _serial(hidden.device):
+        return _finish(raw, ref_lp, ref_ids, b.name)
 
 
 def _check_tile(vocab_tile, what: str) -> int:

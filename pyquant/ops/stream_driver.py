@@ -16,9 +16,11 @@ import torch
 
 from ..formats import QuantizedWeight
 
-# Tuned on a 2-core AVX2 machine (bench/stream_topn.py): the logits buffer stays small
-# (t_block * vocab_tile * 4 bytes) while the GEMM blocks stay large enough to run near peak.
-DEFAULT_T_BLOCK = 512
+# Chosen on the shared 2-core AVX2 machine (bench/stream_topn.py): with the default vocab_tile of
+# 4096 the logits buffer is at most 1024 * 4096 * 4 B = 16 MiB (well inside the 64 MiB budget) and
+# every GEMM call is large (>= 2.4 GFLOP at H=576): there each call that wakes torch's thread pool
+# costs tens of ms when the cores are oversubscribed, so few large tiles beat cache-sized ones.
+DEFAULT_T_BLOCK = 1024
 
 
 def weight_rows(weight) -> int:
@@ -46,11 +48,12 @@ def _blocks(n: int, size: int):
 
 def stream_topn(hidden: torch.Tensor, weight, top_n: int, targets: Optional[torch.Tensor],
                 ref_ids: Optional[torch.Tensor], vocab_tile: int, reduce_tile: Callable,
-                t_block: int = DEFAULT_T_BLOCK) -> dict:
+                t_block: Optional[int] = None) -> dict:
     """Run a tile reducer over every (vocabulary tile, token block); return the backend dict.
 
     ``reduce_tile(logits[rows, vt], v0, run_max, run_sum, top_vals, top_ids, targets,
     target_logits, ref_ids, ref_logits)`` updates the row slices of the state in place.
+    ``t_block``: tokens per GEMM block (None: DEFAULT_T_BLOCK).
     Returns "logsumexp" [T] f32, "top_ids" [T, N] int64, "top_logits" [T, N] f32 (raw logits),
     and "target_logits" [T] / "ref_logits" [T, Nr] (f32) when asked.
     """
@@ -63,7 +66,7 @@ def stream_topn(hidden: torch.Tensor, weight, top_n: int, targets: Optional[torc
     top_ids = torch.full((t, top_n), -1, dtype=torch.int64, device=dev)
     target_logits = torch.full((t,), math.nan, **f32) if targets is not None else None
     ref_logits = torch.full(tuple(ref_ids.shape), math.nan, **f32) if ref_ids is not None else None
-    tb = max(1, min(t_block, t))
+    tb = max(1, min(t_block or DEFAULT_T_BLOCK, t))
     vt = max(1, min(vocab_tile, v))
     buf = torch.empty(tb * vt, **f32)
     h32 = hidden if hidden.dtype == torch.float32 else None  # up-cast per block otherwise (no [T, H] copy)
@@ -89,7 +92,7 @@ def _tile_lse(h_blk, weight, v0, v1) -> torch.Tensor:
 
 
 def stream_kl_exact(h_ref: torch.Tensor, w_ref, h_cand: torch.Tensor, w_cand, vocab_tile: int,
-                    t_block: int = DEFAULT_T_BLOCK) -> dict:
+                    t_block: Optional[int] = None) -> dict:
     """Full-vocabulary KL(ref || cand) and total variation per token, streamed in plain PyTorch.
 
     Two passes over the vocabulary tiles: the log-sum-exps of both models, then the KL and TV sums
@@ -97,7 +100,7 @@ def stream_kl_exact(h_ref: torch.Tensor, w_ref, h_cand: torch.Tensor, w_cand, vo
     Extra memory: a few [t_block, vocab_tile] float32 temporaries.
     """
     t, v = h_ref.shape[0], weight_rows(w_ref)
-    tb, vt = max(1, min(t_block, t)), max(1, min(vocab_tile, v))
+    tb, vt = max(1, min(t_block or DEFAULT_T_BLOCK, t)), max(1, min(vocab_tile, v))
     kl = torch.zeros(t, dtype=torch.float64, device=h_ref.device)
     tv = torch.zeros_like(kl)
     for t0, t1 in _blocks(t, tb):

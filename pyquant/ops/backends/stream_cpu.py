@@ -3,6 +3,8 @@ reducer ``pyquant._C.stream_reduce_tile_cpu`` (csrc/cpu/stream*.cpp). Also regis
 tile-streamed PyTorch ``stream_kl_exact`` as "cpu"."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .. import stream_driver
@@ -10,9 +12,16 @@ from .._native import cpu_available, native
 from .._registry import register
 
 
+# Threads of the tile reducer. The reduction is ~5% of the tile's GEMM time single-threaded; on this
+# shared 2-core machine a second OpenMP team (ours, beside torch's) costs more in wake-ups and
+# barriers than it saves (bench/stream_topn.py: 1 ms vs 20 ms per 256 x 2048 tile), so 1 by default.
+# PYQUANT_STREAM_THREADS overrides it (0: torch.get_num_threads()).
+REDUCER_THREADS = int(os.environ.get("PYQUANT_STREAM_THREADS", "1"))
+
+
 def _reduce_tile_cpu(logits, v0, run_max, run_sum, top_vals, top_ids, targets, target_logits, ref_ids, ref_logits):
     native().stream_reduce_tile_cpu(logits, v0, run_max, run_sum, top_vals, top_ids, targets, target_logits,
-                                    ref_ids, ref_logits, torch.get_num_threads())
+                                    ref_ids, ref_logits, REDUCER_THREADS or torch.get_num_threads())
 
 
 @register("stream_logprobs", "cpu", devices=("cpu",), available=cpu_available)
