@@ -5,8 +5,8 @@ its slice in tiles of BLOCK_V rows of the LM head and, per tile:
   1. computes the logits tile ``hidden[rows] @ W[tile].T`` with ``tl.dot`` (fp32 accumulation;
      int8 / int4 heads are dequantized in registers, see ``WFMT``);
   2. updates a running max and rescaled sum of exp (online log-sum-exp; all -inf stays NaN-free);
-  3. merges the tile into a running top-N kept as packed int64 keys (below);
-  4. writes the raw logits of ``targets`` and ``ref_ids`` that fall inside the tile.
+  3. writes the raw logits of ``targets`` and ``ref_ids`` that fall inside the tile;
+  4. merges the tile into a running top-N kept as packed int64 keys (below).
 Per (split, row) it writes the running max, the sum and the N best keys; ``stream_topn`` combines
 the splits in O(T * splits * N) (one split when the grid already fills the device).
 
@@ -37,6 +37,7 @@ def _load_w_tile(w_ptr, s_ptr, z_ptr, offs_v, offs_k, V, K, stride_wv, stride_sv
     vmask = offs_v < V
     kmask = offs_k < K
     m = vmask[:, None] & kmask[None, :]
+    offs_v = offs_v.to(tl.int64)  # V * row stride may pass 2**31
     if WFMT == 0:
         w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :], mask=m, other=0.0)
         return w.to(DOT_DTYPE)
@@ -108,7 +109,24 @@ def _stream_topn_kernel(
         run_sum = run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(logits - safe[:, None]), 1)
         run_max = new_max
 
-        # 3. running top-N over packed keys, skipped when no row's tile max reaches its N-th logit
+        # 3. gathers of the target / reference ids that fall in this tile
+        if HAS_TGT:
+            inside = (tgt >= v0) & (tgt < tl.minimum(v0 + BLOCK_V, v_end))
+            if tl.max(inside.to(tl.int32), 0) > 0:
+                hit_t = (offs_v[None, :] == tgt[:, None]) & vmask[None, :]
+                val = tl.max(tl.where(hit_t, logits, float("-inf")), 1)
+                tl.store(tgt_out + offs_t, val, mask=tmask & inside)
+        if HAS_REF:
+            for j in range(n_ref):
+                rid = tl.load(ref_ptr + rows64 * stride_ref + j, mask=tmask, other=-1)
+                inside = (rid >= v0) & (rid < tl.minimum(v0 + BLOCK_V, v_end))
+                if tl.max(inside.to(tl.int32), 0) > 0:
+                    hit_r = (offs_v[None, :] == rid[:, None]) & vmask[None, :]
+                    val = tl.max(tl.where(hit_r, logits, float("-inf")), 1)
+                    tl.store(ref_out + rows64 * stride_ref + j, val, mask=tmask & inside)
+
+        # 4. running top-N over packed keys, skipped when no row's tile max reaches its N-th logit
+        #    (last, so the logits are dead once the keys exist: fewer live registers)
         slot_key = tl.where(pos[None, :] < TOP_N, key_top, key_max_i64)
         row_min = tl.min(slot_key, 1)
         s_min = (row_min >> 32).to(tl.int32)
@@ -133,21 +151,6 @@ def _stream_topn_kernel(
                 row_min = tl.min(slot_key, 1)
                 best = tl.max(keys, 1)
                 go = tl.max((best > row_min).to(tl.int32), 0)
-
-        # 4. gathers of the target / reference ids that fall in this tile
-        if HAS_TGT:
-            hit_t = (offs_v[None, :] == tgt[:, None]) & vmask[None, :]
-            val = tl.max(tl.where(hit_t, logits, float("-inf")), 1)
-            inside = (tgt >= v0) & (tgt < tl.minimum(v0 + BLOCK_V, v_end))
-            tl.store(tgt_out + offs_t, val, mask=tmask & inside)
-        if HAS_REF:
-            for j in range(n_ref):
-                rid = tl.load(ref_ptr + rows64 * stride_ref + j, mask=tmask, other=-1)
-                inside = (rid >= v0) & (rid < tl.minimum(v0 + BLOCK_V, v_end))
-                if tl.max(inside.to(tl.int32), 0) > 0:
-                    hit_r = (offs_v[None, :] == rid[:, None]) & vmask[None, :]
-                    val = tl.max(tl.where(hit_r, logits, float("-inf")), 1)
-                    tl.store(ref_out + rows64 * stride_ref + j, val, mask=tmask & inside)
 
     out_row = split.to(tl.int64) * T + rows64
     tl.store(max_out + out_row, run_max, mask=tmask)
