@@ -54,14 +54,16 @@ QUICK = DemoSettings(prompts=4, max_new_tokens=8, top_n=16, ppl_words=60, ppl_co
 
 
 class _Log:
-    """Progress lines with the elapsed wall time."""
+    """Progress lines with the elapsed wall time and this process's CPU time (all threads; on a
+    busy shared machine, CPU time / cores estimates the wall time of an idle one)."""
 
     def __init__(self, out: Callable[[str], None]):
         self.t0 = time.perf_counter()
+        self.c0 = time.process_time()
         self.out = out
 
     def __call__(self, msg: str) -> None:
-        self.out(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}")
+        self.out(f"[{time.perf_counter() - self.t0:7.1f}s, cpu {time.process_time() - self.c0:7.1f}s] {msg}")
 
 
 def _bar(desc: str, total: Optional[int], unit: str):
@@ -278,6 +280,8 @@ def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = 
         for _, vd, s in r.verdict_lines:
             out(f"{vd.upper():<10} {s}")
         out(r.summary)
+        if r.knee_line:
+            out(r.knee_line)
         out("")
     else:
         skip("report (no results were produced)")
@@ -286,5 +290,5 @@ def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = 
         out(f"{len(skipped)} step(s) skipped: " + "; ".join(skipped))
     if report_path:
         out(f"report: {os.path.abspath(report_path)}  (Markdown twin: report.md, figures: report_*.png)")
-    out(f"demo finished in {wall:.0f} s")
+    out(f"demo finished in {wall:.0f} s wall ({time.process_time() - log.c0:.0f} s CPU)")
     return {"output_dir": output_dir, "report": report_path, "results": results, "skipped": skipped, "wall_s": wall}

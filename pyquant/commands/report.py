@@ -29,5 +29,7 @@ def run(args) -> int:
     for _, vd, s in rep.verdict_lines:
         print(f"{vd.upper():<10} {s}")
     print(rep.summary)
+    if rep.knee_line:
+        print(rep.knee_line)
     print(f"report: {out['html']} (Markdown: {out['markdown']}; {len(out['figures'])} PNG figures)")
     return 0

@@ -54,6 +54,7 @@ class Report:
     variants: list
     verdict_lines: list  # [(variant, verdict, sentence)]
     summary: str
+    knee_line: str  # the knee of each cost axis's Pareto front, or "" when none
     tables: list
     figures: list
     sources: list
@@ -156,6 +157,17 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
         passing = [n for n, vd in zip(names, verdicts) if vd in ("pass", "borderline")]
         summary = f"Variants with mean KL <= {max_kl:g}: {', '.join(passing)} (no cost measured to rank them)."
 
+    knees = []
+    kls = [qual[n]["kl_mean"] for n in names]
+    for key, label, get in COST_AXES:
+        costs = [get(cost[n]) for n in names]
+        pts = [(c, k) for c, k in zip(costs, kls) if c is not None and k is not None]
+        pnames = [n for n, c, k in zip(names, costs, kls) if c is not None and k is not None]
+        knee = knee_point(pts) if pts else None
+        if knee is not None:
+            knees.append(f"by {label.split(' (')[0]}: {pnames[knee]}")
+    knee_line = ("Knee of the Pareto front (most saving for least divergence): " + "; ".join(knees) + ".") if knees else ""
+
     tables = [_quality_table(variants, qual), _cost_table(variants, cost)]
     tp = _throughput_table(variants, cost)
     if tp:
@@ -164,9 +176,8 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     sources = [p for v in variants for p in v.sources]
     if not figures:
-        return Report(title, created, max_kl, names, lines, summary, tables, [], sources)
+        return Report(title, created, max_kl, names, lines, summary, knee_line, tables, [], sources)
     figures = []
-    kls = [qual[n]["kl_mean"] for n in names]
     for key, label, get in COST_AXES:
         costs = [get(cost[n]) for n in names]
         png = plots.plot_tradeoff(names, costs, kls, cost_label=label, max_kl=max_kl)
@@ -189,7 +200,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
         figures.append(Figure("kl_cdf", "Per-token KL distribution",
                               "Empirical CDF of per-token KL (log x-axis): curves further left are closer "
                               "to the reference; the right tail shows the rare tokens that diverge most.", png))
-    return Report(title, created, max_kl, names, lines, summary, tables, figures, sources)
+    return Report(title, created, max_kl, names, lines, summary, knee_line, tables, figures, sources)
 
 
 KNEE_DEFINITION = (

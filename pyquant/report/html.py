@@ -23,7 +23,7 @@ p.note{color:#555;font-size:.82em;margin:4px 0 0;max-width:100%}
 figure{margin:0;min-width:0}
 figure img{width:100%;height:auto;border:1px solid #e3e6ea}
 figcaption{font-size:.82em;color:#444;margin-top:4px}
-code{font-size:.9em}
+code{font-size:.9em}p.knee{margin:4px 0 0;font-size:.92em}
 """
 
 
@@ -53,6 +53,7 @@ def render_html(report) -> str:
 <h1>{escape(report.title)}</h1>
 <div class="meta">Generated {escape(report.created)} by pyquant · variants: {escape(", ".join(report.variants))} · threshold: mean KL &le; {report.max_kl:g} nats/token</div>
 <div class="summary{none}">{escape(report.summary)}</div>
+{f'<p class="knee">{escape(report.knee_line)}</p>' if report.knee_line else ""}
 <h2>Verdict per variant</h2><ul class="verdicts">{verdicts}</ul>
 {"".join(_table(t) for t in report.tables)}
 <h2>Figures</h2><div class="figs">{figs or "<p>No figure: the results hold no plottable data.</p>"}</div>

@@ -24,7 +24,8 @@ def render_markdown(report, figure_files) -> str:
         raise ValueError(f"{len(report.figures)} figures but {len(figure_files)} file names")
     out = [f"# {report.title}", "",
            f"Generated {report.created} by pyquant; threshold: mean KL <= {report.max_kl:g} nats/token.", "",
-           f"**{report.summary}**", "", "## Verdict per variant", ""]
+           f"**{report.summary}**", ""] + ([report.knee_line, ""] if report.knee_line else []) + [
+           "## Verdict per variant", ""]
     out += [f"- **{vd.upper()}** {s}" for _, vd, s in report.verdict_lines]
     for t in report.tables:
         out += ["", _table(t)]

@@ -80,6 +80,7 @@ def test_knee_in_captions(results_files):
     # fp32 -> int8 is the big saving for little KL; int4 variants buy little more.
     assert "knee: int8" in caps["tradeoff_memory"]
     assert "Pareto front: int4-g128, int4-g32, int8, fp32" in caps["tradeoff_memory"]
+    assert "by weight memory: int8" in rep.knee_line
 
 
 def test_write_report_html_markdown_pngs(results_files, tmp_path, VARIANTS):
