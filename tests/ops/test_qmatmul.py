@@ -6,6 +6,7 @@ TRITON_INTERPRET=1) and CUDA when present. Slow backends get a size cap (LIMITS)
 scalar ISA path of the C++ kernel (subprocess with PYQUANT_ISA=scalar), thread-count invariance,
 3-D inputs, and bad input raising ValueError naming the problem.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -39,28 +40,32 @@ def _fits(device, backend, m, n, k):
     return lim is None or (m <= lim[0] and n <= lim[1] and k <= lim[2])
 
 
-def _case(spec, m, n, k, dtype, device, bias, seed):
-    qw = quantize_weight(randn(n, k, seed=seed), spec).to(device)
-    x = randn(m, k, dtype=dtype, seed=seed + 1, device=device)
-    b = randn(n, dtype=dtype, seed=seed + 2, device=device) if bias else None
-    return x, qw, b
+@functools.lru_cache(maxsize=None)
+def _weight(spec, n, k, seed):
+    """(QuantizedWeight on the CPU, its float64 dequantization): shared by every backend."""
+    qw = quantize_weight(randn(n, k, seed=seed), spec)
+    return qw, qw.dequantize(torch.float64)
 
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
 def test_matches_float64(device, backend, spec):
+    """Every shape once per spec; the activation dtype rotates with the shape and the spec so each
+    (shape, dtype) pair is covered across SPECS, and bias alternates."""
     ran = 0
+    s = SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):
         if not _fits(device, backend, m, n, k):
             continue
-        for j, dtype in enumerate(DTYPES):
-            bias = (i + j) % 2 == 0
-            x, qw, b = _case(spec, m, n, k, dtype, device, bias, seed=100 * i + 10 * j)
-            y = pq.ops.qmatmul(x, qw, bias=b, backend=backend)
-            assert y.device == x.device
-            assert_matmul_close(y, x, qw.dequantize(torch.float64), b,
-                                what=f"{backend} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
-            ran += 1
+        dtype = DTYPES[(i + s) % len(DTYPES)]
+        bias = (i + s) % 2 == 0
+        qw, w64 = _weight(spec, n, k, seed=i)
+        x = randn(m, k, dtype=dtype, seed=1000 + 10 * i + s, device=device)
+        b = randn(n, dtype=dtype, seed=2000 + i, device=device) if bias else None
+        y = pq.ops.qmatmul(x, qw.to(device), bias=b, backend=backend)
+        assert y.device == x.device
+        assert_matmul_close(y, x, w64, b, what=f"{backend} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
+        ran += 1
     assert ran > 0
 
 
@@ -117,9 +122,9 @@ SCALAR_SCRIPT = textwrap.dedent("""
     from pyquant.quant.rtn import quantize_weight
     from helpers import assert_matmul_close, randn
     assert _native.native().cpu_isa() == "scalar", _native.native().cpu_isa()
-    for spec in ("int8", "int4-g32", "int4-g128-sym-fp16", "int4-g256"):
-        for (m, n, k) in ((1, 7, 300), (6, 5, 129), (19, 37, 520)):
-            for dt in (torch.float32, torch.bfloat16):
+    cases = ((1, 7, 300, torch.float32), (6, 5, 129, torch.bfloat16), (19, 37, 520, torch.float32))
+    for spec in ("int8", "int4-g32", "int4-g128-sym-fp16"):
+        for (m, n, k, dt) in cases:
                 qw = quantize_weight(randn(n, k, seed=k), spec)
                 x, b = randn(m, k, dtype=dt, seed=m), randn(n, dtype=dt, seed=n)
                 y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
