@@ -21,6 +21,10 @@ from ..formats import QuantizedWeight
 # every GEMM call is large (>= 2.4 GFLOP at H=576): there each call that wakes torch's thread pool
 # costs tens of ms when the cores are oversubscribed, so few large tiles beat cache-sized ones.
 DEFAULT_T_BLOCK = 1024
+# A head that is not float32 (bf16/fp16, or quantized and dequantized by qmatmul's fallback) gets a
+# float32 copy of each weight tile: its vocabulary tile is capped so that copy stays <= 16 MiB.
+CAST_TILE_BYTES = 16 << 20
+KL_T_BLOCK = 256  # stream_kl_exact holds ~6 float32 temporaries of [t_block, vocab_tile]
 
 
 def weight_rows(weight) -> int:
@@ -39,6 +43,14 @@ def logits_tile(h_blk: torch.Tensor, weight, v0: int, v1: int, out: Optional[tor
     if w.dtype != torch.float32:
         w = w.to(torch.float32)
     return torch.matmul(h_blk, w.T, out=out)
+
+
+def vocab_tile_for(weight, vocab_tile: int) -> int:
+    """The vocabulary tile the driver uses: ``vocab_tile``, capped for heads that need a float32 copy."""
+    if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
+        return vocab_tile
+    h = weight.in_features if isinstance(weight, QuantizedWeight) else weight.shape[1]
+    return max(16, min(vocab_tile, CAST_TILE_BYTES // (4 * max(1, h))))
 
 
 def _blocks(n: int, size: int):
@@ -67,7 +79,7 @@ def stream_topn(hidden: torch.Tensor, weight, top_n: int, targets: Optional[torc
     target_logits = torch.full((t,), math.nan, **f32) if targets is not None else None
     ref_logits = torch.full(tuple(ref_ids.shape), math.nan, **f32) if ref_ids is not None else None
     tb = max(1, min(t_block or DEFAULT_T_BLOCK, t))
-    vt = max(1, min(vocab_tile, v))
+    vt = max(1, min(vocab_tile_for(weight, vocab_tile), v))
     buf = torch.empty(tb * vt, **f32)
     h32 = hidden if hidden.dtype == torch.float32 else None  # up-cast per block otherwise (no [T, H] copy)
     for v0, v1 in _blocks(v, vt):
@@ -100,7 +112,8 @@ def stream_kl_exact(h_ref: torch.Tensor, w_ref, h_cand: torch.Tensor, w_cand, vo
     Extra memory: a few [t_block, vocab_tile] float32 temporaries.
     """
     t, v = h_ref.shape[0], weight_rows(w_ref)
-    tb, vt = max(1, min(t_block or DEFAULT_T_BLOCK, t)), max(1, min(vocab_tile, v))
+    tb = max(1, min(t_block or KL_T_BLOCK, t))
+    vt = max(1, min(vocab_tile_for(w_ref, vocab_tile), vocab_tile_for(w_cand, vocab_tile), v))
     kl = torch.zeros(t, dtype=torch.float64, device=h_ref.device)
     tv = torch.zeros_like(kl)
     for t0, t1 in _blocks(t, tb):

@@ -176,10 +176,12 @@ def test_dominant_token(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_bf16_hidden(backend, device):
+@pytest.mark.parametrize("h_dtype,w_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+                                             (torch.float16, torch.float16)])
+def test_low_precision_inputs(backend, device, h_dtype, w_dtype):
     t, h, v, n = 19, 48, 777, 16
     hidden, weight = _model(t, h, v, device)
-    hidden = hidden.to(torch.bfloat16)
+    hidden, weight = hidden.to(h_dtype), weight.to(w_dtype)  # the reference reads these values exactly
     out = pq.ops.stream_logprobs(hidden, weight, top_n=n, vocab_tile=100, backend=backend)
     _check_against_reference(out, hidden, weight, n)
 
@@ -364,3 +366,35 @@ def test_bad_inputs_raise_value_error():
         pq.ops.stream_kl_exact(hidden, weight, hidden, torch.randn(21, h))
     with pytest.raises(ValueError, match="T=4 tokens but the candidate has T=3"):
         pq.ops.stream_kl_exact(hidden, weight, hidden[:3], weight)
+
+
+def test_cpu_tile_reducer_scalar_isa(tmp_path):
+    """The scalar primitives (PYQUANT_ISA=scalar, read once per process) give the AVX2 path's results."""
+    C = pytest.importorskip("pyquant._C")
+    if not hasattr(C, "stream_reduce_tile_cpu"):
+        pytest.skip("pyquant._C has no stream_reduce_tile_cpu")
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import math, torch, pyquant._C as C
+assert C.cpu_isa() == "scalar"
+torch.manual_seed(0)
+rows, v, n, tile = 5, 301, 24, 37
+x = torch.randn(rows, v) * 4
+x[0, :100] = -math.inf
+x[1, ::7] = 9.0
+st = [torch.full((rows,), -math.inf), torch.zeros(rows), torch.full((rows, n), -math.inf),
+      torch.full((rows, n), -1, dtype=torch.int64)]
+for v0 in range(0, v, tile):
+    C.stream_reduce_tile_cpu(x[:, v0:v0 + tile], v0, *st, None, None, None, None, 1)
+torch.save((x, st), {str(tmp_path / "scalar.pt")!r})
+"""
+    env = dict(os.environ, PYQUANT_ISA="scalar")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    x, (run_max, run_sum, top_vals, top_ids) = torch.load(tmp_path / "scalar.pt")
+    vals, ids = torch.sort(x, dim=-1, descending=True, stable=True)
+    assert torch.equal(top_ids, ids[:, :24]) and torch.equal(top_vals, vals[:, :24])
+    torch.testing.assert_close(run_max.double() + run_sum.double().log(), torch.logsumexp(x.double(), -1),
+                               atol=1e-5, rtol=1e-6)
