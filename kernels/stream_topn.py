@@ -192,6 +192,46 @@ def decode_keys(keys):
     return vals, ids
 
 
+def kernel_meta(T: int, K: int, top_n: int, vocab_tile, dot_dtype, wfmt: int, has_zeros: bool, has_tgt: bool,
+                has_ref: bool, interp: bool, precision: str = "ieee", block_t=None, block_k=None) -> dict:
+    """The kernel's compile-time parameters (constexprs and num_warps) for one call.
+
+    BLOCK_V: the power of two <= vocab_tile, in [16, 128] on a GPU (registers) or [16, 256] under
+    the interpreter (fewer, larger steps); BLOCK_T up to 64 tokens, BLOCK_K up to 64 hidden units.
+    """
+    import torch
+
+    bv = min(256 if interp else 128, max(16, 1 << (int(vocab_tile or 128).bit_length() - 1)))
+    bt = block_t or min(64, max(16, _next_pow2(T)))
+    bk = block_k or min(64, max(16, _next_pow2(K)))
+    tl_dtype = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dot_dtype]
+    return dict(TOP_N=int(top_n), NP=max(2, _next_pow2(top_n)), BLOCK_T=bt, BLOCK_V=bv, BLOCK_K=bk,
+                WFMT=wfmt, HAS_ZEROS=bool(has_zeros), HAS_TGT=bool(has_tgt), HAS_REF=bool(has_ref),
+                DOT_DTYPE=tl_dtype, INPUT_PRECISION=precision, num_warps=8 if bt * bv >= 64 * 128 else 4)
+
+
+def compile_ahead(arch: int, meta: dict, hidden_ptr: str = "bf16", weight_ptr: str = "bf16"):
+    """Compile the kernel for an NVIDIA GPU of compute capability ``arch`` (80, 90, ...) with no GPU
+    present (Triton's bundled ptxas), for the constexprs ``meta`` of ``kernel_meta``: checks that
+    what runs under the interpreter also builds for the hardware. Returns Triton's CompiledKernel
+    (``.asm["cubin"]``; ``.metadata.shared``: shared memory in bytes)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _stream_topn_kernel
+    if not hasattr(fn, "cache_key"):
+        raise ValueError("compile_ahead: the kernel was loaded under TRITON_INTERPRET=1; run without it")
+    names = fn.arg_names
+    meta = dict(meta)
+    num_warps = meta.pop("num_warps", 4)
+    ptrs = {"h_ptr": "*" + hidden_ptr, "w_ptr": "*" + weight_ptr, "s_ptr": "*fp32", "z_ptr": "*u8",
+            "tgt_ptr": "*i64", "ref_ptr": "*i64", "max_out": "*fp32", "sum_out": "*fp32", "key_out": "*i64",
+            "tgt_out": "*fp32", "ref_out": "*fp32"}
+    sig = {a: ptrs.get(a, "constexpr" if a in meta else "i32") for a in names}
+    src = ASTSource(fn, sig, constexprs={(names.index(a),): v for a, v in meta.items()})
+    return triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options={"num_warps": num_warps})
+
+
 def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_tile=None, splits=None,
                 block_t=None, block_k=None):
     """Fused streaming log-softmax statistics of ``hidden[T,H] @ weight[V,H].T`` (never [T,V]).
@@ -236,10 +276,14 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
         return out
 
     interp = os.environ.get("TRITON_INTERPRET") == "1"
-    # power of two <= vocab_tile; at most 128 on a GPU (registers), 256 under the interpreter (speed)
-    bv = min(256 if interp else 128, max(16, 1 << (int(vocab_tile or 128).bit_length() - 1)))
-    bt = block_t or min(64, max(16, _next_pow2(T)))
-    bk = block_k or min(64, max(16, _next_pow2(K)))
+    if interp and dot_dtype == torch.bfloat16:  # the interpreter's bf16 tl.dot is wrong: upcast there
+        dot_dtype = torch.float32
+    precision = "ieee"
+    if dot_dtype == torch.float32 and dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        precision = "tf32"  # follow torch.matmul's own setting
+    meta = kernel_meta(T, K, n, vocab_tile, dot_dtype, wfmt, zp is not None, targets is not None,
+                       ref_ids is not None, interp, precision, block_t, block_k)
+    bt, bv = meta["BLOCK_T"], meta["BLOCK_V"]
     n_tblocks = triton.cdiv(T, bt)
     if splits is None:
         if interp or dev.type != "cuda":
@@ -253,12 +297,6 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
     max_p = torch.empty((splits, T), dtype=torch.float32, device=dev)
     sum_p = torch.empty((splits, T), dtype=torch.float32, device=dev)
     key_p = torch.empty((splits, T, n), dtype=torch.int64, device=dev)
-    if interp and dot_dtype == torch.bfloat16:  # the interpreter's bf16 tl.dot is wrong: upcast there
-        dot_dtype = torch.float32
-    tl_dtype = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dot_dtype]
-    precision = "ieee"
-    if dot_dtype == torch.float32 and dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        precision = "tf32"  # follow torch.matmul's own setting
     tgt = targets if targets is not None else max_p
     ref = ref_ids if ref_ids is not None else max_p
     n_ref = ref_ids.shape[1] if ref_ids is not None else 0
@@ -268,10 +306,7 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
         max_p, sum_p, key_p, out.get("target_logits", max_p), out.get("ref_logits", max_p),
         T, V, K, G, v_per_split, n_ref,
         hidden.stride(0), w.stride(0), stride_sv, stride_zv, max(n_ref, 1),
-        TOP_N=n, NP=max(2, _next_pow2(n)), BLOCK_T=bt, BLOCK_V=bv, BLOCK_K=bk,
-        WFMT=wfmt, HAS_ZEROS=zp is not None, HAS_TGT=targets is not None, HAS_REF=ref_ids is not None,
-        DOT_DTYPE=tl_dtype, INPUT_PRECISION=precision,
-        num_warps=8 if bt * bv >= 64 * 128 else 4,
+        **meta,
     )
     if splits == 1:
         out["logsumexp"] = max_p[0] + torch.log(sum_p[0])

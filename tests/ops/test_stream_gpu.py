@@ -137,6 +137,47 @@ def test_triton_quantized_head_variants(spec, dtype):
                                atol=2 * tol, rtol=0)
 
 
+_COMPILE_AHEAD = """
+import sys, torch
+from pyquant.kernels.stream_topn import WFMT_DENSE, WFMT_INT4, WFMT_INT8, compile_ahead, kernel_meta
+arch, case = int(sys.argv[1]), sys.argv[2]
+dtype, wfmt, n, wptr = {"bf16-dense-n64": (torch.bfloat16, WFMT_DENSE, 64, "bf16"),
+                        "fp16-int4-zeros": (torch.float16, WFMT_INT4, 16, "u8"),
+                        "fp32-int8": (torch.float32, WFMT_INT8, 16, "i8")}[case]
+meta = kernel_meta(2048, 576, n, 2048, dtype, wfmt, wfmt == WFMT_INT4, True, True, interp=False)
+assert meta["BLOCK_V"] == 128 and meta["BLOCK_T"] == 64, meta
+ptr = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+try:
+    k = compile_ahead(arch, meta, hidden_ptr=ptr, weight_ptr=wptr)
+except (ImportError, FileNotFoundError) as e:
+    print("SKIP", e)
+    raise SystemExit(0)
+assert len(k.asm["cubin"]) > 0
+print("SHARED", k.metadata.shared)
+"""
+
+
+@needs_triton
+@pytest.mark.parametrize("arch,case", [(90, "bf16-dense-n64"),  # the others take ~25 s each here: slow
+                                       pytest.param(80, "fp16-int4-zeros", marks=pytest.mark.slow),
+                                       pytest.param(80, "fp32-int8", marks=pytest.mark.slow)])
+def test_triton_kernel_compiles_for_gpus(arch, case):
+    """What the interpreter runs must also build for the hardware: compile ahead for sm_80 / sm_90
+    with the launch parameters a GPU call would use (no GPU needed: Triton's bundled ptxas; in a
+    subprocess, because the interpreter replaces the kernel object in this one)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _COMPILE_AHEAD, str(arch), case], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if r.stdout.startswith("SKIP"):
+        pytest.skip(f"cannot compile ahead for sm_{arch} here: {r.stdout}")
+    shared = int(r.stdout.split("SHARED")[1])
+    assert 0 < shared <= (163 if arch == 80 else 227) * 1024  # fits the SM's shared memory
+
+
 @needs_triton
 def test_triton_backend_rejects_bad_direct_calls():
     from pyquant.ops.backends.stream_triton import stream_logprobs_triton as f
