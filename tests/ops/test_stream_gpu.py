@@ -325,5 +325,7 @@ def test_gpu_backends_registered_with_reasons():
     for name in ("cuda", "triton"):
         assert info[name]["available"] or info[name]["reason"]
     assert info["cuda"]["available"] == HAS_CUDA
+    kl = pq.ops.backend_info()["stream_kl_exact"]["backends"]
+    assert "cuda" in kl and kl["cuda"]["available"] == torch.cuda.is_available()
     if os.environ.get("TRITON_INTERPRET") == "1" and TRITON_OK:
         assert "cpu" in info["triton"]["devices"]

@@ -4,6 +4,9 @@ CUDA tile reducer ``pyquant._C.stream_reduce_tile_cuda`` (csrc/cuda/stream_topn.
 Each logits tile comes from torch.matmul (or qmatmul for a quantized head) on the GPU; the reducer
 folds it into the running state on torch's current CUDA stream, so no synchronisation is needed
 between the GEMM and the reduction. Imports cleanly without CUDA (the probe says why).
+
+Also registers "cuda" for "stream_kl_exact": the driver's tile-streamed PyTorch implementation
+run on the GPU (pure torch, so it needs a CUDA device but not the extension).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 
 from .. import _native
 from .._registry import register
-from ..stream_driver import stream_topn
+from ..stream_driver import stream_kl_exact, stream_topn
 
 MAX_TOP_N = 64          # pyquant::kStreamCudaMaxTopN
 T_BLOCK = 4096          # tokens per driver block on a GPU: large GEMMs, [t_block, vocab_tile] buffer
@@ -37,3 +40,15 @@ def stream_logprobs_cuda(hidden, weight, top_n: int, targets=None, ref_ids=None,
     with torch.cuda.device(hidden.device):
         return stream_topn(hidden, weight, int(top_n), targets, ref_ids, vocab_tile, _reduce_tile_cuda,
                            t_block=T_BLOCK)
+
+
+def _torch_cuda_available() -> "tuple[bool, str]":
+    return (True, "") if torch.cuda.is_available() else (False, "no CUDA device visible to torch")
+
+
+@register("stream_kl_exact", "cuda", devices=("cuda",), available=_torch_cuda_available)
+def stream_kl_exact_cuda(h_ref, w_ref, h_cand, w_cand, vocab_tile: int = 2048) -> dict:
+    """{"kl", "tv"} float64 [T]: full-vocabulary KL(ref || cand) (nats) and total variation, streamed
+    over vocabulary tiles on the GPU (never [T, V])."""
+    with torch.cuda.device(h_ref.device):
+        return stream_kl_exact(h_ref, w_ref, h_cand, w_cand, vocab_tile, t_block=T_BLOCK)
