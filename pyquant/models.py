@@ -72,6 +72,7 @@ def _convert_gguf(gguf_path: str, target: str) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".tmp-", dir=os.path.dirname(target))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any HF cache
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         with open(os.path.join(tmp, _CACHE_COMPLETE), "w") as fh:
