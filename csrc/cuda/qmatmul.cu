@@ -1,24 +1,11 @@
-// Weight-only quantized GEMV for decode shapes (M <= 8): y[M, N] = x[M, K] @ dequantize(W)^T (+ bias).
-//
-// One warp owns one output column n (one row of W) and streams that row once for all M rows of x:
-// each lane loads 16 packed bytes at a time (one 128-bit load when the row is 16-byte aligned,
-// else 16 byte loads), dequantizes in registers, accumulates in fp32, and the warp reduces with
-// shuffles. Formats: pyquant/formats.py. API and argument contract: pyquant/qmatmul_cuda.h.
-//
-// INT4: a 16-byte chunk holds codes [32c, 32c + 32); every group size is a multiple of 32, so a
-//   chunk lies inside one group: one scale and zero-point per chunk, applied to the chunk's partial
-//   sums. Chunks are read only while 32c < K, and K_pad >= 32 * ceil(K / 32), so loads stay inside
-//   the row; x is masked past K (the ragged last group), so padding codes contribute nothing.
-// INT8: full 16-byte chunks over [0, 16 * floor(K / 16)), then the K % 16 tail one code per lane;
-//   the per-channel scale multiplies the reduced sum once.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+// pyquant::cuda::qmatmul: launches the decode GEMV kernel of qmatmul_kernel.cuh on a stream.
+// API and argument contract: pyquant/qmatmul_cuda.h.
 #include <cuda_runtime.h>
 
-#include <cstdint>
 #include <string>
 
 #include "pyquant/qmatmul_cuda.h"
+#include "qmatmul_kernel.cuh"
 
 namespace pyquant {
 
@@ -27,213 +14,9 @@ void set_last_error(const std::string& msg);  // csrc/cpu/cpu_features.cpp
 namespace cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
-constexpr int kThreads = 32 * kWarpsPerBlock;
-
-struct Params {
-  const void* x;
-  int64_t M, K, ldx;
-  const uint8_t* qw;  // int8 or uint8 codes: row stride ldq in bytes
-  int64_t N, ldq;
-  int group_shift;  // log2(group size) for int4
-  const void* scales;
-  bool scales_f16;
-  int64_t lds;
-  const uint8_t* zeros;  // null: symmetric (zero-point 8)
-  int64_t ldz;
-  const void* bias;  // x's dtype, or null
-  void* y;
-  int64_t ldy;
-  bool w_vec;  // rows of qw are 16-byte aligned: 128-bit loads
-  bool x_vec;  // rows of x are 16-byte aligned: vector loads of x
-};
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// A 16-bit float's bits (the element at the lower address is the low half of a word) -> fp32.
-template <typename T>
-__device__ __forceinline__ float bits16_to_f32(uint32_t b);
-template <>
-__device__ __forceinline__ float bits16_to_f32<__half>(uint32_t b) {
-  return __half2float(__ushort_as_half(static_cast<unsigned short>(b & 0xFFFFu)));
-}
-template <>
-__device__ __forceinline__ float bits16_to_f32<__nv_bfloat16>(uint32_t b) { return __uint_as_float((b & 0xFFFFu) << 16); }
-
-// 16 bytes at p: one 128-bit load when `aligned`, else 16 byte loads (the same value).
-__device__ __forceinline__ uint4 load16(const uint8_t* __restrict__ p, bool aligned) {
-  if (aligned) return __ldg(reinterpret_cast<const uint4*>(p));
-  uint32_t w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-    w[i] = uint32_t(p[4 * i]) | (uint32_t(p[4 * i + 1]) << 8) | (uint32_t(p[4 * i + 2]) << 16) |
-           (uint32_t(p[4 * i + 3]) << 24);
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// NE consecutive x values row[k .. k + NE) as fp32, zero past K. `vec`: row is 16-byte aligned
-// (k is a multiple of NE, so the vector loads below are aligned too).
-template <typename T, int NE>
-__device__ __forceinline__ void load_x(const T* __restrict__ row, int64_t k, int64_t K, bool vec, float (&out)[NE]) {
-  static_assert(NE == 4 || NE == 8, "NE is 4 or 8");
-  if (vec && k + NE <= K) {
-    if constexpr (sizeof(T) == 4) {
-#pragma unroll
-      for (int i = 0; i < NE; i += 4) {
-        const float4 v = __ldg(reinterpret_cast<const float4*>(row + k + i));
-        out[i] = v.x; out[i + 1] = v.y; out[i + 2] = v.z; out[i + 3] = v.w;
-      }
-    } else if constexpr (NE == 8) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(row + k));
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        out[2 * i] = bits16_to_f32<T>(w[i]);
-        out[2 * i + 1] = bits16_to_f32<T>(w[i] >> 16);
-      }
-    } else {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + k));
-      out[0] = bits16_to_f32<T>(v.x); out[1] = bits16_to_f32<T>(v.x >> 16);
-      out[2] = bits16_to_f32<T>(v.y); out[3] = bits16_to_f32<T>(v.y >> 16);
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < NE; ++i) out[i] = (k + i < K) ? to_f32(row[k + i]) : 0.f;
-  }
-}
-
-__device__ __forceinline__ float load_scale(const Params& p, int64_t idx) {
-  return p.scales_f16 ? __half2float(static_cast<const __half*>(p.scales)[idx]) : static_cast<const float*>(p.scales)[idx];
-}
-
-template <int MT, int BITS, typename T>
-__global__ void __launch_bounds__(kThreads) qgemv_kernel(const Params p) {
-  const int lane = threadIdx.x & 31;
-  const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (n >= p.N) return;  // uniform across the warp: the shuffles below see full warps only
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const uint8_t* __restrict__ wrow = p.qw + n * p.ldq;
-  const int64_t M = p.M;  // 1 <= M <= MT
-
-  float acc[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
-
-  if constexpr (BITS == 4) {
-    const int64_t nchunks = (p.K + 31) / 32;
-#pragma unroll 2
-    for (int64_t c = lane; c < nchunks; c += 32) {
-      const int64_t k0 = c * 32;
-      const int64_t g = k0 >> p.group_shift;
-      const float s = load_scale(p, n * p.lds + g);
-      const float z = p.zeros ? float(p.zeros[n * p.ldz + g]) : 8.f;
-      const uint4 v = load16(wrow + c * 16, p.w_vec);
-      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-      float part[MT];
-#pragma unroll
-      for (int m = 0; m < MT; ++m) part[m] = 0.f;
-#pragma unroll
-      for (int wi = 0; wi < 4; ++wi) {
-        const int64_t k = k0 + 8 * wi;
-        float wf[8];  // code i of the word is nibble i (low nibble first = lower k first)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) wf[i] = float((words[wi] >> (4 * i)) & 0xFu) - z;
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m < M) {
-            float xv[8];
-            load_x<T, 8>(x + m * p.ldx, k, p.K, p.x_vec, xv);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) part[m] = fmaf(xv[i], wf[i], part[m]);
-          }
-        }
-      }
-#pragma unroll
-      for (int m = 0; m < MT; ++m) acc[m] = fmaf(part[m], s, acc[m]);
-    }
-  } else {
-    const int64_t nfull = p.K / 16;
-#pragma unroll 2
-    for (int64_t c = lane; c < nfull; c += 32) {
-      const int64_t k0 = c * 16;
-      const uint4 v = load16(wrow + k0, p.w_vec);
-      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int wi = 0; wi < 4; ++wi) {
-        const int64_t k = k0 + 4 * wi;
-        float wf[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) wf[i] = float(static_cast<int8_t>(static_cast<uint8_t>(words[wi] >> (8 * i))));
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m < M) {
-            float xv[4];
-            load_x<T, 4>(x + m * p.ldx, k, p.K, p.x_vec, xv);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m] = fmaf(xv[i], wf[i], acc[m]);
-          }
-        }
-      }
-    }
-    const int64_t kt = nfull * 16 + lane;  // the K % 16 tail, one code per lane
-    if (kt < p.K) {
-      const float wv = float(static_cast<int8_t>(wrow[kt]));
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < M) acc[m] = fmaf(to_f32(x[m * p.ldx + kt]), wv, acc[m]);
-    }
-  }
-
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
-  }
-  if (lane == 0) {
-    const float sn = (BITS == 8) ? load_scale(p, n) : 1.f;
-    const float b = p.bias ? to_f32(static_cast<const T*>(p.bias)[n]) : 0.f;
-    T* y = static_cast<T*>(p.y);
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-      if (m < M) y[m * p.ldy + n] = from_f32<T>(acc[m] * sn + b);
-  }
-}
-
-template <int BITS, typename T>
-void launch(const Params& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.N + kWarpsPerBlock - 1) / kWarpsPerBlock));
-  if (p.M <= 1) qgemv_kernel<1, BITS, T><<<grid, kThreads, 0, stream>>>(p);
-  else if (p.M <= 2) qgemv_kernel<2, BITS, T><<<grid, kThreads, 0, stream>>>(p);
-  else if (p.M <= 4) qgemv_kernel<4, BITS, T><<<grid, kThreads, 0, stream>>>(p);
-  else qgemv_kernel<8, BITS, T><<<grid, kThreads, 0, stream>>>(p);
-}
-
-template <typename T>
-void launch_bits(int bits, const Params& p, cudaStream_t stream) {
-  if (bits == 4) launch<4, T>(p, stream);
-  else launch<8, T>(p, stream);
-}
-
 Status fail(Status code, const std::string& msg) {
   set_last_error("qmatmul[cuda]: " + msg);
   return code;
-}
-
-size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
-
-bool aligned16(const void* ptr, int64_t row_bytes) {
-  return (reinterpret_cast<uintptr_t>(ptr) % 16 == 0) && (row_bytes % 16 == 0);
 }
 
 }  // namespace
@@ -245,57 +28,28 @@ Status qmatmul(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
                const void* bias,
                void* y, int64_t ldy,
                int device, void* stream) {
-  if (x_dtype != DType::F32 && x_dtype != DType::F16 && x_dtype != DType::BF16)
-    return fail(kUnsupported, "x must be float32, float16 or bfloat16");
-  if (scale_dtype != DType::F32 && scale_dtype != DType::F16)
-    return fail(kUnsupported, "scales must be float32 or float16");
-  if (bits != 4 && bits != 8) return fail(kUnsupported, "bits must be 4 or 8, got " + std::to_string(bits));
-  if (bits == 4 && group_size != 32 && group_size != 64 && group_size != 128 && group_size != 256)
-    return fail(kUnsupported, "unsupported int4 group size " + std::to_string(group_size) + " (use 32, 64, 128 or 256)");
-  if (M < 0 || N < 0 || K < 0) return fail(kInvalidArgument, "negative shape");
+  qgemv::Params p;
+  std::string err;
+  const Status st = qgemv::make_params(x_dtype, M, K, ldx, x, qweight, N, ldq, bits, group_size, scales, scale_dtype,
+                                       lds, zeros, ldz, bias, y, ldy, p, err);
+  if (st != kOk) return fail(st, err);
   if (M == 0 || N == 0) return kOk;
-  const int64_t ngroups = bits == 4 ? (K + group_size - 1) / group_size : 1;
-  const int64_t row_bytes = bits == 4 ? ngroups * group_size / 2 : K;
-  if (ldx < K) return fail(kInvalidArgument, "ldx < K");
-  if (ldq < row_bytes) return fail(kInvalidArgument, "ldq is smaller than a packed weight row");
-  if (bits == 4 && lds < ngroups) return fail(kInvalidArgument, "lds < number of groups");
-  if (zeros && bits == 8) return fail(kInvalidArgument, "int8 is symmetric: zeros must be null");
-  if (zeros && ldz < ngroups) return fail(kInvalidArgument, "ldz < number of groups");
-  if (ldy < N) return fail(kInvalidArgument, "ldy < N");
-  if (!x || !qweight || !scales || !y) return fail(kInvalidArgument, "null pointer");
 
   int prev = -1;
-  cudaError_t err = cudaGetDevice(&prev);
-  if (err == cudaSuccess && prev != device) err = cudaSetDevice(device);
-  if (err != cudaSuccess) {
+  cudaError_t e = cudaGetDevice(&prev);
+  if (e == cudaSuccess && prev != device) e = cudaSetDevice(device);
+  if (e != cudaSuccess) {
     cudaGetLastError();
-    return fail(kCudaError, std::string("cannot use CUDA device ") + std::to_string(device) + ": " + cudaGetErrorString(err));
+    return fail(kCudaError, "cannot use CUDA device " + std::to_string(device) + ": " + cudaGetErrorString(e));
   }
-
-  Params p{};
-  p.K = K; p.ldx = ldx;
-  p.qw = static_cast<const uint8_t*>(qweight); p.N = N; p.ldq = ldq;
-  p.group_shift = bits == 4 ? __builtin_ctz(static_cast<unsigned>(group_size)) : 0;
-  p.scales = scales; p.scales_f16 = scale_dtype == DType::F16; p.lds = bits == 4 ? lds : 1;
-  p.zeros = zeros; p.ldz = ldz;
-  p.bias = bias;
-  p.ldy = ldy;
-  p.w_vec = aligned16(qweight, ldq);
-  const size_t es = dtype_size(x_dtype);
-  p.x_vec = aligned16(x, ldx * static_cast<int64_t>(es));
-  auto s = static_cast<cudaStream_t>(stream);
-  // M > kQMatmulMaxDecodeM: slices of kQMatmulMaxDecodeM rows (each slice re-reads the weights).
-  for (int64_t m0 = 0; m0 < M; m0 += kQMatmulMaxDecodeM) {
-    p.M = (M - m0 < kQMatmulMaxDecodeM) ? (M - m0) : kQMatmulMaxDecodeM;
-    p.x = static_cast<const char*>(x) + m0 * ldx * es;
-    p.y = static_cast<char*>(y) + m0 * ldy * es;
-    if (x_dtype == DType::F32) launch_bits<float>(bits, p, s);
-    else if (x_dtype == DType::F16) launch_bits<__half>(bits, p, s);
-    else launch_bits<__nv_bfloat16>(bits, p, s);
-  }
-  err = cudaGetLastError();
+  const auto s = static_cast<cudaStream_t>(stream);
+  const dim3 grid(static_cast<unsigned>(qgemv::grid_blocks(N)));
+  qgemv::for_each_launch(p, x_dtype, bits, x, y, M, [&](auto kernel, const qgemv::Params& q) {
+    kernel<<<grid, qgemv::kThreads, 0, s>>>(q);
+  });
+  e = cudaGetLastError();
   if (prev >= 0 && prev != device) cudaSetDevice(prev);
-  if (err != cudaSuccess) return fail(kCudaError, std::string("kernel launch failed: ") + cudaGetErrorString(err));
+  if (e != cudaSuccess) return fail(kCudaError, std::string("kernel launch failed: ") + cudaGetErrorString(e));
   return kOk;
 }
 

@@ -4,10 +4,18 @@
   shapes, whatever tiling the default heuristic would pick; bad input raises ValueError through
   the public op.
 * CUDA binding: rejects host arrays with a ValueError (runs wherever the extension has CUDA).
+* CUDA kernel, simulated: csrc/cuda/qmatmul_kernel.cuh compiled for the host with a warp
+  simulator (32 threads per warp, shuffles through a barrier), so its indexing, nibble order,
+  ragged K, tails, alignment fallbacks and M slicing are checked on machines without a GPU.
 * CUDA kernel: against float64 on a GPU (skipped without one): every format, M = 1..8 and the
   sliced M > 8 path, ragged K, unaligned rows (scalar-load fallback), bias, fp16 scales, a
   non-default stream.
 """
+import ctypes
+import os
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -146,3 +154,146 @@ def test_cuda_kernel_sliced_large_m_and_unaligned(spec):
     _assert_close(y, x, qw, b)
     part = qw.rows(3, 40)  # int8 rows of 200 bytes: the scalar-load fallback
     _assert_close(pq.ops.qmatmul(xs[:4], part, backend="cuda"), x[:4], part, None)
+
+
+# ---- CUDA kernel under a host warp simulator (no GPU needed) ------------------------------------
+SIM_SOURCE = r"""
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+#include <vector_types.h>
+#include <vector_functions.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#undef __global__
+#define __global__
+#undef __device__
+#define __device__
+#undef __forceinline__
+#define __forceinline__ inline
+#undef __launch_bounds__
+#define __launch_bounds__(n)
+struct SimDim { unsigned x = 0, y = 0, z = 0; };
+static thread_local SimDim threadIdx, blockIdx;
+template <class T> static inline T __ldg(const T* p) { return *p; }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+struct SimWarp { std::barrier<> bar{32}; float v[32]; };
+static thread_local SimWarp* sim_warp;
+static inline float __shfl_xor_sync(unsigned, float v, int off) {  // every lane must arrive, as on a GPU
+  const unsigned lane = threadIdx.x & 31u;
+  sim_warp->v[lane] = v;
+  sim_warp->bar.arrive_and_wait();
+  const float r = sim_warp->v[lane ^ unsigned(off)];
+  sim_warp->bar.arrive_and_wait();
+  return r;
+}
+#include "qmatmul_kernel.cuh"
+extern "C" int sim_qmatmul(const void* x, int x_dtype, int64_t M, int64_t K, int64_t ldx, const void* qw, int64_t N,
+                           int64_t ldq, int bits, int group_size, const void* scales, int scale_dtype, int64_t lds,
+                           const uint8_t* zeros, int64_t ldz, const void* bias, void* y, int64_t ldy,
+                           char* err, int errlen) {
+  using namespace pyquant;
+  using namespace pyquant::cuda::qgemv;
+  Params p;
+  std::string e;
+  const Status st = make_params(DType(x_dtype), M, K, ldx, x, qw, N, ldq, bits, group_size, scales,
+                                DType(scale_dtype), lds, zeros, ldz, bias, y, ldy, p, e);
+  if (st != kOk) { std::strncpy(err, e.c_str(), errlen - 1); return st; }
+  if (M == 0 || N == 0) return 0;
+  const int64_t blocks = grid_blocks(N);
+  for_each_launch(p, DType(x_dtype), bits, x, y, M, [&](auto kernel, const Params& q) {
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int w = 0; w < kWarpsPerBlock; ++w) {
+        SimWarp warp;
+        std::vector<std::thread> lanes;
+        for (int l = 0; l < 32; ++l)
+          lanes.emplace_back([&, b, w, l] {
+            blockIdx.x = unsigned(b); threadIdx.x = unsigned(w * 32 + l); sim_warp = &warp;
+            kernel(q);
+          });
+        for (auto& t : lanes) t.join();
+      }
+  });
+  return 0;
+}
+"""
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cuda_include():
+    """A directory holding cuda_fp16.h (the CUDA toolkit's headers), or None."""
+    cands = [os.path.join(os.environ.get(v, ""), "include") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        cands.append(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"))
+    cands.append("/usr/local/cuda/include")
+    return next((c for c in cands if os.path.isfile(os.path.join(c, "cuda_fp16.h"))), None)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """The GEMV kernel compiled for the host with the warp simulator, loaded with ctypes."""
+    cxx, inc = shutil.which("g++") or shutil.which("c++"), _cuda_include()
+    if cxx is None or inc is None:
+        pytest.skip("needs a C++20 compiler and the CUDA headers (cuda_fp16.h) to simulate the kernel")
+    d = tmp_path_factory.mktemp("qgemv_sim")
+    (d / "sim.cpp").write_text(SIM_SOURCE)
+    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-Wno-unknown-pragmas", f"-I{REPO}/csrc/include",
+           f"-I{REPO}/csrc/cuda", f"-I{inc}", str(d / "sim.cpp"), "-o", str(d / "sim.so"), "-lpthread"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return ctypes.CDLL(str(d / "sim.so"))
+
+
+_DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _sim_call(lib, x, qw, b, bits=None, group=None, k=None):
+    m = x.shape[0]
+    k = x.shape[1] if k is None else k
+    bits = qw.spec.bits if bits is None else bits
+    group = (qw.spec.group_size or 0) if group is None else group
+    n = qw.out_features
+    y = torch.full((m, n), float("nan"), dtype=x.dtype)
+    err = ctypes.create_string_buffer(256)
+    P, I, C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    z = qw.zeros
+    st = lib.sim_qmatmul(P(x.data_ptr()), C(_DT[x.dtype]), I(m), I(k), I(x.stride(0)), P(qw.qweight.data_ptr()), I(n),
+                         I(qw.qweight.stride(0)), C(bits), C(group), P(qw.scales.data_ptr()),
+                         C(_DT[qw.scales.dtype]), I(qw.scales.stride(0)), P(z.data_ptr() if z is not None else None),
+                         I(z.stride(0) if z is not None else 0), P(b.data_ptr() if b is not None else None),
+                         P(y.data_ptr()), I(n), err, C(256))
+    if st != 0:
+        raise ValueError(err.value.decode())
+    return y
+
+
+@pytest.mark.parametrize("spec", ["int8", "int8-fp16", "int4-g32", "int4-g64-sym", "int4-g128", "int4-g256-sym-fp16"])
+def test_cuda_kernel_simulated(sim, spec):
+    """The CUDA GEMV kernel's own code, run by the host simulator, vs float64.
+
+    Shapes cover M = 1..8 and the sliced M > 8 path, N not a multiple of the 4 warps per block,
+    K with 16/32-code chunk tails and ragged groups, 16-byte-aligned rows (vector loads) and
+    unaligned ones (K * itemsize not a multiple of 16, and an x view offset by one element).
+    """
+    cases = [(1, 5, 576, torch.float32), (3, 7, 1000, torch.bfloat16), (8, 3, 4097, torch.float16),
+             (13, 5, 200, torch.float32), (2, 6, 33, torch.bfloat16)]
+    for i, (m, n, k, dtype) in enumerate(cases):
+        qw = quantize_weight(randn(n, k, seed=k), spec)
+        x = randn(m, k + 1, dtype=dtype, seed=m)[:, 1:] if i == 3 else randn(m, k, dtype=dtype, seed=m)
+        b = randn(n, dtype=dtype, seed=n) if i % 2 == 0 else None
+        _assert_close(_sim_call(sim, x, qw, b), x, qw, b, what=f"simulated cuda {spec} M={m} N={n} K={k} {dtype}")
+
+
+def test_cuda_kernel_simulated_rejects_bad_arguments(sim):
+    """The C++ argument checks (shared with the real launch) name the problem."""
+    qw = quantize_weight(randn(4, 64, seed=1), "int4-g32")
+    x = randn(1, 64)
+    with pytest.raises(ValueError, match="group size 48"):
+        _sim_call(sim, x, qw, None, group=48)
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        _sim_call(sim, x, qw, None, bits=3)
+    with pytest.raises(ValueError, match="ldq"):
+        _sim_call(sim, randn(1, 100), qw, None, k=100)
