@@ -145,3 +145,12 @@ def test_layer_not_in_architecture(saved):
 def test_save_unquantized_model_is_an_error(llama, tmp_path):
     with pytest.raises(ValueError, match="no quantized layers"):
         pq.save_quantized(llama, tmp_path)
+
+
+def test_round_trip_gpt2(tmp_path):
+    from tinymodels import tiny_gpt2
+
+    model = tiny_gpt2()
+    pq.quantize_model(model, "int4-g32", overrides={"*c_proj": "int8"})
+    pq.save_quantized(model, tmp_path)
+    assert_same_model(model, pq.load_quantized(tmp_path), random_ids())

@@ -128,3 +128,33 @@ def test_greedy_generation_identical_across_backends():
     for backend, out in outs.items():
         assert out.shape == (2, 16)
         assert torch.equal(out, outs["reference"]), backend
+
+
+def test_gpt2_conv1d_layers():
+    """GPT-2 keeps its projections in transformers' Conv1D ([in, out] weights): they are quantized too."""
+    from tinymodels import tiny_gpt2
+
+    model = tiny_gpt2()
+    ref = copy.deepcopy(model).double()
+    pq.quantize_model(model, "int8", overrides={"*c_fc": "int4-g32"})
+    assert str(model.transformer.h[0].mlp.c_fc.spec) == "int4-g32"
+    assert isinstance(model.transformer.h[1].attn.c_attn, QuantLinear) and type(model.lm_head) is nn.Linear
+    with torch.no_grad():
+        for name, q in model.named_modules():
+            if isinstance(q, QuantLinear):
+                ref.get_submodule(name).weight.copy_(q.qw.dequantize(torch.float64).T)
+        ids = random_ids(2, 9)
+        want = ref(ids).logits
+        torch.testing.assert_close(model(ids).logits.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_bfloat16_model(llama):
+    ids = random_ids(2, 9)
+    pq.quantize_model(llama, "int4-g32")
+    with torch.no_grad():
+        want = llama(ids).logits
+        llama.to(torch.bfloat16)
+        assert llama.model.layers[0].mlp.up_proj.scales.dtype == torch.float32
+        got = llama(ids).logits
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.1 * want.abs().max()

@@ -42,3 +42,12 @@ def tiny_tokenizer(vocab: int = VOCAB):
 def random_ids(batch: int = 2, length: int = 7, vocab: int = VOCAB) -> torch.Tensor:
     """Random token ids [batch, length] avoiding the special ids 0..2."""
     return torch.randint(3, vocab, (batch, length))
+
+
+def tiny_gpt2(std: float = 0.2):
+    """A 2-layer GPT2LMHeadModel (Conv1D projections stored [in, out], tied head), float32, eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, initializer_range=std,
+                     bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(cfg).eval()
