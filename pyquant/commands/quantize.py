@@ -27,7 +27,7 @@ def add_arguments(p):
     p.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     p.add_argument("--overwrite", action="store_true", help="write into DIR even if it holds files (files of the same name are replaced)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="dtype of the layers kept in full precision (default float32)")
+                   help="dtype of the layers kept in full precision (quantization always starts from float32; default float32)")
 
 
 def _parse_overrides(items) -> dict:
@@ -47,6 +47,8 @@ def _mib(n: int) -> str:
 
 
 def run(args) -> int:
+    import torch
+
     from ..cli import UsageError
     from ..formats import QuantSpec
 
@@ -67,10 +69,12 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
-    model, tok = load_model(args.model, dtype=args.dtype)
+    model, tok = load_model(args.model, dtype="float32")  # quantize from fp32 weights, whatever --dtype says
     before = model_description(model)
     t1 = time.perf_counter()
     quantize_model(model, spec, skip=skip, overrides=overrides, progress=True)
+    if args.dtype != "float32":
+        model.to(getattr(torch, args.dtype))  # the kept layers; quantized formats keep their scale dtype
     after = model_description(model)
     t2 = time.perf_counter()
     save_quantized(model, out, tokenizer=tok)

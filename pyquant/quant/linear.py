@@ -121,6 +121,7 @@ class QuantLinear(nn.Module):
         return self.qw.nbytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y[..., out_features] = x[..., in_features] @ W.T (+ bias), in x's dtype, via pq.ops.qmatmul."""
         backend = self.backend or _BACKEND.get()
         if nvtx.enabled():
             m = x.numel() // max(x.shape[-1], 1)

@@ -52,3 +52,16 @@ def test_bad_model_and_nonempty_output_exit_2(hf_dir, tmp_path, capsys):
     assert "is not 'demo'" in capsys.readouterr().err
     assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(hf_dir)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_bfloat16_output(hf_dir, tmp_path, capsys):
+    import torch
+
+    import pyquant as pq
+
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--dtype", "bfloat16",
+                 "--output", str(out)]) == 0
+    model = pq.load_quantized(out)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.layers[0].mlp.up_proj.scales.dtype == torch.float32
