@@ -5,8 +5,8 @@ Paths (same inputs, same outputs: log-sum-exp, top-N, target and reference gathe
   stream        pq.ops.stream_logprobs(..., backend="cpu"): tiled GEMM + C++ tile reducer
   stream-gemm   the same tile walk with a no-op reducer: the GEMM floor of the streaming path
 
-Each (path, shape) runs in a fresh subprocess. Time: median (and min) of --reps runs after one
-warm-up. Memory: peak RSS minus the RSS after the inputs are allocated (the high-water mark is
+Each (path, shape) runs in a fresh subprocess. Time: median (and min) of --reps runs after
+--warmup untimed runs (default 1). Memory: peak RSS minus the RSS after the inputs are allocated (the high-water mark is
 reset through /proc/self/clear_refs just before the warm-up), so it counts every extra byte the
 path touches: its tensors, allocator caches, BLAS and OpenMP scratch. GFLOP/s is 2*T*H*V / time;
 "of peak" divides by the bare full GEMM (h @ W.T) timed in the materialized worker.
@@ -84,25 +84,28 @@ def stream_gemm(hidden, weight, targets, ref_ids, ref_lp, n, vocab_tile=None, t_
     return None
 
 
-def worker(path, t, h, v, n, reps, vocab_tile, t_block, threads) -> dict:
+def worker(path, t, h, v, n, reps, vocab_tile, t_block, threads, warmup) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    gemm_reps = max(1, min(2, reps))
     fn = {"materialized": materialized, "stream": stream, "stream-gemm": stream_gemm}[path]
     inputs = _inputs(t, h, v, n)
     base = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS high-water mark
     kw = dict(vocab_tile=vocab_tile, t_block=t_block) if path != "materialized" else {}
-    out = fn(*inputs, n, **kw)  # warm-up
+    out = None
+    for _ in range(warmup):
+        out = fn(*inputs, n, **kw)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         out = fn(*inputs, n, **kw)
         times.append(time.perf_counter() - t0)
     peak = _status_kib("VmHWM")
-    res = {"path": path, "T": t, "H": h, "V": v, "N": n, "times_s": times,
+    res = {"path": path, "T": t, "H": h, "V": v, "N": n, "times_s": times, "warmup": warmup,
            "median_s": statistics.median(times), "min_s": min(times),
            "peak_extra_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
     if out is not None:
@@ -112,7 +115,7 @@ def worker(path, t, h, v, n, reps, vocab_tile, t_block, threads) -> dict:
     if path == "materialized":  # the machine's GEMM ceiling for this shape
         hidden, weight = inputs[0], inputs[1]
         g = []
-        for _ in range(2):
+        for _ in range(gemm_reps):
             t0 = time.perf_counter()
             y = hidden @ weight.T
             g.append(time.perf_counter() - t0)
@@ -125,7 +128,7 @@ def worker(path, t, h, v, n, reps, vocab_tile, t_block, threads) -> dict:
 
 def run_worker(path, shape, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", path, *map(str, shape), str(args.top_n), str(args.reps),
-           str(args.vocab_tile or 0), str(args.t_block or 0), str(args.threads or 0)]
+           str(args.vocab_tile or 0), str(args.t_block or 0), str(args.threads or 0), str(args.warmup)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     if p.returncode != 0:
@@ -158,14 +161,18 @@ def main(argv=None):
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "stream_topn.json"))
     ap.add_argument("--timeout", type=int, default=900, help="seconds per worker")
-    ap.add_argument("--worker", nargs=9, help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones (default 1)")
+    ap.add_argument("--shape", action="append", default=None, metavar="T,H,V", help="run this shape (repeatable)")
+    ap.add_argument("--worker", nargs=10, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         path, *nums = args.worker
-        t, h, v, n, reps, vt, tb, th = map(int, nums)
-        print(json.dumps(worker(path, t, h, v, n, reps, vt or None, tb or None, th or None)))
+        t, h, v, n, reps, vt, tb, th, wu = map(int, nums)
+        print(json.dumps(worker(path, t, h, v, n, reps, vt or None, tb or None, th or None, wu)))
         return
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if args.shape:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape]
     paths = [p for p in args.paths.split(",") if p]
     for p in paths:
         if p not in PATHS:
@@ -185,7 +192,8 @@ def main(argv=None):
         print(table(group), flush=True)
     print()
     print(table(rows))
-    meta = {"load_average_at_end": os.getloadavg(), "cpu_count": os.cpu_count(), "top_n": args.top_n,
+    meta = {"load_average_at_end": os.getloadavg(), "warmup": args.warmup, "reps": args.reps,
+            "cpu_count": os.cpu_count(), "top_n": args.top_n,
             "threads": args.threads, "vocab_tile": args.vocab_tile, "t_block": args.t_block,
             "memory_method": "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS after inputs, fresh process",
             "of_peak": "bare full GEMM h @ W.T time / path time"}
