@@ -65,7 +65,7 @@ def _stream_topn_kernel(
     stride_h, stride_wv, stride_sv, stride_zv, stride_ref,
     TOP_N: tl.constexpr, NP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-    WFMT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_TGT: tl.constexpr, HAS_REF: tl.constexpr,
+    WFMT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_TGT: tl.constexpr, HAS_REF: tl.constexpr, NRP: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
@@ -84,6 +84,11 @@ def _stream_topn_kernel(
     key_max_i64 = tl.full([BLOCK_T, NP], 9223372036854775807, tl.int64)
     if HAS_TGT:
         tgt = tl.load(tgt_ptr + offs_t, mask=tmask, other=-1)
+    if HAS_REF:  # this block's reference ids [BLOCK_T, NRP], loaded once
+        offs_r = tl.arange(0, NRP)
+        rmask = tmask[:, None] & (offs_r[None, :] < n_ref)
+        ref_off = rows64[:, None] * stride_ref + offs_r[None, :]
+        ref_blk = tl.load(ref_ptr + ref_off, mask=rmask, other=-1)
 
     for v0 in range(v_begin, v_end, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
@@ -109,21 +114,19 @@ def _stream_topn_kernel(
         run_sum = run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(logits - safe[:, None]), 1)
         run_max = new_max
 
-        # 3. gathers of the target / reference ids that fall in this tile
+        # 3. gathers of the target / reference ids that fall in this tile (tl.gather along the tile)
+        tile_len = tl.minimum(v_end - v0, BLOCK_V)
         if HAS_TGT:
-            inside = (tgt >= v0) & (tgt < tl.minimum(v0 + BLOCK_V, v_end))
-            if tl.max(inside.to(tl.int32), 0) > 0:
-                hit_t = (offs_v[None, :] == tgt[:, None]) & vmask[None, :]
-                val = tl.max(tl.where(hit_t, logits, float("-inf")), 1)
-                tl.store(tgt_out + offs_t, val, mask=tmask & inside)
+            rel_t = tgt - v0
+            inside = tmask & (rel_t >= 0) & (rel_t < tile_len)
+            idx = tl.where(inside, rel_t, 0).to(tl.int32)
+            val = tl.reshape(tl.gather(logits, tl.reshape(idx, [BLOCK_T, 1]), axis=1), [BLOCK_T])
+            tl.store(tgt_out + offs_t, val, mask=inside)
         if HAS_REF:
-            for j in range(n_ref):
-                rid = tl.load(ref_ptr + rows64 * stride_ref + j, mask=tmask, other=-1)
-                inside = (rid >= v0) & (rid < tl.minimum(v0 + BLOCK_V, v_end))
-                if tl.max(inside.to(tl.int32), 0) > 0:
-                    hit_r = (offs_v[None, :] == rid[:, None]) & vmask[None, :]
-                    val = tl.max(tl.where(hit_r, logits, float("-inf")), 1)
-                    tl.store(ref_out + rows64 * stride_ref + j, val, mask=tmask & inside)
+            rel_r = ref_blk - v0
+            inside_r = rmask & (rel_r >= 0) & (rel_r < tile_len)
+            vals = tl.gather(logits, tl.where(inside_r, rel_r, 0).to(tl.int32), axis=1)
+            tl.store(ref_out + ref_off, vals, mask=inside_r)
 
         # 4. running top-N over packed keys, skipped when no row's tile max reaches its N-th logit
         #    (last, so the logits are dead once the keys exist: fewer live registers)
@@ -193,20 +196,23 @@ def decode_keys(keys):
 
 
 def kernel_meta(T: int, K: int, top_n: int, vocab_tile, dot_dtype, wfmt: int, has_zeros: bool, has_tgt: bool,
-                has_ref: bool, interp: bool, precision: str = "ieee", block_t=None, block_k=None) -> dict:
-    """The kernel's compile-time parameters (constexprs and num_warps) for one call.
+                n_ref: int, interp: bool, precision: str = "ieee", block_t=None, block_k=None) -> dict:
+    """The kernel's compile-time parameters (constexprs and num_warps) for one call (n_ref: reference
+    ids per token, 0 for none).
 
     BLOCK_V: the power of two <= vocab_tile, in [16, 128] on a GPU (registers) or [16, 256] under
-    the interpreter (fewer, larger steps); BLOCK_T up to 64 tokens, BLOCK_K up to 64 hidden units.
+    the interpreter (fewer, larger steps); BLOCK_T up to 64 tokens, BLOCK_K up to 64 hidden units
+    (32 for float32 dots: registers and shared memory).
     """
     import torch
 
     bv = min(256 if interp else 128, max(16, 1 << (int(vocab_tile or 128).bit_length() - 1)))
     bt = block_t or min(64, max(16, _next_pow2(T)))
-    bk = block_k or min(64, max(16, _next_pow2(K)))
+    bk = block_k or min(32 if dot_dtype == torch.float32 else 64, max(16, _next_pow2(K)))  # fp32: half the K step
     tl_dtype = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dot_dtype]
     return dict(TOP_N=int(top_n), NP=max(2, _next_pow2(top_n)), BLOCK_T=bt, BLOCK_V=bv, BLOCK_K=bk,
-                WFMT=wfmt, HAS_ZEROS=bool(has_zeros), HAS_TGT=bool(has_tgt), HAS_REF=bool(has_ref),
+                WFMT=wfmt, HAS_ZEROS=bool(has_zeros), HAS_TGT=bool(has_tgt), HAS_REF=n_ref > 0,
+                NRP=max(2, _next_pow2(max(1, n_ref))),
                 DOT_DTYPE=tl_dtype, INPUT_PRECISION=precision, num_warps=8 if bt * bv >= 64 * 128 else 4)
 
 
@@ -281,8 +287,9 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
     precision = "ieee"
     if dot_dtype == torch.float32 and dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
         precision = "tf32"  # follow torch.matmul's own setting
+    n_ref = ref_ids.shape[1] if ref_ids is not None else 0
     meta = kernel_meta(T, K, n, vocab_tile, dot_dtype, wfmt, zp is not None, targets is not None,
-                       ref_ids is not None, interp, precision, block_t, block_k)
+                       n_ref, interp, precision, block_t, block_k)
     bt, bv = meta["BLOCK_T"], meta["BLOCK_V"]
     n_tblocks = triton.cdiv(T, bt)
     if splits is None:
@@ -299,7 +306,6 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
     key_p = torch.empty((splits, T, n), dtype=torch.int64, device=dev)
     tgt = targets if targets is not None else max_p
     ref = ref_ids if ref_ids is not None else max_p
-    n_ref = ref_ids.shape[1] if ref_ids is not None else 0
     _stream_topn_kernel[(n_tblocks, splits)](
         hidden, w, sc if sc is not None else w, zp if zp is not None else w,
         tgt, ref,
