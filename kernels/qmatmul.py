@@ -110,7 +110,7 @@ def block_config(M: int, N: int, K: int, bits: int, group_size: int, interpret: 
     if M < 16:  # decode: multiply-reduce, one small row block, weights streamed once
         bm = _next_pow2(M)
         if interpret:  # few, large blocks: the interpreter's cost is per block operation
-            return dict(BLOCK_M=bm, BLOCK_N=32, BLOCK_K=min(kmax, 128), USE_DOT=False, num_warps=4, num_stages=1)
+            return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=min(kmax, 128), USE_DOT=False, num_warps=4, num_stages=1)
         # GPU: narrow column blocks so even N = 4096 fills >100 SMs; the [BM, BN, BK] product
         # tile stays at <= 8192 fp32 values (64 per thread with 4 warps), no spills.
         bk = min(kmax, 128 if bm <= 4 else 64)
