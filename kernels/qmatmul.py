@@ -14,9 +14,9 @@ Same semantics as ``pyquant/ops/reference.py::qmatmul`` and the formats in ``pyq
 Two inner products, picked at compile time: ``tl.dot`` (tensor cores; used for M >= 16) and a
 broadcast multiply-reduce in fp32 (decode shapes, M < 16, where a 16-row MMA tile would be mostly
 padding). fp32 activations use IEEE fp32 dot products (no TF32), so results match the reference.
-Under the interpreter bf16 ``tl.dot`` returns garbage (triton 3.x reads the bf16 bits as
-integers), so there bf16 tiles go through the fp32 IEEE dot: the same arithmetic, since the
-integer-valued weights and bf16 activations are exact in fp32.
+Under the interpreter a bf16 ``tl.dot`` returns wrong values (seen with triton 3.x), so there
+bf16 tiles go through the fp32 IEEE dot: the same arithmetic, since the integer-valued weights
+and bf16 activations are exact in fp32.
 
 Runs on NVIDIA GPUs and on the CPU under ``TRITON_INTERPRET=1`` (set it before this import).
 """
