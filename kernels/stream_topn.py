@@ -5,8 +5,10 @@ its slice in tiles of BLOCK_V rows of the LM head and, per tile:
   1. computes the logits tile ``hidden[rows] @ W[tile].T`` with ``tl.dot`` (fp32 accumulation;
      int8 / int4 heads are dequantized in registers, see ``WFMT``);
   2. updates a running max and rescaled sum of exp (online log-sum-exp; all -inf stays NaN-free);
-  3. writes the raw logits of ``targets`` and ``ref_ids`` that fall inside the tile;
-  4. merges the tile into a running top-N kept as packed int64 keys (below).
+  3. writes the raw logits of ``targets`` and ``ref_ids`` that fall inside the tile (``tl.gather``
+     along the tile from the block's ids, loaded once);
+  4. merges the tile into a running top-N kept as packed int64 keys (below), skipped when no row's
+     tile max reaches its current N-th logit.
 Per (split, row) it writes the running max, the sum and the N best keys; ``stream_topn`` combines
 the splits in O(T * splits * N) (one split when the grid already fills the device).
 
@@ -18,6 +20,8 @@ empty slot is INT64_MIN, below every real token (a real -inf logit included).
 Merging: while some row's best remaining tile key beats its current N-th key, that key replaces
 the row's minimum slot (unique, because keys are unique) and leaves the tile. For random data the
 loop runs ~N * BLOCK_V / v0 times per tile after the first, so the merge is cheap.
+Quantized LM heads (QuantizedWeight int8 / int4) go through this same kernel: codes are
+dequantized in registers (int8: the row scale multiplies the accumulated tile), never via the driver.
 """
 from __future__ import annotations
 
@@ -70,7 +74,6 @@ def _stream_topn_kernel(
 ):
     pid_t = tl.program_id(0)
     split = tl.program_id(1)
-    n_split = tl.num_programs(1)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = offs_t < T
     rows64 = offs_t.to(tl.int64)
