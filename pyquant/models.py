@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Optional
 
 import torch
@@ -54,8 +55,8 @@ def _gguf_cache_dir(gguf_path: str) -> str:
     return os.path.join(cache_root(), f"{stem}-{key}")
 
 
-def _convert_gguf(gguf_path: str, target: str) -> None:
-    """Dequantize a GGUF file to fp32 and write it as an HF directory at ``target`` (atomic rename)."""
+def _load_gguf(gguf_path: str):
+    """(fp32 model, tokenizer) dequantized from a GGUF file by transformers (slow: see the module docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d, f = os.path.dirname(gguf_path), os.path.basename(gguf_path)
@@ -69,6 +70,12 @@ def _convert_gguf(gguf_path: str, target: str) -> None:
             model.is_quantized = False
         except AttributeError:
             pass
+    return model, tok
+
+
+def _convert_gguf(gguf_path: str, target: str) -> None:
+    """Dequantize a GGUF file to fp32 and write it as an HF directory at ``target`` (atomic rename)."""
+    model, tok = _load_gguf(gguf_path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".tmp-", dir=os.path.dirname(target))
     try:
@@ -118,10 +125,21 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
 
     dtype = _parse_dtype(dtype)
     src = str(spec_or_path)
+    gguf = None
     if src == "demo":
-        path = gguf_as_hf_dir(demo_gguf_path())
+        gguf = demo_gguf_path()
     elif src.endswith(".gguf") and os.path.isfile(src):
-        path = gguf_as_hf_dir(os.path.abspath(src))
+        gguf = os.path.abspath(src)
+    if gguf is not None:
+        try:
+            path = gguf_as_hf_dir(gguf)
+        except OSError as e:  # no writable cache: convert in memory, every time
+            warnings.warn(f"cannot cache the converted GGUF model under {cache_root()} ({e}); "
+                          "set PYQUANT_CACHE to a writable directory to make later loads fast", stacklevel=2)
+            model, tok = _load_gguf(gguf)
+            model = model.to(dtype).eval().to(device)
+            model.pyquant_source = src
+            return model, tok
     elif os.path.isdir(src):
         path = src
     else:
