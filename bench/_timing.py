@@ -16,46 +16,51 @@ from typing import Callable, Dict
 import torch
 
 
-def time_sweep(fn: Callable[[int], object], n_items: int) -> float:
-    """Seconds per item of one pass calling fn(0) .. fn(n_items - 1) (e.g. one call per layer)."""
-    t0 = time.perf_counter()
+def time_sweep(fn: Callable[[int], object], n_items: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per item of one pass calling fn(0) .. fn(n_items - 1) (e.g. one call per layer).
+
+    ``clock``: time.perf_counter (wall, default) or time.process_time (CPU seconds of all this
+    process's threads: on an oversubscribed machine it leaves out the time spent descheduled).
+    """
+    t0 = clock()
     for i in range(n_items):
         fn(i)
-    return (time.perf_counter() - t0) / n_items
+    return (clock() - t0) / n_items
 
 
 def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int, rounds: int = 15,
-                        warmup: int = 2, min_round_s: float = 0.0) -> Dict[str, dict]:
+                        warmup: int = 2, min_round_s: float = 0.0,
+                        clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
     """Time every candidate over ``rounds`` rounds, one sweep of ``n_items`` calls each per round.
 
     Returns {name: {"median_s", "min_s", "samples"}} in seconds per call. ``warmup`` untimed sweeps
     of each candidate come first. A round repeats a candidate's sweep until ``min_round_s`` passes
-    (so tiny calls are not dominated by timer resolution).
+    (so tiny calls are not dominated by timer resolution). ``clock`` as in time_sweep.
     """
     for fn in cands.values():
         for _ in range(warmup):
-            time_sweep(fn, n_items)
+            time_sweep(fn, n_items, clock)
     samples = {k: [] for k in cands}
     for _ in range(rounds):
         for name, fn in cands.items():
             t_end = time.perf_counter() + min_round_s
-            vals = [time_sweep(fn, n_items)]
+            vals = [time_sweep(fn, n_items, clock)]
             while time.perf_counter() < t_end:
-                vals.append(time_sweep(fn, n_items))
+                vals.append(time_sweep(fn, n_items, clock))
             samples[name].append(statistics.median(vals))
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": v} for k, v in samples.items()}
 
 
-def read_bandwidth(nbytes: int = 512 << 20, reps: int = 7) -> float:
+def read_bandwidth(nbytes: int = 512 << 20, reps: int = 7, clock: Callable[[], float] = time.perf_counter) -> float:
     """This machine's read bandwidth in bytes/s: best of ``reps`` torch.sum over an fp32 array of
-    ``nbytes`` (far larger than the last-level cache), with torch's threads."""
+    ``nbytes`` (far larger than the last-level cache), with torch's threads; ``clock`` as in time_sweep."""
     a = torch.ones(nbytes // 4, dtype=torch.float32)
     a.sum()
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         a.sum()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return nbytes / best
 
 
