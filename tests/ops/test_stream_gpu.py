@@ -215,6 +215,22 @@ def _run_reducer(logits, n, tile, targets=None, ref_ids=None, stream=None):
     return st
 
 
+def test_cuda_binding_rejects_host_arrays():
+    """Builds with CUDA (nvcc found) expose the reducer even without a GPU; host arrays are refused
+    with a ValueError naming the argument, before anything reaches the device."""
+    C = _native.native()
+    if C is None or not hasattr(C, "stream_reduce_tile_cuda"):
+        pytest.skip("pyquant._C was built without CUDA")
+    rows, n = 3, 4
+    logits = torch.randn(rows, 10)
+    state = (torch.full((rows,), -math.inf), torch.zeros(rows), torch.full((rows, n), -math.inf),
+             torch.full((rows, n), -1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="logits: must be a CUDA array"):
+        C.stream_reduce_tile_cuda(logits, 0, *state, None, None, None, None, 0)
+    with pytest.raises(ValueError, match="logits"):
+        C.stream_reduce_tile_cuda([1.0, 2.0], 0, *state, None, None, None, None, 0)
+
+
 @needs_cuda
 @pytest.mark.parametrize("n", [1, 16, 64])
 def test_cuda_tile_reducer_edge_tiles(n):
