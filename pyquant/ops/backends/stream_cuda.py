@@ -18,6 +18,7 @@ from ..stream_driver import stream_kl_exact, stream_topn
 
 MAX_TOP_N = 64          # pyquant::kStreamCudaMaxTopN
 T_BLOCK = 4096          # tokens per driver block on a GPU: large GEMMs, [t_block, vocab_tile] buffer
+KL_T_BLOCK = 1024       # stream_kl_exact holds ~6 float32 [t_block, vocab_tile] temporaries
 
 
 def _reduce_tile_cuda(logits, v0, run_max, run_sum, top_vals, top_ids, targets, target_logits, ref_ids, ref_logits):
@@ -51,4 +52,4 @@ def stream_kl_exact_cuda(h_ref, w_ref, h_cand, w_cand, vocab_tile: int = 2048) -
     """{"kl", "tv"} float64 [T]: full-vocabulary KL(ref || cand) (nats) and total variation, streamed
     over vocabulary tiles on the GPU (never [T, V])."""
     with torch.cuda.device(h_ref.device):
-        return stream_kl_exact(h_ref, w_ref, h_cand, w_cand, vocab_tile, t_block=T_BLOCK)
+        return stream_kl_exact(h_ref, w_ref, h_cand, w_cand, vocab_tile, t_block=KL_T_BLOCK)
