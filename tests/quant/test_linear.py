@@ -60,6 +60,10 @@ def test_cast_keeps_format_and_state_dict_round_trip():
     torch.testing.assert_close(shell(x), before, rtol=1e-2, atol=1e-2)  # bias went through bf16
     torch.testing.assert_close(shell(x), q(x), rtol=0, atol=0)
     assert "spec=int4-g32" in repr(q)
+    h = QuantLinear.from_linear(nn.Linear(64, 16), "int4-g64-fp16")
+    h.float()
+    h.to(torch.bfloat16)
+    assert h.scales.dtype == torch.float16 and h.zeros.dtype == torch.uint8
 
 
 def test_conv1d_is_transposed():
