@@ -139,23 +139,43 @@ def _model_info(model, spec_name: str, variant: str) -> dict:
 
 
 def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = "demo",
-             variants=DEFAULT_VARIANTS, max_kl: Optional[float] = None,
+             variants=DEFAULT_VARIANTS, max_kl: Optional[float] = None, threads: Optional[int] = None,
              out: Callable[[str], None] = print) -> dict:
     """Run the whole demo; returns {"output_dir", "report" (HTML path or None), "results" [paths],
     "skipped" [messages], "wall_s" (seconds)}.
 
     model: "demo" (bundled SmolLM2-135M), an HF directory or a .gguf file. variants: quantization
     schemes (QuantSpec strings) compared with the full-precision model. quick: tiny sizes (for
-    tests). Raises ValueError on bad variants or an output directory made with other settings.
+    tests). threads: torch CPU threads for the whole run (None: torch's default); on a machine
+    shared with other busy processes, 1 thread avoids OpenMP barrier stalls that can make each
+    op many times slower. Raises ValueError on bad variants, bad threads or an output directory
+    made with other settings.
     """
     from .formats import QuantSpec
-    from .report.build import DEFAULT_MAX_KL, format_table_text, write_report
+    from .report.build import DEFAULT_MAX_KL
 
     max_kl = DEFAULT_MAX_KL if max_kl is None else max_kl
     variants = tuple(str(QuantSpec.parse(v)) if v != REFERENCE_VARIANT else v for v in variants)
     if len(set(variants)) != len(variants):
         raise ValueError(f"duplicate variants in {variants}")
     settings = QUICK if quick else FULL
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or old_threads)
+    try:
+        return _run(output_dir, quick, model, variants, max_kl, settings, out)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
+    import torch
+
+    from .report.build import format_table_text, write_report
+
     log = _Log(out)
     os.makedirs(output_dir, exist_ok=True)
     _check_config(output_dir, {"model": str(model), "quick": bool(quick), "settings": dataclasses.asdict(settings)})
@@ -167,7 +187,7 @@ def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = 
         log(f"SKIPPED: {msg}")
 
     log(f"demo: model {model!r}, variants {', '.join((REFERENCE_VARIANT,) + variants)}, "
-        f"{'quick' if quick else 'full'} sizes, output in {output_dir}/")
+        f"{'quick' if quick else 'full'} sizes, {torch.get_num_threads()} torch threads, output in {output_dir}/")
     load_model = _api("load_model", log)
     if load_model is None:
         raise ValueError("pq.load_model is not available: nothing can run")

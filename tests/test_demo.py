@@ -63,9 +63,10 @@ def _check_output(out_dir):
 def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     model_dir = _tiny_model_dir(tmp_path / "tiny")
     out = tmp_path / "demo-output"
-    assert main(["demo", "--quick", "--model", model_dir, "--output-dir", str(out)]) == 0
+    assert main(["demo", "--quick", "--threads", "1", "--model", model_dir, "--output-dir", str(out)]) == 0
     text = capsys.readouterr().out
     _check_output(out)
+    assert "1 torch threads" in text
     assert "report:" in text and "SKIPPED" not in text
     for v in VARIANTS:
         assert v in text
@@ -85,6 +86,8 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
 def test_demo_bad_variant(tmp_path, capsys):
     assert main(["demo", "--quick", "--variants", "int3", "--output-dir", str(tmp_path / "o")]) == 2
     assert "int3" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--threads", "0", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "threads" in capsys.readouterr().err
 
 
 @pytest.mark.slow

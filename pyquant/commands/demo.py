@@ -18,6 +18,8 @@ def add_arguments(p):
     p.add_argument("--model", default="demo", help="'demo' (bundled SmolLM2-135M), an HF model directory or a .gguf file")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated quantization schemes (default: {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)")
     p.add_argument("--max-kl", type=float, default=None, help="pass threshold on mean KL, nats/token (default 0.007)")
 
 
@@ -27,5 +29,6 @@ def run(args) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if not variants:
         raise ValueError("--variants is empty")
-    res = run_demo(args.output_dir, quick=args.quick, model=args.model, variants=variants, max_kl=args.max_kl)
+    res = run_demo(args.output_dir, quick=args.quick, model=args.model, variants=variants, max_kl=args.max_kl,
+                   threads=args.threads)
     return 0 if res["report"] else 1
