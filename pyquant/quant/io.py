@@ -214,10 +214,14 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
             raise ValueError(f"{path}: quantized layer {name!r} does not exist in the {config.model_type} "
                              "architecture") from None
         out_f, in_f = info["shape"]
+        # an empty shell on "meta": its tensors are the loaded ones (assign=True below), never allocated twice
         set_submodule(model, name, QuantLinear(in_f, out_f, info["spec"], bias=bool(info.get("bias")),
-                                               bias_dtype=saved_dtype))
+                                               device="meta", bias_dtype=saved_dtype))
     aliases = meta.get("aliases", {})
-    result = model.load_state_dict(tensors, strict=False)
+    try:
+        result = model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path}: tensors do not fit the architecture: {e}") from None
     unexpected = list(result.unexpected_keys)
     missing = [k for k in result.missing_keys if k not in aliases]
     if unexpected or missing:
@@ -230,6 +234,9 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
         mod = model.get_submodule(mod_name)
         if getattr(mod, attr) is not src:
             setattr(mod, attr, src)
+    left = [n for n, t in model.state_dict().items() if t.is_meta]
+    if left:
+        raise ValueError(f"{path}: no tensor for {left[:5]}")
     model.pyquant_config = meta["quant"]
     model.eval()
     model.to(device)
