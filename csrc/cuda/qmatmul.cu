@@ -43,9 +43,8 @@ Status qmatmul(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
     return fail(kCudaError, "cannot use CUDA device " + std::to_string(device) + ": " + cudaGetErrorString(e));
   }
   const auto s = static_cast<cudaStream_t>(stream);
-  const dim3 grid(static_cast<unsigned>(qgemv::grid_blocks(N)));
-  qgemv::for_each_launch(p, x_dtype, bits, x, y, M, [&](auto kernel, const qgemv::Params& q) {
-    kernel<<<grid, qgemv::kThreads, 0, s>>>(q);
+  qgemv::for_each_launch(p, x_dtype, bits, x, y, M, [&](auto kernel, int64_t blocks, const qgemv::Params& q) {
+    kernel<<<dim3(static_cast<unsigned>(blocks)), qgemv::kThreads, 0, s>>>(q);
   });
   e = cudaGetLastError();
   if (prev >= 0 && prev != device) cudaSetDevice(prev);

@@ -1,13 +1,12 @@
 // The decode GEMV kernel of csrc/cuda/qmatmul.cu, its parameter block, and the host-side
 // validation and launch selection. Kept apart from the CUDA runtime calls so the same code can be
 // compiled for the host by a warp simulator in the tests (tests/ops/test_qmatmul_gpu.py, which
-// defines PYQUANT_QGEMV_HOST_SIM and the few CUDA intrinsics it uses) and checked on machines
-// without a GPU. Formats: pyquant/formats.py; argument contract: pyquant/qmatmul_cuda.h.
+// defines the few CUDA intrinsics it uses) and checked on machines without a GPU. Formats: pyquant/formats.py; argument contract: pyquant/qmatmul_cuda.h.
 //
-// One warp owns one output column n (one row of W) and streams that row once for all M rows of x:
-// each lane loads 16 packed bytes at a time (one 128-bit load when the row is 16-byte aligned,
-// else 16 byte loads), dequantizes in registers, accumulates in fp32, and the warp reduces with
-// shuffles.
+// One warp owns 1 to 4 output columns (rows of W; more at small M, so each x value loaded serves
+// several rows) and streams them once for all M rows of x: each lane loads 16 packed bytes of a
+// row at a time (one 128-bit load when rows are 16-byte aligned, else 16 byte loads), dequantizes
+// in registers, accumulates in fp32, and the warp reduces with shuffles.
 // INT4: a 16-byte chunk holds codes [32c, 32c + 32); every group size is a multiple of 32, so a
 //   chunk lies inside one group: one scale and zero-point per chunk, applied to the chunk's partial
 //   sums. Chunks are read only while 32c < K, and K_pad >= 32 * ceil(K / 32), so loads stay inside
@@ -117,18 +116,32 @@ __device__ __forceinline__ float load_scale(const Params& p, int64_t idx) {
   return p.scales_f16 ? __half2float(static_cast<const __half*>(p.scales)[idx]) : static_cast<const float*>(p.scales)[idx];
 }
 
+// Output columns per warp: each x value loaded is reused for NC weight rows (fewer x loads per
+// weight byte); fewer columns at large M keep the accumulators in registers.
+template <int MT>
+constexpr int kColsPerWarp = MT <= 2 ? 4 : (MT <= 4 ? 2 : 1);
+
 template <int MT, int BITS, typename T>
 __global__ void __launch_bounds__(kThreads) qgemv_kernel(const Params p) {
+  constexpr int NC = kColsPerWarp<MT>;
   const int lane = threadIdx.x & 31;
-  const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (n >= p.N) return;  // uniform across the warp: the shuffles below see full warps only
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5)) * NC;
+  if (n0 >= p.N) return;  // uniform across the warp: the shuffles below see full warps only
   const T* __restrict__ x = static_cast<const T*>(p.x);
-  const uint8_t* __restrict__ wrow = p.qw + n * p.ldq;
   const int64_t M = p.M;  // 1 <= M <= MT
-
-  float acc[MT];
+  int64_t rows[NC];       // this warp's weight rows; past N, repeat the last one (never written)
+  const uint8_t* __restrict__ wrow[NC];
 #pragma unroll
-  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+  for (int j = 0; j < NC; ++j) {
+    rows[j] = (n0 + j < p.N) ? n0 + j : p.N - 1;
+    wrow[j] = p.qw + rows[j] * p.ldq;
+  }
+
+  float acc[MT][NC];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int j = 0; j < NC; ++j) acc[m][j] = 0.f;
 
   if constexpr (BITS == 4) {
     const int64_t nchunks = (p.K + 31) / 32;
@@ -136,77 +149,110 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const Params p) {
     for (int64_t c = lane; c < nchunks; c += 32) {
       const int64_t k0 = c * 32;
       const int64_t g = k0 >> p.group_shift;
-      const float s = load_scale(p, n * p.lds + g);
-      const float z = p.zeros ? float(p.zeros[n * p.ldz + g]) : 8.f;
-      const uint4 v = load16(wrow + c * 16, p.w_vec);
-      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-      float part[MT];
+      float s[NC], z[NC];
+      uint32_t words[NC][4];
 #pragma unroll
-      for (int m = 0; m < MT; ++m) part[m] = 0.f;
+      for (int j = 0; j < NC; ++j) {
+        s[j] = load_scale(p, rows[j] * p.lds + g);
+        z[j] = p.zeros ? float(p.zeros[rows[j] * p.ldz + g]) : 8.f;
+        const uint4 v = load16(wrow[j] + c * 16, p.w_vec);
+        words[j][0] = v.x; words[j][1] = v.y; words[j][2] = v.z; words[j][3] = v.w;
+      }
+      float part[MT][NC];
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int j = 0; j < NC; ++j) part[m][j] = 0.f;
 #pragma unroll
       for (int wi = 0; wi < 4; ++wi) {
         const int64_t k = k0 + 8 * wi;
-        float wf[8];  // code i of the word is nibble i (low nibble first = lower k first)
+        float wf[NC][8];  // code i of a word is nibble i (low nibble first = lower k first)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) wf[i] = float((words[wi] >> (4 * i)) & 0xFu) - z;
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) wf[j][i] = float((words[j][wi] >> (4 * i)) & 0xFu) - z[j];
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           if (m < M) {
             float xv[8];
             load_x<T, 8>(x + m * p.ldx, k, p.K, p.x_vec, xv);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) part[m] = fmaf(xv[i], wf[i], part[m]);
+            for (int j = 0; j < NC; ++j)
+#pragma unroll
+              for (int i = 0; i < 8; ++i) part[m][j] = fmaf(xv[i], wf[j][i], part[m][j]);
           }
         }
       }
 #pragma unroll
-      for (int m = 0; m < MT; ++m) acc[m] = fmaf(part[m], s, acc[m]);
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int j = 0; j < NC; ++j) acc[m][j] = fmaf(part[m][j], s[j], acc[m][j]);
     }
   } else {
     const int64_t nfull = p.K / 16;
 #pragma unroll 2
     for (int64_t c = lane; c < nfull; c += 32) {
       const int64_t k0 = c * 16;
-      const uint4 v = load16(wrow + k0, p.w_vec);
-      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+      uint32_t words[NC][4];
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        const uint4 v = load16(wrow[j] + k0, p.w_vec);
+        words[j][0] = v.x; words[j][1] = v.y; words[j][2] = v.z; words[j][3] = v.w;
+      }
 #pragma unroll
       for (int wi = 0; wi < 4; ++wi) {
         const int64_t k = k0 + 4 * wi;
-        float wf[4];
+        float wf[NC][4];  // byte i of a word is code i
 #pragma unroll
-        for (int i = 0; i < 4; ++i) wf[i] = float(static_cast<int8_t>(static_cast<uint8_t>(words[wi] >> (8 * i))));
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            wf[j][i] = float(static_cast<int8_t>(static_cast<uint8_t>(words[j][wi] >> (8 * i))));
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           if (m < M) {
             float xv[4];
             load_x<T, 4>(x + m * p.ldx, k, p.K, p.x_vec, xv);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m] = fmaf(xv[i], wf[i], acc[m]);
+            for (int j = 0; j < NC; ++j)
+#pragma unroll
+              for (int i = 0; i < 4; ++i) acc[m][j] = fmaf(xv[i], wf[j][i], acc[m][j]);
           }
         }
       }
     }
     const int64_t kt = nfull * 16 + lane;  // the K % 16 tail, one code per lane
     if (kt < p.K) {
-      const float wv = float(static_cast<int8_t>(wrow[kt]));
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < M) acc[m] = fmaf(to_f32(x[m * p.ldx + kt]), wv, acc[m]);
+      for (int m = 0; m < MT; ++m) {
+        if (m < M) {
+          const float xv = to_f32(x[m * p.ldx + kt]);
+#pragma unroll
+          for (int j = 0; j < NC; ++j) acc[m][j] = fmaf(xv, float(static_cast<int8_t>(wrow[j][kt])), acc[m][j]);
+        }
+      }
     }
   }
 
 #pragma unroll
-  for (int m = 0; m < MT; ++m) {
+  for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
-  }
+    for (int j = 0; j < NC; ++j)
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], off);
   if (lane == 0) {
-    const float sn = (BITS == 8) ? load_scale(p, n) : 1.f;
-    const float b = p.bias ? to_f32(static_cast<const T*>(p.bias)[n]) : 0.f;
     T* y = static_cast<T*>(p.y);
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
-      if (m < M) y[m * p.ldy + n] = from_f32<T>(acc[m] * sn + b);
+    for (int j = 0; j < NC; ++j) {
+      if (n0 + j < p.N) {
+        const int64_t n = n0 + j;
+        const float sn = (BITS == 8) ? load_scale(p, n) : 1.f;
+        const float b = p.bias ? to_f32(static_cast<const T*>(p.bias)[n]) : 0.f;
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < M) y[m * p.ldy + n] = from_f32<T>(acc[m][j] * sn + b);
+      }
+    }
   }
 }
 
@@ -252,17 +298,24 @@ inline Status make_params(DType x_dtype, int64_t M, int64_t K, int64_t ldx, cons
   return kOk;
 }
 
-template <int BITS, typename T, class Launch>
-void launch_m(const Params& p, Launch&& launch) {
-  if (p.M <= 1) launch(&qgemv_kernel<1, BITS, T>, p);
-  else if (p.M <= 2) launch(&qgemv_kernel<2, BITS, T>, p);
-  else if (p.M <= 4) launch(&qgemv_kernel<4, BITS, T>, p);
-  else launch(&qgemv_kernel<8, BITS, T>, p);
+// Blocks of kThreads threads that cover N columns with NC columns per warp.
+template <int MT>
+int64_t grid_blocks(int64_t N) {
+  const int64_t per_block = int64_t(kWarpsPerBlock) * kColsPerWarp<MT>;
+  return (N + per_block - 1) / per_block;
 }
 
-// Call launch(kernel, p) once per slice of at most kQMatmulMaxDecodeM rows of x (each slice
-// re-reads the weights), with the kernel instance for the slice's M, bits and x dtype. The grid
-// is gridDim.x = ceil(N / kWarpsPerBlock) blocks of kThreads threads.
+template <int BITS, typename T, class Launch>
+void launch_m(const Params& p, Launch&& launch) {
+  if (p.M <= 1) launch(&qgemv_kernel<1, BITS, T>, grid_blocks<1>(p.N), p);
+  else if (p.M <= 2) launch(&qgemv_kernel<2, BITS, T>, grid_blocks<2>(p.N), p);
+  else if (p.M <= 4) launch(&qgemv_kernel<4, BITS, T>, grid_blocks<4>(p.N), p);
+  else launch(&qgemv_kernel<8, BITS, T>, grid_blocks<8>(p.N), p);
+}
+
+// Call launch(kernel, blocks, p) once per slice of at most kQMatmulMaxDecodeM rows of x (each
+// slice re-reads the weights), with the kernel instance for the slice's M, bits and x dtype; the
+// launch is gridDim.x = blocks, blockDim.x = kThreads.
 template <class Launch>
 void for_each_launch(Params p, DType x_dtype, int bits, const void* x, void* y, int64_t M, Launch&& launch) {
   const size_t es = dtype_size(x_dtype);
@@ -279,8 +332,6 @@ void for_each_launch(Params p, DType x_dtype, int bits, const void* x, void* y, 
     }
   }
 }
-
-inline int64_t grid_blocks(int64_t N) { return (N + kWarpsPerBlock - 1) / kWarpsPerBlock; }
 
 }  // namespace qgemv
 }  // namespace cuda

@@ -202,8 +202,7 @@ extern "C" int sim_qmatmul(const void* x, int x_dtype, int64_t M, int64_t K, int
                                 DType(scale_dtype), lds, zeros, ldz, bias, y, ldy, p, e);
   if (st != kOk) { std::strncpy(err, e.c_str(), errlen - 1); return st; }
   if (M == 0 || N == 0) return 0;
-  const int64_t blocks = grid_blocks(N);
-  for_each_launch(p, DType(x_dtype), bits, x, y, M, [&](auto kernel, const Params& q) {
+  for_each_launch(p, DType(x_dtype), bits, x, y, M, [&](auto kernel, int64_t blocks, const Params& q) {
     for (int64_t b = 0; b < blocks; ++b)
       for (int w = 0; w < kWarpsPerBlock; ++w) {
         SimWarp warp;
