@@ -226,7 +226,7 @@ static void decode_int4(const QmmArgs& a) {
 #pragma omp parallel num_threads(threads_for(a))
   {
     std::vector<float> srow(4 * p.ng), yrow(8 * 4);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, p.ng, srow.data() + r * p.ng);
@@ -301,7 +301,7 @@ static void decode_int8(const QmmArgs& a) {
 #pragma omp parallel num_threads(threads_for(a))
   {
     std::vector<float> yrow(8 * 4);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
