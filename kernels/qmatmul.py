@@ -151,3 +151,28 @@ def qmatmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros,
         IEEE=x.dtype == torch.float32 or (interpret and x.dtype == torch.bfloat16), **cfg,
     )
     return y.to(x.dtype) if round_in_torch else y
+
+
+def compile_ahead(arch: int, cfg: dict, x_dtype: str = "bf16", bits: int = 4, group_size: int = 128,
+                  has_zeros: bool = True, has_bias: bool = False, scale_dtype: str = "fp32"):
+    """Compile the kernel for an NVIDIA GPU of compute capability ``arch`` (80, 90, ...) without a GPU
+    (Triton's bundled ptxas), for the launch options ``cfg`` of ``block_config``: checks that what
+    the interpreter runs also builds for the hardware. Returns Triton's CompiledKernel.
+    Raises ValueError if this process loaded the kernel under TRITON_INTERPRET=1."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _qmatmul_kernel
+    if not hasattr(fn, "cache_key"):
+        raise ValueError("compile_ahead: the kernel was loaded under TRITON_INTERPRET=1; run without it")
+    names = fn.arg_names
+    meta = dict(cfg)
+    num_warps, num_stages = meta.pop("num_warps", 4), meta.pop("num_stages", 3)
+    meta.update(BITS=bits, GROUP=group_size if bits == 4 else 1, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias,
+                IEEE=x_dtype == "fp32")
+    ptrs = {"x_ptr": "*" + x_dtype, "qw_ptr": "*u8" if bits == 4 else "*i8", "s_ptr": "*" + scale_dtype,
+            "z_ptr": "*u8", "b_ptr": "*" + x_dtype, "y_ptr": "*" + x_dtype}
+    sig = {a: ptrs.get(a, "constexpr" if a in meta else "i32") for a in names}
+    src = ASTSource(fn, sig, constexprs={(names.index(a),): v for a, v in meta.items()})
+    return triton.compile(src, target=GPUTarget("cuda", int(arch), 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})

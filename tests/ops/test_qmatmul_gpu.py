@@ -15,6 +15,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,6 +108,41 @@ def test_gpu_backends_reject_bad_input(backend):
         fn(x, qw.qweight, qw.scales.double(), qw.zeros, None, 4, 64, 128)
     with pytest.raises(ValueError, match="2-D"):
         fn(x[0], qw.qweight, qw.scales, qw.zeros, None, 4, 64, 128)
+
+
+_COMPILE_AHEAD = """
+import sys
+from pyquant.kernels import qmatmul as kq
+for case in sys.argv[1:]:
+    arch, m, bits, g, xd = case.split(",")
+    cfg = kq.block_config(int(m), 4096, 4096, int(bits), int(g), interpret=False)
+    try:
+        k = kq.compile_ahead(int(arch), cfg, xd, int(bits), int(g), has_zeros=int(bits) == 4, has_bias=True)
+    except (ImportError, FileNotFoundError) as e:
+        print("SKIP", e)
+        raise SystemExit(0)
+    assert len(k.asm["cubin"]) > 0, case
+    print("SHARED", case, k.metadata.shared)
+"""
+
+
+@needs_triton
+@pytest.mark.parametrize("cases", [
+    ["90,1,4,128,bf16", "90,512,4,128,fp16", "80,4,8,0,fp32"],  # decode, prefill (tl.dot), int8
+    pytest.param(["90,64,8,0,fp32", "80,8,4,32,fp16", "80,16,4,256,bf16"], marks=pytest.mark.slow),
+], ids=["fast", "more"])
+def test_triton_kernel_compiles_for_gpus(cases):
+    """What the interpreter runs also builds for sm_80 / sm_90 with the tilings a GPU call would use
+    (no GPU needed: Triton's bundled ptxas; in a subprocess, as the interpreter owns the kernel here)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_AHEAD, *cases], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if r.stdout.startswith("SKIP"):
+        pytest.skip(f"cannot compile ahead for NVIDIA GPUs here: {r.stdout}")
+    shared = [int(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("SHARED")]
+    assert len(shared) == len(cases) and all(s <= 163 * 1024 for s in shared), r.stdout  # fits an A100's SM
 
 
 # ---- CUDA ---------------------------------------------------------------------------------------
