@@ -226,3 +226,13 @@ def test_numpy_arrays_through_buffer_protocol():
     y = np.zeros((3, 5), dtype=np.float32)
     _C.qmatmul_cpu(x.numpy(), qw.qweight.numpy(), qw.scales.numpy(), qw.zeros.numpy(), None, 4, 64, 96, y, 1)
     assert_matmul_close(torch.from_numpy(y), x, qw.dequantize(torch.float64), what="numpy")
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+def test_custom_op_matches_eager(device, backend):
+    """torch.ops.pyquant.qmatmul (what torch.compile traces) gives what the eager call gives."""
+    qw = quantize_weight(randn(13, 96, seed=4), "int4-g32").to(device)
+    x = randn(3, 96, seed=5, device=device)
+    b = randn(13, seed=6, device=device)
+    y_op = torch.ops.pyquant.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, 4, 32, 96, backend)
+    assert torch.equal(y_op, pq.ops.qmatmul(x, qw, bias=b, backend=backend))
