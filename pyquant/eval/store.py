@@ -183,6 +183,9 @@ class ReferenceStore:
                     f.write(_bytes_view(a))
                 f.flush()
                 os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a store is an ordinary shareable file
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
