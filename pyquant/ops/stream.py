@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Optional
 
 import torch
@@ -214,7 +215,8 @@ def stream_logprobs(hidden: torch.Tensor, weight, top_n: int = 16, targets: Opti
     b = resolve("stream_logprobs", hidden.device, backend)
     raw = b.fn(hidden.contiguous(), _contiguous(weight), top_n, targets, ref_ids, tile)
     with _serial(hidden.device):
-        return _finish(raw, ref_lp, ref_ids, b.name)
+        bad_rows = ~torch.isfinite(hidden).all(dim=1)  # NaN/Inf hidden states: NaN results, never a number
+        return _finish(raw, ref_lp, ref_ids, b.name, bad_rows)
 
 
 def _check_tile(vocab_tile, what: str) -> int:
@@ -229,8 +231,10 @@ def _contiguous(weight):
     return weight.contiguous() if isinstance(weight, torch.Tensor) else weight
 
 
-def _finish(raw: dict, ref_lp, ref_ids, name: str) -> StreamOutput:
+def _finish(raw: dict, ref_lp, ref_ids, name: str, bad_rows: torch.Tensor) -> StreamOutput:
     lse = raw["logsumexp"].to(torch.float64)
+    if bool(bad_rows.any()):
+        lse = lse.masked_fill(bad_rows, math.nan)  # propagates to every log-prob and statistic of the row
     col = lse[:, None]
     out = StreamOutput(
         logsumexp=lse.to(torch.float32),

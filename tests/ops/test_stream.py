@@ -398,3 +398,17 @@ torch.save((x, st), {str(tmp_path / "scalar.pt")!r})
     assert torch.equal(top_ids, ids[:, :24]) and torch.equal(top_vals, vals[:, :24])
     torch.testing.assert_close(run_max.double() + run_sum.double().log(), torch.logsumexp(x.double(), -1),
                                atol=1e-5, rtol=1e-6)
+
+
+def test_nonfinite_hidden_rows_give_nan():
+    t, h, v = 6, 16, 50
+    hidden, weight = _model(t, h, v, "cpu")
+    ids, lp = _ref_topn(hidden, weight, 4)
+    hidden[2, 3] = math.nan
+    hidden[4, 0] = math.inf
+    out = pq.ops.stream_logprobs(hidden, weight, top_n=4, targets=torch.zeros(t, dtype=torch.int64), ref_ids=ids,
+                                 ref_logprobs=lp)
+    bad = torch.tensor([False, False, True, False, True, False])
+    for x in (out.logsumexp, out.target_logprobs, out.kl, out.kl_renorm, out.reject):
+        assert torch.equal(torch.isnan(x), bad)
+    assert torch.isnan(out.top_logprobs[bad]).all() and torch.isfinite(out.top_logprobs[~bad]).all()
