@@ -128,8 +128,8 @@ for case in sys.argv[1:]:
 
 @needs_triton
 @pytest.mark.parametrize("cases", [
-    ["90,1,4,128,bf16", "90,512,4,128,fp16", "80,4,8,0,fp32"],  # decode, prefill (tl.dot), int8
-    pytest.param(["90,64,8,0,fp32", "80,8,4,32,fp16", "80,16,4,256,bf16"], marks=pytest.mark.slow),
+    ["90,1,4,128,bf16", "90,512,4,128,fp16"],  # decode (multiply-reduce), prefill (tl.dot)
+    pytest.param(["80,4,8,0,fp32", "90,64,8,0,fp32", "80,8,4,32,fp16", "80,16,4,256,bf16"], marks=pytest.mark.slow),
 ], ids=["fast", "more"])
 def test_triton_kernel_compiles_for_gpus(cases):
     """What the interpreter runs also builds for sm_80 / sm_90 with the tilings a GPU call would use
@@ -275,7 +275,7 @@ def sim(tmp_path_factory):
         pytest.skip("needs a C++20 compiler and the CUDA headers (cuda_fp16.h) to simulate the kernel")
     d = tmp_path_factory.mktemp("qgemv_sim")
     (d / "sim.cpp").write_text(SIM_SOURCE)
-    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-Wno-unknown-pragmas", f"-I{REPO}/csrc/include",
+    cmd = [cxx, "-std=c++20", "-O0", "-shared", "-fPIC", "-Wno-unknown-pragmas", f"-I{REPO}/csrc/include",
            f"-I{REPO}/csrc/cuda", f"-I{inc}", str(d / "sim.cpp"), "-o", str(d / "sim.so"), "-lpthread"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
