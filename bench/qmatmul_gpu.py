@@ -90,6 +90,7 @@ def run(shapes, specs, ms, repeats: int = 20) -> list:
 
 
 def main(argv=None) -> int:
+    """Parse arguments, run the benchmark (or say why not), print the table, write JSON; exit status 0."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008", help="NxK list")
     ap.add_argument("--specs", default="int4-g128,int4-g128-sym,int8")
