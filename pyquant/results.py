@@ -82,6 +82,7 @@ def write_results(path: str, results: dict) -> str:
     with os.fdopen(fd, "w") as f:
         json.dump(_jsonable(results), f, indent=1, allow_nan=False)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
     return path
 

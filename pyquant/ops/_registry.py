@@ -15,6 +15,15 @@ PREFERENCE = {
     "cpu": ("cpu", "reference"),
     "cuda": ("cuda", "triton", "reference"),
 }
+# Per-op exceptions. stream_logprobs on GPUs: the fused Triton kernel keeps bf16 tensor-core
+# GEMMs; the "cuda" backend is a reducer behind a per-tile torch GEMM (fp32 tiles).
+OP_PREFERENCE = {
+    ("stream_logprobs", "cuda"): ("triton", "cuda", "reference"),
+}
+
+
+def _preference(op: str, dev: str) -> tuple:
+    return OP_PREFERENCE.get((op, dev), PREFERENCE.get(dev, ("reference",)))
 
 
 @dataclasses.dataclass
@@ -67,7 +76,7 @@ def resolve(op: str, device, backend: str = "auto") -> Backend:
         if not ok:
             raise ValueError(f"{op}: backend {backend!r} is unavailable: {why}")
         return b
-    for name in PREFERENCE.get(dev, ("reference",)):
+    for name in _preference(op, dev):
         b = impls.get(name)
         if b is not None and dev in b.devices and b.status()[0]:
             return b
@@ -78,7 +87,8 @@ def available_backends(op: str, device="cpu") -> list:
     """Names of the backends of ``op`` that can run on ``device`` here, fastest first."""
     dev = _device_type(device)
     impls = _REGISTRY.get(op, {})
-    order = list(PREFERENCE.get(dev, ())) + sorted(set(impls) - set(PREFERENCE.get(dev, ())))
+    pref = _preference(op, dev)
+    order = list(pref) + sorted(set(impls) - set(pref))
     return [n for n in order if n in impls and dev in impls[n].devices and impls[n].status()[0]]
 
 
