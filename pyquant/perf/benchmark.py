@@ -44,10 +44,12 @@ class BenchmarkResult:
         return dataclasses.asdict(self)
 
     def to_results(self, variant: str = "", model: dict | None = None) -> dict:
-        """A versioned results object (pyquant.results.make_results kind "bench")."""
+        """A versioned results object (pyquant.results.make_results kind "bench"). The run finished,
+        so it is complete; settings that failed (out of memory) carry status "error" and are
+        counted in data["failed_settings"]."""
         data = {k: v for k, v in self.to_dict().items() if k != "machine"}
-        complete = all(s["status"] == "ok" for s in self.settings)
-        return make_results("bench", data, variant=variant, model=model, machine=self.machine, complete=complete)
+        data["failed_settings"] = sum(s["status"] != "ok" for s in self.settings)
+        return make_results("bench", data, variant=variant, model=model, machine=self.machine, complete=True)
 
     def table(self) -> str:
         """The human-readable tables (per-setting latency/throughput/memory, batch sweep)."""
@@ -232,6 +234,7 @@ def benchmark(model, tokenizer=None, batch_sizes=(1, 8), prompt_len: int = 512, 
                     if not _is_oom(e):
                         raise
                     s = {"batch": b, "status": "error", "error": f"out of memory: {str(e).splitlines()[0][:300]}"}
+                if s["status"] != "ok":  # outside the except block: the traceback's tensors are gone
                     gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()

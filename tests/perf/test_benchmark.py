@@ -51,6 +51,7 @@ def test_end_to_end_fields_consistent(tiny_model, tmp_path):
     path = write_results(str(tmp_path / "bench.json"), res)
     back = read_results(path)
     assert back["kind"] == "bench" and back["complete"] is True and back["variant"] == "fp32"
+    assert back["data"]["failed_settings"] == 0
     assert back["data"]["settings"][0]["ttft_s"]["p99"] == pytest.approx(r.settings[0]["ttft_s"]["p99"])
     table = r.table()
     assert "TTFT p50 ms" in table and "decode tok/s" in table and "gain/doubling" in table
@@ -131,7 +132,7 @@ def test_oom_at_one_batch_is_reported_and_sweep_continues(tiny_model, monkeypatc
     assert by_b[4]["status"] == "error" and "out of memory" in by_b[4]["error"]
     assert by_b[1]["status"] == by_b[2]["status"] == "ok"
     assert [row["batch"] for row in r.sweep["rows"]] == [1, 2]
-    assert r.to_results()["complete"] is False
+    assert r.to_results()["data"]["failed_settings"] == 1
     assert "out of memory" in r.table()
 
 
