@@ -9,7 +9,7 @@ Files in the output directory: ``reference.pqref``, ``{variant}.{compare,perplex
 (pyquant results files), ``report.html``, ``report.md``, ``report_*.png`` and ``demo-config.json``.
 Resumable: a results file that is already there and complete is reused, and the reference
 store resumes from its checkpoint; a directory made with other settings is refused rather than
-mixed. A step whose API is not available in this build is skipped with a message, never faked.
+mixed.
 """
 from __future__ import annotations
 
@@ -83,17 +83,6 @@ def _bar(desc: str, total: Optional[int], unit: str):
     return bar, cb
 
 
-def _api(name: str, log: _Log):
-    """``pyquant.<name>`` or None (with a message) when that part of pyquant is not in this build."""
-    import pyquant
-
-    try:
-        return getattr(pyquant, name)
-    except (ImportError, AttributeError) as e:
-        log(f"SKIPPED: pq.{name} is not available in this build ({type(e).__name__}: {e})")
-        return None
-
-
 def _reusable(path: str) -> bool:
     if not os.path.isfile(path):
         return False
@@ -128,21 +117,17 @@ def _texts(settings: DemoSettings) -> list:
 
 
 def _model_info(model, spec_name: str, variant: str) -> dict:
-    info = {"name": spec_name, "variant": variant}
-    try:
-        from .models import model_description
+    from .models import model_description
 
-        info.update(model_description(model))
-    except Exception as e:  # noqa: BLE001  (a description is optional; say why it is missing)
-        info["description_error"] = f"{type(e).__name__}: {e}"
-    return info
+    # the description's own "name" (the model class / config name) must not hide the demo's model name
+    return {**model_description(model), "name": spec_name, "variant": variant}
 
 
 def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = "demo",
              variants=DEFAULT_VARIANTS, max_kl: Optional[float] = None, threads: Optional[int] = None,
              out: Callable[[str], None] = print) -> dict:
-    """Run the whole demo; returns {"output_dir", "report" (HTML path or None), "results" [paths],
-    "skipped" [messages], "wall_s" (seconds)}.
+    """Run the whole demo; returns {"output_dir", "report" (HTML path), "results" [paths],
+    "wall_s" (seconds)}.
 
     model: "demo" (bundled SmolLM2-135M), an HF directory or a .gguf file. variants: quantization
     schemes (QuantSpec strings) compared with the full-precision model. quick: tiny sizes (for
@@ -174,59 +159,37 @@ def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = 
 def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
     import torch
 
+    import pyquant as pq
+
+    from .eval.prompts import read_prompts
+    from .eval.store import ReferenceStore
     from .report.build import format_table_text, write_report
 
     log = _Log(out)
     os.makedirs(output_dir, exist_ok=True)
     _check_config(output_dir, {"model": str(model), "quick": bool(quick), "settings": dataclasses.asdict(settings)})
-    skipped: list = []
     results: list = []
-
-    def skip(msg):
-        skipped.append(msg)
-        log(f"SKIPPED: {msg}")
-
     log(f"demo: model {model!r}, variants {', '.join((REFERENCE_VARIANT,) + variants)}, "
         f"{'quick' if quick else 'full'} sizes, {torch.get_num_threads()} torch threads, output in {output_dir}/")
-    load_model = _api("load_model", log)
-    if load_model is None:
-        raise ValueError("pq.load_model is not available: nothing can run")
     log("loading the model (the first run converts the GGUF file and caches it)")
-    ref_model, tok = load_model(model)
+    ref_model, tok = pq.load_model(model)
     n_params = sum(p.numel() for p in ref_model.parameters())
     log(f"loaded {type(ref_model).__name__} ({n_params / 1e6:.1f} M parameters)")
 
     # -- reference ------------------------------------------------------------------------------
-    store = None
-    collect_reference = _api("collect_reference", log)
     store_path = os.path.join(output_dir, "reference.pqref")
-    if collect_reference is None:
-        skip("reference collection (pq.collect_reference missing): no compare results")
+    prompts = read_prompts(data.prompts_path())[: settings.prompts]
+    if os.path.isfile(store_path):
+        store = ReferenceStore.load(store_path)
+        log(f"reusing {store_path} ({len(store)} sequences)")
     else:
-        from .eval.prompts import read_prompts
-
-        prompts = read_prompts(data.prompts_path())[: settings.prompts]
-        if os.path.isfile(store_path):
-            from .eval.store import ReferenceStore
-
-            store = ReferenceStore.load(store_path)
-            log(f"reusing {store_path} ({len(store)} sequences)")
-        else:
-            log(f"collecting the reference on {len(prompts)} built-in prompts, {settings.max_new_tokens} new tokens each")
-            bar, cb = _bar("reference", len(prompts), "seq")
-            with bar:
-                store = collect_reference(ref_model, tok, prompts, max_new_tokens=settings.max_new_tokens,
-                                          top_n=settings.top_n, output=store_path, progress=cb)
-            log(f"reference: {len(store)} sequences, {store.num_rows} scored positions, "
-                f"{store.bytes_per_token:.1f} bytes/token -> {store_path}")
-
-    compare_fn = _api("compare", log) if store is not None else None
-    perplexity_fn = _api("perplexity", log)
-    benchmark_fn = _api("benchmark", log)
-    quantize_model = _api("quantize_model", log)
-    for name, fn in (("compare", compare_fn), ("perplexity", perplexity_fn), ("benchmark", benchmark_fn)):
-        if fn is None and not (name == "compare" and store is None):
-            skip(f"{name} for every variant (pq.{name} missing)")
+        log(f"collecting the reference on {len(prompts)} built-in prompts, {settings.max_new_tokens} new tokens each")
+        bar, cb = _bar("reference", len(prompts), "seq")
+        with bar:
+            store = pq.collect_reference(ref_model, tok, prompts, max_new_tokens=settings.max_new_tokens,
+                                         top_n=settings.top_n, output=store_path, progress=cb)
+        log(f"reference: {len(store)} sequences, {store.num_rows} scored positions, "
+            f"{store.bytes_per_token:.1f} bytes/token -> {store_path}")
     texts = _texts(settings)
 
     # -- each variant -----------------------------------------------------------------------------
@@ -237,24 +200,19 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
             if k not in todo:
                 log(f"{variant}: reusing {p}")
                 results.append(p)
-        todo = {k: p for k, p in todo.items()
-                if {"compare": compare_fn, "perplexity": perplexity_fn, "bench": benchmark_fn}[k] is not None}
         if not todo:
             continue
         if variant == REFERENCE_VARIANT:
             m = ref_model
-        elif quantize_model is None:
-            skip(f"{variant}: quantization (pq.quantize_model missing)")
-            continue
         else:
             log(f"{variant}: quantizing a fresh copy of the model (RTN, lm_head kept full precision)")
-            m = quantize_model(copy.deepcopy(ref_model), variant)
+            m = pq.quantize_model(copy.deepcopy(ref_model), variant)
         minfo = _model_info(m, str(model), variant)
         if "compare" in todo:
             log(f"{variant}: compare against the reference ({store.num_rows} positions)")
             bar, cb = _bar(f"compare {variant}", len(store), "seq")
             with bar:
-                r = compare_fn(m, store, tokenizer=tok, progress=cb)
+                r = pq.compare(m, store, tokenizer=tok, progress=cb)
             d = r.to_dict(per_token=True)
             write_results(todo["compare"], make_results("compare", d, variant=variant, model=minfo))
             results.append(todo["compare"])
@@ -264,14 +222,14 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
             log(f"{variant}: perplexity on the built-in text (rolling windows of {settings.ppl_context} tokens)")
             bar, cb = _bar(f"perplexity {variant}", None, "win")
             with bar:
-                r = perplexity_fn(m, tok, texts, context=settings.ppl_context, mode="rolling", progress=cb)
+                r = pq.perplexity(m, tok, texts, context=settings.ppl_context, mode="rolling", progress=cb)
             write_results(todo["perplexity"], make_results("perplexity", r.to_dict(), variant=variant, model=minfo))
             results.append(todo["perplexity"])
             log(f"{variant}: token perplexity {r.token_perplexity:.3f}, bits/byte {r.bits_per_byte:.4f}")
         if "bench" in todo:
             log(f"{variant}: benchmark, batch sizes {settings.bench_batch_sizes}, prompt {settings.bench_prompt_len} "
                 f"+ {settings.bench_gen_len} generated tokens, {settings.bench_requests} timed requests each")
-            r = benchmark_fn(m, tok, batch_sizes=settings.bench_batch_sizes, prompt_len=settings.bench_prompt_len,
+            r = pq.benchmark(m, tok, batch_sizes=settings.bench_batch_sizes, prompt_len=settings.bench_prompt_len,
                              gen_len=settings.bench_gen_len, requests=settings.bench_requests,
                              warmup=settings.bench_warmup, peak_memory=settings.bench_peak_memory)
             write_results(todo["bench"], r.to_results(variant=variant, model=minfo))
@@ -285,30 +243,22 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
             gc.collect()
 
     # -- report -----------------------------------------------------------------------------------
-    report_path = None
-    if results:
-        log("writing the report")
-        rep = write_report(results, os.path.join(output_dir, "report.html"), max_kl=max_kl,
-                           title=f"pyquant demo: {model if model != 'demo' else 'SmolLM2-135M-Instruct'}")
-        report_path = rep["html"]
-        r = rep["report"]
+    log("writing the report")
+    rep = write_report(results, os.path.join(output_dir, "report.html"), max_kl=max_kl,
+                       title=f"pyquant demo: {model if model != 'demo' else 'SmolLM2-135M-Instruct'}")
+    r = rep["report"]
+    out("")
+    for t in r.tables:
+        out(t.title)
+        out(format_table_text(t))
         out("")
-        for t in r.tables:
-            out(t.title)
-            out(format_table_text(t))
-            out("")
-        for _, vd, s in r.verdict_lines:
-            out(f"{vd.upper():<10} {s}")
-        out(r.summary)
-        if r.knee_line:
-            out(r.knee_line)
-        out("")
-    else:
-        skip("report (no results were produced)")
+    for _, vd, s in r.verdict_lines:
+        out(f"{vd.upper():<10} {s}")
+    out(r.summary)
+    if r.knee_line:
+        out(r.knee_line)
+    out("")
     wall = time.perf_counter() - log.t0
-    if skipped:
-        out(f"{len(skipped)} step(s) skipped: " + "; ".join(skipped))
-    if report_path:
-        out(f"report: {os.path.abspath(report_path)}  (Markdown twin: report.md, figures: report_*.png)")
+    out(f"report: {os.path.abspath(rep['html'])}  (Markdown twin: report.md, figures: report_*.png)")
     out(f"demo finished in {wall:.0f} s wall ({time.process_time() - log.c0:.0f} s CPU)")
-    return {"output_dir": output_dir, "report": report_path, "results": results, "skipped": skipped, "wall_s": wall}
+    return {"output_dir": output_dir, "report": rep["html"], "results": results, "wall_s": wall}

@@ -215,8 +215,17 @@ def stream_logprobs(hidden: torch.Tensor, weight, top_n: int = 16, targets: Opti
     b = resolve("stream_logprobs", hidden.device, backend)
     raw = b.fn(hidden.contiguous(), _contiguous(weight), top_n, targets, ref_ids, tile)
     with _serial(hidden.device):
-        bad_rows = ~torch.isfinite(hidden).all(dim=1)  # NaN/Inf hidden states: NaN results, never a number
+        bad_rows = _nonfinite_rows(hidden)  # NaN/Inf hidden states: NaN results, never a number
         return _finish(raw, ref_lp, ref_ids, b.name, bad_rows)
+
+
+def _nonfinite_rows(hidden: torch.Tensor) -> torch.Tensor:
+    """Bool [T]: rows of ``hidden`` holding a NaN or an Inf. Row-wise max and min (NaN propagates
+    through both) need no [T, H] temporary, where ``isfinite(hidden).all(1)`` peaked at 1.75x the
+    size of ``hidden`` (56 MiB for a 2048 x 4096 float32 block)."""
+    if hidden.shape[1] == 0:
+        return torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+    return ~(torch.isfinite(hidden.amax(dim=1)) & torch.isfinite(hidden.amin(dim=1)))
 
 
 def _check_tile(vocab_tile, what: str) -> int:
