@@ -15,7 +15,7 @@ help:
 	@echo "make demo       set up everything, then run the demo on the bundled SmolLM2-135M"
 	@echo "make test       set up everything, then run the default (fast) test suite"
 	@echo "make test-slow  also run the slow end-to-end tests on the bundled model"
-	@echo "make bench      run the kernel benchmarks in bench/"
+	@echo "make bench      run the kernel benchmarks in bench/ (the GPU ones skip without a GPU)"
 
 # Runtime + build + test dependencies. torch is pinned only when absent: a GPU user's torch stays.
 $(VENV)/.deps-stamp: pyproject.toml Makefile
@@ -48,6 +48,8 @@ demo: build
 bench: build
 	$(PY) bench/qmatmul.py
 	$(PY) bench/stream_topn.py
+	$(PY) bench/qmatmul_gpu.py
+	$(PY) bench/stream_topn_gpu.py
 
 clean:
 	rm -rf build *.egg-info

@@ -172,7 +172,9 @@ def topn_statistics(ref_logprobs: torch.Tensor, cand_logprobs: torch.Tensor) -> 
     no_q = torch.isneginf(lq).all(-1) & ~torch.isneginf(lp).all(-1)  # candidate has no mass on the ids
     kl_renorm = torch.where(no_q, torch.full_like(kl_renorm, float("inf")), kl_renorm)
     reject = 0.5 * ((p - q).abs().sum(-1) + (p_rest - q_rest).abs())
-    return {"kl": kl, "kl_renorm": kl_renorm, "reject": reject}
+    # Both are KL divergences of discrete distributions, so >= 0: a negative value is rounding
+    # (e.g. -1e-9 for identical models) and is clamped, as stream_kl_exact does (NaN stays NaN).
+    return {"kl": kl.clamp(min=0.0), "kl_renorm": kl_renorm.clamp(min=0.0), "reject": reject}
 
 
 @contextlib.contextmanager
