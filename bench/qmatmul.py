@@ -103,7 +103,7 @@ def run(args) -> dict:
 
     # ---------------- prefill: M=args.prefill_m ----------------
     m = args.prefill_m
-    P = 2
+    P = min(2, L)  # prefill rotates over the first P layers (as many as exist)
     xp = torch.randn(m, k, generator=gen)
     wfp = [torch.randn(n, k, generator=gen) for _ in range(P)]
     shape = f"M={m} {n}x{k}"
