@@ -10,9 +10,9 @@
 // Decode (M <= 8): GEMV-like, several W rows per pass share each x load. INT4 bytes are read as
 // 32-bit lanes: lane l of a 4W-byte block holds codes 8l..8l+7, nibble S of every lane is
 // isolated with one AND (no shuffles), and x is permuted (and scaled by 2^-4S) once per call so
-// that the matching x values sit in one vector. Per block: acc = sum(code * x), then
-// total += acc * scale; the zero-points are applied once per row with precomputed group sums
-// of x: y = sum_g s_g * (sum_k code_k x_k - z_g * sum_k x_k).
+// that the matching x values sit in one vector. Per group (or per block when G < 8W):
+// acc = sum(code * x), then total += acc * scale; the zero-points are applied once per row
+// with precomputed group sums of x: y = sum_g s_g * (sum_k code_k x_k - z_g * sum_k x_k).
 // Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
 // fp32 panel (NR = 2W columns wide) that stays in cache, then an MR x NR FMA micro-kernel.
 #pragma once
@@ -104,13 +104,19 @@ static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* ou
 }
 
 // ============================== decode: INT4 ==============================================
+constexpr int64_t kPrefetchBytes = 1024;  // software prefetch distance along a weight row (decode)
+
 struct Int4Plan {
   int64_t G, ng, Kp, nblocks;  // nblocks full 8W-code blocks per row; codes past them: scalar tail
   int gshift;                   // log2(G): group of code k is k >> gshift (no division in the loop)
   std::vector<float> xr, xp, gsum;  // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ng]
 };
 
-// The per-(row, m) integer-code dot products over the full blocks, times the block scales.
+// The per-(row, m) integer-code dot products over the full blocks, times the group scales.
+// The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
+// block with a per-lane scale vector. One accumulator per (row, m) (3 or 4 FMA chains: the
+// nibble conversions, not the FMA latency, set the pace): with R = 4, v/acc/tot stay in
+// registers.
 template <int MC, int R>
 static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
                              const float* const* srow, const Int4Plan& p, float out[R][MC]) {
@@ -120,27 +126,34 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
   F tot[R][MC];
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = V::zero();
   const int G = static_cast<int>(p.G), gshift = p.gshift;
-  for (int64_t b = 0; b < p.nblocks; ++b) {
-    const int64_t k0 = b * 8 * W;
-    I v[R];
-    for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
-    F acc0[R][MC], acc1[R][MC];
-    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) { acc0[r][m] = V::zero(); acc1[r][m] = V::zero(); }
-#define PQ_NIB_STEP(S, ACC)                                                          \
-    {                                                                                \
-      F xs[MC];                                                                      \
-      for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);            \
-      for (int r = 0; r < R; ++r) {                                                  \
-        F c = V::template nib<S>(v[r]);                                              \
-        for (int m = 0; m < MC; ++m) ACC[r][m] = V::fma(c, xs[m], ACC[r][m]);        \
-      }                                                                              \
-    }
-    PQ_NIB_STEP(0, acc0) PQ_NIB_STEP(1, acc1) PQ_NIB_STEP(2, acc0) PQ_NIB_STEP(3, acc1)
-    PQ_NIB_STEP(4, acc0) PQ_NIB_STEP(5, acc1) PQ_NIB_STEP(6, acc0) PQ_NIB_STEP(7, acc1)
+  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;  // blocks per scale fold
+  for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
+    F acc[R][MC];
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = V::zero();
+    const int64_t bend = std::min(b0 + bpg, p.nblocks);
+    for (int64_t b = b0; b < bend; ++b) {
+      const int64_t k0 = b * 8 * W;
+      I v[R];
+      for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
+      if constexpr (W > 1)  // weights stream from memory: ask for them ~1 KiB ahead of use
+        for (int r = 0; r < R; ++r) __builtin_prefetch(q + r * row_bytes + b * 4 * W + kPrefetchBytes);
+#define PQ_NIB_STEP(S)                                                               \
+      {                                                                              \
+        F xs[MC];                                                                    \
+        for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);          \
+        for (int r = 0; r < R; ++r) {                                                \
+          F c = V::template nib<S>(v[r]);                                            \
+          for (int m = 0; m < MC; ++m) acc[r][m] = V::fma(c, xs[m], acc[r][m]);      \
+        }                                                                            \
+      }
+      PQ_NIB_STEP(0) PQ_NIB_STEP(1) PQ_NIB_STEP(2) PQ_NIB_STEP(3)
+      PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
 #undef PQ_NIB_STEP
+    }
+    const int64_t k0 = b0 * 8 * W;
     for (int r = 0; r < R; ++r) {
-      F sv = (G >= 8 * W) ? V::set1(srow[r][k0 >> gshift]) : V::scale_block(srow[r] + (k0 >> gshift), G / 8);
-      for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(V::add(acc0[r][m], acc1[r][m]), sv, tot[r][m]);
+      F sv = G >= 8 * W ? V::set1(srow[r][k0 >> gshift]) : V::scale_block(srow[r] + (k0 >> gshift), G / 8);
+      for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv, tot[r][m]);
     }
   }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
