@@ -59,7 +59,8 @@ def register(op: str, name: str, devices=("cpu", "cuda"), available: Callable = 
 
 
 def _device_type(device) -> str:
-    return getattr(device, "type", str(device).split(":")[0])
+    t = getattr(device, "type", None)  # torch.device; else a string such as "cuda:0"
+    return t if t is not None else str(device).split(":")[0]
 
 
 def resolve(op: str, device, backend: str = "auto") -> Backend:

@@ -61,7 +61,7 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     """
     check_qmatmul_args(x, qw, bias)
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, qw.in_features)
+    x2 = x if x.dim() == 2 else x.reshape(-1, qw.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     if bias is not None and bias.dtype != x.dtype:
@@ -74,4 +74,4 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     else:
         y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
                                       qw.spec.group_size or 0, qw.in_features, impl.name)
-    return y.reshape(*lead, qw.out_features)
+    return y if x.dim() == 2 else y.reshape(*lead, qw.out_features)
