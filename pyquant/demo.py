@@ -116,11 +116,10 @@ def _texts(settings: DemoSettings) -> list:
     return [text]
 
 
-def _model_info(model, spec_name: str, variant: str) -> dict:
-    from .models import model_description
+def _model_info(model, tokenizer, spec_name: str, variant: str) -> dict:
+    from .models import model_info
 
-    # the description's own "name" (the model class / config name) must not hide the demo's model name
-    return {**model_description(model), "name": spec_name, "variant": variant}
+    return {**model_info(model, tokenizer, name=spec_name), "variant": variant}
 
 
 def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = "demo",
@@ -207,7 +206,7 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
         else:
             log(f"{variant}: quantizing a fresh copy of the model (RTN, lm_head kept full precision)")
             m = pq.quantize_model(copy.deepcopy(ref_model), variant)
-        minfo = _model_info(m, str(model), variant)
+        minfo = _model_info(m, tok, str(model), variant)
         if "compare" in todo:
             log(f"{variant}: compare against the reference ({store.num_rows} positions)")
             bar, cb = _bar(f"compare {variant}", len(store), "seq")

@@ -211,6 +211,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def model_info(model: nn.Module, tokenizer=None, name: "str | None" = None) -> dict:
+    """What a results file says of its model: ``model_description`` plus "fingerprint" (of the
+    weights) and "tokenizer_fingerprint" (None without a tokenizer); ``name`` (e.g. the --model
+    argument) replaces the description's name when given."""
+    info = {**model_description(model), "fingerprint": model_fingerprint(model),
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None}
+    if name is not None:
+        info["name"] = name
+    return info
+
+
 def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
     """The output projection as [V, H]: a Tensor (nn.Linear) or a QuantizedWeight (QuantLinear)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

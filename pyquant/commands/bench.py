@@ -71,13 +71,9 @@ def run(args) -> int:
     print(f"pyquant bench: {args.model} [{variant}]")
     print(result.table())
     if args.output:
-        info = {"name": args.model, "quant_spec": spec}
-        try:
-            from ..models import model_description
+        from ..models import model_info
 
-            info.update(model_description(model))
-        except (ImportError, AttributeError):
-            pass
+        info = {**model_info(model, tokenizer, name=args.model), "quant_spec": spec}
         write_results(args.output, result.to_results(variant=variant, model=info))
         print(f"wrote {args.output}")
     for t in result.profile.get("traces", []):

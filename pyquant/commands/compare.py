@@ -37,7 +37,7 @@ def run(args) -> int:
     from ..eval.compare import compare
     from ..eval.progress import TokenProgress
     from ..eval.store import ReferenceStore
-    from ..models import load_model, model_description, model_fingerprint, tokenizer_fingerprint
+    from ..models import load_model, model_info, tokenizer_fingerprint
     from ..results import make_results, write_results
 
     if args.exact and not args.reference_model:
@@ -52,12 +52,10 @@ def run(args) -> int:
     with TokenProgress(len(store), "compare") as bar:
         result = compare(model, store, tokenizer=tok, batch_size=args.batch_size, reference_model=ref_model,
                          exact=args.exact, progress=bar)
-    desc = model_description(model)
-    info = {**desc, "fingerprint": model_fingerprint(model),
-            "tokenizer_fingerprint": tokenizer_fingerprint(tok) if tok is not None else None}
+    info = model_info(model, tok)
     data = result.to_dict(per_token=args.per_token)
     data["throughput"] = {"seconds": bar.elapsed, "tokens_per_s": bar.tokens_per_s}
-    write_results(args.output, make_results("compare", data, variant=args.variant or variant_label(desc, args.model),
+    write_results(args.output, make_results("compare", data, variant=args.variant or variant_label(info, args.model),
                                             model=info))
     print(result.table())
     print(f"{bar.tokens_per_s:,.1f} tok/s; wrote {args.output}")

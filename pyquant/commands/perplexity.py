@@ -28,7 +28,7 @@ def run(args) -> int:
     from ..eval.perplexity import perplexity
     from ..eval.progress import TokenProgress
     from ..eval.prompts import read_texts
-    from ..models import load_model, model_description, model_fingerprint, tokenizer_fingerprint
+    from ..models import load_model, model_info
     from ..results import make_results, write_results
     from .compare import variant_label
 
@@ -39,12 +39,11 @@ def run(args) -> int:
     with TokenProgress(None, "perplexity", unit="window") as bar:
         result = perplexity(model, tok, texts, context=args.context, mode=args.mode, stride=args.stride,
                             batch_size=args.batch_size, progress=bar)
-    desc = model_description(model)
-    info = {**desc, "fingerprint": model_fingerprint(model), "tokenizer_fingerprint": tokenizer_fingerprint(tok)}
+    info = model_info(model, tok)
     data = result.to_dict()
     data["settings"]["files"] = list(args.texts)
     data["throughput"] = {"seconds": bar.elapsed, "tokens_per_s": bar.tokens_per_s}
-    write_results(args.output, make_results("perplexity", data, variant=args.variant or variant_label(desc, args.model),
+    write_results(args.output, make_results("perplexity", data, variant=args.variant or variant_label(info, args.model),
                                             model=info))
     print(result.table())
     print(f"{bar.tokens_per_s:,.1f} tok/s; wrote {args.output}")

@@ -5,7 +5,7 @@ import pytest
 
 from pyquant.cli import main
 from pyquant.results import read_results
-from conftest import make_model, make_tokenizer
+from evalkit import make_model, make_tokenizer
 
 
 @pytest.fixture(scope="module")

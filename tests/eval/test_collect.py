@@ -6,7 +6,7 @@ import torch
 
 import pyquant as pq
 from pyquant.eval import collect as collect_mod
-from conftest import full_logprobs
+from evalkit import full_logprobs
 
 
 def test_records_match_the_full_softmax(model, store, prompts):

@@ -8,7 +8,7 @@ import torch
 
 import pyquant as pq
 from pyquant.results import make_results, read_results, write_results
-from conftest import full_logprobs, make_model, make_tokenizer
+from evalkit import full_logprobs, make_model, make_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 
 import pyquant as pq
 from pyquant.eval.perplexity import count_bytes, count_words, rolling_windows, strided_windows
-from conftest import CORPUS, full_logprobs, make_model, make_tokenizer
+from evalkit import CORPUS, full_logprobs, make_model, make_tokenizer
 
 
 def test_rolling_windows_hand_case():
