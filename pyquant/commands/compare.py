@@ -1,8 +1,6 @@
 """`pyquant compare`: force a candidate through a reference store and measure the divergence."""
 from __future__ import annotations
 
-import os
-
 HELP = "compare a candidate model with a reference store: KL, top-1 agreement, rejection, PPL ratio"
 DESCRIPTION = HELP + """
 
@@ -27,18 +25,12 @@ def add_arguments(p):
     p.add_argument("--variant", help="label of the candidate in reports (default: its quantization spec or dtype)")
 
 
-def variant_label(desc: dict, spec: str) -> str:
-    """A short label for a model: its quantization spec, else its dtype ('float32'), else the path."""
-    q = desc.get("quant") or {}
-    return str(q.get("default_spec") or desc.get("dtype") or os.path.basename(str(spec).rstrip("/")))
-
-
 def run(args) -> int:
     from ..eval.compare import compare
     from ..eval.progress import TokenProgress
     from ..eval.store import ReferenceStore
-    from ..models import load_model, model_info, tokenizer_fingerprint
-    from ..results import make_results, write_results
+    from ..models import load_model, tokenizer_fingerprint
+    from . import write_eval_results
 
     if args.exact and not args.reference_model:
         raise ValueError("--exact needs --reference-model")
@@ -52,11 +44,5 @@ def run(args) -> int:
     with TokenProgress(len(store), "compare") as bar:
         result = compare(model, store, tokenizer=tok, batch_size=args.batch_size, reference_model=ref_model,
                          exact=args.exact, progress=bar)
-    info = model_info(model, tok)
-    data = result.to_dict(per_token=args.per_token)
-    data["throughput"] = {"seconds": bar.elapsed, "tokens_per_s": bar.tokens_per_s}
-    write_results(args.output, make_results("compare", data, variant=args.variant or variant_label(info, args.model),
-                                            model=info))
-    print(result.table())
-    print(f"{bar.tokens_per_s:,.1f} tok/s; wrote {args.output}")
+    write_eval_results(args, "compare", result.to_dict(per_token=args.per_token), model, tok, result, bar)
     return 0

@@ -28,9 +28,8 @@ def run(args) -> int:
     from ..eval.perplexity import perplexity
     from ..eval.progress import TokenProgress
     from ..eval.prompts import read_texts
-    from ..models import load_model, model_info
-    from ..results import make_results, write_results
-    from .compare import variant_label
+    from ..models import load_model
+    from . import write_eval_results
 
     texts = read_texts(args.texts)
     model, tok = load_model(args.model)
@@ -39,12 +38,7 @@ def run(args) -> int:
     with TokenProgress(None, "perplexity", unit="window") as bar:
         result = perplexity(model, tok, texts, context=args.context, mode=args.mode, stride=args.stride,
                             batch_size=args.batch_size, progress=bar)
-    info = model_info(model, tok)
     data = result.to_dict()
     data["settings"]["files"] = list(args.texts)
-    data["throughput"] = {"seconds": bar.elapsed, "tokens_per_s": bar.tokens_per_s}
-    write_results(args.output, make_results("perplexity", data, variant=args.variant or variant_label(info, args.model),
-                                            model=info))
-    print(result.table())
-    print(f"{bar.tokens_per_s:,.1f} tok/s; wrote {args.output}")
+    write_eval_results(args, "perplexity", data, model, tok, result, bar)
     return 0
