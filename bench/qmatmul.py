@@ -21,6 +21,7 @@ from _timing import format_table, interleaved_medians, read_bandwidth, write_jso
 
 import pyquant as pq  # noqa: E402
 from pyquant.formats import QuantizedWeight, QuantSpec, unpack_int4  # noqa: E402
+from pyquant.ops import _native  # noqa: E402
 
 
 def random_qweight(spec: QuantSpec, n: int, k: int, gen: torch.Generator) -> QuantizedWeight:
@@ -45,6 +46,19 @@ def torch_int4pack(qw: QuantizedWeight):
     z = qw.zeros.float() if qw.zeros is not None else torch.full_like(s, 8.0)
     sz = torch.stack((s, (8.0 - z) * s), dim=-1).transpose(0, 1).contiguous()
     return packed, sz
+
+
+def with_codes(mode: str, fn):
+    """fn, run with the CPU kernels reading weight codes the ``mode`` way (then back to auto)."""
+    native = _native.native()
+
+    def call(i):
+        native.set_cpu_codes(mode)
+        try:
+            return fn(i)
+        finally:
+            native.set_cpu_codes("auto")
+    return call
 
 
 def nbytes(*ts) -> int:
@@ -95,6 +109,16 @@ def run(args) -> dict:
         ("decode int8", "torch int8pack_mm (bf16 x)", lambda i: torch._weight_int8pack_mm(xb, q8[i].qweight, s8b[i]),
          nbytes(q8[0].qweight, s8b[0]), False),
         ("decode fp32", "torch fp32 x @ w.T", lambda i: x @ wf[i].T, nbytes(wf[0]), False),
+    ]
+    # The code-reading mode this CPU does not default to, timed in the same rounds (see
+    # csrc/cpu/qmatmul_kernels.h): the default's rows are the "pyquant cpu" ones.
+    codes = _native.native().cpu_codes()
+    other = "convert" if codes == "subnormal" else "subnormal"
+    cands += [
+        ("decode int4", f"({other} codes) cpu int4 (fp32 x)", with_codes(other, lambda i: pq.ops.qmatmul(x, q4[i], backend="cpu")),
+         q4[0].nbytes, True),
+        ("decode int8", f"({other} codes) cpu int8 (fp32 x)", with_codes(other, lambda i: pq.ops.qmatmul(x, q8[i], backend="cpu")),
+         q8[0].nbytes, True),
     ]
     dec = interleaved_medians({c[1]: c[2] for c in cands}, L, rounds=args.rounds, clock=clock)
     for grp, name, _, wb, ours in cands:

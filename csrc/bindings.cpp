@@ -8,6 +8,11 @@
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyquant native kernels (CPU C++, optional CUDA)";
   m.def("cpu_isa", &pyquant::cpu_isa, "ISA the CPU kernels dispatch to here: avx512, avx2 or scalar");
+  m.def("cpu_codes", &pyquant::cpu_codes,
+        "How the CPU decode kernels turn weight codes into floats: subnormal (bit patterns) or convert");
+  m.def("set_cpu_codes", [](const std::string& mode) {
+    if (pyquant::set_cpu_codes(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
+  }, "Set how the CPU decode kernels read weight codes: convert, subnormal or auto (process-wide)");
   m.def("built_with_cuda", []() {
 #ifdef PYQUANT_WITH_CUDA
     return true;

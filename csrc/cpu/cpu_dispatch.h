@@ -9,6 +9,10 @@ enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 // The ISA the CPU kernels use on this machine (detected once, PYQUANT_ISA may lower it).
 Isa active_isa();
 
+// Whether the decode kernels read weight codes as subnormal floats (detected once,
+// PYQUANT_CODES=convert|subnormal overrides).
+bool subnormal_codes();
+
 void set_last_error(const std::string& msg);
 
 }  // namespace pyquant

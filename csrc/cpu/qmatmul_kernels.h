@@ -3,7 +3,8 @@
 // defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
 //   loadi (4W bytes), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
-//   load_i8 (W int8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
+//   bits(I, mask) (lane & mask read as a float), srl16(I) (lane >> 16), flip_bytes(I) (lane ^
+//   0x80808080), load_i8 (W int8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
@@ -13,20 +14,55 @@
 // that the matching x values sit in one vector. Per group (or per block when G < 8W):
 // acc = sum(code * x), then total += acc * scale; the zero-points are applied once per row
 // with precomputed group sums of x: y = sum_g s_g * (sum_k code_k x_k - z_g * sum_k x_k).
+// Codes become floats one of two ways (subnormal_codes() picks one per process):
+//   convert:   nib<S> above, an AND and an int->float conversion per W codes.
+//   subnormal: the masked lane itself read as a float. A code c in bits 4S'..4S'+3 (S' = S & 3;
+//              nibbles 4-7 come from one 16-bit shift per block) is the subnormal c * 2^(4S'-149),
+//              and x was scaled by 2^(149 - T - 4S') when permuted, so every product is exactly
+//              c * x * 2^-T, a normal number; T = ilogb(max|x_m|) + 25 keeps the scaled x finite and
+//              the result is multiplied back by 2^T. Every product and rounding is the convert
+//              path's times a power of two, so the two give the same bits (short of products
+//              under 2^-100 max|x|, which underflow). One AND per W codes: 1.75x the FMAs per second
+//              on Zen 1. INT8 does the same on bytes after flipping their sign bits (u = q + 128):
+//              y = s * (sum_k u_k x_k - 128 * sum_k x_k); that offset costs about 2 bits.
+//              Subnormal operands need MXCSR.DAZ clear: NoDaz clears it for the kernel's duration.
 // Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
 // fp32 panel (NR = 2W columns wide) that stays in cache, then an MR x NR FMA micro-kernel.
 #pragma once
 #include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "qmatmul_impl.h"
 
 namespace pyquant {
 namespace PQ_ISA_NS {
+
+// ---- subnormal codes: helpers ---------------------------------------------------------------
+// Clears MXCSR.DAZ (denormals-are-zero, which torch.set_flush_denormal(True) sets) on this
+// thread while alive: subnormal codes would read as zero under it.
+struct NoDaz {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned saved = _mm_getcsr();
+  NoDaz() { _mm_setcsr(saved & ~0x40u); }
+  ~NoDaz() { _mm_setcsr(saved); }
+#endif
+};
+
+// T of the subnormal path: x * 2^(149 - T) stays below 2^126 for the row's largest |x|.
+static inline int subnormal_shift(const float* x, int64_t n) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  return (amax > 0.f && std::isfinite(amax)) ? std::ilogb(amax) + 25 : 25;
+}
 
 // ---- scalar conversions ------------------------------------------------------------------
 static inline float bits_f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -104,12 +140,14 @@ static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* ou
 }
 
 // ============================== decode: INT4 ==============================================
-constexpr int64_t kPrefetchBytes = 1024;  // software prefetch distance along a weight row (decode)
+constexpr int64_t kPrefetchBytes = 16384;  // software prefetch distance in the weight stream (decode; 16 KiB tuned on Zen 1)
 
 struct Int4Plan {
   int64_t G, ng, Kp, nblocks;  // nblocks full 8W-code blocks per row; codes past them: scalar tail
   int gshift;                   // log2(G): group of code k is k >> gshift (no division in the loop)
+  bool sub;                     // subnormal codes (see the top of this file)
   std::vector<float> xr, xp, gsum;  // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ng]
+  std::vector<double> unscale;      // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
 
 // The per-(row, m) integer-code dot products over the full blocks, times the group scales.
@@ -117,7 +155,7 @@ struct Int4Plan {
 // block with a per-lane scale vector. One accumulator per (row, m) (3 or 4 FMA chains: the
 // nibble conversions, not the FMA latency, set the pace): with R = 4, v/acc/tot stay in
 // registers.
-template <int MC, int R>
+template <int MC, int R, bool Sub>
 static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
                              const float* const* srow, const Int4Plan& p, float out[R][MC]) {
   using F = typename V::F;
@@ -142,11 +180,13 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
         F xs[MC];                                                                    \
         for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);          \
         for (int r = 0; r < R; ++r) {                                                \
-          F c = V::template nib<S>(v[r]);                                            \
+          F c = Sub ? V::bits(v[r], 15u << (4 * ((S) & 3))) : V::template nib<S>(v[r]); \
           for (int m = 0; m < MC; ++m) acc[r][m] = V::fma(c, xs[m], acc[r][m]);      \
         }                                                                            \
       }
       PQ_NIB_STEP(0) PQ_NIB_STEP(1) PQ_NIB_STEP(2) PQ_NIB_STEP(3)
+      if constexpr (Sub)  // nibbles 4-7 to the low half (in place: fewer live registers)
+        for (int r = 0; r < R; ++r) v[r] = V::srl16(v[r]);
       PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
 #undef PQ_NIB_STEP
     }
@@ -159,7 +199,7 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
 }
 
-template <int MC, int R>
+template <int MC, int R, bool Sub>
 static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, float* srow_buf, float* yacc) {
   // yacc[m][r] (MC x R, row-major with stride 4) receives the finished values.
   const int64_t row_bytes = p.Kp / 2;
@@ -169,7 +209,7 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
   for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kp;
   for (int r = 0; r < R; ++r) srow[r] = srow_buf + r * p.ng;
   float out[R][MC];
-  dec4_tile<MC, R>(xp, q, row_bytes, srow, p, out);
+  dec4_tile<MC, R, Sub>(xp, q, row_bytes, srow, p, out);
   const int64_t kt = p.nblocks * 8 * V::W;
   for (int r = 0; r < R; ++r) {
     const uint8_t* qr = q + r * row_bytes;
@@ -177,7 +217,7 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
     for (int m = 0; m < MC; ++m) {
       const float* xr = p.xr.data() + (m0 + m) * p.Kp;
       const float* gs = p.gsum.data() + (m0 + m) * p.ng;
-      float v = out[r][m];
+      float v = static_cast<float>(out[r][m] * p.unscale[m0 + m]);
       for (int64_t k = kt; k < p.Kp; ++k) {  // scalar tail (fewer than 8W codes)
         int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
         v += srow[r][k >> p.gshift] * static_cast<float>(code) * xr[k];
@@ -189,19 +229,19 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
   }
 }
 
-template <int MC>
+template <int MC, bool Sub>
 static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, float* srow_buf,
                        float* yacc) {
   constexpr int R = MC == 1 ? 4 : MC == 2 ? 2 : 1;
   int64_t r = 0;
   for (; r + R <= nr; r += R) {
     float tmp[MC * 4];
-    dec4_rows<MC, R>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
+    dec4_rows<MC, R, Sub>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
     for (int m = 0; m < MC; ++m) for (int j = 0; j < R; ++j) yacc[m * 4 + r + j] = tmp[m * 4 + j];
   }
   for (; r < nr; ++r) {
     float tmp[MC * 4];
-    dec4_rows<MC, 1>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
+    dec4_rows<MC, 1, Sub>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
     for (int m = 0; m < MC; ++m) yacc[m * 4 + r] = tmp[m * 4];
   }
 }
@@ -215,10 +255,12 @@ static void decode_int4(const QmmArgs& a) {
   p.nblocks = p.Kp / (8 * W);
   p.gshift = 0;
   while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
+  p.sub = subnormal_codes();
   const int64_t M = a.M, Kp = p.Kp;
   p.xr.assign(M * Kp, 0.f);
   p.xp.assign(M * Kp, 0.f);
   p.gsum.assign(M * p.ng, 0.f);
+  p.unscale.assign(M, 1.0);
   for (int64_t m = 0; m < M; ++m) {
     float* xr = p.xr.data() + m * Kp;
     float* xp = p.xp.data() + m * Kp;
@@ -228,16 +270,21 @@ static void decode_int4(const QmmArgs& a) {
       for (int64_t k = g * p.G; k < std::min(a.K, (g + 1) * p.G); ++k) s += xr[k];
       p.gsum[m * p.ng + g] = s;
     }
-    // Block b, lane l, nibble S holds code b*8W + 8l + S; it meets xp[b*8W + S*W + l].
+    // Block b, lane l, nibble S holds code b*8W + 8l + S; it meets xp[b*8W + S*W + l], scaled
+    // by the inverse of what the code's float carries (2^4S, or 2^(4S'-149-T) when subnormal).
+    const int T = p.sub ? subnormal_shift(xr, a.K) : 0;
+    if (p.sub) p.unscale[m] = std::ldexp(1.0, T);
+    double mul[8];
+    for (int S = 0; S < 8; ++S) mul[S] = std::ldexp(1.0, p.sub ? 149 - T - 4 * (S & 3) : S == 7 ? 0 : -4 * S);
     for (int64_t b = 0; b < p.nblocks; ++b)
-      for (int S = 0; S < 8; ++S) {
-        const float mul = S == 7 ? 1.f : 1.f / static_cast<float>(1u << (4 * S));
-        for (int l = 0; l < W; ++l) xp[b * 8 * W + S * W + l] = xr[b * 8 * W + 8 * l + S] * mul;
-      }
+      for (int S = 0; S < 8; ++S)
+        for (int l = 0; l < W; ++l)
+          xp[b * 8 * W + S * W + l] = static_cast<float>(xr[b * 8 * W + 8 * l + S] * mul[S]);
   }
   const int64_t N = a.N, nblk = (N + 3) / 4;
 #pragma omp parallel num_threads(threads_for(a))
   {
+    NoDaz no_daz;
     std::vector<float> srow(4 * p.ng), yrow(8 * 4);
 #pragma omp for schedule(dynamic, 16)
     for (int64_t bi = 0; bi < nblk; ++bi) {
@@ -246,11 +293,16 @@ static void decode_int4(const QmmArgs& a) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int64_t mc = std::min<int64_t>(4, M - m0);
         float* ya = yrow.data() + m0 * 4;
-        switch (mc) {
-          case 1: dec4_block<1>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 2: dec4_block<2>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 3: dec4_block<3>(a, p, m0, n0, nr, srow.data(), ya); break;
-          default: dec4_block<4>(a, p, m0, n0, nr, srow.data(), ya); break;
+        const int variant = static_cast<int>(mc) * 2 + (p.sub ? 1 : 0);
+        switch (variant) {
+          case 2: dec4_block<1, false>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 3: dec4_block<1, true>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 4: dec4_block<2, false>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 5: dec4_block<2, true>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 6: dec4_block<3, false>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 7: dec4_block<3, true>(a, p, m0, n0, nr, srow.data(), ya); break;
+          case 8: dec4_block<4, false>(a, p, m0, n0, nr, srow.data(), ya); break;
+          default: dec4_block<4, true>(a, p, m0, n0, nr, srow.data(), ya); break;
         }
       }
       for (int64_t m = 0; m < M; ++m) {
@@ -264,55 +316,113 @@ static void decode_int4(const QmmArgs& a) {
 }
 
 // ============================== decode: INT8 ==============================================
-template <int MC, int R>
-static inline void dec8_tile(const float* const* x, const int8_t* q, int64_t K, float out[R][MC]) {
+struct Int8Plan {
+  int64_t K, kt;                 // kt: codes covered by full blocks (4W codes, subnormal) or pairs of W
+  bool sub;                      // subnormal codes (see the top of this file)
+  std::vector<float> xr, xp;     // [M][K] raw; [M][kt] permuted and scaled (subnormal only)
+  std::vector<double> unscale, offset;  // [M]: 2^T and 128 * sum_{k<kt} x_k (subnormal), else 1 and 0
+};
+
+// Per-(row, m) dot products of the codes with x over k < kt (two FMA chains each).
+// Convert: W codes per load, sign-extended and converted. Subnormal: a 4W-byte block, lane l
+// holds codes 4l..4l+3; after flipping sign bits, byte j is one AND away from a subnormal float
+// (bytes 2-3 after one 16-bit shift per block), met by xp[block + jW + l].
+template <int MC, int R, bool Sub>
+static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, float out[R][MC]) {
   using F = typename V::F;
+  using I = typename V::I;
   constexpr int W = V::W;
+  const int64_t K = p.K;
   F acc0[R][MC], acc1[R][MC];
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) { acc0[r][m] = V::zero(); acc1[r][m] = V::zero(); }
-  int64_t k = 0;
-  for (; k + 2 * W <= K; k += 2 * W) {
-    F x0[MC], x1[MC];
-    for (int m = 0; m < MC; ++m) { x0[m] = V::load(x[m] + k); x1[m] = V::load(x[m] + k + W); }
-    for (int r = 0; r < R; ++r) {
-      F c0 = V::load_i8(q + r * K + k), c1 = V::load_i8(q + r * K + k + W);
-      for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
+  if constexpr (Sub) {
+    const float* xp[MC];
+    for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.kt;
+    for (int64_t k = 0; k < p.kt; k += 4 * W) {
+      I u[R], u16[R];
+      for (int r = 0; r < R; ++r) {
+        u[r] = V::flip_bytes(V::loadi(reinterpret_cast<const uint8_t*>(q + r * K + k)));
+        u16[r] = V::srl16(u[r]);
+        if constexpr (W > 1) __builtin_prefetch(q + r * K + k + kPrefetchBytes);
+      }
+      for (int j = 0; j < 4; j += 2) {
+        F x0[MC], x1[MC];
+        for (int m = 0; m < MC; ++m) { x0[m] = V::load(xp[m] + k + j * W); x1[m] = V::load(xp[m] + k + (j + 1) * W); }
+        for (int r = 0; r < R; ++r) {
+          const I& src = j < 2 ? u[r] : u16[r];
+          F c0 = V::bits(src, 0xFFu), c1 = V::bits(src, 0xFF00u);
+          for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
+        }
+      }
+    }
+  } else {
+    const float* x[MC];
+    for (int m = 0; m < MC; ++m) x[m] = p.xr.data() + (m0 + m) * K;
+    for (int64_t k = 0; k < p.kt; k += 2 * W) {
+      F x0[MC], x1[MC];
+      for (int m = 0; m < MC; ++m) { x0[m] = V::load(x[m] + k); x1[m] = V::load(x[m] + k + W); }
+      for (int r = 0; r < R; ++r) {
+        F c0 = V::load_i8(q + r * K + k), c1 = V::load_i8(q + r * K + k + W);
+        for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
+      }
     }
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MC; ++m) {
-      float v = V::hsum(V::add(acc0[r][m], acc1[r][m]));
-      for (int64_t kk = k; kk < K; ++kk) v += static_cast<float>(q[r * K + kk]) * x[m][kk];
+      const float* xr = p.xr.data() + (m0 + m) * K;
+      float v = static_cast<float>(V::hsum(V::add(acc0[r][m], acc1[r][m])) * p.unscale[m0 + m] - p.offset[m0 + m]);
+      for (int64_t k = p.kt; k < K; ++k) v += static_cast<float>(q[r * K + k]) * xr[k];  // scalar tail
       out[r][m] = v;
     }
 }
 
-template <int MC>
-static void dec8_block(const QmmArgs& a, const float* xf, int64_t m0, int64_t n0, int64_t nr, float* yacc) {
+template <int MC, bool Sub>
+static void dec8_block(const Int8Plan& p, const int8_t* qw, int64_t m0, int64_t n0, int64_t nr, float* yacc) {
   constexpr int R = MC <= 2 ? 4 : 2;
-  const int64_t K = a.K;
-  const auto* q = static_cast<const int8_t*>(a.qw);
-  const float* x[MC];
-  for (int m = 0; m < MC; ++m) x[m] = xf + (m0 + m) * K;
+  const int8_t* q = qw + n0 * p.K;
   int64_t r = 0;
   for (; r + R <= nr; r += R) {
     float out[R][MC];
-    dec8_tile<MC, R>(x, q + (n0 + r) * K, K, out);
+    dec8_tile<MC, R, Sub>(p, m0, q + r * p.K, out);
     for (int m = 0; m < MC; ++m) for (int j = 0; j < R; ++j) yacc[m * 4 + r + j] = out[j][m];
   }
   for (; r < nr; ++r) {
     float out[1][MC];
-    dec8_tile<MC, 1>(x, q + (n0 + r) * K, K, out);
+    dec8_tile<MC, 1, Sub>(p, m0, q + r * p.K, out);
     for (int m = 0; m < MC; ++m) yacc[m * 4 + r] = out[0][m];
   }
 }
 
 static void decode_int8(const QmmArgs& a) {
+  constexpr int W = V::W;
   const int64_t M = a.M, K = a.K, N = a.N, nblk = (N + 3) / 4;
-  std::vector<float> xf(M * K);
-  for (int64_t m = 0; m < M; ++m) load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xf.data() + m * K);
+  Int8Plan p;
+  p.K = K;
+  p.sub = subnormal_codes();
+  p.kt = p.sub ? K / (4 * W) * (4 * W) : K / (2 * W) * (2 * W);
+  p.xr.resize(M * K);
+  p.xp.resize(p.sub ? M * p.kt : 0);
+  p.unscale.assign(M, 1.0);
+  p.offset.assign(M, 0.0);
+  for (int64_t m = 0; m < M; ++m) {
+    float* xr = p.xr.data() + m * K;
+    load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xr);
+    if (!p.sub) continue;
+    const int T = subnormal_shift(xr, K);
+    p.unscale[m] = std::ldexp(1.0, T);
+    double sum = 0.0;
+    for (int64_t k = 0; k < p.kt; ++k) sum += xr[k];
+    p.offset[m] = 128.0 * sum;
+    const double mul[2] = {std::ldexp(1.0, 149 - T), std::ldexp(1.0, 149 - T - 8)};
+    float* xp = p.xp.data() + m * p.kt;
+    for (int64_t b = 0; b < p.kt; b += 4 * W)
+      for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < W; ++l) xp[b + j * W + l] = static_cast<float>(xr[b + 4 * l + j] * mul[j & 1]);
+  }
+  const auto* qw = static_cast<const int8_t*>(a.qw);
 #pragma omp parallel num_threads(threads_for(a))
   {
+    NoDaz no_daz;
     std::vector<float> yrow(8 * 4);
 #pragma omp for schedule(dynamic, 16)
     for (int64_t bi = 0; bi < nblk; ++bi) {
@@ -320,11 +430,15 @@ static void decode_int8(const QmmArgs& a) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int64_t mc = std::min<int64_t>(4, M - m0);
         float* ya = yrow.data() + m0 * 4;
-        switch (mc) {
-          case 1: dec8_block<1>(a, xf.data(), m0, n0, nr, ya); break;
-          case 2: dec8_block<2>(a, xf.data(), m0, n0, nr, ya); break;
-          case 3: dec8_block<3>(a, xf.data(), m0, n0, nr, ya); break;
-          default: dec8_block<4>(a, xf.data(), m0, n0, nr, ya); break;
+        switch (static_cast<int>(mc) * 2 + (p.sub ? 1 : 0)) {
+          case 2: dec8_block<1, false>(p, qw, m0, n0, nr, ya); break;
+          case 3: dec8_block<1, true>(p, qw, m0, n0, nr, ya); break;
+          case 4: dec8_block<2, false>(p, qw, m0, n0, nr, ya); break;
+          case 5: dec8_block<2, true>(p, qw, m0, n0, nr, ya); break;
+          case 6: dec8_block<3, false>(p, qw, m0, n0, nr, ya); break;
+          case 7: dec8_block<3, true>(p, qw, m0, n0, nr, ya); break;
+          case 8: dec8_block<4, false>(p, qw, m0, n0, nr, ya); break;
+          default: dec8_block<4, true>(p, qw, m0, n0, nr, ya); break;
         }
       }
       float s[4];

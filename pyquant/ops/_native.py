@@ -15,7 +15,7 @@ def native():
 
 
 def cpu_available() -> "tuple[bool, str]":
-    return (True, f"isa={_C.cpu_isa()}") if _C is not None else (False, _ERROR)
+    return (True, f"isa={_C.cpu_isa()}, codes={_C.cpu_codes()}") if _C is not None else (False, _ERROR)
 
 
 def cuda_available() -> "tuple[bool, str]":

@@ -3,7 +3,8 @@
 A backend is tested the moment it registers: the parametrization walks
 ``pq.ops.available_backends("qmatmul", device)`` for the CPU (the Triton interpreter included when
 TRITON_INTERPRET=1) and CUDA when present. Slow backends get a size cap (LIMITS). Also: the
-scalar ISA path of the C++ kernel (subprocess with PYQUANT_ISA=scalar), thread-count invariance,
+scalar ISA path of the C++ kernel (subprocess with PYQUANT_ISA=scalar), both ways the CPU decode
+kernels read weight codes (convert, subnormal), thread-count invariance,
 3-D inputs, and bad input raising ValueError naming the problem.
 """
 import functools
@@ -114,6 +115,68 @@ def test_cpu_strided_rows():
         assert torch.all(ybig[:, :2] == 0) and torch.all(ybig[:, 11:] == 0)
 
 
+@pytest.fixture
+def cpu_codes():
+    """Sets how the CPU decode kernels read weight codes (convert | subnormal); back to auto after."""
+    _C = _native.native()
+    yield _C.set_cpu_codes
+    _C.set_cpu_codes("auto")
+
+
+DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8]
+
+
+@needs_cpu
+@pytest.mark.parametrize("spec", SPECS)
+def test_cpu_code_modes(cpu_codes, spec):
+    """Both ways of turning codes into floats, whatever this CPU defaults to. INT4's subnormal
+    path scales every product by an exact power of two, so it must give the convert path's bits;
+    INT8's (codes offset by 128) must match float64 as closely as any path."""
+    for i, (m, n, k) in enumerate(DECODE_SHAPES):
+        qw, w64 = _weight(spec, n, k, seed=i)
+        x = randn(m, k, dtype=DTYPES[i % len(DTYPES)], seed=100 + i) * (10.0 ** (i % 5 - 2))
+        ys = {}
+        for mode in ("convert", "subnormal"):
+            cpu_codes(mode)
+            assert _native.native().cpu_codes() == mode
+            ys[mode] = pq.ops.qmatmul(x, qw, backend="cpu")
+            assert_matmul_close(ys[mode], x, w64, what=f"{mode} {spec} {m}x{n}x{k}")
+        if qw.spec.bits == 4:
+            assert torch.equal(ys["convert"], ys["subnormal"]), f"{spec} {m}x{n}x{k}"
+
+
+@needs_cpu
+@pytest.mark.parametrize("spec", ["int4-g128", "int8"])
+def test_cpu_subnormal_codes_edge_activations(cpu_codes, spec):
+    """Extreme activation scales, NaN/inf propagation, and flush-denormal mode (MXCSR.DAZ, which
+    would read every subnormal code as zero unless the kernel clears it)."""
+    qw, w64 = _weight(spec, 19, 600, seed=3)
+    cpu_codes("subnormal")
+    for scale in (1e-30, 1e-12, 1e12, 1e30):
+        x = randn(3, 600, seed=4) * scale
+        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"{spec} x*{scale:g}")
+    x = randn(2, 600, seed=5)
+    x[0, 17] = float("nan")
+    x[1, 3] = float("inf")
+    y = pq.ops.qmatmul(x, qw, backend="cpu")
+    assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all()
+    x = randn(4, 600, seed=6)
+    y = pq.ops.qmatmul(x, qw, backend="cpu")
+    torch.set_flush_denormal(True)
+    try:
+        y_daz = pq.ops.qmatmul(x, qw, backend="cpu")
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.equal(y, y_daz)
+
+
+@needs_cpu
+def test_cpu_codes_bad_mode():
+    with pytest.raises(ValueError, match="unknown code mode"):
+        _native.native().set_cpu_codes("fast")
+    assert _native.native().cpu_codes() in ("convert", "subnormal")
+
+
 SCALAR_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, sys.argv[1])
@@ -123,12 +186,14 @@ SCALAR_SCRIPT = textwrap.dedent("""
     from helpers import assert_matmul_close, randn
     assert _native.native().cpu_isa() == "scalar", _native.native().cpu_isa()
     cases = ((1, 7, 300, torch.float32), (6, 5, 129, torch.bfloat16), (19, 37, 520, torch.float32))
-    for spec in ("int8", "int4-g32", "int4-g128-sym-fp16"):
-        for (m, n, k, dt) in cases:
+    for mode in ("convert", "subnormal"):
+        _native.native().set_cpu_codes(mode)
+        for spec in ("int8", "int4-g32", "int4-g128-sym-fp16"):
+            for (m, n, k, dt) in cases:
                 qw = quantize_weight(randn(n, k, seed=k), spec)
                 x, b = randn(m, k, dtype=dt, seed=m), randn(n, dtype=dt, seed=n)
                 y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
-                assert_matmul_close(y, x, qw.dequantize(torch.float64), b, what=f"scalar {spec} {m} {n} {k} {dt}")
+                assert_matmul_close(y, x, qw.dequantize(torch.float64), b, what=f"scalar {mode} {spec} {m} {n} {k} {dt}")
     print("scalar ok")
 """)
 

@@ -16,4 +16,10 @@ const char* last_error();
 // Instruction set the CPU kernels dispatch to on this machine: "avx512", "avx2" or "scalar".
 const char* cpu_isa();
 
+// How the CPU decode kernels turn weight codes into floats: "subnormal" or "convert".
+const char* cpu_codes();
+// Sets it for the whole process: "convert", "subnormal" or "auto" (the default for this CPU).
+// Results are identical for INT4; the choice is a speed knob (and lets a benchmark time both).
+Status set_cpu_codes(const char* mode);
+
 }  // namespace pyquant
