@@ -1,0 +1,58 @@
+"""The benchmark scripts in bench/ run end to end at tiny sizes (so they cannot rot unseen).
+Their timings are not checked here (timing assertions belong in the benchmarks); their structure
+and the outputs that must agree between paths are."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pyquant.ops import _native
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_cpu = pytest.mark.skipif(_native.native() is None, reason="pyquant._C is not built")
+
+
+def _run(args, timeout=300):
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+@needs_cpu
+def test_qmatmul_bench_tiny(tmp_path):
+    out = tmp_path / "q.json"
+    _run([sys.executable, "bench/qmatmul.py", "--quick", "--size", "256", "--layers", "2", "--prefill-m", "16",
+          "--rounds", "2", "--prefill-rounds", "1", "--bw-bytes", str(16 << 20), "--output", str(out)])
+    res = json.loads(out.read_text())
+    names = {r["backend"] for r in res["rows"]}
+    other = "convert" if _native.native().cpu_codes() == "subnormal" else "subnormal"
+    assert {"pyquant cpu int4 (fp32 x)", "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T",
+            f"({other} codes) cpu int4 (fp32 x)", "pyquant cpu int4", "torch fp32 matmul"} <= names
+    assert all(r["us"] > 0 for r in res["rows"]) and len(res["targets"]) == 7
+
+
+@needs_cpu
+def test_stream_topn_bench_tiny(tmp_path):
+    out = tmp_path / "s.json"
+    _run([sys.executable, "bench/stream_topn.py", "--quick", "--shape", "64,32,1000", "--reps", "1", "--warmup", "0",
+          "--paths", "materialized,stream", "--json", str(out)])
+    rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
+    mat, stream = rows["materialized"], rows["stream"]
+    assert mat["top1_ids_checksum"] == stream["top1_ids_checksum"]
+    assert stream["kl_mean"] == pytest.approx(mat["kl_mean"], rel=1e-4, abs=1e-7)
+
+
+@needs_cpu
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_decode_ceiling_builds_and_runs(tmp_path):
+    if _native.native().cpu_isa() == "scalar":
+        pytest.skip("the loop needs AVX2 + FMA")
+    exe = tmp_path / "decode_ceiling"
+    _run(["g++", "-O2", "-mavx2", "-mfma", "-std=c++17", "bench/decode_ceiling.cpp", "-o", str(exe)])
+    text = _run([str(exe)])
+    rates = {line.split()[0] + " " + line.split()[1]: float(line.split()[2]) for line in text.splitlines()[1:]}
+    assert set(rates) == {"int4 convert", "int4 subnormal", "int8 convert", "int8 subnormal"}
+    assert all(v > 0 for v in rates.values())
