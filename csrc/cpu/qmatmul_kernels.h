@@ -22,8 +22,8 @@
 //              c * x * 2^-T, a normal number; T = ilogb(max|x_m|) + 25 keeps the scaled x finite and
 //              the result is multiplied back by 2^T. Every product and rounding is the convert
 //              path's times a power of two, so the two give the same bits (short of products
-//              under 2^-100 max|x|, which underflow). One AND per W codes: 1.75x the FMAs per second
-//              on Zen 1. INT8 does the same on bytes after flipping their sign bits (u = q + 128):
+//              under 2^-100 max|x|, which underflow). One AND per W codes: 1.7-1.8x the FMAs per
+//              second on Zen 1 (bench/decode_ceiling.cpp). INT8 does the same on bytes after flipping their sign bits (u = q + 128):
 //              y = s * (sum_k u_k x_k - 128 * sum_k x_k); that offset costs about 2 bits.
 //              Subnormal operands need MXCSR.DAZ clear: NoDaz clears it for the kernel's duration.
 // Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_dispatch.h"
@@ -136,6 +137,22 @@ static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* ou
   } else {
     const auto* s = static_cast<const uint16_t*>(a.scales) + n * ng;
     for (int64_t g = 0; g < ng; ++g) out[g] = f16_to_f32(s[g]);
+  }
+}
+
+// Calls f(MC, Sub) with both as compile-time constants (std::integral_constant): MC = mc of
+// the activation rows in 1..4, Sub = sub (subnormal codes). The decode kernels' one dispatch.
+template <class Fn>
+static inline void with_tile(int64_t mc, bool sub, Fn&& f) {
+  auto go = [&](auto MC) {
+    if (sub) f(MC, std::true_type{});
+    else f(MC, std::false_type{});
+  };
+  switch (mc) {
+    case 1: go(std::integral_constant<int, 1>{}); break;
+    case 2: go(std::integral_constant<int, 2>{}); break;
+    case 3: go(std::integral_constant<int, 3>{}); break;
+    default: go(std::integral_constant<int, 4>{}); break;
   }
 }
 
@@ -293,17 +310,9 @@ static void decode_int4(const QmmArgs& a) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int64_t mc = std::min<int64_t>(4, M - m0);
         float* ya = yrow.data() + m0 * 4;
-        const int variant = static_cast<int>(mc) * 2 + (p.sub ? 1 : 0);
-        switch (variant) {
-          case 2: dec4_block<1, false>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 3: dec4_block<1, true>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 4: dec4_block<2, false>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 5: dec4_block<2, true>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 6: dec4_block<3, false>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 7: dec4_block<3, true>(a, p, m0, n0, nr, srow.data(), ya); break;
-          case 8: dec4_block<4, false>(a, p, m0, n0, nr, srow.data(), ya); break;
-          default: dec4_block<4, true>(a, p, m0, n0, nr, srow.data(), ya); break;
-        }
+        with_tile(mc, p.sub, [&](auto MC, auto Sub) {
+          dec4_block<decltype(MC)::value, decltype(Sub)::value>(a, p, m0, n0, nr, srow.data(), ya);
+        });
       }
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
@@ -430,16 +439,9 @@ static void decode_int8(const QmmArgs& a) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int64_t mc = std::min<int64_t>(4, M - m0);
         float* ya = yrow.data() + m0 * 4;
-        switch (static_cast<int>(mc) * 2 + (p.sub ? 1 : 0)) {
-          case 2: dec8_block<1, false>(p, qw, m0, n0, nr, ya); break;
-          case 3: dec8_block<1, true>(p, qw, m0, n0, nr, ya); break;
-          case 4: dec8_block<2, false>(p, qw, m0, n0, nr, ya); break;
-          case 5: dec8_block<2, true>(p, qw, m0, n0, nr, ya); break;
-          case 6: dec8_block<3, false>(p, qw, m0, n0, nr, ya); break;
-          case 7: dec8_block<3, true>(p, qw, m0, n0, nr, ya); break;
-          case 8: dec8_block<4, false>(p, qw, m0, n0, nr, ya); break;
-          default: dec8_block<4, true>(p, qw, m0, n0, nr, ya); break;
-        }
+        with_tile(mc, p.sub, [&](auto MC, auto Sub) {
+          dec8_block<decltype(MC)::value, decltype(Sub)::value>(p, qw, m0, n0, nr, ya);
+        });
       }
       float s[4];
       for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, 1, s + r);  // int8: one scale per row
