@@ -135,6 +135,14 @@ class QuantizedWeight:
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
         self.validate()
+        self._runners = {}  # backend name -> prepared kernel runner (pyquant.ops.qmatmul); not part of the value
+
+    def __getstate__(self):  # pickle / deepcopy: the runners hold native handles; rebuilt on demand
+        return {k: v for k, v in self.__dict__.items() if k != "_runners"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._runners = {}
 
     # -- structure ------------------------------------------------------------------------
     @property

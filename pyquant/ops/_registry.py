@@ -1,6 +1,6 @@
 """Backend registry and dispatcher shared by every op.
 
-Each backend module (``pyquant/ops/backend_*.py``) registers one implementation per op with
+Each backend module (``pyquant/ops/backends/<op>_<backend>.py``) registers one implementation per op with
 ``@register(op, backend, devices=..., available=...)``. ``resolve`` picks the first available
 backend in PREFERENCE order for the input's device, or the one the caller named (and says why
 if that one is unavailable). ``backend_info()`` reports all of it: nothing degrades silently.
@@ -33,6 +33,9 @@ class Backend:
     fn: Callable
     devices: tuple
     available: Callable[[], "tuple[bool, str]"]
+    # Optional: prepare(weight...) -> run(x, bias) -> y, checking and converting a weight once for
+    # repeated calls (see ``register_prepare``). Backends without one are called through ``fn``.
+    prepare: "Callable | None" = None
 
     def status(self) -> "tuple[bool, str]":
         try:
@@ -54,6 +57,17 @@ def register(op: str, name: str, devices=("cpu", "cuda"), available: Callable = 
     def deco(fn):
         _REGISTRY.setdefault(op, {})[name] = Backend(op, name, fn, tuple(devices), available)
         return fn
+
+    return deco
+
+
+def register_prepare(op: str, name: str):
+    """Decorator: ``prepare(*weight_args) -> run(x, bias)`` for backend ``name`` of ``op``, called once
+    per weight by the op (which caches the runner) instead of ``fn`` on every call."""
+
+    def deco(prepare):
+        _REGISTRY[op][name].prepare = prepare
+        return prepare
 
     return deco
 

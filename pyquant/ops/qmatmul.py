@@ -7,7 +7,7 @@ group_size, in_features) -> y[M, N] in x's dtype.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -31,6 +31,27 @@ def _qmatmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
 @_qmatmul_op.register_fake
 def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, backend):
     return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+def _runner(qw: QuantizedWeight, impl) -> Callable:
+    """``run(x, bias) -> y`` for ``qw`` on backend ``impl``: its prepared runner (weight checked and
+    converted once), cached on ``qw`` while the weight's tensors stay the same objects and storage."""
+    hit = qw._runners.get(impl.name)
+    q, s, z = qw.qweight, qw.scales, qw.zeros
+    if hit is not None and hit[0] is q and hit[1] is s and hit[2] is z and hit[3] == _ptrs(q, s, z):
+        return hit[4]
+    args = (q, s, z, qw.spec.bits, qw.spec.group_size or 0, qw.in_features)
+    if impl.prepare is not None:
+        run = impl.prepare(*args)
+    else:
+        def run(x, bias, fn=impl.fn):
+            return fn(x, q, s, z, bias, *args[3:])
+    qw._runners[impl.name] = (q, s, z, _ptrs(q, s, z), run)
+    return run
+
+
+def _ptrs(*ts) -> tuple:
+    return tuple(0 if t is None else t.data_ptr() for t in ts)
 
 
 def check_qmatmul_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor]) -> None:
@@ -70,7 +91,7 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     if type(x2) is torch.Tensor and not torch.compiler.is_compiling():
         # Eager: call the backend directly; the custom-op dispatch alone costs ~0.1 ms per call on
         # a small CPU, more than a decode-size kernel. Tracing/compiling goes through the op.
-        y = impl.fn(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits, qw.spec.group_size or 0, qw.in_features)
+        y = _runner(qw, impl)(x2, bias)
     else:
         y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
                                       qw.spec.group_size or 0, qw.in_features, impl.name)

@@ -112,8 +112,18 @@ class QuantLinear(nn.Module):
 
     @property
     def qw(self) -> QuantizedWeight:
-        """The weight as a QuantizedWeight over this module's current buffers (no copy)."""
-        return QuantizedWeight(self.spec, self.qweight, self.scales, self.zeros, (self.out_features, self.in_features))
+        """The weight as a QuantizedWeight over this module's current buffers (no copy).
+
+        Kept between calls while the buffers stay the same tensors: building and validating one
+        costs tens of microseconds, as much as a decode-size kernel (``.to()`` or assigning a
+        buffer makes a new one)."""
+        b = self._buffers
+        q, s, z = b["qweight"], b["scales"], b["zeros"]
+        qw = self.__dict__.get("_qw")
+        if qw is None or qw.qweight is not q or qw.scales is not s or qw.zeros is not z:
+            qw = QuantizedWeight(self.spec, q, s, z, (self.out_features, self.in_features))
+            self.__dict__["_qw"] = qw
+        return qw
 
     @property
     def weight_nbytes(self) -> int:

@@ -245,6 +245,8 @@ def test_bad_input_binding():
 
     call()  # the good call works
     with pytest.raises(ValueError, match="x: last dimension"):
+        call(x=randn(2, 65))
+    with pytest.raises(ValueError, match=r"qweight: expected shape \[8, 48\]"):  # in_features 65: 3 groups
         call(k=65)
     with pytest.raises(ValueError, match="group size"):
         call(g=48)
@@ -301,3 +303,56 @@ def test_custom_op_matches_eager(device, backend):
     b = randn(13, seed=6, device=device)
     y_op = torch.ops.pyquant.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, 4, 32, 96, backend)
     assert torch.equal(y_op, pq.ops.qmatmul(x, qw, bias=b, backend=backend))
+
+
+@needs_cpu
+def test_cpu_weight_handle():
+    """_C.CpuWeight checks a weight once, keeps its arrays alive, and serves many calls."""
+    import gc
+
+    _C = _native.native()
+    qw = quantize_weight(randn(11, 200, seed=7), "int4-g64")
+    ref = qw.dequantize(torch.float64)
+    w = _C.CpuWeight(qw.qweight.clone(), qw.scales.clone(), qw.zeros.clone(), 4, 64, 200)
+    gc.collect()  # the clones are owned by the handle alone now
+    assert (w.out_features, w.in_features) == (11, 200)
+    for m, seed in ((1, 8), (6, 9), (20, 10)):
+        x = randn(m, 200, seed=seed)
+        y = torch.empty(m, 11)
+        w.matmul(torch.utils.dlpack.to_dlpack(x), None, y, 1)  # a bare capsule is an array too
+        assert_matmul_close(y, x, ref, what=f"CpuWeight M={m}")
+    with pytest.raises(ValueError, match="x: last dimension"):
+        w.matmul(randn(1, 199), None, torch.empty(1, 11))
+    with pytest.raises(ValueError, match="scales: expected shape"):
+        _C.CpuWeight(qw.qweight, qw.scales[:, :2], qw.zeros, 4, 64, 200)
+    with pytest.raises(ValueError, match="in_features must be positive"):
+        _C.CpuWeight(qw.qweight, qw.scales, qw.zeros, 4, 64, 0)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+def test_cached_runner_follows_the_weight(device, backend):
+    """qmatmul caches a prepared runner per weight: it must see every change to the weight's tensors
+    (in place, .data swapped, attribute replaced) and survive pickling and deepcopy."""
+    import copy
+    import pickle
+
+    a = quantize_weight(randn(9, 96, seed=11), "int4-g32").to(device)
+    b = quantize_weight(randn(9, 96, seed=12), "int4-g32").to(device)
+    x = randn(2, 96, seed=13, device=device)
+    y_b = pq.ops.qmatmul(x, b, backend=backend)
+    qw = copy.deepcopy(a)
+
+    def check():  # against a fresh QuantizedWeight (no cache) over the same tensors
+        fresh = pq.QuantizedWeight(qw.spec, qw.qweight.clone(), qw.scales.clone(), qw.zeros.clone(), qw.shape)
+        assert torch.equal(pq.ops.qmatmul(x, qw, backend=backend), pq.ops.qmatmul(x, fresh, backend=backend))
+
+    check()  # fills the cache
+    qw.qweight.copy_(b.qweight)  # in place
+    check()
+    qw.scales.data = b.scales.clone()  # same Python object, new storage
+    check()
+    qw.zeros = b.zeros.clone()  # a new object
+    check()
+    assert torch.equal(pq.ops.qmatmul(x, qw, backend=backend), y_b)
+    for clone in (copy.deepcopy(qw), pickle.loads(pickle.dumps(qw.to("cpu")))):
+        assert torch.equal(pq.ops.qmatmul(x.to(clone.device), clone, backend=backend).to(device), y_b)

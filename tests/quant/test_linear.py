@@ -66,6 +66,21 @@ def test_cast_keeps_format_and_state_dict_round_trip():
     assert h.scales.dtype == torch.float16 and h.zeros.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_changes_reach_the_kernel(backend):
+    """QuantLinear keeps its QuantizedWeight (and the kernel's prepared weight) between calls; a
+    state-dict load (in place) or a new buffer must still change what forward computes."""
+    a = QuantLinear.from_linear(nn.Linear(64, 16), "int4-g32")
+    b = QuantLinear.from_linear(nn.Linear(64, 16), "int4-g32")
+    x = torch.randn(2, 64)
+    with use_backend(backend):
+        a(x)
+        a.load_state_dict(b.state_dict())
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+        a.scales = b.scales * 2
+        torch.testing.assert_close(a(x) - a.bias, 2 * (b(x) - b.bias), rtol=1e-6, atol=1e-6)
+
+
 def test_conv1d_is_transposed():
     from transformers.pytorch_utils import Conv1D
 

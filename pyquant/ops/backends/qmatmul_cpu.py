@@ -8,27 +8,16 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .._registry import register
+from .._registry import register, register_prepare
 
 
-class _DLPack:
-    """A DLPack producer around an exported capsule: ``torch._C._to_dlpack`` costs ~1 us where
-    ``Tensor.__dlpack__`` costs ~7 us (its Python-level checks), per tensor per call."""
-
-    __slots__ = ("capsule",)
-
-    def __init__(self, t: torch.Tensor):
-        self.capsule = _to_dlpack(t.detach() if t.requires_grad else t)
-
-    def __dlpack__(self, *args, **kwargs):
-        return self.capsule
+def _to_dlpack(t: torch.Tensor):
+    return torch.utils.dlpack.to_dlpack(t.detach() if t.requires_grad else t)
 
 
-def _to_dlpack(t):
-    return torch.utils.dlpack.to_dlpack(t)
-
-
-_to_dlpack = getattr(torch._C, "_to_dlpack", _to_dlpack)
+if hasattr(torch._C, "_to_dlpack"):  # ~1 us where Tensor.__dlpack__ costs ~7 (its Python-level checks)
+    def _to_dlpack(t: torch.Tensor, _export=torch._C._to_dlpack):  # noqa: F811
+        return _export(t.detach() if t.requires_grad else t)
 
 
 @register("qmatmul", "cpu", devices=("cpu",), available=_native.cpu_available)
@@ -38,11 +27,22 @@ def qmatmul(x: torch.Tensor, qweight, scales, zeros, bias, bits: int, group_size
     Same signature and semantics as ``pyquant.ops.reference.qmatmul``; x's rows must have a
     contiguous last dimension. Uses ``torch.get_num_threads()`` OpenMP threads.
     """
+    return prepare(qweight, scales, zeros, bits, group_size, in_features)(x, bias)
+
+
+@register_prepare("qmatmul", "cpu")
+def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int):
+    """``run(x, bias) -> y`` over a ``_C.CpuWeight`` (the weight checked once, then borrowed)."""
     _C = _native.native()
     if _C is None:
         raise ValueError(f"qmatmul: backend 'cpu' is unavailable: {_native.cpu_available()[1]}")
-    y = torch.empty((x.shape[0], qweight.shape[0]), dtype=x.dtype, device=x.device)
-    _C.qmatmul_cpu(_DLPack(x), _DLPack(qweight), _DLPack(scales), None if zeros is None else _DLPack(zeros),
-                   None if bias is None else _DLPack(bias), int(bits), int(group_size), int(in_features), _DLPack(y),
-                   torch.get_num_threads())
-    return y
+    w = _C.CpuWeight(_to_dlpack(qweight), _to_dlpack(scales), None if zeros is None else _to_dlpack(zeros),
+                     int(bits), int(group_size), int(in_features))
+    n = w.out_features
+
+    def run(x: torch.Tensor, bias):
+        y = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+        w.matmul(_to_dlpack(x), None if bias is None else _to_dlpack(bias), _to_dlpack(y), torch.get_num_threads())
+        return y
+
+    return run
