@@ -35,6 +35,7 @@ struct V {
   static I srl16(I v) { return v >> 16; }
   static I flip_bytes(I v) { return v ^ 0x80808080u; }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
+  static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }
   static F scale_block(const float* s, int) { return s[0]; }
 };
 
