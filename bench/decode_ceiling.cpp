@@ -56,23 +56,22 @@ __attribute__((noinline)) float int4_loop() {
 }
 
 // INT8, convert: sign-extending load + conversion + FMA per 8 codes.
-// INT8, subnormal: per 32 codes one XOR (sign bits) and one shift, then AND + FMA per 8 codes.
+// INT8, subnormal: per 32 codes one XOR (sign bits); bytes 0-2 one AND each, byte 3 one shift; an FMA per 8 codes.
 template <bool Sub>
 __attribute__((noinline)) float int8_loop() {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int b = 0; b < NB8; ++b) {
     if constexpr (Sub) {
-      __m256i u[R], u16[R];
-      for (int r = 0; r < R; ++r) {
+      __m256i u[R];
+      for (int r = 0; r < R; ++r)
         u[r] = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(q8[r] + b * 32)),
                                 _mm256_set1_epi32(static_cast<int>(0x80808080u)));
-        u16[r] = _mm256_srli_epi32(u[r], 16);
-      }
       for (int j = 0; j < 4; ++j) {
         const __m256 xs = _mm256_load_ps(xp + b * 32 + j * 8);
         for (int r = 0; r < R; ++r) {
-          const __m256 c = _mm256_castsi256_ps(_mm256_and_si256(j < 2 ? u[r] : u16[r], _mm256_set1_epi32(0xFF << (8 * (j & 1)))));
+          const __m256i cj = j < 3 ? _mm256_and_si256(u[r], _mm256_set1_epi32(0xFF << (8 * j))) : _mm256_srli_epi32(u[r], 24);
+          const __m256 c = _mm256_castsi256_ps(cj);
           acc[r] = _mm256_fmadd_ps(c, xs, acc[r]);
         }
       }

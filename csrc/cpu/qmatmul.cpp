@@ -32,7 +32,9 @@ struct V {
     else return static_cast<float>(static_cast<int32_t>(v & (15u << (4 * S))));
   }
   static F bits(I v, uint32_t mask) { F f; v &= mask; std::memcpy(&f, &v, 4); return f; }
-  static I srl16(I v) { return v >> 16; }
+  template <int N>
+  static I srl(I v) { return v >> N; }
+  static F asf(I v) { F f; std::memcpy(&f, &v, 4); return f; }
   static I flip_bytes(I v) { return v ^ 0x80808080u; }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }

@@ -29,7 +29,9 @@ struct V {
     else return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15 << (4 * S))));
   }
   static F bits(I v, uint32_t mask) { return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask)))); }
-  static I srl16(I v) { return _mm256_srli_epi32(v, 16); }
+  template <int N>
+  static I srl(I v) { return _mm256_srli_epi32(v, N); }
+  static F asf(I v) { return _mm256_castsi256_ps(v); }
   static I flip_bytes(I v) { return _mm256_xor_si256(v, _mm256_set1_epi32(static_cast<int>(0x80808080u))); }
   static F load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

@@ -25,7 +25,9 @@ struct V {
     else return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15 << (4 * S))));
   }
   static F bits(I v, uint32_t mask) { return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(mask)))); }
-  static I srl16(I v) { return _mm512_srli_epi32(v, 16); }
+  template <int N>
+  static I srl(I v) { return _mm512_srli_epi32(v, N); }
+  static F asf(I v) { return _mm512_castsi512_ps(v); }
   static I flip_bytes(I v) { return _mm512_xor_si512(v, _mm512_set1_epi32(static_cast<int>(0x80808080u))); }
   static F load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));

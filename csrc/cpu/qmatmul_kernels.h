@@ -3,7 +3,7 @@
 // defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
 //   loadi (4W bytes), load_u8 (W uint8 -> float), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
-//   bits(I, mask) (lane & mask read as a float), srl16(I) (lane >> 16), flip_bytes(I) (lane ^
+//   bits(I, mask) (lane & mask read as a float), asf(I) (lane read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^
 //   0x80808080), load_i8 (W int8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
@@ -23,8 +23,11 @@
 //              the result is multiplied back by 2^T. Every product and rounding is the convert
 //              path's times a power of two, so the two give the same bits (short of products
 //              under 2^-100 max|x|, which underflow). One AND per W codes: 1.7-1.8x the FMAs per
-//              second on Zen 1 (bench/decode_ceiling.cpp). INT8 does the same on bytes after flipping their sign bits (u = q + 128):
-//              y = s * (sum_k u_k x_k - 128 * sum_k x_k); that offset costs about 2 bits.
+//              second on Zen 1 (bench/decode_ceiling.cpp). Any value in bits 0..23 reads linearly
+//              (bit 23 is the exponent's low bit, and 2^-126 = 2^23 * 2^-149: a float below 2^-125
+//              is its bit pattern times 2^-149). INT8 uses that on bytes after flipping their sign
+//              bits (u = q + 128): bytes 0-2 by one AND each, byte 3 by a 24-bit shift alone;
+//              y = s * (sum_k u_k x_k - 128 * sum_k x_k), an offset that costs about 2 bits.
 //              Subnormal operands need MXCSR.DAZ clear: NoDaz clears it for the kernel's duration.
 // Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
 // fp32 panel (NR = 2W columns wide) that stays in cache, then an MR x NR FMA micro-kernel.
@@ -203,7 +206,7 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
       }
       PQ_NIB_STEP(0) PQ_NIB_STEP(1) PQ_NIB_STEP(2) PQ_NIB_STEP(3)
       if constexpr (Sub)  // nibbles 4-7 to the low half (in place: fewer live registers)
-        for (int r = 0; r < R; ++r) v[r] = V::srl16(v[r]);
+        for (int r = 0; r < R; ++r) v[r] = V::template srl<16>(v[r]);
       PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
 #undef PQ_NIB_STEP
     }
@@ -349,8 +352,8 @@ struct Int8Plan {
 
 // Per-(row, m) dot products of the codes with x over k < kt (two FMA chains each).
 // Convert: W codes per load, sign-extended and converted. Subnormal: a 4W-byte block, lane l
-// holds codes 4l..4l+3; after flipping sign bits, byte j is one AND away from a subnormal float
-// (bytes 2-3 after one 16-bit shift per block), met by xp[block + jW + l].
+// holds codes 4l..4l+3; after flipping sign bits, byte j < 3 is one AND away from a tiny float
+// u * 2^(8j-149) and byte 3 one 24-bit shift away from u * 2^-149, met by xp[block + jW + l].
 template <int MC, int R, bool Sub>
 static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, float out[R][MC]) {
   using F = typename V::F;
@@ -363,18 +366,17 @@ static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, flo
     const float* xp[MC];
     for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.kt;
     for (int64_t k = 0; k < p.kt; k += 4 * W) {
-      I u[R], u16[R];
+      I u[R];
       for (int r = 0; r < R; ++r) {
         u[r] = V::flip_bytes(V::loadi(reinterpret_cast<const uint8_t*>(q + r * K + k)));
-        u16[r] = V::srl16(u[r]);
         if constexpr (W > 1) __builtin_prefetch(q + r * K + k + kPrefetchBytes);
       }
       for (int j = 0; j < 4; j += 2) {
         F x0[MC], x1[MC];
         for (int m = 0; m < MC; ++m) { x0[m] = V::load(xp[m] + k + j * W); x1[m] = V::load(xp[m] + k + (j + 1) * W); }
         for (int r = 0; r < R; ++r) {
-          const I& src = j < 2 ? u[r] : u16[r];
-          F c0 = V::bits(src, 0xFFu), c1 = V::bits(src, 0xFF00u);
+          F c0 = V::bits(u[r], j == 0 ? 0xFFu : 0xFF0000u);
+          F c1 = j == 0 ? V::bits(u[r], 0xFF00u) : V::asf(V::template srl<24>(u[r]));
           for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
         }
       }
@@ -437,11 +439,12 @@ static void decode_int8(const QmmArgs& a) {
     double sum = 0.0;
     for (int64_t k = 0; k < p.kt; ++k) sum += xr[k];
     p.offset[m] = 128.0 * sum;
-    const double mul[2] = {std::ldexp(1.0, 149 - T), std::ldexp(1.0, 149 - T - 8)};
+    const double mul[4] = {std::ldexp(1.0, 149 - T), std::ldexp(1.0, 141 - T), std::ldexp(1.0, 133 - T),
+                           std::ldexp(1.0, 149 - T)};  // byte j's float carries 2^(8j-149), byte 3 2^-149
     float* xp = p.xp.data() + m * p.kt;
     for (int64_t b = 0; b < p.kt; b += 4 * W)
       for (int j = 0; j < 4; ++j)
-        for (int l = 0; l < W; ++l) xp[b + j * W + l] = static_cast<float>(xr[b + 4 * l + j] * mul[j & 1]);
+        for (int l = 0; l < W; ++l) xp[b + j * W + l] = static_cast<float>(xr[b + 4 * l + j] * mul[j]);
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
 #pragma omp parallel num_threads(threads_for(a))
