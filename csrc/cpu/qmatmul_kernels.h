@@ -540,14 +540,20 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
     } else {
       row_scales(a, n, ng, srow);
       const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n * (ng * G / 2);
-      for (int64_t g0 = k0; g0 < k0 + kc; g0 += G) {
+      for (int64_t g0 = k0; g0 < k0 + kc; g0 += G) {  // G and k0 are even: groups start on a byte
         const int64_t g = g0 / G;
         const float s = srow[g], zs = s * static_cast<float>(a.zeros ? a.zeros[n * ng + g] : 8);
+        float lut[16];  // the group's 16 dequantized values, one lookup per code below
+        for (int c = 0; c < 16; ++c) lut[c] = static_cast<float>(c) * s - zs;
         const int64_t end = std::min(g0 + G, k0 + kc);
-        for (int64_t k = g0; k < end; ++k) {
-          const int code = (q[k >> 1] >> ((k & 1) * 4)) & 15;
-          dst[(k - k0) * kNR] = static_cast<float>(code) * s - zs;
+        float* d = dst + (g0 - k0) * kNR;
+        int64_t k = g0;
+        for (; k + 1 < end; k += 2, d += 2 * kNR) {
+          const uint8_t byte = q[k >> 1];
+          d[0] = lut[byte & 15];
+          d[kNR] = lut[byte >> 4];
         }
+        if (k < end) d[0] = lut[q[k >> 1] & 15];  // odd K: the last code, alone
       }
     }
   }
