@@ -2,9 +2,10 @@
 // qmatmul.cpp (scalar, W=1), qmatmul_avx2.cpp (W=8), qmatmul_avx512.cpp (W=16). The includer
 // defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
-//   loadi (4W bytes), load_u8 (W uint8 -> float), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
-//   bits(I, mask) (lane & mask read as a float), asf(I) (lane read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^
-//   0x80808080), load_i8 (W int8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
+//   loadi (4W bytes), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
+//   bits(I, mask) (lane & mask read as a float), asf(I) (lane read as a float), srl<N>(I)
+//   (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 / load_u8 (W int8 / uint8 -> float),
+//   scale_block(s, lpg) (lane l gets s[l / lpg]).
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
