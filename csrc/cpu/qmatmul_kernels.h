@@ -174,8 +174,8 @@ struct Int4Plan {
 // The per-(row, m) integer-code dot products over the full blocks, times the group scales.
 // The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
 // block with a per-lane scale vector. One accumulator per (row, m) (3 or 4 FMA chains: the
-// nibble conversions, not the FMA latency, set the pace): with R = 4, v/acc/tot stay in
-// registers.
+// nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace): with R = 4,
+// v/acc/tot stay in registers.
 template <int MC, int R, bool Sub>
 static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
                              const float* const* srow, const Int4Plan& p, float out[R][MC]) {
@@ -194,7 +194,7 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
       const int64_t k0 = b * 8 * W;
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
-      if constexpr (W > 1)  // weights stream from memory: ask for them ~1 KiB ahead of use
+      if constexpr (W > 1)  // weights stream from memory: ask for them kPrefetchBytes ahead of use
         for (int r = 0; r < R; ++r) __builtin_prefetch(q + r * row_bytes + b * 4 * W + kPrefetchBytes);
 #define PQ_NIB_STEP(S)                                                               \
       {                                                                              \

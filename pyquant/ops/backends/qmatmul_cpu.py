@@ -11,13 +11,13 @@ from .. import _native
 from .._registry import register, register_prepare
 
 
+# torch._C._to_dlpack costs ~1 us where Tensor.__dlpack__ costs ~7 (its Python-level checks).
+_export = getattr(torch._C, "_to_dlpack", torch.utils.dlpack.to_dlpack)
+
+
 def _to_dlpack(t: torch.Tensor):
-    return torch.utils.dlpack.to_dlpack(t.detach() if t.requires_grad else t)
-
-
-if hasattr(torch._C, "_to_dlpack"):  # ~1 us where Tensor.__dlpack__ costs ~7 (its Python-level checks)
-    def _to_dlpack(t: torch.Tensor, _export=torch._C._to_dlpack):  # noqa: F811
-        return _export(t.detach() if t.requires_grad else t)
+    """A DLPack capsule of ``t`` (detached: the kernels do no autograd)."""
+    return _export(t.detach() if t.requires_grad else t)
 
 
 @register("qmatmul", "cpu", devices=("cpu",), available=_native.cpu_available)
