@@ -35,6 +35,8 @@ struct V {
   template <int N>
   static I srl(I v) { return v >> N; }
   static F asf(I v) { F f; std::memcpy(&f, &v, 4); return f; }
+  static F cvt_and(I v, uint32_t mask) { return static_cast<float>(static_cast<int32_t>(v & mask)); }
+  static I gather4(const uint8_t* p, int64_t) { return loadi(p); }
   static I flip_bytes(I v) { return v ^ 0x80808080u; }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }

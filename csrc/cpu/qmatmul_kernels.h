@@ -5,7 +5,8 @@
 //   loadi (4W bytes), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
 //   bits(I, mask) (lane & mask read as a float), asf(I) (lane read as a float), srl<N>(I)
 //   (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 / load_u8 (W int8 / uint8 -> float),
-//   scale_block(s, lpg) (lane l gets s[l / lpg]).
+//   scale_block(s, lpg) (lane l gets s[l / lpg]), cvt_and(I, mask) (float(lane & mask)),
+//   gather4(p, stride) (lane l: the 4 bytes at p + l * stride, little-endian).
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
@@ -524,39 +525,85 @@ static void micro_rows(int mr, const float* A, int64_t lda, const float* Bp, int
   }
 }
 
+// One panel column: row n's codes k0..k0+kc-1, dequantized into dst[k * kNR] (scalar; the
+// columns of a panel narrower than W, and the last codes of a K block that is not a multiple of
+// 8, land here). srow holds row n's scales.
+static void dequant_column(const QmmArgs& a, int64_t n, int64_t k0, int64_t k1, int64_t kbase, const float* srow,
+                           float* dst) {
+  if (a.bits == 8) {
+    const int8_t* q = static_cast<const int8_t*>(a.qw) + n * a.K;
+    for (int64_t k = k0; k < k1; ++k) dst[(k - kbase) * kNR] = static_cast<float>(q[k]) * srow[0];
+    return;
+  }
+  const int64_t G = a.group, ng = (a.K + G - 1) / G;
+  const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n * (ng * G / 2);
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t g = k / G;
+    const float z = static_cast<float>(a.zeros ? a.zeros[n * ng + g] : 8);
+    const int code = (q[k >> 1] >> ((k & 1) * 4)) & 15;
+    dst[(k - kbase) * kNR] = std::fma(static_cast<float>(code), srow[g], -(srow[g] * z));
+  }
+}
+
 // Dequantize W[n0:n0+nc, k0:k0+kc] into Bp: panel j (columns j*NR..) is kc x NR, zero-padded.
+// Vectorized across rows: lane l holds row n+l, each row's codes are read 4 bytes at a time
+// (gather4) and peeled off low bits first, so one step gives one k for W rows, one store into
+// the panel. Every value is one fma: code * s - s * z (INT4), or u * s - 128 * s with
+// u = q + 128 (INT8: the same rounding as q * s, since 128 * s is exact).
 static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int64_t kc, float* Bp, float* srow) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int W = V::W;
   const int npan = (nc + kNR - 1) / kNR;
-  const int64_t G = a.group, ng = a.bits == 4 ? (a.K + G - 1) / G : 1;
+  const int64_t G = a.group, ng = a.bits == 4 ? (a.K + G - 1) / G : 1, kend = k0 + kc;
   for (int j = nc; j < npan * kNR; ++j)
     for (int64_t k = 0; k < kc; ++k) Bp[(j / kNR) * kc * kNR + k * kNR + j % kNR] = 0.f;
-  for (int j = 0; j < nc; ++j) {
-    const int64_t n = n0 + j;
-    float* dst = Bp + (j / kNR) * kc * kNR + j % kNR;
-    if (a.bits == 8) {
-      float s;
-      row_scales(a, n, 1, &s);
-      const int8_t* q = static_cast<const int8_t*>(a.qw) + n * a.K + k0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * kNR] = static_cast<float>(q[k]) * s;
-    } else {
-      row_scales(a, n, ng, srow);
-      const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n * (ng * G / 2);
-      for (int64_t g0 = k0; g0 < k0 + kc; g0 += G) {  // G and k0 are even: groups start on a byte
-        const int64_t g = g0 / G;
-        const float s = srow[g], zs = s * static_cast<float>(a.zeros ? a.zeros[n * ng + g] : 8);
-        float lut[16];  // the group's 16 dequantized values, one lookup per code below
-        for (int c = 0; c < 16; ++c) lut[c] = static_cast<float>(c) * s - zs;
-        const int64_t end = std::min(g0 + G, k0 + kc);
-        float* d = dst + (g0 - k0) * kNR;
-        int64_t k = g0;
-        for (; k + 1 < end; k += 2, d += 2 * kNR) {
-          const uint8_t byte = q[k >> 1];
-          d[0] = lut[byte & 15];
-          d[kNR] = lut[byte >> 4];
+  for (int j0 = 0; j0 < nc; j0 += W) {
+    const int nr = std::min(W, nc - j0);
+    const int64_t n = n0 + j0;
+    float* dst = Bp + (j0 / kNR) * kc * kNR + j0 % kNR;
+    for (int l = 0; l < nr; ++l) row_scales(a, n + l, ng, srow + l * ng);
+    int64_t kv = k0;  // codes before kv: vectorized; from kv on: dequant_column
+    if (nr == W) {
+      alignas(64) float st[W], zt[W];
+      if (a.bits == 8) {
+        const auto* q = reinterpret_cast<const uint8_t*>(static_cast<const int8_t*>(a.qw) + n * a.K);
+        for (int l = 0; l < W; ++l) { st[l] = srow[l * ng]; zt[l] = -128.f * st[l]; }
+        const F s = V::load(st), off = V::load(zt);
+        for (; kv + 4 <= kend; kv += 4) {
+          I v = V::flip_bytes(V::gather4(q + kv, a.K));
+          float* d = dst + (kv - k0) * kNR;
+          V::store(d, V::fma(V::cvt_and(v, 255), s, off));
+          V::store(d + kNR, V::fma(V::cvt_and(V::template srl<8>(v), 255), s, off));
+          V::store(d + 2 * kNR, V::fma(V::cvt_and(V::template srl<16>(v), 255), s, off));
+          V::store(d + 3 * kNR, V::fma(V::cvt_and(V::template srl<24>(v), 255), s, off));
         }
-        if (k < end) d[0] = lut[q[k >> 1] & 15];  // odd K: the last code, alone
+      } else {
+        const int64_t row_bytes = ng * G / 2;
+        const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
+        for (; kv < kend; kv += G) {  // one group per pass (G and k0 are multiples of 8)
+          const int64_t g = kv / G;
+          for (int l = 0; l < W; ++l) {
+            st[l] = srow[l * ng + g];
+            zt[l] = -(st[l] * static_cast<float>(a.zeros ? a.zeros[(n + l) * ng + g] : 8));
+          }
+          const F s = V::load(st), off = V::load(zt);
+          const int64_t gend = std::min(kv + G, kend);
+          int64_t k = kv;
+          for (; k + 8 <= gend; k += 8) {
+            I v = V::gather4(q + k / 2, row_bytes);
+            float* d = dst + (k - k0) * kNR;
+            for (int c = 0; c < 8; ++c, d += kNR) {
+              V::store(d, V::fma(V::cvt_and(v, 15), s, off));
+              v = V::template srl<4>(v);
+            }
+          }
+          if (k < gend) { kv = k; break; }  // the K block's last few codes (K not a multiple of 8)
+        }
       }
     }
+    if (kv < kend)
+      for (int l = 0; l < nr; ++l) dequant_column(a, n + l, kv, kend, k0, srow + l * ng, dst + l);
   }
 }
 
@@ -583,7 +630,7 @@ static void prefill(const QmmArgs& a) {
   const int64_t ng = a.bits == 4 ? (K + a.group - 1) / a.group : 1;
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> Bp(kKC * kNC), srow(ng), Cbuf(direct ? 0 : mblk * kNC);
+    std::vector<float> Bp(kKC * kNC), srow(V::W * ng), Cbuf(direct ? 0 : mblk * kNC);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < nnb * nmb; ++t) {
       const int64_t n0 = (t / nmb) * kNC, mb0 = (t % nmb) * mblk;
