@@ -116,6 +116,24 @@ __device__ __forceinline__ float load_scale(const Params& p, int64_t idx) {
   return p.scales_f16 ? __half2float(static_cast<const __half*>(p.scales)[idx]) : static_cast<const float*>(p.scales)[idx];
 }
 
+// acc[m][j] += sum_i x[m][k + i] * wf[j][i] for the M (<= MT) activation rows: NE dequantized
+// codes of each of the warp's NC weight rows against the matching NE values of each x row.
+template <int MT, int NC, int NE, typename T>
+__device__ __forceinline__ void fma_codes(const T* __restrict__ x, const Params& p, int64_t M, int64_t k,
+                                          const float (&wf)[NC][NE], float (&acc)[MT][NC]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m < M) {
+      float xv[NE];
+      load_x<T, NE>(x + m * p.ldx, k, p.K, p.x_vec, xv);
+#pragma unroll
+      for (int j = 0; j < NC; ++j)
+#pragma unroll
+        for (int i = 0; i < NE; ++i) acc[m][j] = fmaf(xv[i], wf[j][i], acc[m][j]);
+    }
+  }
+}
+
 // Output columns per warp: each x value loaded is reused for NC weight rows (fewer x loads per
 // weight byte); fewer columns at large M keep the accumulators in registers.
 template <int MT>
@@ -171,17 +189,7 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const Params p) {
         for (int j = 0; j < NC; ++j)
 #pragma unroll
           for (int i = 0; i < 8; ++i) wf[j][i] = float((words[j][wi] >> (4 * i)) & 0xFu) - z[j];
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m < M) {
-            float xv[8];
-            load_x<T, 8>(x + m * p.ldx, k, p.K, p.x_vec, xv);
-#pragma unroll
-            for (int j = 0; j < NC; ++j)
-#pragma unroll
-              for (int i = 0; i < 8; ++i) part[m][j] = fmaf(xv[i], wf[j][i], part[m][j]);
-          }
-        }
+        fma_codes<MT, NC, 8>(x, p, M, k, wf, part);
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m)
@@ -208,17 +216,7 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const Params p) {
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             wf[j][i] = float(static_cast<int8_t>(static_cast<uint8_t>(words[j][wi] >> (8 * i))));
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m < M) {
-            float xv[4];
-            load_x<T, 4>(x + m * p.ldx, k, p.K, p.x_vec, xv);
-#pragma unroll
-            for (int j = 0; j < NC; ++j)
-#pragma unroll
-              for (int i = 0; i < 4; ++i) acc[m][j] = fmaf(xv[i], wf[j][i], acc[m][j]);
-          }
-        }
+        fma_codes<MT, NC, 4>(x, p, M, k, wf, acc);
       }
     }
     const int64_t kt = nfull * 16 + lane;  // the K % 16 tail, one code per lane
