@@ -22,7 +22,7 @@ import time
 from typing import Callable, Optional
 
 from . import data
-from .results import make_results, read_results, write_results
+from .results import changed_settings, make_results, read_results, write_results
 
 REFERENCE_VARIANT = "fp32"
 DEFAULT_VARIANTS = ("int8", "int4-g128", "int4-g32")
@@ -95,17 +95,13 @@ def _reusable(path: str) -> bool:
 def _check_config(out_dir: str, config: dict) -> None:
     """Refuse an output directory that holds a demo run made with other settings."""
     path = os.path.join(out_dir, "demo-config.json")
-    config = json.loads(json.dumps(config))  # tuples -> lists, as read back
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise ValueError(f"{out_dir} holds a demo run made with other settings ({', '.join(diff)} differ): "
-                             "use another --output-dir or delete it")
-    else:
+    diff = changed_settings(path, config)
+    if diff is None:
         with open(path, "w") as f:
             json.dump(config, f, indent=1)
+    elif diff:
+        raise ValueError(f"{out_dir} holds a demo run made with other settings ({', '.join(diff)} differ): "
+                         "use another --output-dir or delete it")
 
 
 def _texts(settings: DemoSettings) -> list:

@@ -87,6 +87,17 @@ def write_results(path: str, results: dict) -> str:
     return path
 
 
+def changed_settings(path: str, settings: dict) -> "list[str] | None":
+    """The keys whose values differ between the settings saved as JSON at ``path`` and ``settings``
+    (compared as read back: tuples become lists); None when nothing is saved there."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(settings))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def read_results(path: str) -> dict:
     """Read and check a results file; ValueError if it is not one of ours or of a newer version."""
     try:

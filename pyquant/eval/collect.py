@@ -20,6 +20,7 @@ import torch
 
 from ..models import final_hidden_states, lm_head_weight, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_logprobs
+from ..results import changed_settings
 from .prompts import Prompt, encode_prompt
 from .store import LOGPROB_DTYPES, ReferenceSequence, ReferenceStore
 
@@ -98,13 +99,10 @@ def record_sequences(model, seqs: "list[list[int]]", prompt_lens: "list[int]", t
 def _load_checkpoint(ckpt: str, settings: dict) -> "dict[int, ReferenceSequence]":
     """Finished sequences from a checkpoint directory made with the same settings."""
     done: dict = {}
-    path = os.path.join(ckpt, _SETTINGS)
-    if not os.path.isfile(path):
+    diff = changed_settings(os.path.join(ckpt, _SETTINGS), settings)
+    if diff is None:
         return done
-    with open(path) as f:
-        old = json.load(f)
-    if old != settings:
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if diff:
         raise ValueError(f"{ckpt} holds a run with different settings ({', '.join(diff)}): "
                          "delete it or rerun with the same model, prompts and options")
     for name in sorted(os.listdir(ckpt)):
