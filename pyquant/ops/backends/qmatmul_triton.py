@@ -12,7 +12,7 @@ import torch
 
 from ...formats import SUPPORTED_GROUP_SIZES
 from .. import _native
-from .._registry import register
+from .._registry import register, register_prepare
 
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -22,12 +22,12 @@ def check_backend_args(x, qweight, scales, zeros, bias, bits: int, group_size: i
 
     Shared by the GPU backends (triton, cuda): they receive raw tensors, not a QuantizedWeight.
     """
-    if x.dim() != 2:
-        raise ValueError(f"{who}: x must be 2-D [M, K], got shape {list(x.shape)}")
-    if x.dtype not in _X_DTYPES:
-        raise ValueError(f"{who}: unsupported activation dtype {x.dtype} (use float32, bfloat16 or float16)")
-    if x.shape[1] != in_features:
-        raise ValueError(f"{who}: x has K={x.shape[1]} but the weight has in_features={in_features}")
+    check_weight_args(qweight, scales, zeros, bits, group_size, in_features, who)
+    check_call_args(x, bias, qweight, in_features, who)
+
+
+def check_weight_args(qweight, scales, zeros, bits: int, group_size: int, in_features: int, who: str) -> None:
+    """The weight's half of check_backend_args: formats, shapes, and one device for all of it."""
     if scales.dtype not in (torch.float32, torch.float16):
         raise ValueError(f"{who}: scales must be float32 or float16, got {scales.dtype}")
     n = qweight.shape[0] if qweight.dim() == 2 else -1
@@ -51,13 +51,26 @@ def check_backend_args(x, qweight, scales, zeros, bias, bits: int, group_size: i
             raise ValueError(f"{who}: int4 zeros must be uint8 [{n}, {ng}], got {zeros.dtype} {list(zeros.shape)}")
     else:
         raise ValueError(f"{who}: unsupported bit width {bits!r}: use 8 or 4")
-    if bias is not None and tuple(bias.shape) != (n,):
-        raise ValueError(f"{who}: bias must have shape [{n}], got {list(bias.shape)}")
-    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
-        if t is None:
-            continue
-        if t.device != x.device:
-            raise ValueError(f"{who}: {name} is on {t.device} but x is on {x.device}")
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if t is not None and t.device != qweight.device:
+            raise ValueError(f"{who}: {name} is on {t.device} but qweight is on {qweight.device}")
+
+
+def check_call_args(x, bias, qweight, in_features: int, who: str) -> None:
+    """The per-call half of check_backend_args: x and bias against a weight already checked."""
+    if x.dim() != 2:
+        raise ValueError(f"{who}: x must be 2-D [M, K], got shape {list(x.shape)}")
+    if x.dtype not in _X_DTYPES:
+        raise ValueError(f"{who}: unsupported activation dtype {x.dtype} (use float32, bfloat16 or float16)")
+    if x.shape[1] != in_features:
+        raise ValueError(f"{who}: x has K={x.shape[1]} but the weight has in_features={in_features}")
+    if qweight.device != x.device:
+        raise ValueError(f"{who}: qweight is on {qweight.device} but x is on {x.device}")
+    if bias is not None:
+        if tuple(bias.shape) != (qweight.shape[0],):
+            raise ValueError(f"{who}: bias must have shape [{qweight.shape[0]}], got {list(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError(f"{who}: bias is on {bias.device} but x is on {x.device}")
 
 
 def _unit_last_stride(t):
@@ -73,14 +86,26 @@ def qmatmul_triton(x, qweight, scales, zeros, bias, bits: int, group_size: int, 
 
     Same signature and semantics as ``pyquant.ops.reference.qmatmul``. Raises ValueError on bad input.
     """
-    check_backend_args(x, qweight, scales, zeros, bias, bits, group_size, in_features, "qmatmul[triton]")
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if x.device.type != "cuda" and not interpret:
-        raise ValueError(f"qmatmul[triton]: x is on {x.device}; the Triton backend needs a CUDA device "
-                         "(or TRITON_INTERPRET=1 for the CPU interpreter)")
-    from ...kernels import qmatmul as kq
+    return prepare(qweight, scales, zeros, bits, group_size, in_features)(x, bias)
 
-    x, qweight, scales, zeros = (_unit_last_stride(t) for t in (x, qweight, scales, zeros))
-    if bias is not None:
-        bias = bias.contiguous()
-    return kq.qmatmul(x, qweight, scales, zeros, bias, bits, group_size, in_features, interpret=interpret)
+
+@register_prepare("qmatmul", "triton")
+def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int):
+    """``run(x, bias) -> y``: the weight checked once; each call checks x and bias. (A weight without
+    unit last strides is copied per call, not here, so in-place changes to it are always seen.)"""
+    who = "qmatmul[triton]"
+    check_weight_args(qweight, scales, zeros, bits, group_size, in_features, who)
+
+    def run(x: torch.Tensor, bias):
+        check_call_args(x, bias, qweight, in_features, who)
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        if x.device.type != "cuda" and not interpret:
+            raise ValueError(f"{who}: x is on {x.device}; the Triton backend needs a CUDA device "
+                             "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+        from ...kernels import qmatmul as kq
+
+        x_, q, s, z = (_unit_last_stride(t) for t in (x, qweight, scales, zeros))
+        return kq.qmatmul(x_, q, s, z, None if bias is None else bias.contiguous(), bits, group_size, in_features,
+                          interpret=interpret)
+
+    return run
