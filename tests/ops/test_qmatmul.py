@@ -5,7 +5,8 @@ A backend is tested the moment it registers: the parametrization walks
 TRITON_INTERPRET=1) and CUDA when present. Slow backends get a size cap (LIMITS). Also: the
 scalar ISA path of the C++ kernel (subprocess with PYQUANT_ISA=scalar), both ways the CPU decode
 kernels read weight codes (convert, subnormal), thread-count invariance,
-3-D inputs, and bad input raising ValueError naming the problem.
+3-D inputs, and bad input raising ValueError naming the problem. The AVX-512 kernels on CPUs
+without AVX-512: test_qmatmul_avx512_emu.py.
 """
 import functools
 import os
