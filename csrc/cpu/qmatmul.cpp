@@ -26,17 +26,11 @@ struct V {
   static I loadi(const uint8_t* p) {  // little-endian: byte 0 in the low bits
     return static_cast<I>(p[0]) | static_cast<I>(p[1]) << 8 | static_cast<I>(p[2]) << 16 | static_cast<I>(p[3]) << 24;
   }
-  template <int S>
-  static F nib(I v) {
-    if constexpr (S == 7) return static_cast<float>(v >> 28);
-    else return static_cast<float>(static_cast<int32_t>(v & (15u << (4 * S))));
-  }
-  static F bits(I v, uint32_t mask) { F f; v &= mask; std::memcpy(&f, &v, 4); return f; }
+  static I band(I v, uint32_t mask) { return v & mask; }
+  static F cvt(I v) { return static_cast<float>(static_cast<int32_t>(v)); }
   template <int N>
   static I srl(I v) { return v >> N; }
   static F asf(I v) { F f; std::memcpy(&f, &v, 4); return f; }
-  static F cvt_and(I v, uint32_t mask) { return static_cast<float>(static_cast<int32_t>(v & mask)); }
-  static I gather4(const uint8_t* p, int64_t) { return loadi(p); }
   static I flip_bytes(I v) { return v ^ 0x80808080u; }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }

@@ -2,7 +2,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace pyquant {
 namespace isa_avx2 {
@@ -24,21 +23,11 @@ struct V {
     return _mm_cvtss_f32(s);
   }
   static I loadi(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  template <int S>
-  static F nib(I v) {
-    if constexpr (S == 7) return _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
-    else return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15 << (4 * S))));
-  }
-  static F bits(I v, uint32_t mask) { return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask)))); }
+  static I band(I v, uint32_t mask) { return _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask))); }
+  static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
   template <int N>
   static I srl(I v) { return _mm256_srli_epi32(v, N); }
   static F asf(I v) { return _mm256_castsi256_ps(v); }
-  static F cvt_and(I v, uint32_t mask) { return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask)))); }
-  static I gather4(const uint8_t* p, int64_t stride) {  // lane l: the 4 bytes at p + l * stride
-    int32_t u[W];
-    for (int l = 0; l < W; ++l) std::memcpy(&u[l], p + l * stride, 4);
-    return _mm256_setr_epi32(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7]);
-  }
   static I flip_bytes(I v) { return _mm256_xor_si256(v, _mm256_set1_epi32(static_cast<int>(0x80808080u))); }
   static F load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

@@ -3,7 +3,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace pyquant {
 namespace isa_avx512 {
@@ -20,21 +19,11 @@ struct V {
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
   static I loadi(const uint8_t* p) { return _mm512_loadu_si512(reinterpret_cast<const void*>(p)); }
-  template <int S>
-  static F nib(I v) {
-    if constexpr (S == 7) return _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 28));
-    else return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15 << (4 * S))));
-  }
-  static F bits(I v, uint32_t mask) { return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(mask)))); }
+  static I band(I v, uint32_t mask) { return _mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(mask))); }
+  static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
   template <int N>
   static I srl(I v) { return _mm512_srli_epi32(v, N); }
   static F asf(I v) { return _mm512_castsi512_ps(v); }
-  static F cvt_and(I v, uint32_t mask) { return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(mask)))); }
-  static I gather4(const uint8_t* p, int64_t stride) {  // lane l: the 4 bytes at p + l * stride
-    int32_t u[W];
-    for (int l = 0; l < W; ++l) std::memcpy(&u[l], p + l * stride, 4);
-    return _mm512_loadu_si512(u);
-  }
   static I flip_bytes(I v) { return _mm512_xor_si512(v, _mm512_set1_epi32(static_cast<int>(0x80808080u))); }
   static F load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));

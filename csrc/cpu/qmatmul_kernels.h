@@ -2,11 +2,10 @@
 // qmatmul.cpp (scalar, W=1), qmatmul_avx2.cpp (W=8), qmatmul_avx512.cpp (W=16). The includer
 // defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
-//   loadi (4W bytes), nib<S>(I) = float((lane >> 4S) & 15) * 2^(4S) for S<7 (S=7: unscaled),
-//   bits(I, mask) (lane & mask read as a float), asf(I) (lane read as a float), srl<N>(I)
-//   (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 / load_u8 (W int8 / uint8 -> float),
-//   scale_block(s, lpg) (lane l gets s[l / lpg]), cvt_and(I, mask) (float(lane & mask)),
-//   gather4(p, stride) (lane l: the 4 bytes at p + l * stride, little-endian).
+//   loadi (4W bytes), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
+//   read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 /
+//   load_u8 (W int8 / uint8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
+// What is built from those (nib, bits, cvt_and, gather4) is defined once below.
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
@@ -54,6 +53,25 @@
 
 namespace pyquant {
 namespace PQ_ISA_NS {
+
+// ---- lane operations built from the traits ---------------------------------------------------
+// float(lane & mask)
+static inline typename V::F cvt_and(typename V::I v, uint32_t mask) { return V::cvt(V::band(v, mask)); }
+// lane & mask, read as a float (a subnormal when the bits sit below the exponent)
+static inline typename V::F bits(typename V::I v, uint32_t mask) { return V::asf(V::band(v, mask)); }
+// Nibble S of every lane as a float: float((lane >> 4S) & 15) * 2^(4S) for S < 7 (masked in place);
+// S = 7 is shifted down instead, so unscaled.
+template <int S>
+static inline typename V::F nib(typename V::I v) {
+  if constexpr (S == 7) return V::cvt(V::template srl<28>(v));
+  else return cvt_and(v, 15u << (4 * S));
+}
+// Lane l: the 4 bytes at p + l * stride (little-endian), one row per lane.
+static inline typename V::I gather4(const uint8_t* p, int64_t stride) {
+  alignas(64) uint32_t u[V::W];
+  for (int l = 0; l < V::W; ++l) std::memcpy(&u[l], p + l * stride, 4);
+  return V::loadi(reinterpret_cast<const uint8_t*>(u));
+}
 
 // ---- subnormal codes: helpers ---------------------------------------------------------------
 // Clears MXCSR.DAZ (denormals-are-zero, which torch.set_flush_denormal(True) sets) on this
@@ -205,7 +223,7 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
         F xs[MC];                                                                    \
         for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);          \
         for (int r = 0; r < R; ++r) {                                                \
-          F c = Sub ? V::bits(v[r], 15u << (4 * ((S) & 3))) : V::template nib<S>(v[r]); \
+          F c = Sub ? bits(v[r], 15u << (4 * ((S) & 3))) : nib<S>(v[r]);            \
           for (int m = 0; m < MC; ++m) acc[r][m] = V::fma(c, xs[m], acc[r][m]);      \
         }                                                                            \
       }
@@ -380,8 +398,8 @@ static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, flo
         F x0[MC], x1[MC];
         for (int m = 0; m < MC; ++m) { x0[m] = V::load(xp[m] + k + j * W); x1[m] = V::load(xp[m] + k + (j + 1) * W); }
         for (int r = 0; r < R; ++r) {
-          F c0 = V::bits(u[r], j == 0 ? 0xFFu : 0xFF0000u);
-          F c1 = j == 0 ? V::bits(u[r], 0xFF00u) : V::asf(V::template srl<24>(u[r]));
+          F c0 = bits(u[r], j == 0 ? 0xFFu : 0xFF0000u);
+          F c1 = j == 0 ? bits(u[r], 0xFF00u) : V::asf(V::template srl<24>(u[r]));
           for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
         }
       }
@@ -574,12 +592,12 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
         for (int l = 0; l < W; ++l) { st[l] = srow[l * ng]; zt[l] = -128.f * st[l]; }
         const F s = V::load(st), off = V::load(zt);
         for (; kv + 4 <= kend; kv += 4) {
-          I v = V::flip_bytes(V::gather4(q + kv, a.K));
+          I v = V::flip_bytes(gather4(q + kv, a.K));
           float* d = dst + (kv - k0) * kNR;
-          V::store(d, V::fma(V::cvt_and(v, 255), s, off));
-          V::store(d + kNR, V::fma(V::cvt_and(V::template srl<8>(v), 255), s, off));
-          V::store(d + 2 * kNR, V::fma(V::cvt_and(V::template srl<16>(v), 255), s, off));
-          V::store(d + 3 * kNR, V::fma(V::cvt_and(V::template srl<24>(v), 255), s, off));
+          V::store(d, V::fma(cvt_and(v, 255), s, off));
+          V::store(d + kNR, V::fma(cvt_and(V::template srl<8>(v), 255), s, off));
+          V::store(d + 2 * kNR, V::fma(cvt_and(V::template srl<16>(v), 255), s, off));
+          V::store(d + 3 * kNR, V::fma(cvt_and(V::template srl<24>(v), 255), s, off));
         }
       } else {
         const int64_t row_bytes = ng * G / 2;
@@ -594,10 +612,10 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
           const int64_t gend = std::min(kv + G, kend);
           int64_t k = kv;
           for (; k + 8 <= gend; k += 8) {
-            I v = V::gather4(q + k / 2, row_bytes);
+            I v = gather4(q + k / 2, row_bytes);
             float* d = dst + (k - k0) * kNR;
             for (int c = 0; c < 8; ++c, d += kNR) {
-              V::store(d, V::fma(V::cvt_and(v, 15), s, off));
+              V::store(d, V::fma(cvt_and(v, 15), s, off));
               v = V::template srl<4>(v);
             }
           }
