@@ -22,6 +22,8 @@ _LAZY = {
     "collect_reference": "pyquant.eval.collect",
     "compare": "pyquant.eval.compare",
     "perplexity": "pyquant.eval.perplexity",
+    "read_tasks": "pyquant.eval.tasks",
+    "evaluate_tasks": "pyquant.eval.tasks",
     "benchmark": "pyquant.perf.benchmark",
 }
 

@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("quantize", "reference", "compare", "perplexity", "bench", "report", "demo")
+COMMANDS = ("quantize", "reference", "compare", "perplexity", "tasks", "bench", "report", "demo")
 
 
 class UsageError(Exception):

@@ -2,10 +2,11 @@
 
 Steps: load the model (default: the bundled SmolLM2-135M) -> collect a reference on the
 built-in prompts -> for the full-precision model and each quantized variant (RTN on a fresh
-copy): compare against the reference, perplexity on the built-in text, benchmark -> the
+copy): compare against the reference, perplexity on the built-in text, the built-in
+multiple-choice tasks (flips against the full-precision model's answers), benchmark -> the
 trade-off report (HTML + Markdown + PNGs) -> print the summary.
 
-Files in the output directory: ``reference.pqref``, ``{variant}.{compare,perplexity,bench}.json``
+Files in the output directory: ``reference.pqref``, ``{variant}.{compare,perplexity,tasks,bench}.json``
 (pyquant results files), ``report.html``, ``report.md``, ``report_*.png`` and ``demo-config.json``.
 Resumable: a results file that is already there and complete is reused, and the reference
 store resumes from its checkpoint; a directory made with other settings is refused rather than
@@ -18,6 +19,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -37,6 +39,7 @@ class DemoSettings:
     top_n: int
     ppl_words: Optional[int]  # words of the built-in text (None: all)
     ppl_context: int
+    task_items: Optional[int]  # how many built-in task items (None: all)
     bench_batch_sizes: tuple
     bench_prompt_len: int
     bench_gen_len: int
@@ -45,10 +48,10 @@ class DemoSettings:
     bench_peak_memory: bool  # isolated worker process per setting (peak RSS)
 
 
-FULL = DemoSettings(prompts=None, max_new_tokens=96, top_n=16, ppl_words=None, ppl_context=512,
+FULL = DemoSettings(prompts=None, max_new_tokens=96, top_n=16, ppl_words=None, ppl_context=512, task_items=None,
                     bench_batch_sizes=(1, 8), bench_prompt_len=128, bench_gen_len=32, bench_requests=5,
                     bench_warmup=1, bench_peak_memory=True)
-QUICK = DemoSettings(prompts=4, max_new_tokens=8, top_n=16, ppl_words=60, ppl_context=64,
+QUICK = DemoSettings(prompts=4, max_new_tokens=8, top_n=16, ppl_words=60, ppl_context=64, task_items=6,
                      bench_batch_sizes=(1, 2), bench_prompt_len=16, bench_gen_len=4, bench_requests=2,
                      bench_warmup=0, bench_peak_memory=False)
 
@@ -158,6 +161,7 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
 
     from .eval.prompts import read_prompts
     from .eval.store import ReferenceStore
+    from .eval.tasks import TaskResult, evaluate_tasks, read_tasks
     from .report.build import format_table_text, write_report
 
     log = _Log(out)
@@ -186,11 +190,15 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
         log(f"reference: {len(store)} sequences, {store.num_rows} scored positions, "
             f"{store.bytes_per_token:.1f} bytes/token -> {store_path}")
     texts = _texts(settings)
+    task_items = read_tasks(data.tasks_path())[: settings.task_items]
+    base_tasks = None  # the full-precision model's answers: the baseline of every variant's flips
 
     # -- each variant -----------------------------------------------------------------------------
     for variant in (REFERENCE_VARIANT,) + variants:
-        paths = {k: os.path.join(output_dir, f"{variant}.{k}.json") for k in ("compare", "perplexity", "bench")}
+        paths = {k: os.path.join(output_dir, f"{variant}.{k}.json") for k in ("compare", "perplexity", "tasks", "bench")}
         todo = {k: p for k, p in paths.items() if not _reusable(p)}
+        if variant == REFERENCE_VARIANT and "tasks" not in todo:
+            base_tasks = TaskResult.from_dict(read_results(paths["tasks"])["data"])
         for k, p in paths.items():
             if k not in todo:
                 log(f"{variant}: reusing {p}")
@@ -221,6 +229,23 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
             write_results(todo["perplexity"], make_results("perplexity", r.to_dict(), variant=variant, model=minfo))
             results.append(todo["perplexity"])
             log(f"{variant}: token perplexity {r.token_perplexity:.3f}, bits/byte {r.bits_per_byte:.4f}")
+        if "tasks" in todo:
+            log(f"{variant}: {len(task_items)} built-in multiple-choice task items")
+            bar, cb = _bar(f"tasks {variant}", len(task_items), "item")
+            with bar:
+                r = evaluate_tasks(m, tok, task_items, checkpoint=todo["tasks"] + ".partial", progress=cb)
+            if base_tasks is None:
+                base_tasks = r
+            else:
+                r.compare_with(base_tasks, label=REFERENCE_VARIANT,
+                               path=os.path.join(output_dir, f"{REFERENCE_VARIANT}.tasks.json"))
+            write_results(todo["tasks"], make_results("tasks", r.to_dict(), variant=variant, model=minfo))
+            shutil.rmtree(todo["tasks"] + ".partial", ignore_errors=True)
+            results.append(todo["tasks"])
+            a = r.summary()["all"]
+            flips = (r.flips or {}).get("acc", {}).get("all")
+            log(f"{variant}: task accuracy {100 * a['acc']:.2f}%"
+                + (f", {flips['flips']} flips vs {REFERENCE_VARIANT} ({flips['correct_to_wrong']} right->wrong)" if flips else ""))
         if "bench" in todo:
             log(f"{variant}: benchmark, batch sizes {settings.bench_batch_sizes}, prompt {settings.bench_prompt_len} "
                 f"+ {settings.bench_gen_len} generated tokens, {settings.bench_requests} timed requests each")

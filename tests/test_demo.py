@@ -43,7 +43,7 @@ def _tiny_model_dir(path):
 def _check_output(out_dir):
     files = set(os.listdir(out_dir))
     for v in VARIANTS:
-        for kind in ("compare", "perplexity", "bench"):
+        for kind in ("compare", "perplexity", "tasks", "bench"):
             r = read_results(os.path.join(out_dir, f"{v}.{kind}.json"))
             assert r["complete"] and r["variant"] == v and r["kind"] == kind
     assert {"reference.pqref", "report.html", "report.md", "demo-config.json"} <= files
@@ -57,6 +57,13 @@ def _check_output(out_dir):
     kl = {v: read_results(os.path.join(out_dir, f"{v}.compare.json"))["data"]["stats"]["all"]["kl_mean"]
           for v in VARIANTS[1:]}
     assert all(k > fp32["kl_mean"] for k in kl.values())
+    tasks = {v: read_results(os.path.join(out_dir, f"{v}.tasks.json"))["data"] for v in VARIANTS}
+    assert tasks["fp32"]["flips"] is None
+    for v in VARIANTS[1:]:  # flips against the full-precision model's answers, on the same items
+        f = tasks[v]["flips"]["acc"]["all"]
+        assert f["n"] == tasks["fp32"]["summary"]["all"]["n"] == len(tasks[v]["items"])
+        assert f["acc_baseline"] == pytest.approx(tasks["fp32"]["summary"]["all"]["acc"])
+    assert "Task accuracy" in html
     return kl
 
 
@@ -74,7 +81,7 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     mtimes = {f: os.path.getmtime(out / f) for f in os.listdir(out) if f.endswith(".json") and f != "demo-config.json"}
     assert main(["demo", "--quick", "--model", model_dir, "--output-dir", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.count("reusing") == 3 * len(VARIANTS) + 1  # + the reference store
+    assert text.count("reusing") == 4 * len(VARIANTS) + 1  # + the reference store
     assert mtimes == {f: os.path.getmtime(out / f) for f in mtimes}
     # an output directory made with other settings is refused, not mixed
     assert main(["demo", "--model", model_dir, "--output-dir", str(out)]) == 2

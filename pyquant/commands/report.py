@@ -24,8 +24,8 @@ def run(args) -> int:
 
     out = write_report(args.results, args.output, max_kl=args.max_kl, title=args.title)
     rep = out["report"]
-    for t in rep.tables[:2]:
-        print(format_table_text(t) + "\n")
+    for t in rep.tables:
+        print(t.title + "\n" + format_table_text(t) + "\n")
     for _, vd, s in rep.verdict_lines:
         print(f"{vd.upper():<10} {s}")
     print(rep.summary)

@@ -4,6 +4,8 @@ prompts.jsonl    24 prompts for reference collection: instructions, facts with n
                  and multi-turn chats ({"prompt": ...} or {"messages": [...]} per line).
 perplexity.txt   an original text of about 2,800 words (plain English prose with numbers and
                  dates) for perplexity.
+tasks.jsonl      original multiple-choice questions in a few small tasks, for task accuracy and flips
+                 ({"id", "task", "context", "choices", "answer"} per line).
 """
 from __future__ import annotations
 
@@ -28,3 +30,8 @@ def prompts_path() -> str:
 def perplexity_text_path() -> str:
     """Path of the built-in perplexity text (UTF-8 plain text, one document)."""
     return path("perplexity.txt")
+
+
+def tasks_path() -> str:
+    """Path of the built-in multiple-choice task set (JSONL)."""
+    return path("tasks.jsonl")

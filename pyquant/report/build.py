@@ -11,7 +11,7 @@ import os
 from typing import Callable, Optional
 
 from . import plots
-from .load import Variant, cost_figures, kl_cdf, kl_curve, load_variants, quality_figures
+from .load import Variant, cost_figures, kl_cdf, kl_curve, load_variants, quality_figures, task_figures
 from .pareto import cheapest_passing, knee_point, pareto_front, verdict
 
 DEFAULT_MAX_KL = 0.007  # mean KL (nats/token): a commonly cited bar for a high-quality deployment
@@ -96,6 +96,68 @@ def _quality_table(variants, qual) -> Table:
                  "reference's tokens. Text PPL and bits/byte: rolling-window perplexity of the text corpus.")
 
 
+def _pct(x: Optional[float], ci: Optional[tuple] = None) -> str:
+    """A fraction as percent with 2 decimals, and its interval in percent when given."""
+    return "n/a" if x is None else f"{x * 100:.2f}%" + _ci(ci, ".2f", 100)
+
+
+def _pp(x: Optional[float], ci: Optional[tuple] = None) -> str:
+    """A difference of fractions as signed percentage points, and its interval when given."""
+    return "n/a" if x is None else f"{x * 100:+.2f} pp" + _ci(ci, "+.2f", 100)
+
+
+def _task_cell(p: Optional[dict]) -> str:
+    """One task's accuracy, with its flip rate in parentheses when known."""
+    if p is None:
+        return "n/a"
+    return _pct(p["acc"]) + ("" if p["flip_rate"] is None else f" ({_pct(p['flip_rate'])})")
+
+
+def _task_tables(variants, tasks) -> list:
+    """The "Task accuracy" table and, with more than one task, "Task accuracy by task"; [] when
+    no variant has tasks results."""
+    if not any(v.tasks for v in variants):
+        return []
+    baselines = sorted({t["baseline"] for t in tasks.values() if t["baseline"]})
+    rows = []
+    for v in variants:
+        t = tasks[v.name]
+        c2w, w2c = t["correct_to_wrong"], t["wrong_to_correct"]
+        delta = ("baseline" if t["delta_acc"] is None and t["acc"] is not None and v.name in baselines
+                 else _pp(t["delta_acc"], t["delta_acc_ci95"]))
+        items = _f(t["items"], "d") + (f" (+{t['nonfinite']} non-finite left out)" if t["nonfinite"] else "")
+        rows.append([v.name, _pct(t["acc"], t["acc_ci95"]), _pct(t["acc_norm"]), delta,
+                     "n/a" if c2w is None or w2c is None else f"{c2w + w2c} ({c2w} / {w2c})",
+                     _pct(t["flip_rate"]), _f(t["mcnemar_p"], ".3g"), items])
+    out = [Table("Task accuracy",
+                 ["variant", "accuracy [95% CI]", "acc_norm", "Δ acc vs baseline [95% CI]",
+                  "flips (right→wrong / wrong→right)", "flip rate", "McNemar p", "items"], rows,
+                 "Accuracy: lm-evaluation-harness multiple-choice accuracy (the choice with the highest summed "
+                 "log-likelihood; acc_norm divides it by the choice's length in characters), over all tasks' "
+                 "items pooled; 95% intervals are Wilson score intervals. Flips: items answered correctly by "
+                 "exactly one of the baseline and the candidate (right→wrong: the candidate lost it), after "
+                 "\"Accuracy is not all you need\" (Dutta et al., 2024): a small accuracy difference can hide "
+                 "many flips. McNemar p: exact test of whether the accuracy difference itself is "
+                 "distinguishable from noise." + (f" Baseline: {', '.join(baselines)}." if baselines else ""))]
+    names = list(dict.fromkeys(k for t in tasks.values() for k in t["per_task"]))
+    if len(names) > 1:
+        rows = [[v.name] + [_task_cell(tasks[v.name]["per_task"].get(k)) for k in names] for v in variants]
+        out.append(Table("Task accuracy by task", ["variant"] + names, rows,
+                         "Accuracy per task (flip rate vs the baseline in parentheses)."))
+    return out
+
+
+def _task_clause(t: dict) -> str:
+    """A short sentence on a variant's task accuracy for its verdict line, or "" without one."""
+    if t["acc"] is None:
+        return ""
+    s = f" Task accuracy {t['acc'] * 100:.2f}%"
+    vs = [] if t["delta_acc"] is None else [f"{_pp(t['delta_acc'])} vs {t['baseline'] or 'the baseline'}"]
+    if t["flip_rate"] is not None:
+        vs.append(f"{t['flip_rate'] * 100:.2f}% of answers flipped")
+    return s + (f" ({', '.join(vs)})" if vs else "") + "."
+
+
 def _cost_table(variants, cost) -> Table:
     rows = []
     for v in variants:
@@ -127,6 +189,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
     variants: list[Variant] = load_variants(paths)
     qual = {v.name: quality_figures(v) for v in variants}
     cost = {v.name: cost_figures(v) for v in variants}
+    tasks = {v.name: task_figures(v) for v in variants}
     names = [v.name for v in variants]
     verdicts = [verdict(qual[n]["kl_mean"], max_kl, qual[n]["kl_mean_ci95"]) for n in names]
 
@@ -141,7 +204,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
             if vd == "borderline":
                 s += " (the 95% interval reaches past the threshold: measure on more prompts)"
             s += "."
-        lines.append((n, vd, s))
+        lines.append((n, vd, s + _task_clause(tasks[n])))
 
     parts = []
     for key, label, get in COST_AXES:
@@ -168,7 +231,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
             knees.append(f"by {label.split(' (')[0]}: {pnames[knee]}")
     knee_line = ("Knee of the Pareto front (most saving for least divergence): " + "; ".join(knees) + ".") if knees else ""
 
-    tables = [_quality_table(variants, qual), _cost_table(variants, cost)]
+    tables = [_quality_table(variants, qual), *_task_tables(variants, tasks), _cost_table(variants, cost)]
     tp = _throughput_table(variants, cost)
     if tp:
         tables.append(tp)

@@ -3,7 +3,7 @@
 The report layer reads results files only (pyquant/results.py), never models. Every figure is
 looked up tolerantly: a results file that lacks a key gives ``None`` for that figure (shown as
 "n/a"), never an error, so a report can be made from whatever subset of compare / perplexity /
-bench runs exists.
+bench / tasks runs exists.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 
 from ..results import read_results
 
-KINDS = ("compare", "perplexity", "bench")
+KINDS = ("compare", "perplexity", "bench", "tasks")
 
 
 @dataclasses.dataclass
@@ -24,6 +24,7 @@ class Variant:
     compare: Optional[dict] = None
     perplexity: Optional[dict] = None
     bench: Optional[dict] = None
+    tasks: Optional[dict] = None  # multiple-choice task accuracy and flips vs a baseline (pyquant tasks)
     model: dict = dataclasses.field(default_factory=dict)
     incomplete: list = dataclasses.field(default_factory=list)  # kinds whose file says complete=false
     sources: list = dataclasses.field(default_factory=list)  # paths read for this variant
@@ -32,7 +33,8 @@ class Variant:
 def load_variants(paths: Iterable[str]) -> list[Variant]:
     """Read results files and merge them by their ``variant`` label.
 
-    Returns the variants in order of first appearance. Files of kinds the report does not show
+    Reads the kinds in KINDS (compare, perplexity, bench, tasks) into the Variant field of that name
+    and returns the variants in order of first appearance. Files of kinds the report does not show
     (e.g. "reference") are skipped. Two files of the same kind for the same variant: the later
     path wins. Raises ValueError for a file that is not a pyquant results file or has no variant.
     """
@@ -55,7 +57,7 @@ def load_variants(paths: Iterable[str]) -> list[Variant]:
         if not obj.get("complete", True):
             v.incomplete.append(kind)
     if not variants:
-        raise ValueError(f"none of the {len(paths)} files holds compare, perplexity or bench results")
+        raise ValueError(f"none of the {len(paths)} files holds {', '.join(KINDS[:-1])} or {KINDS[-1]} results")
     return list(variants.values())
 
 
@@ -134,6 +136,60 @@ def quality_figures(v: Variant) -> dict:
         "ppl_token": _num(_find(total, "token_perplexity")),
         "ppl_word": _num(_find(total, "word_perplexity")),
         "bits_per_byte": _num(_find(total, "bits_per_byte")),
+    }
+
+
+def _dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _count(x: Any) -> Optional[int]:
+    n = _num(x)
+    return None if n is None else int(n)
+
+
+def task_figures(v: Variant) -> dict:
+    """Task accuracy figures of a variant from its tasks results; each None when not measured.
+
+    Reads data["summary"] = {"all": S, "<task>": S, ...} (S: n, nonfinite, acc, acc_ci95, acc_norm,
+    acc_norm_ci95; accuracies as fractions 0..1) and data["flips"] = None or {"baseline": {"variant"},
+    "acc": {"all": F, "<task>": F}, "acc_norm": {...}} (F: delta_acc, delta_acc_ci95,
+    correct_to_wrong, wrong_to_correct, flip_rate, changed_rate, mcnemar_p, ...); flips are those
+    judged by acc's predictions.
+
+    Keys: acc, acc_ci95 (low, high), acc_norm, acc_norm_ci95, items (items scored), nonfinite
+    (items left out), delta_acc (acc - baseline acc), delta_acc_ci95, correct_to_wrong,
+    wrong_to_correct, flip_rate, changed_rate, mcnemar_p, baseline (the baseline's variant label),
+    and per_task: {task: {"acc", "acc_ci95", "n", "flip_rate", "delta_acc"}} in file order.
+    """
+    d = _dict(v.tasks)
+    summary, flips = _dict(d.get("summary")), _dict(d.get("flips"))
+    per_flips = _dict(flips.get("acc"))
+    s, f = _dict(summary.get("all")), _dict(per_flips.get("all"))
+    baseline = _dict(flips.get("baseline")).get("variant")
+    per_task = {}
+    for name, st in summary.items():
+        if name != "all":
+            st, ft = _dict(st), _dict(per_flips.get(name))
+            per_task[str(name)] = {"acc": _num(st.get("acc")), "acc_ci95": _interval(st.get("acc_ci95")),
+                                   "n": _count(st.get("n")), "flip_rate": _num(ft.get("flip_rate")),
+                                   "delta_acc": _num(ft.get("delta_acc"))}
+    return {
+        "acc": _num(s.get("acc")),
+        "acc_ci95": _interval(s.get("acc_ci95")),
+        "acc_norm": _num(s.get("acc_norm")),
+        "acc_norm_ci95": _interval(s.get("acc_norm_ci95")),
+        "items": _count(s.get("n")),
+        "nonfinite": _count(s.get("nonfinite")),
+        "delta_acc": _num(f.get("delta_acc")),
+        "delta_acc_ci95": _interval(f.get("delta_acc_ci95")),
+        "correct_to_wrong": _count(f.get("correct_to_wrong")),
+        "wrong_to_correct": _count(f.get("wrong_to_correct")),
+        "flip_rate": _num(f.get("flip_rate")),
+        "changed_rate": _num(f.get("changed_rate")),
+        "mcnemar_p": _num(f.get("mcnemar_p")),
+        "baseline": str(baseline) if isinstance(baseline, (str, int, float)) and str(baseline) else None,
+        "per_task": per_task,
     }
 
 

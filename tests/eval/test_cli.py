@@ -1,4 +1,4 @@
-"""`pyquant reference | compare | perplexity` end to end on a tiny model saved as an HF directory."""
+"""`pyquant reference | compare | perplexity | tasks` end to end on a tiny model saved as an HF directory."""
 import json
 
 import pytest
@@ -67,7 +67,37 @@ def test_bad_input_exits_2(tmp_path, model_dir, prompts_file, capsys):
     assert main(["perplexity", "--model", model_dir, "--texts", str(empty), "--output", str(tmp_path / "p.json")]) == 2
 
 
-@pytest.mark.parametrize("cmd", ["reference", "compare", "perplexity"])
+def test_tasks_baseline_and_flips(tmp_path, model_dir, capsys):
+    words = ["fox", "dog", "world", "model", "tokens", "lazy"]
+    items = [{"id": f"q{i}", "task": "ab"[i % 2], "context": f"The quick brown {words[i % 6]}",
+              "choices": [words[(i + j) % 6] for j in range(3)], "answer": i % 3} for i in range(10)]
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text("".join(json.dumps(it) + "\n" for it in items))
+    base = str(tmp_path / "t-fp32.json")
+    assert main(["tasks", "--model", model_dir, "--tasks", str(quiz), "--output", base, "--batch-size", "4"]) == 0
+    assert "acc_norm" in capsys.readouterr().out
+    r = read_results(base)
+    assert r["kind"] == "tasks" and r["data"]["flips"] is None and len(r["data"]["items"]) == 10
+    assert r["data"]["settings"]["files"] == [str(quiz)]
+    qdir = str(tmp_path / "q4")
+    assert main(["quantize", "--model", model_dir, "--scheme", "int4-g32", "--output", qdir]) == 0
+    out = str(tmp_path / "t-q4.json")
+    assert main(["tasks", "--model", qdir, "--tasks", str(quiz), "--baseline", base, "--output", out]) == 0
+    assert "R->W" in capsys.readouterr().out
+    f = read_results(out)["data"]["flips"]
+    assert f["baseline"]["variant"] == r["variant"] and f["acc"]["all"]["n"] == 10
+    assert f["acc"]["all"]["acc_baseline"] == pytest.approx(r["data"]["summary"]["all"]["acc"])
+    assert not (tmp_path / "t-q4.json.partial").exists()
+    # bad input: exit 2 with a one-line reason, nothing written
+    bad = str(tmp_path / "bad.json")
+    for argv, msg in ((["--limit", "4", "--baseline", base], "other items"), (["--limit", "0"], "--limit"),
+                      (["--baseline", str(quiz)], "not valid JSON")):
+        assert main(["tasks", "--model", qdir, "--tasks", str(quiz), "--output", bad] + argv) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.parametrize("cmd", ["reference", "compare", "perplexity", "tasks"])
 def test_help_has_an_example(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
