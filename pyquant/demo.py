@@ -95,10 +95,27 @@ def _reusable(path: str) -> bool:
         return False
 
 
+# Settings of steps added to the demo later: a directory made before them lacks these keys, and
+# its other results stay valid (the new steps just run).
+_LATER_SETTINGS = ("task_items",)
+
+
+def _gains_steps_only(path: str, config: dict) -> bool:
+    """Whether the config saved at ``path`` differs from ``config`` only by missing _LATER_SETTINGS."""
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(config))
+    added = {k: new["settings"][k] for k in _LATER_SETTINGS if k not in old.get("settings", {})}
+    return bool(added) and {**old, "settings": {**old.get("settings", {}), **added}} == new
+
+
 def _check_config(out_dir: str, config: dict) -> None:
-    """Refuse an output directory that holds a demo run made with other settings."""
+    """Refuse an output directory that holds a demo run made with other settings (one made before
+    a step was added to the demo is accepted: the new step runs, the rest is reused)."""
     path = os.path.join(out_dir, "demo-config.json")
     diff = changed_settings(path, config)
+    if diff == ["settings"] and _gains_steps_only(path, config):
+        diff = None
     if diff is None:
         with open(path, "w") as f:
             json.dump(config, f, indent=1)

@@ -83,6 +83,17 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count("reusing") == 4 * len(VARIANTS) + 1  # + the reference store
     assert mtimes == {f: os.path.getmtime(out / f) for f in mtimes}
+    # a directory made before the tasks step existed: only the tasks run, the rest is reused
+    cfg = json.loads((out / "demo-config.json").read_text())
+    del cfg["settings"]["task_items"]
+    (out / "demo-config.json").write_text(json.dumps(cfg))
+    for v in VARIANTS:
+        os.remove(out / f"{v}.tasks.json")
+    assert main(["demo", "--quick", "--model", model_dir, "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("reusing") == 3 * len(VARIANTS) + 1 and text.count("task accuracy") == len(VARIANTS)
+    _check_output(out)
+    assert "task_items" in json.loads((out / "demo-config.json").read_text())["settings"]
     # an output directory made with other settings is refused, not mixed
     assert main(["demo", "--model", model_dir, "--output-dir", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
