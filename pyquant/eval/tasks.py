@@ -225,8 +225,8 @@ class TaskResult:
         head = ["task", "items", "acc [95% CI]", "acc_norm"]
         if self.flips:
             head += ["flips (R->W / W->R)", "delta acc (McNemar p)"]
-        rows = [head]
-        for t, v in self.summary().items():
+        rows, summary = [head], self.summary()
+        for t, v in summary.items():
             lo, hi = v["acc_ci95"]
             row = [t, str(v["n"]), f"{100 * v['acc']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]", f"{100 * v['acc_norm']:.2f}%"]
             f = (self.flips or {}).get("acc", {}).get(t)
@@ -236,7 +236,7 @@ class TaskResult:
             rows.append(row)
         widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        nonfinite = self.summary()["all"]["nonfinite"]
+        nonfinite = summary["all"]["nonfinite"]
         if nonfinite:
             lines.append(f"{nonfinite} items with NaN/Inf log-likelihoods left out")
         return "\n".join(lines)
