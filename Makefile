@@ -48,6 +48,7 @@ demo: build
 bench: build
 	$(PY) bench/qmatmul.py
 	$(PY) bench/stream_topn.py
+	$(PY) bench/gptq_quality.py
 	$(PY) bench/qmatmul_gpu.py
 	$(PY) bench/stream_topn_gpu.py
 

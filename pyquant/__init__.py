@@ -16,6 +16,8 @@ _LAZY = {
     "load_model": "pyquant.models",
     "QuantLinear": "pyquant.quant.linear",
     "quantize_model": "pyquant.quant.model",
+    "gptq_quantize_weight": "pyquant.quant.gptq",
+    "calibration_ids": "pyquant.quant.gptq",
     "save_quantized": "pyquant.quant.io",
     "load_quantized": "pyquant.quant.io",
     "ReferenceStore": "pyquant.eval.store",

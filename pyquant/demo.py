@@ -2,7 +2,8 @@
 
 Steps: load the model (default: the bundled SmolLM2-135M) -> collect a reference on the
 built-in prompts -> for the full-precision model and each quantized variant (RTN on a fresh
-copy): compare against the reference, perplexity on the built-in text, the built-in
+copy; a ``-gptq`` variant such as ``int4-g128-gptq`` uses GPTQ calibrated on the built-in
+calibration text): compare against the reference, perplexity on the built-in text, the built-in
 multiple-choice tasks (flips against the full-precision model's answers), benchmark -> the
 trade-off report (HTML + Markdown + PNGs) -> print the summary.
 
@@ -27,7 +28,8 @@ from . import data
 from .results import changed_settings, make_results, read_results, write_results
 
 REFERENCE_VARIANT = "fp32"
-DEFAULT_VARIANTS = ("int8", "int4-g128", "int4-g32")
+DEFAULT_VARIANTS = ("int8", "int4-g128", "int4-g128-gptq", "int4-g32")
+GPTQ_SUFFIX = "-gptq"  # a variant "<scheme>-gptq": the scheme quantized with GPTQ instead of RTN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +48,16 @@ class DemoSettings:
     bench_requests: int
     bench_warmup: int
     bench_peak_memory: bool  # isolated worker process per setting (peak RSS)
+    gptq_windows: int  # GPTQ variants: calibration windows of gptq_len tokens from the built-in text
+    gptq_len: int
 
 
 FULL = DemoSettings(prompts=None, max_new_tokens=96, top_n=16, ppl_words=None, ppl_context=512, task_items=None,
                     bench_batch_sizes=(1, 8), bench_prompt_len=128, bench_gen_len=32, bench_requests=5,
-                    bench_warmup=1, bench_peak_memory=True)
+                    bench_warmup=1, bench_peak_memory=True, gptq_windows=32, gptq_len=512)
 QUICK = DemoSettings(prompts=4, max_new_tokens=8, top_n=16, ppl_words=60, ppl_context=64, task_items=6,
                      bench_batch_sizes=(1, 2), bench_prompt_len=16, bench_gen_len=4, bench_requests=2,
-                     bench_warmup=0, bench_peak_memory=False)
+                     bench_warmup=0, bench_peak_memory=False, gptq_windows=2, gptq_len=64)
 
 
 class _Log:
@@ -97,7 +101,7 @@ def _reusable(path: str) -> bool:
 
 # Settings of steps added to the demo later: a directory made before them lacks these keys, and
 # its other results stay valid (the new steps just run).
-_LATER_SETTINGS = ("task_items",)
+_LATER_SETTINGS = ("task_items", "gptq_windows", "gptq_len")
 
 
 def _gains_steps_only(path: str, config: dict) -> bool:
@@ -132,6 +136,33 @@ def _texts(settings: DemoSettings) -> list:
     return [text]
 
 
+def _canonical_variant(v: str) -> str:
+    """``v`` with its scheme spelled canonically ("fp32", "<scheme>" or "<scheme>-gptq"); ValueError if bad."""
+    from .formats import QuantSpec
+
+    if v == REFERENCE_VARIANT:
+        return v
+    gptq = isinstance(v, str) and v.endswith(GPTQ_SUFFIX)
+    return str(QuantSpec.parse(v[: -len(GPTQ_SUFFIX)] if gptq else v)) + (GPTQ_SUFFIX if gptq else "")
+
+
+def _quantize_variant(model, tokenizer, variant: str, settings: DemoSettings, log):
+    """A fresh copy of ``model`` quantized as ``variant`` (lm_head kept in full precision)."""
+    import pyquant as pq
+
+    if not variant.endswith(GPTQ_SUFFIX):
+        log(f"{variant}: quantizing a fresh copy of the model (RTN, lm_head kept full precision)")
+        return pq.quantize_model(copy.deepcopy(model), variant)
+    from .quant.gptq import calibration_ids
+
+    with open(data.calibration_text_path(), encoding="utf-8") as f:
+        calib = calibration_ids(tokenizer, f.read(), seq_len=settings.gptq_len, sequences=settings.gptq_windows)
+    log(f"{variant}: quantizing a fresh copy of the model (GPTQ on {len(calib)} windows of {settings.gptq_len} "
+        "tokens of the built-in calibration text, lm_head kept full precision)")
+    return pq.quantize_model(copy.deepcopy(model), variant[: -len(GPTQ_SUFFIX)], method="gptq", calibration=calib,
+                             progress=True)
+
+
 def _model_info(model, tokenizer, spec_name: str, variant: str) -> dict:
     from .models import model_info
 
@@ -145,17 +176,16 @@ def run_demo(output_dir: str = "demo-output", quick: bool = False, model: str = 
     "wall_s" (seconds)}.
 
     model: "demo" (bundled SmolLM2-135M), an HF directory or a .gguf file. variants: quantization
-    schemes (QuantSpec strings) compared with the full-precision model. quick: tiny sizes (for
-    tests). threads: torch CPU threads for the whole run (None: torch's default); on a machine
+    schemes (QuantSpec strings; "<scheme>-gptq" for GPTQ) compared with the full-precision model.
+    quick: tiny sizes (for tests). threads: torch CPU threads for the whole run (None: torch's default); on a machine
     shared with other busy processes, 1 thread avoids OpenMP barrier stalls that can make each
     op many times slower. Raises ValueError on bad variants, bad threads or an output directory
     made with other settings.
     """
-    from .formats import QuantSpec
     from .report.build import DEFAULT_MAX_KL
 
     max_kl = DEFAULT_MAX_KL if max_kl is None else max_kl
-    variants = tuple(str(QuantSpec.parse(v)) if v != REFERENCE_VARIANT else v for v in variants)
+    variants = tuple(_canonical_variant(v) for v in variants)
     if len(set(variants)) != len(variants):
         raise ValueError(f"duplicate variants in {variants}")
     settings = QUICK if quick else FULL
@@ -225,8 +255,7 @@ def _run(output_dir, quick, model, variants, max_kl, settings, out) -> dict:
         if variant == REFERENCE_VARIANT:
             m = ref_model
         else:
-            log(f"{variant}: quantizing a fresh copy of the model (RTN, lm_head kept full precision)")
-            m = pq.quantize_model(copy.deepcopy(ref_model), variant)
+            m = _quantize_variant(ref_model, tok, variant, settings, log)
         minfo = _model_info(m, tok, str(model), variant)
         if "compare" in todo:
             log(f"{variant}: compare against the reference ({store.num_rows} positions)")

@@ -56,3 +56,13 @@ def test_decode_ceiling_builds_and_runs(tmp_path):
     rates = {line.split()[0] + " " + line.split()[1]: float(line.split()[2]) for line in text.splitlines()[1:]}
     assert set(rates) == {"int4 convert", "int4 subnormal", "int8 convert", "int8 subnormal"}
     assert all(v > 0 for v in rates.values())
+
+
+@pytest.mark.slow
+def test_gptq_quality_bench_quick_on_bundled_model(tmp_path):
+    out = tmp_path / "g.json"
+    _run([sys.executable, "bench/gptq_quality.py", "--quick", "--output", str(out)], timeout=1200)
+    res = json.loads(out.read_text())
+    assert [r["method"] for r in res["rows"]] == ["rtn", "gptq-plain", "gptq"]
+    assert all(0 < r["kl_all"] < 5 and r["quantize_s"] > 0 for r in res["rows"])
+    assert res["rows"][0]["kl_vs_rtn"] == 1.0 and res["meta"]["calibration"]["windows"] == 4

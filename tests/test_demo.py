@@ -8,7 +8,7 @@ import pytest
 from pyquant.cli import main
 from pyquant.results import read_results
 
-VARIANTS = ("fp32", "int8", "int4-g128", "int4-g32")
+VARIANTS = ("fp32", "int8", "int4-g128", "int4-g128-gptq", "int4-g32")
 
 
 def _tiny_model_dir(path):
@@ -104,6 +104,8 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
 def test_demo_bad_variant(tmp_path, capsys):
     assert main(["demo", "--quick", "--variants", "int3", "--output-dir", str(tmp_path / "o")]) == 2
     assert "int3" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--variants", "int3-gptq", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "int3" in capsys.readouterr().err
     assert main(["demo", "--quick", "--threads", "0", "--output-dir", str(tmp_path / "o")]) == 2
     assert "threads" in capsys.readouterr().err
 
@@ -113,5 +115,6 @@ def test_demo_full_size_on_bundled_model(tmp_path):
     out = tmp_path / "demo-output"
     assert main(["demo", "--output-dir", str(out)]) == 0
     kl = _check_output(out)
-    # RTN on a 135M model: INT8 is close, INT4 with bigger groups diverges more
+    # RTN on a 135M model: INT8 is close, INT4 with bigger groups diverges more; GPTQ recovers part of it
     assert kl["int8"] < kl["int4-g32"] < kl["int4-g128"]
+    assert kl["int4-g128-gptq"] < 0.8 * kl["int4-g128"]

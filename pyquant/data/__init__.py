@@ -6,6 +6,9 @@ perplexity.txt   an original text of about 2,800 words (plain English prose with
                  dates) for perplexity.
 tasks.jsonl      original multiple-choice questions in a few small tasks, for task accuracy and flips
                  ({"id", "task", "context", "choices", "answer"} per line).
+calibration.txt  an original text of about 7,400 words in 20 varied pieces (explanations, a story,
+                 instructions, a recipe, a report, chats, code, a poem) for GPTQ calibration; it
+                 shares no passage or narrow topic with the three evaluation sets above.
 """
 from __future__ import annotations
 
@@ -35,3 +38,8 @@ def perplexity_text_path() -> str:
 def tasks_path() -> str:
     """Path of the built-in multiple-choice task set (JSONL)."""
     return path("tasks.jsonl")
+
+
+def calibration_text_path() -> str:
+    """Path of the built-in GPTQ calibration text (UTF-8 plain text, about 9,600 SmolLM2 tokens)."""
+    return path("calibration.txt")

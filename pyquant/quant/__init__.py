@@ -1,11 +1,12 @@
-"""Quantizing models: RTN (rtn.py), QuantLinear (linear.py), quantize_model (model.py), save/load (io.py)."""
+"""Quantizing models: RTN (rtn.py), GPTQ (gptq.py), QuantLinear (linear.py), quantize_model (model.py),
+save/load (io.py)."""
 from .rtn import quantize_weight
 
 __all__ = ["quantize_weight", "QuantLinear", "use_backend", "set_backend", "quantize_model", "save_quantized",
-           "load_quantized"]
+           "load_quantized", "gptq_quantize_weight", "calibration_ids"]
 
 _LAZY = {"QuantLinear": "linear", "use_backend": "linear", "set_backend": "linear", "quantize_model": "model",
-         "save_quantized": "io", "load_quantized": "io"}
+         "save_quantized": "io", "load_quantized": "io", "gptq_quantize_weight": "gptq", "calibration_ids": "gptq"}
 
 
 def __getattr__(name):  # lazy, so `import pyquant` does not pull in torch.nn modules it does not need

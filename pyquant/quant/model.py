@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 from torch import nn
 
 from ..formats import QuantSpec
+from .gptq import DEFAULT_BLOCK, DEFAULT_DAMP, gptq_quantize_layers
 from .linear import QuantLinear
 
 CONFIG_VERSION = 1
@@ -65,21 +66,32 @@ def _untie_output_embeddings(model: nn.Module, lm_head_names: Iterable[str]) -> 
 
 
 def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",), overrides: Optional[dict] = None,
-                   progress: Optional[bool] = None) -> nn.Module:
-    """Quantize the model's nn.Linear (and Conv1D) layers in place with round-to-nearest; returns the model.
+                   progress: Optional[bool] = None, method: str = "rtn", calibration=None,
+                   damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK, attention_aware: bool = True) -> nn.Module:
+    """Quantize the model's nn.Linear (and Conv1D) layers in place; returns the model.
 
     spec: the default scheme ("int4-g128", "int8", ...). skip: name patterns kept in full precision.
     overrides: {pattern: spec} for layers that get another scheme; the first matching pattern (in dict
     order) wins; skip wins over overrides. Patterns are globs or substrings (see the module docstring);
     a pattern that matches no layer gives a warning. Layers already quantized are left as they are.
-    progress: show a tqdm bar (None: only for models with 64 or more layers to quantize).
+    progress: show a tqdm bar (None: only for models with 64 or more layers to quantize, or GPTQ).
+    method: "rtn" (round to nearest) or "gptq" (error-correcting; needs ``calibration``, a list of
+    1-D token-id tensors such as ``calibration_ids`` makes; damp and block_size as in
+    ``gptq_quantize_weight``; attention_aware=False gives value projections the plain X^T X
+    instead of the attention-mixed H, see ``pyquant.quant.gptq``). Both write the same formats.
 
-    Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides",
-    "layers": {name: {"spec", "shape": [out, in], "bias"}}}, used by save_quantized and reports.
+    Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
+    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}} (plus "gptq": {"sequences",
+    "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}), used by
+    save_quantized and reports.
     A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize_model needs an nn.Module, got {type(model).__name__}")
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"quantize_model: method must be 'rtn' or 'gptq', got {method!r}")
+    if method == "gptq" and not calibration:
+        raise ValueError("quantize_model: method='gptq' needs calibration token ids (see pyquant.quant.calibration_ids)")
     default = QuantSpec.parse(spec)
     skip = _check_patterns(skip, "skip")
     if overrides is not None and not isinstance(overrides, dict):
@@ -118,25 +130,39 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     if head_name is not None and any(n == head_name for n, _ in plan):
         _untie_output_embeddings(model, [head_name])
 
-    show = progress if progress is not None else len(plan) >= 64
-    it = plan
-    if show:
-        from tqdm.auto import tqdm
+    extra = {}
+    if method == "gptq":
+        stats = gptq_quantize_layers(model, plan, calibration, make_layer=_from_quantized, damp=damp,
+                                     block_size=block_size, progress=progress is not False,
+                                     attention_aware=attention_aware)
+        extra["gptq"] = {**stats, "damp": damp, "block_size": block_size}
+    else:
+        show = progress if progress is not None else len(plan) >= 64
+        it = plan
+        if show:
+            from tqdm.auto import tqdm
 
-        it = tqdm(plan, desc=f"quantizing to {default}", unit="layer")
+            it = tqdm(plan, desc=f"quantizing to {default}", unit="layer")
+        for name, s in it:
+            set_submodule(model, name, QuantLinear.from_linear(model.get_submodule(name), s))
     layers = {}
-    for name, s in it:
-        q = QuantLinear.from_linear(model.get_submodule(name), s)
-        set_submodule(model, name, q)
-        layers[name] = {"spec": str(s), "shape": [q.out_features, q.in_features], "bias": q.bias is not None}
+    for name, s in plan:
+        q = model.get_submodule(name)
+        layers[name] = {"spec": str(s), "shape": [q.out_features, q.in_features], "bias": q.bias is not None,
+                        "method": method}
 
     cfg = dict(getattr(model, "pyquant_config", None) or {})
     prev_layers = dict(cfg.get("layers", {}))
     prev_layers.update(layers)
     cfg.update({"version": CONFIG_VERSION, "default_spec": str(default), "skip": list(skip),
-                "overrides": {p: str(s) for p, s in over.items()}, "layers": prev_layers})
+                "overrides": {p: str(s) for p, s in over.items()}, "method": method, "layers": prev_layers, **extra})
     model.pyquant_config = cfg
     return model
+
+
+def _from_quantized(linear: nn.Module, qw) -> QuantLinear:
+    b = getattr(linear, "bias", None)
+    return QuantLinear.from_quantized(qw, None if b is None else b.detach())
 
 
 def quantized_layers(model: nn.Module) -> dict:

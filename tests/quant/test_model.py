@@ -42,7 +42,8 @@ def test_skip_and_overrides_land_on_the_right_layers(llama):
             continue
         want = "int8" if n.endswith("down_proj") else "int4-g64-sym" if "layers.0.self_attn" in n else "int4-g32"
         assert isinstance(m, QuantLinear) and str(m.spec) == want, (n, m)
-        assert cfg["layers"][n] == {"spec": want, "shape": [m.out_features, m.in_features], "bias": False}
+        assert cfg["layers"][n] == {"spec": want, "shape": [m.out_features, m.in_features], "bias": False,
+                                  "method": "rtn"}
     assert cfg["default_spec"] == "int4-g32" and cfg["overrides"]["*down_proj"] == "int8"
     assert len(cfg["layers"]) == len(names) - 3
 

@@ -22,7 +22,7 @@ def test_quantize_writes_a_loadable_directory(hf_dir, tmp_path, capsys):
                "--output", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
-    assert "quantized 14 linear layers: 12 x int4-g32, 2 x int8" in text
+    assert "quantized 14 linear layers (rtn): 12 x int4-g32, 2 x int8" in text
     assert "weights in memory:" in text and "smaller" in text
     model, tok = pq.load_model(str(out))
     assert tok is not None and type(model.lm_head).__name__ == "Linear"
@@ -65,3 +65,42 @@ def test_bfloat16_output(hf_dir, tmp_path, capsys):
     model = pq.load_quantized(out)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.model.layers[0].mlp.up_proj.scales.dtype == torch.float32
+
+
+def test_gptq_from_a_calibration_file(hf_dir, tmp_path, capsys):
+    import pyquant as pq
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(f"w{3 + i % 290}" for i in range(400)))
+    out = tmp_path / "q"
+    rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--method", "gptq", "--calibration",
+               str(calib), "--calib-seqs", "3", "--calib-len", "64", "--damp", "0.02", "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "GPTQ: calibrating on 3 windows of 64 tokens" in text and "quantized 14 linear layers (gptq)" in text
+    model, _ = pq.load_model(str(out))
+    g = model.pyquant_config["gptq"]
+    assert (g["sequences"], g["tokens"], g["damp"], g["attention_aware_v"]) == (3, 192, 0.02, 2)
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--method", "gptq", "--calibration",
+                 str(calib), "--calib-seqs", "3", "--calib-len", "64", "--plain-v", "--output", str(tmp_path / "p")]) == 0
+    assert pq.load_model(str(tmp_path / "p"))[0].pyquant_config["gptq"]["attention_aware_v"] == 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--calibration", "/nonexistent.txt"], "cannot read"),
+    (["--calib-seqs", "0"], "--calib-seqs"),
+    (["--damp", "-1"], "--damp"),
+])
+def test_gptq_bad_options_exit_2(hf_dir, tmp_path, capsys, extra, message):
+    rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--method", "gptq", "--output",
+               str(tmp_path / "q"), *extra])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_gptq_calibration_too_short_exits_2(hf_dir, tmp_path, capsys):
+    calib = tmp_path / "short.txt"
+    calib.write_text("w3 w4 w5")
+    rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--method", "gptq", "--calibration", str(calib),
+               "--output", str(tmp_path / "q")])
+    assert rc == 2 and "fewer than one window" in capsys.readouterr().err
