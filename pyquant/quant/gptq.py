@@ -197,6 +197,7 @@ class _Hessians:
     def __init__(self, modules: dict, values: Optional[dict] = None):
         self.h, self.hv = {}, {}
         self._memo, self._inputs = {}, {}
+        self._calls = {n: [0, 0] for n in (values or {})}  # value projections: [inputs seen, of them mixed]
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in modules.items()]
         for name, (attn, heads, kv_heads) in (values or {}).items():
             self._handles.append(attn.register_forward_hook(self._mix_hook(name, heads, kv_heads)))
@@ -210,7 +211,9 @@ class _Hessians:
                 hit = self._memo[id(x)] = (x, x2.T @ x2)
             xtx = hit[1]
             self.h[name] = xtx.clone() if name not in self.h else self.h[name].add_(xtx)
-            self._inputs[name] = x
+            if name in self._calls:
+                self._inputs[name] = x
+                self._calls[name][0] += 1
         return hook
 
     def _mix_hook(self, name, heads, kv_heads):
@@ -224,12 +227,15 @@ class _Hessians:
             y = y.transpose(0, 1).reshape(kv_heads, -1, x.shape[-1])  # heads of one KV head together
             hv = y.transpose(1, 2) @ y
             self.hv[name] = hv if name not in self.hv else self.hv[name].add_(hv)
+            self._calls[name][1] += 1
         return hook
 
     def take(self, name):
-        """The hessian of ``name`` ([K, K], or [G, K, K] when attention-aware), or None."""
-        h = self.h.pop(name, None)
-        return self.hv.pop(name, h)
+        """The hessian of ``name``: [G, K, K] when every one of its inputs was mixed by the attention
+        probabilities, else [K, K]; None if it saw no input."""
+        h, hv = self.h.pop(name, None), self.hv.pop(name, None)
+        seen, mixed = self._calls.get(name, (0, 0))
+        return hv if hv is not None and seen == mixed else h
 
     def next_batch(self) -> None:
         self._memo.clear()
