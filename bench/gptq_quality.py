@@ -49,8 +49,7 @@ def main() -> None:
         t = time.perf_counter()
         store = pq.collect_reference(model, tok, prompts, max_new_tokens=args.new_tokens)
         print(f"reference: {len(store)} sequences, {store.num_rows} positions, {time.perf_counter() - t:.0f} s", flush=True)
-    with open(data.calibration_text_path(), encoding="utf-8") as f:
-        calib = pq.calibration_ids(tok, f.read(), seq_len=args.calib_len, sequences=args.calib_seqs)
+    calib = pq.calibration_ids(tok, seq_len=args.calib_len, sequences=args.calib_seqs)
     methods = {"rtn": {}, "gptq-plain": {"method": "gptq", "calibration": calib, "attention_aware": False},
                "gptq": {"method": "gptq", "calibration": calib}}
     rows = []

@@ -155,8 +155,7 @@ def _quantize_variant(model, tokenizer, variant: str, settings: DemoSettings, lo
         return pq.quantize_model(copy.deepcopy(model), variant)
     from .quant.gptq import calibration_ids
 
-    with open(data.calibration_text_path(), encoding="utf-8") as f:
-        calib = calibration_ids(tokenizer, f.read(), seq_len=settings.gptq_len, sequences=settings.gptq_windows)
+    calib = calibration_ids(tokenizer, seq_len=settings.gptq_len, sequences=settings.gptq_windows)
     log(f"{variant}: quantizing a fresh copy of the model (GPTQ on {len(calib)} windows of {settings.gptq_len} "
         "tokens of the built-in calibration text, lm_head kept full precision)")
     return pq.quantize_model(copy.deepcopy(model), variant[: -len(GPTQ_SUFFIX)], method="gptq", calibration=calib,

@@ -63,17 +63,19 @@ def _parse_overrides(items) -> dict:
     return out
 
 
-def _calibration_texts(args) -> list:
-    """The GPTQ calibration texts, read before the (slow) model load; UsageError on bad options."""
+def _calibration_texts(args) -> "list | None":
+    """The --calibration texts, read before the (slow) model load (None: the built-in text);
+    UsageError on bad options."""
     from ..cli import UsageError
-    from ..data import calibration_text_path
 
     if args.calib_seqs < 1 or args.calib_len < 2:
         raise UsageError(f"--calib-seqs must be >= 1 and --calib-len >= 2, got {args.calib_seqs}, {args.calib_len}")
     if not 0 <= args.damp < 1e3:
         raise UsageError(f"--damp must be >= 0, got {args.damp}")
+    if args.calibration is None:
+        return None
     texts = []
-    for path in args.calibration or [calibration_text_path()]:
+    for path in args.calibration:
         try:
             with open(path, encoding="utf-8") as f:
                 texts.append(f.read())
@@ -116,7 +118,7 @@ def run(args) -> int:
     before = model_description(model)
     t1 = time.perf_counter()
     gptq = {}
-    if texts is not None:
+    if args.method == "gptq":
         from ..quant.gptq import calibration_ids
 
         try:

@@ -147,10 +147,17 @@ def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int) -> Quantize
 
 
 # ---- calibration data -------------------------------------------------------------------------
-def calibration_ids(tokenizer, texts: "str | Sequence[str]", seq_len: int = 512, sequences: int = 16) -> list:
+def calibration_ids(tokenizer, texts: "str | Sequence[str] | None" = None, seq_len: int = 512,
+                    sequences: int = 16) -> list:
     """Up to ``sequences`` windows of ``seq_len`` token ids (1-D LongTensors) cut one after another
-    from the texts (concatenated with blank lines, tokenized once, BOS first when the tokenizer
-    defines one). Fewer windows when the text is short; ValueError when not even one fits."""
+    from the texts (None: the built-in calibration text; concatenated with blank lines, tokenized
+    once, BOS first when the tokenizer defines one). Fewer windows when the text is short;
+    ValueError when not even one fits."""
+    if texts is None:
+        from ..data import calibration_text_path
+
+        with open(calibration_text_path(), encoding="utf-8") as f:
+            texts = f.read()
     if isinstance(texts, str):
         texts = [texts]
     if seq_len < 2 or sequences < 1:

@@ -120,6 +120,11 @@ def test_calibration_ids_cuts_windows(tokenizer):
     assert len(G.calibration_ids(tokenizer, text, seq_len=20, sequences=100)) == 100 // 19
     with pytest.raises(ValueError, match="fewer than one window"):
         G.calibration_ids(tokenizer, "w3 w4", seq_len=20)
+    from pyquant.data import calibration_text_path
+
+    with open(calibration_text_path(), encoding="utf-8") as f:  # no texts: the built-in calibration text
+        builtin = G.calibration_ids(tokenizer, f.read(), seq_len=20, sequences=2)
+    assert [x.tolist() for x in G.calibration_ids(tokenizer, seq_len=20, sequences=2)] == [x.tolist() for x in builtin]
 
 
 # ---- the model walk ----------------------------------------------------------------------------
