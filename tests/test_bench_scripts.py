@@ -30,8 +30,13 @@ def test_qmatmul_bench_tiny(tmp_path):
     names = {r["backend"] for r in res["rows"]}
     other = "convert" if _native.native().cpu_codes() == "subnormal" else "subnormal"
     assert {"pyquant cpu int4 (fp32 x)", "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T",
-            f"({other} codes) cpu int4 (fp32 x)", "pyquant cpu int4", "torch fp32 matmul"} <= names
+            f"({other} codes) cpu int4 (fp32 x)", "pyquant cpu int4", "torch fp32 matmul", "stream read (torch.sum)"} <= names
     assert all(r["us"] > 0 for r in res["rows"]) and len(res["targets"]) == 7
+    # the read bandwidth is never below the stream read's best round, and decode rows carry their
+    # fraction of the stream read's median
+    stream = next(r for r in res["rows"] if r["group"] == "read")
+    assert res["read_bw_gbps"] >= stream["best_gbps"] - 1e-9 and res["read_bw_gbps"] >= res["read_bw_probe_gbps"] - 1e-9
+    assert all(r["frac_stream"] > 0 for r in res["rows"] if r["group"].startswith("decode"))
 
 
 @needs_cpu
@@ -54,7 +59,7 @@ def test_decode_ceiling_builds_and_runs(tmp_path):
     _run(["g++", "-O2", "-mavx2", "-mfma", "-std=c++17", "bench/decode_ceiling.cpp", "-o", str(exe)])
     text = _run([str(exe)])
     rates = {line.split()[0] + " " + line.split()[1]: float(line.split()[2]) for line in text.splitlines()[1:]}
-    assert set(rates) == {"int4 convert", "int4 subnormal", "int8 convert", "int8 subnormal"}
+    assert set(rates) == {"int4 convert", "int4 subnormal", "int4 subnormal-2chains", "int8 convert", "int8 subnormal"}
     assert all(v > 0 for v in rates.values())
 
 

@@ -24,10 +24,11 @@
 //              the result is multiplied back by 2^T. Every product and rounding is the convert
 //              path's times a power of two, so the two give the same bits (short of products
 //              under 2^-100 max|x|, which underflow). One AND per W codes: 1.7-1.8x the FMAs per
-//              second on Zen 1 (bench/decode_ceiling.cpp). Any value in bits 0..23 reads linearly
-//              (bit 23 is the exponent's low bit, and 2^-126 = 2^23 * 2^-149: a float below 2^-125
-//              is its bit pattern times 2^-149). INT8 uses that on bytes after flipping their sign
-//              bits (u = q + 128): bytes 0-2 by one AND each, byte 3 by a 24-bit shift alone;
+//              second on Zen 1, 1.06-1.19x on Zen 3 (bench/decode_ceiling.cpp). Any value in
+//              bits 0..23 reads linearly (bit 23 is the exponent's low bit, and 2^-126 = 2^23 *
+//              2^-149: a float below 2^-125 is its bit pattern times 2^-149). INT8 uses that on
+//              bytes after flipping their sign bits (u = q + 128): bytes 0-2 by one AND each,
+//              byte 3 by a 24-bit shift alone;
 //              y = s * (sum_k u_k x_k - 128 * sum_k x_k), an offset that costs about 2 bits.
 //              Subnormal operands need MXCSR.DAZ clear: NoDaz clears it for the kernel's duration.
 // Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
@@ -196,7 +197,8 @@ struct Int4Plan {
 // The per-(row, m) integer-code dot products over the full blocks, times the group scales.
 // The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
 // block with a per-lane scale vector. One accumulator per (row, m) (3 or 4 FMA chains: the
-// nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace): with R = 4,
+// nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace; two chains
+// per row measured 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4,
 // v/acc/tot stay in registers.
 template <int MC, int R, bool Sub>
 static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
