@@ -1,7 +1,7 @@
 """Benchmark: pyquant's CPU qmatmul vs torch's int4/int8 CPU kernels and fp32 matmul.
 
-Decode (M=1) rotates over many distinct layers so the weights come from memory, not cache;
-prefill (M=512) is compute-bound. Every row: median us per call, GB/s of weight bytes read,
+Decode (M=1, and a batch of M=4 rows) rotates over many distinct layers so the weights come
+from memory, not cache; prefill (M=512) is compute-bound. Every row: median us per call, GB/s of weight bytes read,
 fraction of this machine's measured read bandwidth (the best of a 512 MiB probe and of a plain
 streaming read timed in the same rounds), fraction of that streaming read's median (decode: the
 same-conditions yardstick), and the ratio to the best alternative timed in the same run
@@ -130,6 +130,18 @@ def run(args) -> dict:
     dec = interleaved_medians({c[1]: c[2] for c in cands}, L, rounds=args.rounds, clock=clock)
     for grp, name, _, wb, ours in cands:
         add(grp, name, dec[name], wb, shape, ours)
+
+    # ---------------- batched decode: M=args.batch_m, rotating over the same L layers ----------------
+    if args.batch_m > 0:
+        xm = torch.randn(args.batch_m, k, generator=gen)
+        bat = interleaved_medians({
+            "pyquant cpu int4 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q4[i], backend="cpu"),
+            "pyquant cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8[i], backend="cpu"),
+            "torch fp32 x @ w.T": lambda i: xm @ wf[i].T,
+        }, L, rounds=args.rounds, clock=clock)
+        for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant cpu int8 (fp32 x)", q8[0].nbytes),
+                         ("torch fp32 x @ w.T", nbytes(wf[0]))):
+            add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} x{L} layers", name.startswith("pyquant"))
     del wf, t4, t4b, ones
 
     # ---------------- prefill: M=args.prefill_m ----------------
@@ -166,8 +178,8 @@ def run(args) -> dict:
         if r["group"].startswith("decode"):
             alts = [o for o in rows if o["group"].startswith("decode") and o["ours"] != r["ours"]
                     and (o["group"] == r["group"] or r["group"] == "decode fp32")]
-        else:
-            alts = [o for o in rows if o["group"] == "prefill" and o["ours"] != r["ours"]]
+        else:  # batched decode, prefill: the other side's rows of the same group
+            alts = [o for o in rows if o["group"] == r["group"] and o["ours"] != r["ours"]]
         best = min(alts, key=lambda o: o["us"]) if alts else None
         r["vs_best_alt"] = best["us"] / r["us"] if best else None
         r["best_alt"] = best["backend"] if best else None
@@ -198,6 +210,8 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=16, help="distinct layers rotated through at decode (default 16)")
     ap.add_argument("--group", type=int, default=128, help="int4 group size (default 128)")
     ap.add_argument("--prefill-m", type=int, default=512)
+    ap.add_argument("--batch-m", type=int, default=4,
+                    help="M of the batched-decode rows (the decode kernels serve M <= 8; 0: skip them)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--prefill-rounds", type=int, default=5)
     ap.add_argument("--bw-bytes", type=int, default=512 << 20)

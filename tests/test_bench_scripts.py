@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_cpu = pytest.mark.skipif(_native.native() is None, reason="pyquant._C is not built")
 
 
-def _run(args, timeout=300):
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _run(args, timeout=300, env=None):
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
@@ -37,6 +37,9 @@ def test_qmatmul_bench_tiny(tmp_path):
     stream = next(r for r in res["rows"] if r["group"] == "read")
     assert res["read_bw_gbps"] >= stream["best_gbps"] - 1e-9 and res["read_bw_gbps"] >= res["read_bw_probe_gbps"] - 1e-9
     assert all(r["frac_stream"] > 0 for r in res["rows"] if r["group"].startswith("decode"))
+    batch = {r["backend"]: r for r in res["rows"] if r["group"] == "batch"}
+    assert set(batch) == {"pyquant cpu int4 (fp32 x)", "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T"}
+    assert batch["pyquant cpu int4 (fp32 x)"]["best_alt"] == "torch fp32 x @ w.T"
 
 
 @needs_cpu
@@ -61,6 +64,26 @@ def test_decode_ceiling_builds_and_runs(tmp_path):
     rates = {line.split()[0] + " " + line.split()[1]: float(line.split()[2]) for line in text.splitlines()[1:]}
     assert set(rates) == {"int4 convert", "int4 subnormal", "int4 subnormal-2chains", "int8 convert", "int8 subnormal"}
     assert all(v > 0 for v in rates.values())
+
+
+@needs_cpu
+def test_decode_ab_against_head(tmp_path):
+    """bench/decode_ab.sh builds HEAD's and the working tree's decode kernels into one program
+    and times them interleaved; both compute the same products, so their outputs agree to
+    rounding (bit for bit while the kernels are unchanged)."""
+    if _native.native().cpu_isa() == "scalar":
+        pytest.skip("the harness needs AVX2 + FMA")
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    env = dict(os.environ, LAYERS="2", SIZE="256", ROUNDS="2")
+    text = _run(["bash", "bench/decode_ab.sh", "HEAD", "4", "1", "3"], env=env)
+    heads = [line for line in text.splitlines() if line.startswith("int4 M=")]
+    assert [h.split()[1] for h in heads] == ["M=1", "M=3"]
+    for h in heads:
+        diff = float(h.split("max |new - base| = ")[1].split()[0])
+        ymax = float(h.split("(max |y| ")[1].rstrip(")"))
+        assert ymax > 0 and 0.0 <= diff <= 1e-4 * ymax, h
+    assert text.count("x base") == 2 and text.count("plain stream") == 2
 
 
 @pytest.mark.slow

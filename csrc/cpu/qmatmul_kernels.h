@@ -184,7 +184,14 @@ static inline void with_tile(int64_t mc, bool sub, Fn&& f) {
 }
 
 // ============================== decode: INT4 ==============================================
-constexpr int64_t kPrefetchBytes = 16384;  // software prefetch distance in the weight stream (decode; 16 KiB tuned on Zen 1)
+// Software prefetch distances in the decode kernels' weight streams. INT8 (rows of K bytes, a
+// page each at K = 4096): each row's stream 16 KiB ahead (tuned on Zen 1). INT4: a tile's rows
+// are contiguous, so its bytes are prefetched in address order, R * 4W bytes per block, 8 KiB
+// ahead: one sequential stream instead of R streams of half a page each (K = 4096); 1.06-1.14x
+// the per-row prefetches on Zen 3, where 4 and 16 KiB ahead gave 0.85-0.89x and 1.04-1.07x
+// (bench/RESULTS.md, ninth session).
+constexpr int64_t kPrefetchBytes = 16384;
+constexpr int64_t kPrefetchTileBytes = 8192;
 
 struct Int4Plan {
   int64_t G, ng, Kp, nblocks;  // nblocks full 8W-code blocks per row; codes past them: scalar tail
@@ -218,8 +225,9 @@ static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t r
       const int64_t k0 = b * 8 * W;
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
-      if constexpr (W > 1)  // weights stream from memory: ask for them kPrefetchBytes ahead of use
-        for (int r = 0; r < R; ++r) __builtin_prefetch(q + r * row_bytes + b * 4 * W + kPrefetchBytes);
+      if constexpr (W > 1)  // from memory: this block's share of the tile, 8 KiB ahead
+        for (int o = 0; o < R * 4 * W; o += 64)
+          __builtin_prefetch(q + b * R * 4 * W + o + kPrefetchTileBytes);
 #define PQ_NIB_STEP(S)                                                               \
       {                                                                              \
         F xs[MC];                                                                    \
@@ -292,7 +300,11 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
 template <int MC, bool Sub>
 static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, float* srow_buf,
                        float* yacc) {
-  constexpr int R = MC == 1 ? 4 : MC == 2 ? 2 : 1;
+  // Rows per tile: each x row (MC of them, 16 KiB each at K = 4096) is read once per R weight
+  // rows, and with MC >= 2 they no longer fit in L1 together: R = 4 up to MC = 3 (12
+  // accumulators, some spilled to L1, still 1.25-1.33x R = 1 at M = 3 on Zen 3), R = 2 at MC = 4
+  // (1.14x R = 1; R = 4 was 0.86x).
+  constexpr int R = MC == 4 ? 2 : 4;
   int64_t r = 0;
   for (; r + R <= nr; r += R) {
     float tmp[MC * 4];

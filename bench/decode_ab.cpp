@@ -1,0 +1,117 @@
+// A/B timing of the CPU decode kernels (AVX2): the working tree's csrc/cpu/qmatmul_kernels.h
+// ("new") against another revision's ("base"), both compiled into this one program and timed
+// interleaved (base sweep, new sweep, repeated), medians, so the comparison survives a noisy
+// shared machine. Also times a plain 2-thread stream over the same packed weight bytes (the
+// roofline of this access) and checks that both give the same outputs. Build and run it with
+// bench/decode_ab.sh (which extracts the base revision's header); by hand:
+//
+//   g++ -O3 -fopenmp -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/cpu -I<dir with base_avx2.cpp> \
+//       bench/decode_ab.cpp -o decode_ab && ./decode_ab BITS M [LAYERS] [N=K] [ROUNDS]
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu_dispatch.h"
+
+namespace pyquant {  // what the kernels need from cpu_features.cpp
+bool subnormal_codes() {
+  const char* c = std::getenv("PYQUANT_CODES");
+  return !(c && !std::strcmp(c, "convert"));
+}
+Isa active_isa() { return Isa::Avx2; }
+void set_last_error(const std::string&) {}
+}  // namespace pyquant
+
+#include "qmatmul_avx2.cpp"  // namespace isa_avx2: the working tree's kernels
+#undef PQ_ISA_NS
+#include "base_avx2.cpp"     // namespace isa_base: the base revision's
+
+using namespace pyquant;
+
+static double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s BITS(4|8) M [LAYERS=16] [N=K=4096] [ROUNDS=30]\n", argv[0]);
+    return 2;
+  }
+  const int bits = std::atoi(argv[1]), M = std::atoi(argv[2]);
+  const int L = argc > 3 ? std::atoi(argv[3]) : 16;
+  const int64_t N = argc > 4 ? std::atoll(argv[4]) : 4096, K = N, G = 128, ng = (K + G - 1) / G;
+  const int rounds = argc > 5 ? std::atoi(argv[5]) : 30;
+  std::srand(1);
+  std::vector<std::vector<uint8_t>> q(L), z(L);
+  std::vector<std::vector<float>> s(L);
+  for (int l = 0; l < L; ++l) {
+    q[l].resize(bits == 4 ? N * ng * G / 2 : N * K);
+    for (auto& b : q[l]) b = static_cast<uint8_t>(std::rand());
+    s[l].resize(bits == 4 ? N * ng : N);
+    for (auto& v : s[l]) v = 0.01f * static_cast<float>(std::rand() % 100 + 1);
+    if (bits == 4) {
+      z[l].resize(N * ng);
+      for (auto& v : z[l]) v = static_cast<uint8_t>(std::rand() & 15);
+    }
+  }
+  std::vector<float> x(M * K), yb(M * N), yn(M * N);
+  for (auto& v : x) v = static_cast<float>(std::rand() % 2000 - 1000) * 1e-3f;
+  auto args = [&](int l, float* y) {
+    return QmmArgs{x.data(), DType::F32, M, K, K, q[l].data(), s[l].data(), DType::F32,
+                   bits == 4 ? z[l].data() : nullptr, nullptr, bits, bits == 4 ? static_cast<int>(G) : 0, N, y, N, 2};
+  };
+  isa_base::qmatmul_run(args(0, yb.data()));
+  isa_avx2::qmatmul_run(args(0, yn.data()));
+  double diff = 0, ymax = 0;
+  for (int64_t i = 0; i < M * N; ++i) {
+    diff = std::max(diff, static_cast<double>(std::fabs(yn[i] - yb[i])));
+    ymax = std::max(ymax, static_cast<double>(std::fabs(yb[i])));
+  }
+  // seconds per layer of one sweep over the L layers
+  auto sweep = [&](int which) {
+    const double t0 = now();
+    float sink = 0.f;
+    for (int l = 0; l < L; ++l) {
+      if (which == 0) isa_base::qmatmul_run(args(l, yb.data()));
+      else if (which == 1) isa_avx2::qmatmul_run(args(l, yn.data()));
+      else {  // plain stream over the packed bytes: one parallel region per layer, static halves
+        const uint8_t* base = q[l].data();
+        const int64_t nb = static_cast<int64_t>(q[l].size()) / 128;
+        float tot = 0.f;
+#pragma omp parallel for reduction(+ : tot) num_threads(2) schedule(static)
+        for (int64_t c = 0; c < nb; ++c) {
+          const float* p = reinterpret_cast<const float*>(base + c * 128);
+          __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
+                                   _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24)));
+          alignas(32) float t[8];
+          _mm256_store_ps(t, a);
+          tot += t[0];
+        }
+        sink += tot;
+      }
+    }
+    if (sink == 1234.5f) std::printf(" ");
+    return (now() - t0) / L;
+  };
+  for (int w = 0; w < 3; ++w) sweep(w);
+  std::vector<double> t[3];
+  for (int r = 0; r < rounds; ++r)
+    for (int w = 0; w < 3; ++w) t[w].push_back(sweep(w));
+  for (auto& v : t) std::sort(v.begin(), v.end());
+  const double wbytes = static_cast<double>(q[0].size() + s[0].size() * 4 + z[0].size());
+  const double mb = t[0][rounds / 2], mn = t[1][rounds / 2], ms = t[2][rounds / 2];
+  std::printf("int%d M=%d %lldx%lld x%d layers, medians of %d interleaved sweeps; max |new - base| = %.3g (max |y| %.3g)\n",
+              bits, M, static_cast<long long>(N), static_cast<long long>(K), L, rounds, diff, ymax);
+  std::printf("  base %8.1f us  %5.1f GB/s\n  new  %8.1f us  %5.1f GB/s  %.3fx base\n", mb * 1e6, wbytes / mb / 1e9,
+              mn * 1e6, wbytes / mn / 1e9, mb / mn);
+  std::printf("  plain stream of the packed codes %8.1f us  %5.1f GB/s\n", ms * 1e6,
+              static_cast<double>(q[0].size()) / ms / 1e9);
+}
