@@ -6,7 +6,9 @@
 // bench/decode_ab.sh (which extracts the base revision's header); by hand:
 //
 //   g++ -O3 -fopenmp -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/cpu -I<dir with base_avx2.cpp> \
-//       bench/decode_ab.cpp -o decode_ab && ./decode_ab BITS M [LAYERS] [N=K] [ROUNDS]
+//       bench/decode_ab.cpp csrc/cpu/cpu_features.cpp -o decode_ab
+//   ./decode_ab BITS M [LAYERS] [N=K] [ROUNDS]
+// Codes are read the way the library reads them on this CPU (PYQUANT_CODES overrides).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -15,20 +17,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <string>
 #include <vector>
 
 #include "cpu_dispatch.h"
-
-namespace pyquant {  // what the kernels need from cpu_features.cpp
-bool subnormal_codes() {
-  const char* c = std::getenv("PYQUANT_CODES");
-  return !(c && !std::strcmp(c, "convert"));
-}
-Isa active_isa() { return Isa::Avx2; }
-void set_last_error(const std::string&) {}
-}  // namespace pyquant
 
 #include "qmatmul_avx2.cpp"  // namespace isa_avx2: the working tree's kernels
 #undef PQ_ISA_NS

@@ -14,5 +14,6 @@ trap 'rm -rf "$tmp"' EXIT
 git show "$rev:csrc/cpu/qmatmul_kernels.h" > "$tmp/base_kernels.h"
 git show "$rev:csrc/cpu/qmatmul_avx2.cpp" \
   | sed -e 's/isa_avx2/isa_base/g' -e 's/#include "qmatmul_kernels.h"/#include "base_kernels.h"/' > "$tmp/base_avx2.cpp"
-g++ -O3 -fopenmp -mavx2 -mfma -mf16c -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp -o "$tmp/decode_ab"
+g++ -O3 -fopenmp -mavx2 -mfma -mf16c -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \
+  csrc/cpu/cpu_features.cpp -o "$tmp/decode_ab"
 for m in "${ms[@]}"; do "$tmp/decode_ab" "$bits" "$m" ${LAYERS:-16} ${SIZE:-4096} ${ROUNDS:-30}; done

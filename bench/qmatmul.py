@@ -1,8 +1,8 @@
 """Benchmark: pyquant's CPU qmatmul vs torch's int4/int8 CPU kernels and fp32 matmul.
 
 Decode (M=1, and a batch of M=4 rows) rotates over many distinct layers so the weights come
-from memory, not cache; prefill (M=512) is compute-bound. Every row: median us per call, GB/s of weight bytes read,
-fraction of this machine's measured read bandwidth (the best of a 512 MiB probe and of a plain
+from memory, not cache; prefill (M=512) is compute-bound. Every row: median us per call, GB/s of
+weight bytes read, fraction of this machine's measured read bandwidth (the best of a 512 MiB probe and of a plain
 streaming read timed in the same rounds), fraction of that streaming read's median (decode: the
 same-conditions yardstick), and the ratio to the best alternative timed in the same run
 (candidates are timed interleaved, so the ratios survive a noisy machine).
