@@ -167,19 +167,22 @@ static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* ou
   }
 }
 
-// Calls f(MC, Sub) with both as compile-time constants (std::integral_constant): MC = mc of
-// the activation rows in 1..4, Sub = sub (subnormal codes). The decode kernels' one dispatch.
-template <class Fn>
-static inline void with_tile(int64_t mc, bool sub, Fn&& f) {
-  auto go = [&](auto MC) {
-    if (sub) f(MC, std::true_type{});
-    else f(MC, std::false_type{});
-  };
-  switch (mc) {
-    case 1: go(std::integral_constant<int, 1>{}); break;
-    case 2: go(std::integral_constant<int, 2>{}); break;
-    case 3: go(std::integral_constant<int, 3>{}); break;
-    default: go(std::integral_constant<int, 4>{}); break;
+// Calls f(m0, MC, Sub) for the activation rows m0..m0+MC-1, in chunks of MaxMC rows (the last
+// one shorter), with MC and Sub (subnormal codes) as compile-time constants
+// (std::integral_constant). The decode kernels' one dispatch.
+template <int MaxMC, class Fn>
+static inline void for_each_tile(int64_t M, bool sub, Fn&& f) {
+  static_assert(MaxMC >= 1 && MaxMC <= 4, "tiles of 1 to 4 activation rows");
+  for (int64_t m0 = 0; m0 < M; m0 += MaxMC) {
+    const int64_t mc = std::min<int64_t>(MaxMC, M - m0);
+    auto go = [&](auto MC) {
+      if (sub) f(m0, MC, std::true_type{});
+      else f(m0, MC, std::false_type{});
+    };
+    if (mc == 1) go(std::integral_constant<int, 1>{});
+    if constexpr (MaxMC >= 2) if (mc == 2) go(std::integral_constant<int, 2>{});
+    if constexpr (MaxMC >= 3) if (mc == 3) go(std::integral_constant<int, 3>{});
+    if constexpr (MaxMC >= 4) if (mc == 4) go(std::integral_constant<int, 4>{});
   }
 }
 
@@ -203,13 +206,15 @@ struct Int4Plan {
 
 // The per-(row, m) integer-code dot products over the full blocks, times the group scales.
 // The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
-// block with a per-lane scale vector. One accumulator per (row, m) (3 or 4 FMA chains: the
+// block with a per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the
 // nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace; two chains
 // per row measured 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4,
-// v/acc/tot stay in registers.
+// v/acc/tot stay in registers. Never inlined: inlined into the parallel region (GCC 12 does
+// when fewer tile shapes are instantiated) it ran 0.94-0.98x at M = 1 (Zen 3), its registers
+// shared with the caller's state.
 template <int MC, int R, bool Sub>
-static inline void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
-                             const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+__attribute__((noinline)) static void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
+                                                const float* const* srow, const Int4Plan& p, float out[R][MC]) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int W = V::W;
@@ -300,11 +305,12 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
 template <int MC, bool Sub>
 static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, float* srow_buf,
                        float* yacc) {
-  // Rows per tile: each x row (MC of them, 16 KiB each at K = 4096) is read once per R weight
-  // rows, and with MC >= 2 they no longer fit in L1 together: R = 4 up to MC = 3 (12
-  // accumulators, some spilled to L1, still 1.25-1.33x R = 1 at M = 3 on Zen 3), R = 2 at MC = 4
-  // (1.14x R = 1; R = 4 was 0.86x).
-  constexpr int R = MC == 4 ? 2 : 4;
+  // Tiles of R = 4 weight rows and MC <= 2 activation rows (8 accumulators); larger M runs as
+  // several passes over the same 4 weight rows, the later ones reading them from L1. MC = 4,
+  // R = 2 has 8 accumulators too, but with 4 x vectors and the 4 nibble masks live GCC spills
+  // accumulators into their own dependency chains: 2-row passes were 1.18x it at M = 4 and
+  // 1.03-1.11x at M = 3, 5..8 (Zen 3, bench/decode_ab.sh; bench/RESULTS.md, tenth session).
+  constexpr int R = 4;
   int64_t r = 0;
   for (; r + R <= nr; r += R) {
     float tmp[MC * 4];
@@ -362,13 +368,9 @@ static void decode_int4(const QmmArgs& a) {
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, p.ng, srow.data() + r * p.ng);
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int64_t mc = std::min<int64_t>(4, M - m0);
-        float* ya = yrow.data() + m0 * 4;
-        with_tile(mc, p.sub, [&](auto MC, auto Sub) {
-          dec4_block<decltype(MC)::value, decltype(Sub)::value>(a, p, m0, n0, nr, srow.data(), ya);
-        });
-      }
+      for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
+        dec4_block<decltype(MC)::value, decltype(Sub)::value>(a, p, m0, n0, nr, srow.data(), yrow.data() + m0 * 4);
+      });
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
         for (int64_t r = 0; r < nr; ++r)
@@ -387,7 +389,7 @@ struct Int8Plan {
   std::vector<double> unscale, offset;  // [M]: 2^T and 128 * sum_{k<kt} x_k (subnormal), else 1 and 0
 };
 
-// Per-(row, m) dot products of the codes with x over k < kt (two FMA chains each).
+// Per-(row, m) dot products of the codes with x over k < kt (two FMA chains each when MC = 1).
 // Convert: W codes per load, sign-extended and converted. Subnormal: a 4W-byte block, lane l
 // holds codes 4l..4l+3; after flipping sign bits, byte j < 3 is one AND away from a tiny float
 // u * 2^(8j-149) and byte 3 one 24-bit shift away from u * 2^-149, met by xp[block + jW + l].
@@ -397,8 +399,12 @@ static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, flo
   using I = typename V::I;
   constexpr int W = V::W;
   const int64_t K = p.K;
-  F acc0[R][MC], acc1[R][MC];
-  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) { acc0[r][m] = V::zero(); acc1[r][m] = V::zero(); }
+  // Two FMA chains per (row, m) when MC * R <= 4 (8 accumulators at MC = 1, R = 4); one in the
+  // larger tiles, where two need 16 accumulators and spill: 1.09-1.29x two at M = 2..8 (Zen 3).
+  constexpr bool Two = MC * R <= 4;
+  F acc0[R][MC], acc1s[R][MC];
+  F (&acc1)[R][MC] = Two ? acc1s : acc0;
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) { acc0[r][m] = V::zero(); acc1s[r][m] = V::zero(); }
   if constexpr (Sub) {
     const float* xp[MC];
     for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.kt;
@@ -433,7 +439,7 @@ static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, flo
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MC; ++m) {
       const float* xr = p.xr.data() + (m0 + m) * K;
-      float v = static_cast<float>(V::hsum(V::add(acc0[r][m], acc1[r][m])) * p.unscale[m0 + m] - p.offset[m0 + m]);
+      float v = static_cast<float>(V::hsum(Two ? V::add(acc0[r][m], acc1s[r][m]) : acc0[r][m]) * p.unscale[m0 + m] - p.offset[m0 + m]);
       for (int64_t k = p.kt; k < K; ++k) v += static_cast<float>(q[r * K + k]) * xr[k];  // scalar tail
       out[r][m] = v;
     }
@@ -491,13 +497,9 @@ static void decode_int8(const QmmArgs& a) {
 #pragma omp for schedule(dynamic, 16)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int64_t mc = std::min<int64_t>(4, M - m0);
-        float* ya = yrow.data() + m0 * 4;
-        with_tile(mc, p.sub, [&](auto MC, auto Sub) {
-          dec8_block<decltype(MC)::value, decltype(Sub)::value>(p, qw, m0, n0, nr, ya);
-        });
-      }
+      for_each_tile<4>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
+        dec8_block<decltype(MC)::value, decltype(Sub)::value>(p, qw, m0, n0, nr, yrow.data() + m0 * 4);
+      });
       float s[4];
       for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, 1, s + r);  // int8: one scale per row
       for (int64_t m = 0; m < M; ++m) {
