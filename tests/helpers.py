@@ -65,21 +65,24 @@ def assert_matmul_close(y: torch.Tensor, x: torch.Tensor, w64: torch.Tensor, bia
                              f"{int((ratio > 1).sum())} of {ratio.numel()} elements out)")
 
 
-def tiny_llama_config(**overrides):
-    """A transformers LlamaConfig for a 2-layer toy model (vocab 300, hidden 64, MLP 128, 4 heads,
-    2 KV heads); keyword arguments override any field."""
-    from transformers import LlamaConfig
+def tiny_llama(seed=None, *, tie: bool = False, std: float = 0.2, vocab: int = 300, bias: bool = False,
+               hidden: int = 64, inter: int = 128, layers: int = 2, ctx: int = 256):
+    """A random-initialized float32 LlamaForCausalLM in eval mode: 2 layers, hidden 64, MLP 128, 4 heads,
+    2 KV heads, vocab 300 unless overridden. Weights N(0, std) (std well above transformers' 0.02, so
+    greedy decoding has no near-ties); seed=None keeps the global RNG's state. bias=True gives the
+    attention projections a bias (like Qwen2), also N(0, std). The one tiny model of the test suite."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    kw = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-              initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    kw.update(overrides)
-    return LlamaConfig(**kw)
-
-
-def tiny_llama(seed: int = 0, **overrides):
-    """A random-initialized float32 LlamaForCausalLM from tiny_llama_config(**overrides), eval mode."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
+                      tie_word_embeddings=tie, initializer_range=std, attention_bias=bias,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    if bias:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                    m.bias.normal_(0, std)
+    return model

@@ -1,16 +1,11 @@
 """Tiny random-initialized Llama models for the perf tests (no hub, no demo model)."""
+import helpers
 import pytest
-import torch
 
 
-def tiny_llama(seed=0, hidden=64, inter=128, layers=2, vocab=300, ctx=256):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+def tiny_llama(seed=0, **kw):
+    """helpers.tiny_llama with seed 0 and transformers' default init (std 0.02)."""
+    return helpers.tiny_llama(seed, **{"std": 0.02, **kw})
 
 
 @pytest.fixture

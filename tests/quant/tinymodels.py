@@ -1,29 +1,10 @@
 """Tiny random-initialized causal LMs and a word-level tokenizer for the quant and models tests
-(imported by tests/quant/conftest.py and tests/test_models.py)."""
+(imported by tests/quant/conftest.py and tests/test_models.py); tiny_llama itself lives in
+tests/helpers.py."""
 import torch
+from helpers import tiny_llama  # noqa: F401  (re-exported)
 
 VOCAB = 300
-
-
-def tiny_llama(tie: bool = False, seed=None, std: float = 0.2, vocab: int = VOCAB, bias: bool = False):
-    """A 2-layer LlamaForCausalLM (hidden 64, MLP 128, 4 heads, 2 KV heads), fresh random weights
-    N(0, std) (std well above the default so greedy decoding has no near-ties), float32, eval mode.
-    bias=True gives the attention projections a bias (like Qwen2)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=tie, initializer_range=std, attention_bias=bias,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
-    if bias:
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.Linear) and m.bias is not None:
-                    m.bias.normal_(0, std)
-    return model
 
 
 def tiny_tokenizer(vocab: int = VOCAB):
