@@ -1,7 +1,8 @@
 // The instruction-throughput ceiling of the CPU decode kernels' inner loops (AVX2), one core,
 // data in L1, so memory plays no part: how many code x activation multiply-adds per second each
 // way of turning weight codes into floats allows. Same loop shape as csrc/cpu/qmatmul_kernels.h
-// (4 weight rows share each x load); ratios are printed from one run.
+// (4 weight rows share each x load); ratios are printed from one run. The tile rows time the
+// batched kernel's shapes (MC activation rows x R weight rows).
 //
 //   g++ -O3 -mavx2 -mfma bench/decode_ceiling.cpp -o /tmp/decode_ceiling && /tmp/decode_ceiling
 #include <immintrin.h>
@@ -16,6 +17,7 @@ constexpr int K = 2048, R = 4, NB4 = K / 64, NB8 = K / 32;
 alignas(64) static uint8_t q4[R][K / 2];
 alignas(64) static int8_t q8[R][K];
 alignas(64) static float xp[K];
+alignas(64) static float xm[4][K];  // 4 activation rows for the batched tiles
 
 static inline float hsum(__m256 v) {
   alignas(32) float t[8];
@@ -91,8 +93,34 @@ __attribute__((noinline)) float int8_loop() {
   return s;
 }
 
+// INT4 subnormal, a tile of MC activation rows x RR weight rows (RR <= R): MC * RR accumulators,
+// each AND shared by MC FMAs. The batched decode kernel's tile shapes (M = 2..8).
+template <int MC, int RR>
+__attribute__((noinline)) float int4_tile() {
+  __m256 acc[RR][MC];
+  for (int r = 0; r < RR; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = _mm256_setzero_ps();
+  for (int b = 0; b < NB4; ++b) {
+    __m256i v[RR];
+    for (int r = 0; r < RR; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q4[r] + b * 32));
+#pragma GCC unroll 8
+    for (int S = 0; S < 8; ++S) {
+      __m256 xs[MC];
+      for (int m = 0; m < MC; ++m) xs[m] = _mm256_load_ps(xm[m] + b * 64 + S * 8);
+      for (int r = 0; r < RR; ++r) {
+        const __m256 c = _mm256_castsi256_ps(_mm256_and_si256(v[r], _mm256_set1_epi32(15 << (4 * (S & 3)))));
+        for (int m = 0; m < MC; ++m) acc[r][m] = _mm256_fmadd_ps(c, xs[m], acc[r][m]);
+      }
+      if (S == 3)
+        for (int r = 0; r < RR; ++r) v[r] = _mm256_srli_epi32(v[r], 16);
+    }
+  }
+  float s = 0.f;
+  for (int r = 0; r < RR; ++r) for (int m = 0; m < MC; ++m) s += hsum(acc[r][m]);
+  return s;
+}
+
 template <class Fn>
-static double gmacs(Fn fn) {  // best of 20 rounds of 2000 calls: G multiply-adds per second
+static double gmacs(Fn fn, int macs_per_call = R * K) {  // best of 20 rounds of 2000 calls: G multiply-adds per second
   volatile float sink = fn();
   double best = 1e30;
   for (int round = 0; round < 20; ++round) {
@@ -101,7 +129,7 @@ static double gmacs(Fn fn) {  // best of 20 rounds of 2000 calls: G multiply-add
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   (void)sink;
-  return 2000.0 * R * K / best / 1e9;
+  return 2000.0 * macs_per_call / best / 1e9;
 }
 
 int main() {
@@ -110,10 +138,15 @@ int main() {
     for (int i = 0; i < K; ++i) q8[r][i] = static_cast<int8_t>(std::rand());
   }
   for (int i = 0; i < K; ++i) xp[i] = static_cast<float>(std::rand()) / RAND_MAX - 0.5f;
+  for (auto& row : xm) for (float& v : row) v = 1e30f * (static_cast<float>(std::rand()) / RAND_MAX - 0.5f);
   const double c4 = gmacs(int4_loop<false>), s4 = gmacs(int4_loop<true>), s4a = gmacs(int4_loop<true, 2>);
   const double c8 = gmacs(int8_loop<false>), s8 = gmacs(int8_loop<true>);
   std::printf("one core, L1-resident, G multiply-adds/s\n");
   std::printf("int4 convert   %6.2f\nint4 subnormal %6.2f  (%.2fx)\n", c4, s4, s4 / c4);
   std::printf("int4 subnormal-2chains %6.2f  (%.2fx: two FMA chains per row)\n", s4a, s4a / s4);
   std::printf("int8 convert   %6.2f\nint8 subnormal %6.2f  (%.2fx)\n", c8, s8, s8 / c8);
+  // x scaled as the kernel scales it (products are normal numbers, not subnormal ones)
+  std::printf("int4 subnormal tiles, x rows MC x weight rows R:\n");
+  std::printf("  1 x 4 %6.2f\n  2 x 4 %6.2f\n  3 x 4 %6.2f\n  4 x 2 %6.2f\n", gmacs(int4_tile<1, 4>, 4 * K),
+              gmacs(int4_tile<2, 4>, 8 * K), gmacs(int4_tile<3, 4>, 12 * K), gmacs(int4_tile<4, 2>, 8 * K));
 }
