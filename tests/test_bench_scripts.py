@@ -61,9 +61,12 @@ def test_decode_ceiling_builds_and_runs(tmp_path):
     exe = tmp_path / "decode_ceiling"
     _run(["g++", "-O2", "-mavx2", "-mfma", "-std=c++17", "bench/decode_ceiling.cpp", "-o", str(exe)])
     text = _run([str(exe)])
-    rates = {line.split()[0] + " " + line.split()[1]: float(line.split()[2]) for line in text.splitlines()[1:]}
+    lines = text.splitlines()[1:]
+    rates = {ln.split()[0] + " " + ln.split()[1]: float(ln.split()[2]) for ln in lines if ln.startswith("int") and "tiles" not in ln}
     assert set(rates) == {"int4 convert", "int4 subnormal", "int4 subnormal-2chains", "int8 convert", "int8 subnormal"}
-    assert all(v > 0 for v in rates.values())
+    tiles = {" ".join(ln.split()[:3]): float(ln.split()[3]) for ln in lines if ln.startswith("  ")}
+    assert set(tiles) == {"1 x 4", "2 x 4", "3 x 4", "4 x 2"}
+    assert all(v > 0 for v in [*rates.values(), *tiles.values()])
 
 
 @needs_cpu
