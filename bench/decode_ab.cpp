@@ -18,6 +18,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <new>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "cpu_dispatch.h"
@@ -48,13 +50,14 @@ static double now() {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s BITS(4|8) M [LAYERS=16] [N=K=4096] [ROUNDS=30]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s BITS(4|8) M [LAYERS=16] [N=K=4096] [ROUNDS=30] [SCALES=fp32|fp16]\n", argv[0]);
     return 2;
   }
   const int bits = std::atoi(argv[1]), M = std::atoi(argv[2]);
   const int L = argc > 3 ? std::atoi(argv[3]) : 16;
   const int64_t N = argc > 4 ? std::atoll(argv[4]) : 4096, K = N, G = 128, ng = (K + G - 1) / G;
   const int rounds = argc > 5 ? std::atoi(argv[5]) : 30;
+  const bool f16 = argc > 6 && std::string(argv[6]) == "fp16";  // scales stored as fp16
   std::srand(1);
   // Weight codes 64-byte aligned, as torch allocates them (malloc's 16 split a cache line every
   // other 32-byte load: 0.90x at INT4 M = 1).
@@ -66,6 +69,11 @@ int main(int argc, char** argv) {
     for (auto& b : q[l]) b = static_cast<uint8_t>(std::rand());
     s[l].resize(bits == 4 ? N * ng : N);
     for (auto& v : s[l]) v = 0.01f * static_cast<float>(std::rand() % 100 + 1);
+    if (f16) {  // the same values as fp16, packed into the front of the float buffer
+      std::vector<uint16_t> h(s[l].size());
+      for (size_t i = 0; i < h.size(); ++i) h[i] = _cvtss_sh(s[l][i], 0);
+      std::memcpy(s[l].data(), h.data(), h.size() * 2);
+    }
     if (bits == 4) {
       z[l].resize(N * ng);
       for (auto& v : z[l]) v = static_cast<uint8_t>(std::rand() & 15);
@@ -74,7 +82,7 @@ int main(int argc, char** argv) {
   std::vector<float> x(M * K), yb(M * N), yn(M * N);
   for (auto& v : x) v = static_cast<float>(std::rand() % 2000 - 1000) * 1e-3f;
   auto args = [&](int l, float* y) {
-    return QmmArgs{x.data(), DType::F32, M, K, K, q[l].data(), s[l].data(), DType::F32,
+    return QmmArgs{x.data(), DType::F32, M, K, K, q[l].data(), s[l].data(), f16 ? DType::F16 : DType::F32,
                    bits == 4 ? z[l].data() : nullptr, nullptr, bits, bits == 4 ? static_cast<int>(G) : 0, N, y, N, 2};
   };
   isa_base::qmatmul_run(args(0, yb.data()));
@@ -115,7 +123,7 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rounds; ++r)
     for (int w = 0; w < 3; ++w) t[w].push_back(sweep(w));
   for (auto& v : t) std::sort(v.begin(), v.end());
-  const double wbytes = static_cast<double>(q[0].size() + s[0].size() * 4 + z[0].size());
+  const double wbytes = static_cast<double>(q[0].size() + s[0].size() * (f16 ? 2 : 4) + z[0].size());
   const double mb = t[0][rounds / 2], mn = t[1][rounds / 2], ms = t[2][rounds / 2];
   std::printf("int%d M=%d %lldx%lld x%d layers, medians of %d interleaved sweeps; max |new - base| = %.3g (max |y| %.3g)\n",
               bits, M, static_cast<long long>(N), static_cast<long long>(K), L, rounds, diff, ymax);

@@ -2,6 +2,7 @@
 # A/B-time the working tree's CPU decode kernels against those of git revision REV (see
 # bench/decode_ab.cpp). Usage: bench/decode_ab.sh REV [BITS=4] [M...=1]
 #   e.g. bench/decode_ab.sh HEAD~1 4 1 2 4 8
+# Environment: LAYERS (16), SIZE (N = K, 4096), ROUNDS (30), SCALES (fp32 or fp16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}
@@ -16,4 +17,4 @@ git show "$rev:csrc/cpu/qmatmul_avx2.cpp" \
   | sed -e 's/isa_avx2/isa_base/g' -e 's/#include "qmatmul_kernels.h"/#include "base_kernels.h"/' > "$tmp/base_avx2.cpp"
 g++ -O3 -fopenmp -mavx2 -mfma -mf16c -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \
   csrc/cpu/cpu_features.cpp -o "$tmp/decode_ab"
-for m in "${ms[@]}"; do "$tmp/decode_ab" "$bits" "$m" ${LAYERS:-16} ${SIZE:-4096} ${ROUNDS:-30}; done
+for m in "${ms[@]}"; do "$tmp/decode_ab" "$bits" "$m" ${LAYERS:-16} ${SIZE:-4096} ${ROUNDS:-30} ${SCALES:-fp32}; done

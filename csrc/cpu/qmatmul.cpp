@@ -34,6 +34,7 @@ struct V {
   static I flip_bytes(I v) { return v ^ 0x80808080u; }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }
+  static F load_f16(const uint16_t* p);  // defined below, from the shared f16_to_f32
   static F scale_block(const float* s, int) { return s[0]; }
 };
 
@@ -42,6 +43,10 @@ struct V {
 
 #define PQ_ISA_NS isa_scalar
 #include "qmatmul_kernels.h"
+
+namespace pyquant::isa_scalar {
+inline float V::load_f16(const uint16_t* p) { return f16_to_f32(*p); }
+}  // namespace pyquant::isa_scalar
 
 namespace pyquant {
 

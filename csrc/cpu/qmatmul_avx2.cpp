@@ -35,6 +35,7 @@ struct V {
   static F load_u8(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  static F load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   // lane l gets s[l / lpg]; with W = 8 only group size 32 (lpg = 4) lands here.
   static F scale_block(const float* s, int lpg) {
     if (lpg == 4) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(s[0])), _mm_set1_ps(s[1]), 1);

@@ -31,6 +31,7 @@ struct V {
   static F load_u8(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  static F load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   // lane l gets s[l / lpg] (group size 32 -> lpg 4, 64 -> lpg 8).
   static F scale_block(const float* s, int lpg) {
     alignas(64) float t[W];

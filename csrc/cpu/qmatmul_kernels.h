@@ -4,7 +4,8 @@
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
 //   loadi (4W bytes), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
 //   read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 /
-//   load_u8 (W int8 / uint8 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]).
+//   load_u8 (W int8 / uint8 -> float), load_f16 (W fp16 -> float), scale_block(s, lpg) (lane l
+//   gets s[l / lpg]).
 // What is built from those (nib, bits, cvt_and, gather4) is defined once below.
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
@@ -157,13 +158,16 @@ static inline void* row_ptr(void* base, DType dt, int64_t row, int64_t ld) {
 
 static inline int threads_for(const QmmArgs& a) { return a.nthreads > 0 ? a.nthreads : omp_get_max_threads(); }
 
-// Scales of one weight row as fp32 (ng of them).
+// Scales of one weight row as fp32 (ng of them). fp16 ones W at a time (F16C: the scalar
+// conversion made INT4-g128 decode with fp16 scales 0.85x the fp32-scale speed).
 static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* out) {
   if (a.sdt == DType::F32) {
     std::memcpy(out, static_cast<const float*>(a.scales) + n * ng, ng * sizeof(float));
   } else {
     const auto* s = static_cast<const uint16_t*>(a.scales) + n * ng;
-    for (int64_t g = 0; g < ng; ++g) out[g] = f16_to_f32(s[g]);
+    int64_t g = 0;
+    for (; g + V::W <= ng; g += V::W) V::store(out + g, V::load_f16(s + g));
+    for (; g < ng; ++g) out[g] = f16_to_f32(s[g]);
   }
 }
 

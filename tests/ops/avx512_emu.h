@@ -15,6 +15,7 @@
 struct emu_m512 { float f[16]; };
 struct emu_m512i { uint32_t u[16]; };
 struct emu_m128i { uint8_t b[16]; };
+struct emu_m256i { uint16_t h[16]; };  // only as 16 fp16 values (_mm512_cvtph_ps)
 
 inline emu_m512 emu_setzero_ps() { return emu_m512{}; }
 inline emu_m512 emu_set1_ps(float a) { emu_m512 r; for (float& v : r.f) v = a; return r; }
@@ -51,10 +52,23 @@ inline emu_m512i emu_cvtepi8_epi32(emu_m128i a) {
   return r;
 }
 inline emu_m512i emu_cvtepu8_epi32(emu_m128i a) { emu_m512i r; for (int l = 0; l < 16; ++l) r.u[l] = a.b[l]; return r; }
+inline emu_m256i emu_loadu_si256(const emu_m256i* p) { emu_m256i r; std::memcpy(r.h, p, 32); return r; }
+inline emu_m512 emu_cvtph_ps(emu_m256i a) {  // IEEE binary16 -> float, exactly
+  emu_m512 r;
+  for (int l = 0; l < 16; ++l) {
+    const int e = (a.h[l] >> 10) & 31, m = a.h[l] & 1023;
+    const float mag = e == 31 ? (m ? NAN : INFINITY) : e ? std::ldexp(1024.f + m, e - 25) : std::ldexp(float(m), -24);
+    r.f[l] = a.h[l] & 0x8000 ? -mag : mag;
+  }
+  return r;
+}
 
 #define __m512 emu_m512
 #define __m512i emu_m512i
 #define __m128i emu_m128i
+#define __m256i emu_m256i
+#define _mm256_loadu_si256 emu_loadu_si256
+#define _mm512_cvtph_ps emu_cvtph_ps
 #define _mm512_setzero_ps emu_setzero_ps
 #define _mm512_set1_ps emu_set1_ps
 #define _mm512_loadu_ps emu_loadu_ps
