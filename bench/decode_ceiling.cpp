@@ -27,26 +27,30 @@ static inline float hsum(__m256 v) {
 
 // INT4, convert: AND (or shift) + int->float conversion + FMA per 8 codes.
 // INT4, subnormal: AND + FMA per 8 codes (the masked lane read as a subnormal float).
-// A: FMA chains per row (the kernel has 1: R = 4 chains; A = 2 asks whether FMA latency binds).
-template <bool Sub, int A = 1>
+// A: FMA chains per (row, x row) (the kernel has 1; A = 2 asks whether FMA latency binds).
+// MC x RR: activation rows x weight rows of a tile, MC * RR * A accumulators, each AND shared by
+// MC FMAs (M = 1: 1 x 4 over xp; the batched kernel's tiles over xm, scaled as the kernel
+// scales x so that products are normal numbers).
+template <bool Sub, int A = 1, int MC = 1, int RR = R>
 __attribute__((noinline)) float int4_loop() {
-  __m256 acc[R][A];
-  for (int r = 0; r < R; ++r) for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
+  __m256 acc[RR][MC][A];
+  for (auto& row : acc) for (auto& m : row) for (auto& a : m) a = _mm256_setzero_ps();
   for (int b = 0; b < NB4; ++b) {
-    __m256i v[R];
-    for (int r = 0; r < R; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q4[r] + b * 32));
+    __m256i v[RR];
+    for (int r = 0; r < RR; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q4[r] + b * 32));
     auto step = [&](auto S_) {
       constexpr int S = decltype(S_)::value;
-      const __m256 xs = _mm256_load_ps(xp + b * 64 + S * 8);
-      for (int r = 0; r < R; ++r) {
+      __m256 xs[MC];
+      for (int m = 0; m < MC; ++m) xs[m] = _mm256_load_ps((MC == 1 ? xp : xm[m]) + b * 64 + S * 8);
+      for (int r = 0; r < RR; ++r) {
         __m256 c;
         if constexpr (Sub) c = _mm256_castsi256_ps(_mm256_and_si256(v[r], _mm256_set1_epi32(15 << (4 * (S & 3)))));
         else if constexpr (S == 7) c = _mm256_cvtepi32_ps(_mm256_srli_epi32(v[r], 28));
         else c = _mm256_cvtepi32_ps(_mm256_and_si256(v[r], _mm256_set1_epi32(15 << (4 * S))));
-        acc[r][S % A] = _mm256_fmadd_ps(c, xs, acc[r][S % A]);
+        for (int m = 0; m < MC; ++m) acc[r][m][S % A] = _mm256_fmadd_ps(c, xs[m], acc[r][m][S % A]);
       }
       if constexpr (Sub && S == 3)
-        for (int r = 0; r < R; ++r) v[r] = _mm256_srli_epi32(v[r], 16);
+        for (int r = 0; r < RR; ++r) v[r] = _mm256_srli_epi32(v[r], 16);
     };
     step(std::integral_constant<int, 0>{}); step(std::integral_constant<int, 1>{});
     step(std::integral_constant<int, 2>{}); step(std::integral_constant<int, 3>{});
@@ -54,7 +58,7 @@ __attribute__((noinline)) float int4_loop() {
     step(std::integral_constant<int, 6>{}); step(std::integral_constant<int, 7>{});
   }
   float s = 0.f;
-  for (int r = 0; r < R; ++r) for (int a = 0; a < A; ++a) s += hsum(acc[r][a]);
+  for (auto& row : acc) for (auto& m : row) for (auto& a : m) s += hsum(a);
   return s;
 }
 
@@ -93,32 +97,6 @@ __attribute__((noinline)) float int8_loop() {
   return s;
 }
 
-// INT4 subnormal, a tile of MC activation rows x RR weight rows (RR <= R): MC * RR accumulators,
-// each AND shared by MC FMAs. The batched decode kernel's tile shapes (M = 2..8).
-template <int MC, int RR>
-__attribute__((noinline)) float int4_tile() {
-  __m256 acc[RR][MC];
-  for (int r = 0; r < RR; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = _mm256_setzero_ps();
-  for (int b = 0; b < NB4; ++b) {
-    __m256i v[RR];
-    for (int r = 0; r < RR; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q4[r] + b * 32));
-#pragma GCC unroll 8
-    for (int S = 0; S < 8; ++S) {
-      __m256 xs[MC];
-      for (int m = 0; m < MC; ++m) xs[m] = _mm256_load_ps(xm[m] + b * 64 + S * 8);
-      for (int r = 0; r < RR; ++r) {
-        const __m256 c = _mm256_castsi256_ps(_mm256_and_si256(v[r], _mm256_set1_epi32(15 << (4 * (S & 3)))));
-        for (int m = 0; m < MC; ++m) acc[r][m] = _mm256_fmadd_ps(c, xs[m], acc[r][m]);
-      }
-      if (S == 3)
-        for (int r = 0; r < RR; ++r) v[r] = _mm256_srli_epi32(v[r], 16);
-    }
-  }
-  float s = 0.f;
-  for (int r = 0; r < RR; ++r) for (int m = 0; m < MC; ++m) s += hsum(acc[r][m]);
-  return s;
-}
-
 template <class Fn>
 static double gmacs(Fn fn, int macs_per_call = R * K) {  // best of 20 rounds of 2000 calls: G multiply-adds per second
   volatile float sink = fn();
@@ -147,6 +125,6 @@ int main() {
   std::printf("int8 convert   %6.2f\nint8 subnormal %6.2f  (%.2fx)\n", c8, s8, s8 / c8);
   // x scaled as the kernel scales it (products are normal numbers, not subnormal ones)
   std::printf("int4 subnormal tiles, x rows MC x weight rows R:\n");
-  std::printf("  1 x 4 %6.2f\n  2 x 4 %6.2f\n  3 x 4 %6.2f\n  4 x 2 %6.2f\n", gmacs(int4_tile<1, 4>, 4 * K),
-              gmacs(int4_tile<2, 4>, 8 * K), gmacs(int4_tile<3, 4>, 12 * K), gmacs(int4_tile<4, 2>, 8 * K));
+  std::printf("  1 x 4 %6.2f\n  2 x 4 %6.2f\n  3 x 4 %6.2f\n  4 x 2 %6.2f\n", s4, gmacs(int4_loop<true, 1, 2, 4>, 8 * K),
+              gmacs(int4_loop<true, 1, 3, 4>, 12 * K), gmacs(int4_loop<true, 1, 4, 2>, 8 * K));
 }

@@ -310,10 +310,12 @@ template <int MC, bool Sub>
 static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, float* srow_buf,
                        float* yacc) {
   // Tiles of R = 4 weight rows and MC <= 2 activation rows (8 accumulators); larger M runs as
-  // several passes over the same 4 weight rows, the later ones reading them from L1. MC = 4,
-  // R = 2 has 8 accumulators too, but with 4 x vectors and the 4 nibble masks live GCC spills
-  // accumulators into their own dependency chains: 2-row passes were 1.18x it at M = 4 and
-  // 1.03-1.11x at M = 3, 5..8 (Zen 3, bench/decode_ab.sh; bench/RESULTS.md, tenth session).
+  // several passes over the same 4 weight rows, the later ones reading them from L1. The MC = 4,
+  // R = 2 tile used before has 8 accumulators too, but GCC 12 gives each of its FMAs its x vector
+  // as a memory operand (8 loads per 8 FMAs, against 2 here), and 4 x rows (64 KiB at K = 4096)
+  // do not fit L1: 2-row passes were 1.18-1.40x it at M = 4 and 1.02-1.19x at M = 5, 6, 8; M = 3
+  // (a 2-row and a 1-row pass instead of one 3 x 4 tile) 0.97-1.01x (Zen 3, bench/decode_ab.sh;
+  // bench/RESULTS.md, tenth session).
   constexpr int R = 4;
   int64_t r = 0;
   for (; r + R <= nr; r += R) {
