@@ -395,7 +395,7 @@ struct Int8Plan {
   std::vector<double> unscale, offset;  // [M]: 2^T and 128 * sum_{k<kt} x_k (subnormal), else 1 and 0
 };
 
-// Per-(row, m) dot products of the codes with x over k < kt (two FMA chains each when MC = 1).
+// Per-(row, m) dot products of the codes with x over k < kt (two FMA chains each when MC * R <= 4).
 // Convert: W codes per load, sign-extended and converted. Subnormal: a 4W-byte block, lane l
 // holds codes 4l..4l+3; after flipping sign bits, byte j < 3 is one AND away from a tiny float
 // u * 2^(8j-149) and byte 3 one 24-bit shift away from u * 2^-149, met by xp[block + jW + l].
