@@ -1,6 +1,8 @@
 // Bindings for the CPU qmatmul kernel (csrc/include/pyquant/qmatmul.h): validate arrays, then
 // run the kernel with the GIL released, writing into the caller's output array.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "bind_common.h"
 #include "pyquant/qmatmul.h"
@@ -9,8 +11,7 @@ using pyquant::DType;
 
 namespace {
 
-void expect_shape(const pqbind::ArrayView& v, const char* name, std::initializer_list<int64_t> want) {
-  std::vector<int64_t> w(want);
+void expect_shape(const pqbind::ArrayView& v, const char* name, const std::vector<int64_t>& w) {
   if (v.shape != w) {
     std::string msg = std::string(name) + ": expected shape [";
     for (size_t i = 0; i < w.size(); ++i) msg += (i ? ", " : "") + std::to_string(w[i]);
@@ -24,11 +25,24 @@ void expect_cpu(const pqbind::ArrayView& v, const char* name) {
   if (v.device != pqbind::kCPU) throw py::value_error(std::string(name) + ": must be on the CPU");
 }
 
-// Rows of a 2-D array must have a unit stride in the last dimension; returns the row stride.
-int64_t row_stride(const pqbind::ArrayView& v, const char* name) {
-  if (v.dim(1) > 1 && v.strides[1] != 1)
+// An array [..., C] as rows: (rows, row stride). The last dimension must have unit stride and the
+// leading ones must collapse into one (each stride = the next one's extent times its stride; size-1
+// dimensions do not count), as for a contiguous tensor or a 2-D slice of whole rows.
+std::pair<int64_t, int64_t> as_rows(const pqbind::ArrayView& v, const char* name) {
+  const int nd = v.ndim();
+  if (nd < 1) throw py::value_error(std::string(name) + ": expected at least 1 dimension, got 0");
+  const int64_t c = v.dim(-1);
+  if (c > 1 && v.strides[nd - 1] != 1)
     throw py::value_error(std::string(name) + ": the last dimension must be contiguous (stride 1)");
-  return v.dim(0) > 1 ? v.strides[0] : v.dim(1);
+  int64_t rows = 1, ld = c, inner = -1;  // inner: stride of the next leading dimension of size > 1
+  for (int i = nd - 2; i >= 0; --i) {
+    rows *= v.shape[i];
+    if (v.shape[i] == 1) continue;
+    if (inner < 0) ld = v.strides[i];
+    else if (v.strides[i] != inner) throw py::value_error(std::string(name) + ": leading dimensions must collapse into rows (make it contiguous)");
+    inner = v.strides[i] * v.shape[i];
+  }
+  return {rows, ld};
 }
 
 // A weight checked once and kept (borrowed, with its owners alive) for repeated calls: the
@@ -73,17 +87,16 @@ struct CpuWeight {
     }
   }
 
-  // y[M, N] = x[M, K] @ W.T (+ bias), written into y.
+  // y[..., N] = x[..., K] @ W.T (+ bias), written into y (x's leading shape; see as_rows).
   void matmul(py::object x_obj, py::object b_obj, py::object y_obj, int num_threads) const {
     auto x = pqbind::as_array(x_obj, "x");
     auto y = pqbind::as_array(y_obj, "y");
     expect_cpu(x, "x");
     expect_cpu(y, "y");
-    pqbind::expect_ndim(x, "x", 2);
     pqbind::expect_dtype(x, "x", {DType::F32, DType::BF16, DType::F16});
-    const int64_t M = x.dim(0);
-    if (x.dim(1) != K)
-      throw py::value_error("x: last dimension " + std::to_string(x.dim(1)) + " != in_features " + std::to_string(K));
+    if (x.ndim() < 1 || x.dim(-1) != K)
+      throw py::value_error("x: last dimension " + (x.ndim() ? std::to_string(x.dim(-1)) : std::string("(none)")) +
+                            " != in_features " + std::to_string(K));
     const void* bias = nullptr;
     pqbind::ArrayView b;
     if (!b_obj.is_none()) {
@@ -94,10 +107,12 @@ struct CpuWeight {
       pqbind::expect_contiguous(b, "bias");
       bias = b.data;
     }
-    pqbind::expect_ndim(y, "y", 2);
     pqbind::expect_dtype(y, "y", {x.dtype});
-    expect_shape(y, "y", {M, N});
-    const int64_t ldx = row_stride(x, "x"), ldy = row_stride(y, "y");
+    std::vector<int64_t> yshape(x.shape.begin(), x.shape.end() - 1);
+    yshape.push_back(N);
+    expect_shape(y, "y", yshape);  // x's leading dimensions, then N
+    const auto [M, ldx] = as_rows(x, "x");
+    const int64_t ldy = as_rows(y, "y").second;
     if (M > 1 && (ldx < K || ldy < N)) throw py::value_error("x, y: rows overlap (row stride smaller than a row)");
     const auto* zeros = static_cast<const uint8_t*>(z.data);
     int32_t st;
@@ -119,7 +134,8 @@ void pq_bind_qmatmul(py::module_& m) {
       .def(py::init<py::object, py::object, py::object, int, int, int64_t>(), py::arg("qweight"), py::arg("scales"),
            py::arg("zeros"), py::arg("bits"), py::arg("group_size"), py::arg("in_features"))
       .def("matmul", &CpuWeight::matmul, py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("num_threads") = 0,
-           "y[M, N] = x[M, K] @ W.T (+ bias), written into y (x's dtype; fp32 accumulation).")
+           "y[..., N] = x[..., K] @ W.T (+ bias), written into y (x's dtype and leading dimensions; fp32 "
+           "accumulation). The leading dimensions must collapse into rows of unit-stride elements.")
       .def_readonly("out_features", &CpuWeight::N)
       .def_readonly("in_features", &CpuWeight::K);
   m.def(
@@ -130,6 +146,6 @@ void pq_bind_qmatmul(py::module_& m) {
       },
       py::arg("x"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"), py::arg("bias"), py::arg("bits"),
       py::arg("group_size"), py::arg("in_features"), py::arg("y"), py::arg("num_threads") = 0,
-      "y[M, N] = x[M, K] @ dequantize(qweight, scales, zeros).T (+ bias), written into y (x's dtype; "
-      "fp32 accumulation). Formats as in pyquant/formats.py. Raises ValueError on bad input.");
+      "y[..., N] = x[..., K] @ dequantize(qweight, scales, zeros).T (+ bias), written into y (x's dtype "
+      "and leading dimensions; fp32 accumulation). Formats as in pyquant/formats.py. Raises ValueError on bad input.");
 }

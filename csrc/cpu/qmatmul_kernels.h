@@ -86,16 +86,28 @@ struct NoDaz {
 #endif
 };
 
-// T of the subnormal path: x * 2^(149 - T) stays below 2^126 for the row's largest |x|.
-static inline int subnormal_shift(const float* x, int64_t n) {
-  float amax = 0.f;
-  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  return (amax > 0.f && std::isfinite(amax)) ? std::ilogb(amax) + 25 : 25;
-}
-
 // ---- scalar conversions ------------------------------------------------------------------
 static inline float bits_f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline uint32_t f_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// T of the subnormal path: x * 2^(149 - T) stays below 2^126 for the row's largest |x|. The
+// maximum is taken over |x|'s bit patterns (ordered as the values are; a vectorized integer max):
+// with a NaN or Inf in the row T is 25, and the row's outputs are NaN or Inf anyway.
+static inline int subnormal_shift(const float* x, int64_t n) {
+  uint32_t amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, f_bits(x[i]) & 0x7fffffffu);
+  return (amax > 0 && amax < 0x7f800000u) ? std::ilogb(bits_f(amax)) + 25 : 25;
+}
+
+// sum of x[0..n) in double, four chains (the INT8 path's offset, 128 * sum x, must not cancel).
+static inline double sum_double(const float* x, int64_t n) {
+  double s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) s[j] += x[i + j];
+  for (; i < n; ++i) s[0] += x[i];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
 
 static inline float bf16_to_f32(uint16_t h) { return bits_f(static_cast<uint32_t>(h) << 16); }
 static inline uint16_t f32_to_bf16(float f) {
@@ -143,7 +155,14 @@ static inline void load_row(const void* p, DType dt, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = load_one(p, dt, i);
 }
 static inline void store_row(const float* in, DType dt, int64_t n, void* out) {
-  if (dt == DType::F32) { std::memcpy(out, in, n * sizeof(float)); return; }
+  if (dt == DType::F32) {
+    if (n <= 4) {  // the decode kernels' tiles: not worth a memcpy call
+      for (int64_t i = 0; i < n; ++i) static_cast<float*>(out)[i] = in[i];
+    } else {
+      std::memcpy(out, in, n * sizeof(float));
+    }
+    return;
+  }
   auto* o = static_cast<uint16_t*>(out);
   if (dt == DType::BF16) for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(in[i]);
   else for (int64_t i = 0; i < n; ++i) o[i] = f32_to_f16(in[i]);
@@ -161,8 +180,11 @@ static inline int threads_for(const QmmArgs& a) { return a.nthreads > 0 ? a.nthr
 // Scales of one weight row as fp32 (ng of them). fp16 ones W at a time (F16C: the scalar
 // conversion made INT4-g128 decode with fp16 scales 0.85x the fp32-scale speed).
 static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* out) {
-  if (a.sdt == DType::F32) {
-    std::memcpy(out, static_cast<const float*>(a.scales) + n * ng, ng * sizeof(float));
+  if (a.sdt == DType::F32) {  // copied inline: a memcpy call per row cost more than the copy
+    const float* s = static_cast<const float*>(a.scales) + n * ng;
+    int64_t g = 0;
+    for (; g + V::W <= ng; g += V::W) V::store(out + g, V::load(s + g));
+    for (; g < ng; ++g) out[g] = s[g];
   } else {
     const auto* s = static_cast<const uint16_t*>(a.scales) + n * ng;
     int64_t g = 0;
@@ -201,12 +223,19 @@ constexpr int64_t kPrefetchBytes = 16384;
 constexpr int64_t kPrefetchTileBytes = 8192;
 
 struct Int4Plan {
-  int64_t G, ng, Kp, nblocks;  // nblocks full 8W-code blocks per row; codes past them: scalar tail
-  int gshift;                   // log2(G): group of code k is k >> gshift (no division in the loop)
-  bool sub;                     // subnormal codes (see the top of this file)
-  std::vector<float> xr, xp, gsum;  // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ng]
-  std::vector<double> unscale;      // [M]: 2^T (subnormal) or 1, applied to the block sums
+  int64_t G, ng, ngp, Kp, nblocks;  // ngp: ng rounded up to W; nblocks full 8W-code blocks per row
+  int gshift;                        // log2(G): group of code k is k >> gshift (no division in the loop)
+  bool sub;                          // subnormal codes (see the top of this file)
+  std::vector<float> xr, xp, gsum;   // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ngp] (zero-padded)
+  std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
+
+// Work chunks of the decode kernels' row-tile loops: 16 tiles, fewer when that would leave fewer
+// than 8 chunks per thread (at N = 192, 16 made 3 chunks for 2 threads: one thread did twice the
+// other's work).
+static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
+  return std::clamp<int64_t>(ntiles / (8 * int64_t{nthreads}), 1, 16);
+}
 
 // The per-(row, m) integer-code dot products over the full blocks, times the group scales.
 // The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
@@ -261,53 +290,57 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
 }
 
-// sum_g s_g * z_g * gsum_g (z_g = 8 when symmetric): the zero-points' share of one row's result.
-// Vectorized: with G = 32 a row has K/32 groups, as many as a tenth of its FMAs.
-static inline float zero_term(const float* s, const uint8_t* z, const float* gsum, int64_t ng) {
-  using F = typename V::F;
-  constexpr int W = V::W;
-  F acc = V::zero();
+// Row n's scales as fp32 into s[0..ng), and s_g * z_g (s_g * 8 when symmetric) into sz[0..ng)
+// for zero_term; the callers' buffers are zero-padded to ngp and keep their padding.
+static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, float* s, float* sz) {
+  row_scales(a, n, ng, s);
+  const uint8_t* z = a.zeros ? a.zeros + n * ng : nullptr;
   int64_t g = 0;
-  for (; g + W <= ng; g += W) {
-    F sg = V::load(s + g);
-    if (z) sg = V::fma(sg, V::load_u8(z + g), V::zero());
-    acc = V::fma(sg, V::load(gsum + g), acc);
-  }
-  float v = V::hsum(acc) * (z ? 1.f : 8.f);
-  for (; g < ng; ++g) v += s[g] * static_cast<float>(z ? z[g] : 8) * gsum[g];
-  return v;
+  for (; g + V::W <= ng; g += V::W)
+    V::store(sz + g, V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero()));
+  for (; g < ng; ++g) sz[g] = s[g] * (z ? static_cast<float>(z[g]) : 8.f);
+}
+
+// sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
+// to ngp (a multiple of W: no scalar tail; with G = 32 a row has K/32 groups, as many as a tenth
+// of its FMAs, and at K = 576, G = 128 five, as costly as the tile's epilogue).
+static inline float zero_term(const float* sz, const float* gsum, int64_t ngp) {
+  typename V::F acc = V::zero();
+  for (int64_t g = 0; g < ngp; g += V::W) acc = V::fma(V::load(sz + g), V::load(gsum + g), acc);
+  return V::hsum(acc);
 }
 
 template <int MC, int R, bool Sub>
-static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, float* srow_buf, float* yacc) {
-  // yacc[m][r] (MC x R, row-major with stride 4) receives the finished values.
+static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, const float* sbuf, float* yacc) {
+  // yacc[m * 4 + r] (m < MC, r < R) receives the finished values. sbuf: row r's
+  // scales at r * ngp, its s * z at (4 + r) * ngp.
   const int64_t row_bytes = p.Kp / 2;
   const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
   const float* xp[MC];
   const float* srow[R];
   for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kp;
-  for (int r = 0; r < R; ++r) srow[r] = srow_buf + r * p.ng;
+  for (int r = 0; r < R; ++r) srow[r] = sbuf + r * p.ngp;
   float out[R][MC];
   dec4_tile<MC, R, Sub>(xp, q, row_bytes, srow, p, out);
   const int64_t kt = p.nblocks * 8 * V::W;
   for (int r = 0; r < R; ++r) {
     const uint8_t* qr = q + r * row_bytes;
-    const uint8_t* zr = a.zeros ? a.zeros + (n + r) * p.ng : nullptr;
+    const float* sz = sbuf + (4 + r) * p.ngp;
     for (int m = 0; m < MC; ++m) {
       const float* xr = p.xr.data() + (m0 + m) * p.Kp;
-      const float* gs = p.gsum.data() + (m0 + m) * p.ng;
+      const float* gs = p.gsum.data() + (m0 + m) * p.ngp;
       float v = static_cast<float>(out[r][m] * p.unscale[m0 + m]);
       for (int64_t k = kt; k < p.Kp; ++k) {  // scalar tail (fewer than 8W codes)
         int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
         v += srow[r][k >> p.gshift] * static_cast<float>(code) * xr[k];
       }
-      yacc[m * 4 + r] = v - zero_term(srow[r], zr, gs, p.ng);
+      yacc[m * 4 + r] = v - zero_term(sz, gs, p.ngp);
     }
   }
 }
 
 template <int MC, bool Sub>
-static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, float* srow_buf,
+static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, const float* sbuf,
                        float* yacc) {
   // Tiles of R = 4 weight rows and MC <= 2 activation rows (8 accumulators); larger M runs as
   // several passes over the same 4 weight rows, the later ones reading them from L1. The MC = 4,
@@ -318,23 +351,19 @@ static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t 
   // bench/RESULTS.md, tenth session).
   constexpr int R = 4;
   int64_t r = 0;
-  for (; r + R <= nr; r += R) {
-    float tmp[MC * 4];
-    dec4_rows<MC, R, Sub>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
-    for (int m = 0; m < MC; ++m) for (int j = 0; j < R; ++j) yacc[m * 4 + r + j] = tmp[m * 4 + j];
-  }
-  for (; r < nr; ++r) {
-    float tmp[MC * 4];
-    dec4_rows<MC, 1, Sub>(a, p, m0, n0 + r, srow_buf + r * p.ng, tmp);
-    for (int m = 0; m < MC; ++m) yacc[m * 4 + r] = tmp[m * 4];
-  }
+  for (; r + R <= nr; r += R) dec4_rows<MC, R, Sub>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
+  for (; r < nr; ++r) dec4_rows<MC, 1, Sub>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
 }
 
 static void decode_int4(const QmmArgs& a) {
   constexpr int W = V::W;
-  Int4Plan p;
+  // Scratch reused between calls (no allocation per call). Through a reference: inside the
+  // parallel region the name of a thread_local would be each thread's own (empty) one.
+  static thread_local Int4Plan scratch;
+  Int4Plan& p = scratch;
   p.G = a.group;
   p.ng = (a.K + p.G - 1) / p.G;
+  p.ngp = (p.ng + W - 1) / W * W;
   p.Kp = p.ng * p.G;
   p.nblocks = p.Kp / (8 * W);
   p.gshift = 0;
@@ -342,17 +371,17 @@ static void decode_int4(const QmmArgs& a) {
   p.sub = subnormal_codes();
   const int64_t M = a.M, Kp = p.Kp;
   p.xr.assign(M * Kp, 0.f);
-  p.xp.assign(M * Kp, 0.f);
-  p.gsum.assign(M * p.ng, 0.f);
+  p.xp.resize(M * Kp);
+  p.gsum.assign(M * p.ngp, 0.f);
   p.unscale.assign(M, 1.0);
   for (int64_t m = 0; m < M; ++m) {
     float* xr = p.xr.data() + m * Kp;
     float* xp = p.xp.data() + m * Kp;
     load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, a.K, xr);
-    for (int64_t g = 0; g < p.ng; ++g) {
-      float s = 0.f;
-      for (int64_t k = g * p.G; k < std::min(a.K, (g + 1) * p.G); ++k) s += xr[k];
-      p.gsum[m * p.ng + g] = s;
+    for (int64_t g = 0; g < p.ng; ++g) {  // G is a multiple of W; xr is zero past K
+      typename V::F acc = V::zero();
+      for (int64_t k = g * p.G; k < (g + 1) * p.G; k += W) acc = V::add(acc, V::load(xr + k));
+      p.gsum[m * p.ngp + g] = V::hsum(acc);
     }
     // Block b, lane l, nibble S holds code b*8W + 8l + S; it meets xp[b*8W + S*W + l], scaled
     // by the inverse of what the code's float carries (2^4S, or 2^(4S'-149-T) when subnormal).
@@ -366,16 +395,21 @@ static void decode_int4(const QmmArgs& a) {
           xp[b * 8 * W + S * W + l] = static_cast<float>(xr[b * 8 * W + 8 * l + S] * mul[S]);
   }
   const int64_t N = a.N, nblk = (N + 3) / 4;
-#pragma omp parallel num_threads(threads_for(a))
+  const int nt = threads_for(a);
+  const int64_t chunk = tile_chunk(nblk, nt);
+#pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
-    std::vector<float> srow(4 * p.ng), yrow(8 * 4);
-#pragma omp for schedule(dynamic, 16)
+    static thread_local std::vector<float> sbuf;  // this thread's own
+    sbuf.assign(8 * p.ngp, 0.f);  // 4 rows' scales, then their s * z; zero padding to ngp
+    float yrow[8 * 4];
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
-      for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, p.ng, srow.data() + r * p.ng);
+      for (int64_t r = 0; r < nr; ++r)
+        row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp);
       for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
-        dec4_block<decltype(MC)::value, decltype(Sub)::value>(a, p, m0, n0, nr, srow.data(), yrow.data() + m0 * 4);
+        dec4_block<decltype(MC)::value, decltype(Sub)::value>(a, p, m0, n0, nr, sbuf.data(), yrow + m0 * 4);
       });
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
@@ -471,7 +505,8 @@ static void dec8_block(const Int8Plan& p, const int8_t* qw, int64_t m0, int64_t 
 static void decode_int8(const QmmArgs& a) {
   constexpr int W = V::W;
   const int64_t M = a.M, K = a.K, N = a.N, nblk = (N + 3) / 4;
-  Int8Plan p;
+  static thread_local Int8Plan scratch;  // reused between calls; a reference, as in decode_int4
+  Int8Plan& p = scratch;
   p.K = K;
   p.sub = subnormal_codes();
   p.kt = p.sub ? K / (4 * W) * (4 * W) : K / (2 * W) * (2 * W);
@@ -485,9 +520,7 @@ static void decode_int8(const QmmArgs& a) {
     if (!p.sub) continue;
     const int T = subnormal_shift(xr, K);
     p.unscale[m] = std::ldexp(1.0, T);
-    double sum = 0.0;
-    for (int64_t k = 0; k < p.kt; ++k) sum += xr[k];
-    p.offset[m] = 128.0 * sum;
+    p.offset[m] = 128.0 * sum_double(xr, p.kt);
     const double mul[4] = {std::ldexp(1.0, 149 - T), std::ldexp(1.0, 141 - T), std::ldexp(1.0, 133 - T),
                            std::ldexp(1.0, 149 - T)};  // byte j's float carries 2^(8j-149), byte 3 2^-149
     float* xp = p.xp.data() + m * p.kt;
@@ -496,15 +529,17 @@ static void decode_int8(const QmmArgs& a) {
         for (int l = 0; l < W; ++l) xp[b + j * W + l] = static_cast<float>(xr[b + 4 * l + j] * mul[j]);
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
-#pragma omp parallel num_threads(threads_for(a))
+  const int nt = threads_for(a);
+  const int64_t chunk = tile_chunk(nblk, nt);
+#pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
-    std::vector<float> yrow(8 * 4);
-#pragma omp for schedule(dynamic, 16)
+    float yrow[8 * 4];
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       for_each_tile<4>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
-        dec8_block<decltype(MC)::value, decltype(Sub)::value>(p, qw, m0, n0, nr, yrow.data() + m0 * 4);
+        dec8_block<decltype(MC)::value, decltype(Sub)::value>(p, qw, m0, n0, nr, yrow + m0 * 4);
       });
       float s[4];
       for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, 1, s + r);  // int8: one scale per row

@@ -34,8 +34,9 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, backend):
 
 
 def _runner(qw: QuantizedWeight, impl) -> Callable:
-    """``run(x, bias) -> y`` for ``qw`` on backend ``impl``: its prepared runner (weight checked and
-    converted once), cached on ``qw`` while the weight's tensors stay the same objects and storage."""
+    """``run(x[..., K], bias) -> y[..., N]`` for ``qw`` on backend ``impl`` (x's rows contiguous): its
+    prepared runner (weight checked and converted once), cached on ``qw`` while the weight's tensors
+    stay the same objects and storage."""
     hit = qw._runners.get(impl.name)
     q, s, z = qw.qweight, qw.scales, qw.zeros
     if hit is not None and hit[0] is q and hit[1] is s and hit[2] is z and hit[3] == _ptrs(q, s, z):
@@ -46,31 +47,45 @@ def _runner(qw: QuantizedWeight, impl) -> Callable:
     else:
         def run(x, bias, fn=impl.fn):
             return fn(x, q, s, z, bias, *args[3:])
+    if not (impl.prepare is not None and impl.prepare_any_rank):
+        run = _any_rank(run, qw.in_features)
     qw._runners[impl.name] = (q, s, z, _ptrs(q, s, z), run)
     return run
 
 
-def _ptrs(*ts) -> tuple:
-    return tuple(0 if t is None else t.data_ptr() for t in ts)
+def _any_rank(run2: Callable, k: int) -> Callable:
+    """A runner of x[M, K] as one of x[..., K]."""
+    def run(x, bias):
+        if x.dim() == 2:
+            return run2(x, bias)
+        y = run2(x.reshape(-1, k), bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+    return run
 
 
-def check_qmatmul_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor]) -> None:
-    """Raise ValueError naming the problem if x, qw, bias cannot go through qmatmul."""
+def _ptrs(q, s, z) -> tuple:
+    return q.data_ptr(), s.data_ptr(), 0 if z is None else z.data_ptr()
+
+
+def check_qmatmul_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor]) -> torch.device:
+    """Raise ValueError naming the problem if x, qw, bias cannot go through qmatmul; returns x's device."""
     if not isinstance(qw, QuantizedWeight):
         raise ValueError(f"qmatmul: weight must be a QuantizedWeight, got {type(qw).__name__}")
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"qmatmul: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_X_DTYPES:
         raise ValueError(f"qmatmul: unsupported activation dtype {x.dtype} (use float32, bfloat16 or float16)")
-    if x.dim() < 1 or x.shape[-1] != qw.in_features:
+    if x.dim() < 1 or x.shape[-1] != qw.shape[1]:
         raise ValueError(f"qmatmul: x's last dimension is {tuple(x.shape)[-1:]} but the weight has K={qw.in_features}")
-    if x.device != qw.device:
-        raise ValueError(f"qmatmul: x is on {x.device} but the weight is on {qw.device}")
+    dev = x.device
+    if dev != qw.qweight.device:
+        raise ValueError(f"qmatmul: x is on {dev} but the weight is on {qw.device}")
     if bias is not None:
         if tuple(bias.shape) != (qw.out_features,):
             raise ValueError(f"qmatmul: bias must have shape [{qw.out_features}], got {list(bias.shape)}")
-        if bias.device != x.device:
-            raise ValueError(f"qmatmul: bias is on {bias.device} but x is on {x.device}")
+        if bias.device != dev:
+            raise ValueError(f"qmatmul: bias is on {bias.device} but x is on {dev}")
+    return dev
 
 
 def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
@@ -80,19 +95,17 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     registers. ``backend``: "auto" (fastest available for x's device), or a name from
     ``pq.ops.available_backends("qmatmul", device)``.
     """
-    check_qmatmul_args(x, qw, bias)
-    lead = x.shape[:-1]
-    x2 = x if x.dim() == 2 else x.reshape(-1, qw.in_features)
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
+    dev = check_qmatmul_args(x, qw, bias)
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    impl = resolve("qmatmul", x.device, backend)
-    if type(x2) is torch.Tensor and not torch.compiler.is_compiling():
+    impl = resolve("qmatmul", dev, backend)
+    if type(x) is torch.Tensor and not torch.compiler.is_compiling():
         # Eager: call the backend directly; the custom-op dispatch alone costs ~0.1 ms per call on
         # a small CPU, more than a decode-size kernel. Tracing/compiling goes through the op.
-        y = _runner(qw, impl)(x2, bias)
-    else:
-        y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
-                                      qw.spec.group_size or 0, qw.in_features, impl.name)
-    return y if x.dim() == 2 else y.reshape(*lead, qw.out_features)
+        return _runner(qw, impl)(x if x.is_contiguous() else x.contiguous(), bias)
+    x2 = x.reshape(-1, qw.in_features)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
+                                  qw.spec.group_size or 0, qw.in_features, impl.name)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], qw.out_features)

@@ -116,6 +116,35 @@ def test_cpu_strided_rows():
         assert torch.all(ybig[:, :2] == 0) and torch.all(ybig[:, 11:] == 0)
 
 
+@needs_cpu
+def test_cpu_leading_dimensions():
+    """The binding takes x[..., K] -> y[..., N] when the leading dimensions collapse into rows
+    (contiguous, or a slice of whole rows), and names the problem when they do not; the public op
+    makes such an x contiguous."""
+    _C = _native.native()
+    qw = quantize_weight(randn(9, 100, seed=9), "int4-g32")
+    ref = qw.dequantize(torch.float64)
+    w = _C.CpuWeight(qw.qweight, qw.scales, qw.zeros, 4, 32, 100)
+    for shape in ((100,), (1, 1, 100), (2, 3, 100), (2, 1, 3, 100), (0, 4, 100)):
+        x = randn(*shape, seed=11)
+        y = torch.full(shape[:-1] + (9,), float("nan"))
+        w.matmul(x, None, y, 2)
+        assert_matmul_close(y.reshape(-1, 9), x.reshape(-1, 100), ref, what=f"x{list(shape)}")
+    t = randn(2, 4, 130, seed=12)
+    x = t[:, :, 10:110]  # rows 130 apart, both leading dimensions collapse
+    y = torch.empty(2, 4, 9)
+    w.matmul(x, None, y, 1)
+    assert_matmul_close(y.reshape(-1, 9), x.reshape(-1, 100), ref, what="row slice")
+    x = t[:, 1:3, 10:110]  # rows 130 apart, the outer dimension 520 apart: no single row stride
+    with pytest.raises(ValueError, match="x: leading dimensions must collapse"):
+        w.matmul(x, None, torch.empty(2, 2, 9), 1)
+    with pytest.raises(ValueError, match=r"y: expected shape \[2, 2, 9\]"):
+        w.matmul(x.contiguous(), None, torch.empty(4, 9), 1)
+    y = pq.ops.qmatmul(x, qw, backend="cpu")
+    assert y.shape == (2, 2, 9)
+    assert_matmul_close(y.reshape(-1, 9), x.reshape(-1, 100), ref, what="public op, non-collapsible x")
+
+
 @pytest.fixture
 def cpu_codes():
     """Sets how the CPU decode kernels read weight codes (convert | subnormal); back to auto after."""

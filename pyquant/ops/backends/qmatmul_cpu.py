@@ -30,9 +30,10 @@ def qmatmul(x: torch.Tensor, qweight, scales, zeros, bias, bits: int, group_size
     return prepare(qweight, scales, zeros, bits, group_size, in_features)(x, bias)
 
 
-@register_prepare("qmatmul", "cpu")
+@register_prepare("qmatmul", "cpu", any_rank=True)
 def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int):
-    """``run(x, bias) -> y`` over a ``_C.CpuWeight`` (the weight checked once, then borrowed)."""
+    """``run(x[..., K], bias) -> y[..., N]`` over a ``_C.CpuWeight`` (the weight checked once, then
+    borrowed); x's leading dimensions must collapse into rows (a contiguous x does)."""
     _C = _native.native()
     if _C is None:
         raise ValueError(f"qmatmul: backend 'cpu' is unavailable: {_native.cpu_available()[1]}")
@@ -40,9 +41,10 @@ def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int
                      int(bits), int(group_size), int(in_features))
     n = w.out_features
 
-    def run(x: torch.Tensor, bias):
-        y = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
-        w.matmul(_to_dlpack(x), None if bias is None else _to_dlpack(bias), _to_dlpack(y), torch.get_num_threads())
+    def run(x: torch.Tensor, bias, export=_export, threads=torch.get_num_threads):
+        y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype)
+        w.matmul(export(x.detach() if x.requires_grad else x), None if bias is None else _to_dlpack(bias), export(y),
+                 threads())
         return y
 
     return run
