@@ -31,7 +31,8 @@ def time_sweep(fn: Callable[[int], object], n_items: int, clock: Callable[[], fl
 def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int, rounds: int = 15,
                         warmup: int = 2, min_round_s: float = 0.0,
                         clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
-    """Time every candidate over ``rounds`` rounds, one sweep of ``n_items`` calls each per round.
+    """Time every candidate over ``rounds`` rounds, one sweep of ``n_items`` calls each per round
+    (the order rotated by one candidate per round).
 
     Returns {name: {"median_s", "min_s", "samples"}} in seconds per call. ``warmup`` untimed sweeps
     of each candidate come first. A round repeats a candidate's sweep until ``min_round_s`` passes
@@ -41,8 +42,12 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
         for _ in range(warmup):
             time_sweep(fn, n_items, clock)
     samples = {k: [] for k in cands}
-    for _ in range(rounds):
-        for name, fn in cands.items():
+    names = list(cands)
+    for r in range(rounds):
+        # Round r starts at candidate r (mod n): each candidate follows each other one equally
+        # often, so none always runs right after one that evicted the caches.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = cands[name]
             t_end = time.perf_counter() + min_round_s
             vals = [time_sweep(fn, n_items, clock)]
             while time.perf_counter() < t_end:

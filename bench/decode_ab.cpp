@@ -7,7 +7,7 @@
 //
 //   g++ -O3 -fopenmp -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/cpu -I<dir with base_avx2.cpp> \
 //       bench/decode_ab.cpp csrc/cpu/cpu_features.cpp -o decode_ab
-//   ./decode_ab BITS M [LAYERS] [N=K] [ROUNDS]
+//   ./decode_ab BITS M [LAYERS] [N=K | NxK] [ROUNDS]
 // Codes are read the way the library reads them on this CPU (PYQUANT_CODES overrides).
 #include <immintrin.h>
 #include <omp.h>
@@ -50,12 +50,15 @@ static double now() {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s BITS(4|8) M [LAYERS=16] [N=K=4096] [ROUNDS=30] [SCALES=fp32|fp16]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s BITS(4|8) M [LAYERS=16] [SIZE=N|NxK, 4096] [ROUNDS=30] [SCALES=fp32|fp16]\n", argv[0]);
     return 2;
   }
   const int bits = std::atoi(argv[1]), M = std::atoi(argv[2]);
   const int L = argc > 3 ? std::atoi(argv[3]) : 16;
-  const int64_t N = argc > 4 ? std::atoll(argv[4]) : 4096, K = N, G = 128, ng = (K + G - 1) / G;
+  // SIZE: N = K, or NxK (e.g. 192x576: the demo model's k_proj)
+  const char* size = argc > 4 ? argv[4] : "4096";
+  const char* times = std::strchr(size, 'x');
+  const int64_t N = std::atoll(size), K = times ? std::atoll(times + 1) : N, G = 128, ng = (K + G - 1) / G;
   const int rounds = argc > 5 ? std::atoi(argv[5]) : 30;
   const bool f16 = argc > 6 && std::string(argv[6]) == "fp16";  // scales stored as fp16
   std::srand(1);

@@ -2,7 +2,7 @@
 # A/B-time the working tree's CPU decode kernels against those of git revision REV (see
 # bench/decode_ab.cpp). Usage: bench/decode_ab.sh REV [BITS=4] [M...=1]
 #   e.g. bench/decode_ab.sh HEAD~1 4 1 2 4 8
-# Environment: LAYERS (16), SIZE (N = K, 4096), ROUNDS (30), SCALES (fp32 or fp16).
+# Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}

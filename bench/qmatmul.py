@@ -1,7 +1,8 @@
 """Benchmark: pyquant's CPU qmatmul vs torch's int4/int8 CPU kernels and fp32 matmul.
 
 Decode (M=1, and a batch of M=4 rows) rotates over many distinct layers so the weights come
-from memory, not cache; prefill (M=512) is compute-bound. Every row: median us per call, GB/s of
+from memory, not cache; prefill (M=512) is compute-bound; the demo model's small layers (576 wide)
+at M=1 show a call's fixed cost, through QuantLinear as a model calls them. Every row: median us per call, GB/s of
 weight bytes read, fraction of this machine's measured read bandwidth (the best of a 512 MiB probe and of a plain
 streaming read timed in the same rounds), fraction of that streaming read's median (decode: the
 same-conditions yardstick), and the ratio to the best alternative timed in the same run
@@ -144,6 +145,37 @@ def run(args) -> dict:
             add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} x{L} layers", name.startswith("pyquant"))
     del wf, t4, t4b, ones
 
+    # ---------------- small layers: the demo model's shapes at M=1, called as a model calls them ----------------
+    # x[1, 1, K] through QuantLinear modules (pq.ops.qmatmul) against F.linear on fp32 weights, over
+    # 30 distinct layers (as many as the demo model's decoder layers). At these sizes the weights
+    # sit in cache and a call's fixed cost shows; "kernel only" is the same call minus the Python
+    # layers (pyquant._C's CpuWeight.matmul on DLPack capsules, the output allocated outside).
+    if args.small_layers:
+        from pyquant.quant.linear import QuantLinear
+        from pyquant.ops.backends.qmatmul_cpu import _to_dlpack
+
+        for sn, sk in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
+            ls = 30
+            mods = [QuantLinear.from_quantized(random_qweight(i4, sn, sk, gen)) for _ in range(ls)]
+            mods8 = [QuantLinear.from_quantized(random_qweight(i8, sn, sk, gen)) for _ in range(ls)]
+            wsf = [torch.randn(sn, sk, generator=gen) for _ in range(ls)]
+            cw = [_native.native().CpuWeight(_to_dlpack(m.qweight), _to_dlpack(m.scales), _to_dlpack(m.zeros), 4, g, sk)
+                  for m in mods]
+            xs = torch.randn(1, 1, sk, generator=gen)
+            ys = torch.empty(1, 1, sn)
+            nt = torch.get_num_threads()
+            with torch.inference_mode():
+                sm = interleaved_medians({
+                    "pyquant int4 QuantLinear": lambda i: mods[i](xs),
+                    "pyquant int4 kernel only": lambda i: cw[i].matmul(_to_dlpack(xs), None, _to_dlpack(ys), nt),
+                    "pyquant int8 QuantLinear": lambda i: mods8[i](xs),
+                    "torch fp32 F.linear": lambda i: torch.nn.functional.linear(xs, wsf[i]),
+                }, ls, rounds=args.rounds, clock=clock)
+            for name, wb in (("pyquant int4 QuantLinear", mods[0].weight_nbytes), ("pyquant int4 kernel only", mods[0].weight_nbytes),
+                             ("pyquant int8 QuantLinear", mods8[0].weight_nbytes), ("torch fp32 F.linear", nbytes(wsf[0]))):
+                add(f"small {sn}x{sk}", name, sm[name], wb, f"M=1 {sn}x{sk} x{ls} layers", name.startswith("pyquant"))
+            del mods, mods8, wsf, cw
+
     # ---------------- prefill: M=args.prefill_m ----------------
     m = args.prefill_m
     P = min(2, L)  # prefill rotates over the first P layers (as many as exist)
@@ -212,6 +244,8 @@ def main(argv=None):
     ap.add_argument("--prefill-m", type=int, default=512)
     ap.add_argument("--batch-m", type=int, default=4,
                     help="M of the batched-decode rows (the decode kernels serve M <= 8; 0: skip them)")
+    ap.add_argument("--small-layers", type=int, default=1,
+                    help="also time the demo model's layer shapes at M=1, per call (1, default) or not (0)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--prefill-rounds", type=int, default=5)
     ap.add_argument("--bw-bytes", type=int, default=512 << 20)

@@ -40,6 +40,11 @@ def test_qmatmul_bench_tiny(tmp_path):
     batch = {r["backend"]: r for r in res["rows"] if r["group"] == "batch"}
     assert set(batch) == {"pyquant cpu int4 (fp32 x)", "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T"}
     assert batch["pyquant cpu int4 (fp32 x)"]["best_alt"] == "torch fp32 x @ w.T"
+    small = [r for r in res["rows"] if r["group"].startswith("small ")]  # the demo model's shapes, per call
+    assert {r["group"] for r in small} == {"small 576x576", "small 192x576", "small 1536x576", "small 576x1536"}
+    assert {r["backend"] for r in small} == {"pyquant int4 QuantLinear", "pyquant int4 kernel only",
+                                             "pyquant int8 QuantLinear", "torch fp32 F.linear"}
+    assert all(r["best_alt"] == "torch fp32 F.linear" for r in small if r["ours"])
 
 
 @needs_cpu
@@ -78,10 +83,10 @@ def test_decode_ab_against_head(tmp_path):
         pytest.skip("the harness needs AVX2 + FMA")
     if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
-    env = dict(os.environ, LAYERS="2", SIZE="256", ROUNDS="2")
+    env = dict(os.environ, LAYERS="2", SIZE="136x256", ROUNDS="2")  # N x K
     text = _run(["bash", "bench/decode_ab.sh", "HEAD", "4", "1", "3"], env=env)
     heads = [line for line in text.splitlines() if line.startswith("int4 M=")]
-    assert [h.split()[1] for h in heads] == ["M=1", "M=3"]
+    assert [h.split()[1] for h in heads] == ["M=1", "M=3"] and all(" 136x256 " in h for h in heads)
     for h in heads:
         diff = float(h.split("max |new - base| = ")[1].split()[0])
         ymax = float(h.split("(max |y| ")[1].rstrip(")"))
