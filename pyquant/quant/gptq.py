@@ -375,9 +375,13 @@ def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize) -
     """The layer-by-layer part of gptq_quantize_layers; returns the names it quantized."""
     # One pass of the full-precision model records each layer's call (its arguments besides the
     # hidden states: masks and position embeddings can differ per layer) and layer 0's input.
+    # When the first sequence shows every layer called with layer 0's very objects (Llama-like
+    # models: one mask, one position embedding for all), the later sequences stop at layer 0:
+    # the rest of that pass, a third of GPTQ's forward work, would only record the same again.
     calls = [[None] * len(seqs) for _ in layers]
     hidden = [None] * len(seqs)
     cur = [0]
+    shared = [False]
 
     def recorder(i):
         def hook(mod, args, kwargs):
@@ -386,7 +390,7 @@ def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize) -
             calls[i][cur[0]] = (tuple(args[1:]) if args else (), rest_kwargs)
             if i == 0:
                 hidden[cur[0]] = h.detach()
-            if i == len(layers) - 1:
+            if i == len(layers) - 1 or (i == 0 and shared[0]):
                 raise _Stop
         return hook
 
@@ -398,6 +402,11 @@ def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize) -
                 model(input_ids=s[None].to(device), use_cache=False)
             except _Stop:
                 pass
+            if j == 0:
+                shared[0] = all(c is not None and _same_call(c, calls[0][0]) for c in (row[0] for row in calls))
+            elif shared[0]:
+                for row in calls[1:]:
+                    row[j] = calls[0][j]
     finally:
         for h in handles:
             h.remove()
@@ -421,6 +430,13 @@ def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize) -
         for j in range(len(seqs)):  # the (now quantized) layer's outputs feed the next layer
             hidden[j] = _call(layer, hidden[j], calls[i][j])
     return done
+
+
+def _same_call(a, b) -> bool:
+    """Whether two recorded calls (args, kwargs) pass the very same objects."""
+    (aa, ak), (ba, bk) = a, b
+    return len(aa) == len(ba) and all(x is y for x, y in zip(aa, ba)) and ak.keys() == bk.keys() \
+        and all(ak[k] is bk[k] for k in ak)
 
 
 def _call(layer, h, call):

@@ -169,6 +169,26 @@ def test_each_layer_is_calibrated_on_its_quantized_predecessors(seen_hessians):
     assert len(seen) == 2 * 6 + 1
 
 
+def test_recording_stops_at_layer_0_when_every_layer_gets_the_same_arguments(monkeypatch):
+    """After the first sequence shows every decoder layer called with layer 0's objects (Llama),
+    the recording pass of the later sequences stops at layer 0 and reuses its call: the same
+    quantized model as recording every layer of every sequence, with fewer layer forwards."""
+    calib = [random_ids(1, 16)[0] for _ in range(3)]
+    runs = {}
+    for record_all in (False, True):
+        if record_all:
+            monkeypatch.setattr(G, "_same_call", lambda a, b: False)
+        model = tiny_llama(seed=7, layers=3)
+        done = [0]  # layer 1's completed forwards
+        handle = model.model.layers[1].register_forward_hook(lambda mod, args, out: done.__setitem__(0, done[0] + 1))
+        pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, progress=False)
+        handle.remove()
+        runs[record_all] = ({k: v.clone() for k, v in model.state_dict().items()}, done[0])
+    (fast, n_fast), (full, n_full) = runs[False], runs[True]
+    assert fast.keys() == full.keys() and all(torch.equal(fast[k], full[k]) for k in fast)
+    assert n_full - n_fast == len(calib) - 1  # layer 1 ran in the recording pass of sequence 0 only
+
+
 def _attention_mixed_hessians(model, name, layer, calib, kv_heads):
     """[G, K, K]: sum over the calibration sequences and the heads h reading KV head g of
     (A_h X)^T (A_h X), X the input of ``name``, A_h layer ``layer``'s attention probabilities."""
