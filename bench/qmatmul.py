@@ -147,8 +147,9 @@ def run(args) -> dict:
 
     # ---------------- small layers: the demo model's shapes at M=1, called as a model calls them ----------------
     # x[1, 1, K] through QuantLinear modules (pq.ops.qmatmul) against F.linear on fp32 weights, over
-    # 30 distinct layers (as many as the demo model's decoder layers). At these sizes the weights
-    # sit in cache and a call's fixed cost shows; "kernel only" is the same call minus the Python
+    # 30 distinct layers (as many as the demo model's decoder layers). The quantized layers would
+    # fit in L3, but the fp32 candidate's sweep evicts them, as a model's other layers would; at
+    # these sizes a call's fixed cost shows. "kernel only" is the same call minus the Python
     # layers (pyquant._C's CpuWeight.matmul on DLPack capsules, the output allocated outside).
     if args.small_layers:
         from pyquant.quant.linear import QuantLinear

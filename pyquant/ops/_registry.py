@@ -49,7 +49,7 @@ class Backend:
 _REGISTRY: dict = {}
 # (op, device type, backend) -> Backend: resolve()'s answers that found an available backend. The
 # probes behind them do not change within a process (extension built, CUDA present, triton
-# importable), and this saves ~1.5 us per call; register() and register_prepare() clear it.
+# importable), and this saves ~1.5 us per call; register() clears it.
 _RESOLVED: dict = {}
 
 
@@ -76,7 +76,6 @@ def register_prepare(op: str, name: str, any_rank: bool = False):
     def deco(prepare):
         b = _REGISTRY[op][name]
         b.prepare, b.prepare_any_rank = prepare, any_rank
-        _RESOLVED.clear()
         return prepare
 
     return deco

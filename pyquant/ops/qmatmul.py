@@ -75,10 +75,10 @@ def check_qmatmul_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torc
         raise ValueError(f"qmatmul: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_X_DTYPES:
         raise ValueError(f"qmatmul: unsupported activation dtype {x.dtype} (use float32, bfloat16 or float16)")
-    if x.dim() < 1 or x.shape[-1] != qw.shape[1]:
+    if x.dim() < 1 or x.shape[-1] != qw.in_features:
         raise ValueError(f"qmatmul: x's last dimension is {tuple(x.shape)[-1:]} but the weight has K={qw.in_features}")
     dev = x.device
-    if dev != qw.qweight.device:
+    if dev != qw.device:
         raise ValueError(f"qmatmul: x is on {dev} but the weight is on {qw.device}")
     if bias is not None:
         if tuple(bias.shape) != (qw.out_features,):

@@ -41,11 +41,9 @@ def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int
                      int(bits), int(group_size), int(in_features))
     n = w.out_features
 
-    # export, threads: bound once as defaults (local lookups; a decode-size call counts microseconds)
-    def run(x: torch.Tensor, bias, export=_export, threads=torch.get_num_threads):
+    def run(x: torch.Tensor, bias):
         y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype)
-        w.matmul(export(x.detach() if x.requires_grad else x), None if bias is None else _to_dlpack(bias), export(y),
-                 threads())
+        w.matmul(_to_dlpack(x), None if bias is None else _to_dlpack(bias), _to_dlpack(y), torch.get_num_threads())
         return y
 
     return run
