@@ -2,7 +2,8 @@
 # A/B-time the working tree's CPU decode kernels against those of git revision REV (see
 # bench/decode_ab.cpp). Usage: bench/decode_ab.sh REV [BITS=4] [M...=1]
 #   e.g. bench/decode_ab.sh HEAD~1 4 1 2 4 8
-# Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16).
+# Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16), ACT (8:
+# the working tree runs the -a8 kernel, int8 activations, against REV's weight-only one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}

@@ -6,7 +6,9 @@ at M=1 show a call's fixed cost, through QuantLinear as a model calls them. Ever
 weight bytes read, fraction of this machine's measured read bandwidth (the best of a 512 MiB probe and of a plain
 streaming read timed in the same rounds), fraction of that streaming read's median (decode: the
 same-conditions yardstick), and the ratio to the best alternative timed in the same run
-(candidates are timed interleaved, so the ratios survive a noisy machine).
+(candidates are timed interleaved, so the ratios survive a noisy machine). "pyquant a8" rows run
+the same INT4 weights as -a8 (x quantized to int8, integer dot products): a different scheme, so
+the issue's targets are checked on the weight-only rows.
 
     .venv/bin/python bench/qmatmul.py [--quick] [--output bench/qmatmul.json]
 """
@@ -90,6 +92,8 @@ def run(args) -> dict:
     # ---------------- decode: M=1, rotating over L layers ----------------
     q4 = [random_qweight(i4, n, k, gen) for _ in range(L)]
     q8 = [random_qweight(i8, n, k, gen) for _ in range(L)]
+    # the same INT4 weights as -a8: x quantized to int8, integer dot products (not the targets' rows)
+    q4a = [QuantizedWeight(QuantSpec.parse(f"int4-g{g}-a8"), q.qweight, q.scales, q.zeros, q.shape) for q in q4]
     t4 = [torch_int4pack(q) for q in q4]
     wf = [torch.randn(n, k, generator=gen) for _ in range(L)]
     x = torch.randn(1, k, generator=gen)
@@ -105,6 +109,7 @@ def run(args) -> dict:
     cands = [
         ("decode int4", "pyquant cpu int4 (fp32 x)", lambda i: pq.ops.qmatmul(x, q4[i], backend="cpu"), q4[0].nbytes, True),
         ("decode int4", "pyquant cpu int4 (bf16 x)", lambda i: pq.ops.qmatmul(xb, q4[i], backend="cpu"), q4[0].nbytes, True),
+        ("decode int4", "pyquant a8 cpu int4 (fp32 x)", lambda i: pq.ops.qmatmul(x, q4a[i], backend="cpu"), q4[0].nbytes, True),
         ("decode int4", "torch int4pack_mm (fp32 x)", lambda i: torch._weight_int4pack_mm_for_cpu(x, t4[i][0], g, t4[i][1]),
          nbytes(*t4[0]), False),
         ("decode int4", "torch int4pack_mm (bf16 x)", lambda i: torch._weight_int4pack_mm_for_cpu(xb, t4b[i][0], g, t4b[i][1]),
@@ -137,10 +142,12 @@ def run(args) -> dict:
         xm = torch.randn(args.batch_m, k, generator=gen)
         bat = interleaved_medians({
             "pyquant cpu int4 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q4[i], backend="cpu"),
+            "pyquant a8 cpu int4 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q4a[i], backend="cpu"),
             "pyquant cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8[i], backend="cpu"),
             "torch fp32 x @ w.T": lambda i: xm @ wf[i].T,
         }, L, rounds=args.rounds, clock=clock)
-        for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant cpu int8 (fp32 x)", q8[0].nbytes),
+        for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant a8 cpu int4 (fp32 x)", q4[0].nbytes),
+                         ("pyquant cpu int8 (fp32 x)", q8[0].nbytes),
                          ("torch fp32 x @ w.T", nbytes(wf[0]))):
             add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} x{L} layers", name.startswith("pyquant"))
     del wf, t4, t4b, ones

@@ -49,11 +49,14 @@ std::pair<int64_t, int64_t> as_rows(const pqbind::ArrayView& v, const char* name
 // per-call work is then x, bias and y only. Python's cpu backend caches one per QuantizedWeight.
 struct CpuWeight {
   pqbind::ArrayView qw, sc, z;
-  int bits = 0, group_size = 0;
+  int bits = 0, group_size = 0, act_bits = 0;
   int64_t N = 0, K = 0;
 
-  CpuWeight(py::object qw_obj, py::object s_obj, py::object z_obj, int bits_, int group_size_, int64_t in_features)
-      : bits(bits_), group_size(group_size_), K(in_features) {
+  CpuWeight(py::object qw_obj, py::object s_obj, py::object z_obj, int bits_, int group_size_, int64_t in_features,
+            int act_bits_)
+      : bits(bits_), group_size(group_size_), act_bits(act_bits_), K(in_features) {
+    if (act_bits != 0 && act_bits != 8)
+      throw py::value_error("unsupported activation bits " + std::to_string(act_bits) + " (use 0 or 8)");
     if (bits != 8 && bits != 4) throw py::value_error("unsupported bit width " + std::to_string(bits) + " (use 8 or 4)");
     if (bits == 4 && group_size != 32 && group_size != 64 && group_size != 128 && group_size != 256)
       throw py::value_error("unsupported int4 group size " + std::to_string(group_size) + " (use 32, 64, 128 or 256)");
@@ -119,7 +122,7 @@ struct CpuWeight {
     {
       py::gil_scoped_release nogil;
       st = pyquant::qmatmul_cpu(x.data, x.dtype, M, K, std::max(ldx, K), qw.data, sc.data, sc.dtype, zeros, bias, bits,
-                                group_size, N, y.data, std::max(ldy, N), num_threads);
+                                group_size, N, y.data, std::max(ldy, N), num_threads, act_bits);
     }
     pqbind::check_status(st);
   }
@@ -129,10 +132,10 @@ struct CpuWeight {
 
 void pq_bind_qmatmul(py::module_& m) {
   py::class_<CpuWeight>(m, "CpuWeight",
-                        "A quantized weight (formats as in pyquant/formats.py) checked once and borrowed for "
+                        "A quantized weight (formats as in pyquant/formats.py; act_bits=8 for the -a8 specs) checked once and borrowed for "
                         "repeated qmatmul calls; it keeps its arrays alive. Raises ValueError on bad input.")
-      .def(py::init<py::object, py::object, py::object, int, int, int64_t>(), py::arg("qweight"), py::arg("scales"),
-           py::arg("zeros"), py::arg("bits"), py::arg("group_size"), py::arg("in_features"))
+      .def(py::init<py::object, py::object, py::object, int, int, int64_t, int>(), py::arg("qweight"), py::arg("scales"),
+           py::arg("zeros"), py::arg("bits"), py::arg("group_size"), py::arg("in_features"), py::arg("act_bits") = 0)
       .def("matmul", &CpuWeight::matmul, py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("num_threads") = 0,
            "y[..., N] = x[..., K] @ W.T (+ bias), written into y (x's dtype and leading dimensions; fp32 "
            "accumulation). The leading dimensions must collapse into rows of unit-stride elements.")
@@ -141,11 +144,12 @@ void pq_bind_qmatmul(py::module_& m) {
   m.def(
       "qmatmul_cpu",
       [](py::object x, py::object qw, py::object s, py::object z, py::object b, int bits, int group_size,
-         int64_t in_features, py::object y, int num_threads) {
-        CpuWeight(qw, s, z, bits, group_size, in_features).matmul(x, b, y, num_threads);
+         int64_t in_features, py::object y, int num_threads, int act_bits) {
+        CpuWeight(qw, s, z, bits, group_size, in_features, act_bits).matmul(x, b, y, num_threads);
       },
       py::arg("x"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"), py::arg("bias"), py::arg("bits"),
-      py::arg("group_size"), py::arg("in_features"), py::arg("y"), py::arg("num_threads") = 0,
+      py::arg("group_size"), py::arg("in_features"), py::arg("y"), py::arg("num_threads") = 0, py::arg("act_bits") = 0,
       "y[..., N] = x[..., K] @ dequantize(qweight, scales, zeros).T (+ bias), written into y (x's dtype "
-      "and leading dimensions; fp32 accumulation). Formats as in pyquant/formats.py. Raises ValueError on bad input.");
+      "and leading dimensions; fp32 accumulation). Formats as in pyquant/formats.py; act_bits=8: x quantized to "
+      "int8 first (the -a8 specs). Raises ValueError on bad input.");
 }

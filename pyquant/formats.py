@@ -16,6 +16,14 @@ consecutive input columns, ``ngroups = ceil(K / G)``; ``K_pad = ngroups * G``.
             None                     (symmetric) the zero-point is the constant 8
     w[n, k] ~= (code[n, k] - zero[n, k // G]) * scales[n, k // G]
 
+Activations (``-a8`` suffix, e.g. ``int4-g128-a8``): the weight format is unchanged; every matmul
+first quantizes x dynamically to int8, symmetric, per row (token) and per block of K that matches
+the weight's scales (the group of G columns for INT4, the whole row for INT8):
+    s = max_k |x_k| / 127,  q_k = clamp(round_half_even(x_k / s), -127, 127)  (0 when s is not > 0),
+    x_k ~= q_k * s  (a row with a NaN or Inf gives NaN outputs).
+``pyquant.ops.reference.quantize_activations`` is the definition; the CPU kernel then multiplies
+INT4 codes by int8 activations with exact integer dot products (llama.cpp's Q4 x Q8 scheme).
+
 Ragged last group: when K is not a multiple of G, the last group's scale and zero-point come
 from its real elements only; its padding codes equal the group's zero-point (so they dequantize
 to exactly 0), and the true K is kept in ``QuantizedWeight.shape``. Kernels never read x past K.
@@ -30,22 +38,25 @@ import torch
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
 _SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-_SPEC_RE = re.compile(r"^int(?P<bits>[48])(?:-g(?P<group>\d+))?(?P<sym>-sym)?(?:-(?P<sd>fp32|fp16))?$")
+_SPEC_RE = re.compile(r"^int(?P<bits>[48])(?:-g(?P<group>\d+))?(?P<sym>-sym)?(?:-(?P<sd>fp32|fp16))?(?P<a8>-a8)?$")
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-    """A weight-only quantization scheme.
+    """A quantization scheme: the weight format, and whether activations are quantized too.
 
     bits: 8 or 4. group_size: None for INT8 (per output channel), one of
     SUPPORTED_GROUP_SIZES for INT4. symmetric: INT8 is always symmetric; INT4 is asymmetric
     (integer zero-points) unless ``-sym``. scale_dtype: "fp32" (default) or "fp16".
+    act_bits: None (weight-only, the default) or 8 (``-a8``: x quantized per row and block of
+    ``act_block(K)`` columns before every matmul; see the top of this file).
     """
 
     bits: int
     group_size: Optional[int] = None
     symmetric: bool = True
     scale_dtype: str = "fp32"
+    act_bits: Optional[int] = None
 
     def __post_init__(self):
         if self.bits == 8:
@@ -62,16 +73,18 @@ class QuantSpec:
             raise ValueError(f"unsupported bit width {self.bits!r}: use 8 or 4")
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(f"unsupported scale dtype {self.scale_dtype!r}: use one of {tuple(_SCALE_DTYPES)}")
+        if self.act_bits not in (None, 8):
+            raise ValueError(f"unsupported activation bits {self.act_bits!r}: use None (weight-only) or 8")
 
     @classmethod
     def parse(cls, text: "str | QuantSpec") -> "QuantSpec":
-        """Parse "int8", "int4-g128", "int4-g32-sym", "int4-g64-fp16", ... into a QuantSpec."""
+        """Parse "int8", "int4-g128", "int4-g32-sym", "int4-g64-fp16", "int4-g128-a8", ... into a QuantSpec."""
         if isinstance(text, QuantSpec):
             return text
         m = _SPEC_RE.match(str(text).strip().lower())
         if not m:
             raise ValueError(
-                f"cannot parse quantization spec {text!r}: expected int8[-fp16] or int4-g<G>[-sym][-fp16], "
+                f"cannot parse quantization spec {text!r}: expected int8[-fp16][-a8] or int4-g<G>[-sym][-fp16][-a8], "
                 f"G in {SUPPORTED_GROUP_SIZES}"
             )
         bits = int(m["bits"])
@@ -79,7 +92,8 @@ class QuantSpec:
         if bits == 4 and group is None:
             raise ValueError(f"int4 needs a group size, e.g. int4-g128 (got {text!r})")
         sym = bool(m["sym"]) or bits == 8
-        return cls(bits=bits, group_size=group, symmetric=sym, scale_dtype=m["sd"] or "fp32")
+        return cls(bits=bits, group_size=group, symmetric=sym, scale_dtype=m["sd"] or "fp32",
+                   act_bits=8 if m["a8"] else None)
 
     def __str__(self) -> str:
         s = f"int{self.bits}"
@@ -89,7 +103,13 @@ class QuantSpec:
             s += "-sym"
         if self.scale_dtype != "fp32":
             s += f"-{self.scale_dtype}"
+        if self.act_bits is not None:
+            s += f"-a{self.act_bits}"
         return s
+
+    def act_block(self, in_features: int) -> int:
+        """Columns of x that share one activation scale (``-a8``): the weight's group, or the whole row."""
+        return self.group_size or in_features
 
     @property
     def torch_scale_dtype(self) -> torch.dtype:

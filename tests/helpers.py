@@ -38,13 +38,15 @@ def matmul_bound(x64: torch.Tensor, w64: torch.Tensor, k: int, out_dtype: torch.
 
 
 def assert_matmul_close(y: torch.Tensor, x: torch.Tensor, w64: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                        what: str = "") -> None:
+                        what: str = "", out_dtype: Optional[torch.dtype] = None) -> None:
     """Assert y[..., N] == x[..., K] @ w64.T (+ bias), computed in float64, within matmul_bound.
 
     x and bias are taken as stored (their dtype's values, exactly, in float64); y must have x's
-    dtype and shape [..., N]. The failure message names the worst element and its error ratio.
+    dtype (or ``out_dtype``) and shape [..., N]. The failure message names the worst element and
+    its error ratio.
     """
-    assert y.dtype == x.dtype, f"{what}: output dtype {y.dtype} != input dtype {x.dtype}"
+    want = out_dtype or x.dtype
+    assert y.dtype == want, f"{what}: output dtype {y.dtype} != {want}"
     x64 = x.detach().double().cpu().reshape(-1, x.shape[-1])
     w64 = w64.double().cpu()
     ref = x64 @ w64.T

@@ -20,10 +20,14 @@ from helpers import randn
     ("int4-g32", 4, 32, False, "fp32"), ("int4-g64", 4, 64, False, "fp32"), ("int4-g128", 4, 128, False, "fp32"),
     ("int4-g256", 4, 256, False, "fp32"), ("int4-g128-sym", 4, 128, True, "fp32"),
     ("int4-g32-sym-fp16", 4, 32, True, "fp16"), ("int4-g64-fp16", 4, 64, False, "fp16"),
+    ("int4-g128-a8", 4, 128, False, "fp32"), ("int8-fp16-a8", 8, None, True, "fp16"),
+    ("int4-g32-sym-fp16-a8", 4, 32, True, "fp16"),
 ])
 def test_spec_parse_and_str_round_trip(text, bits, group, sym, sd):
     s = QuantSpec.parse(text)
     assert (s.bits, s.group_size, s.symmetric, s.scale_dtype) == (bits, group, sym, sd)
+    assert s.act_bits == (8 if text.endswith("-a8") else None)
+    assert s.act_block(1000) == (group or 1000)
     assert str(s) == text
     assert QuantSpec.parse(str(s)) == s
     assert QuantSpec.parse(s) is s
@@ -31,7 +35,8 @@ def test_spec_parse_and_str_round_trip(text, bits, group, sym, sd):
 
 
 @pytest.mark.parametrize("bad", ["int4", "int4-g48", "int4-g16", "int2-g32", "int8-g128", "fp8", "",
-                                 "int4-g128-bf16", "int4-g128-asym", "int8-sym-x"])
+                                 "int4-g128-bf16", "int4-g128-asym", "int8-sym-x",
+                                 "int4-g128-a4", "int4-g128-a8-sym", "int8-a8-fp16", "int4-a8"])
 def test_spec_bad_text(bad):
     with pytest.raises(ValueError):
         QuantSpec.parse(bad)
@@ -48,6 +53,8 @@ def test_spec_bad_fields():
         QuantSpec(bits=8, symmetric=False)
     with pytest.raises(ValueError, match="scale dtype"):
         QuantSpec(bits=8, scale_dtype="bf16")
+    with pytest.raises(ValueError, match="activation bits"):
+        QuantSpec(bits=4, group_size=32, act_bits=4)
 
 
 # ---- packing ---------------------------------------------------------------------------------

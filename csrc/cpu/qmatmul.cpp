@@ -59,7 +59,7 @@ static bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d 
 
 Status qmatmul_cpu(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx, const void* qweight,
                    const void* scales, DType scale_dtype, const uint8_t* zeros, const void* bias, int bits,
-                   int group_size, int64_t N, void* y, int64_t ldy, int num_threads) {
+                   int group_size, int64_t N, void* y, int64_t ldy, int num_threads, int act_bits) {
   if (!is_float(x_dtype)) return fail(kUnsupported, "x dtype must be float32, bfloat16 or float16");
   if (scale_dtype != DType::F32 && scale_dtype != DType::F16)
     return fail(kUnsupported, "scale dtype must be float32 or float16");
@@ -74,10 +74,12 @@ Status qmatmul_cpu(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t l
   } else {
     return fail(kUnsupported, "unsupported bit width " + std::to_string(bits) + " (use 8 or 4)");
   }
+  if (act_bits != 0 && act_bits != 8)
+    return fail(kUnsupported, "unsupported activation bits " + std::to_string(act_bits) + " (use 0 or 8)");
   if (M == 0) return kOk;
   if (!x || !qweight || !scales || !y) return fail(kInvalidArgument, "null x, qweight, scales or y");
   QmmArgs a{x, x_dtype, M, K, ldx, qweight, scales, scale_dtype, zeros, bias, bits, bits == 4 ? group_size : 0,
-            N, y, ldy, num_threads};
+            N, y, ldy, num_threads, x_dtype, act_bits};
   switch (active_isa()) {
     case Isa::Avx512: isa_avx512::qmatmul_run(a); break;
     case Isa::Avx2: isa_avx2::qmatmul_run(a); break;

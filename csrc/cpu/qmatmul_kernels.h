@@ -42,6 +42,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
+#if defined(__AVX2__)
+#include <immintrin.h>  // the -a8 kernel (qmatmul_a8.h)
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -414,8 +417,8 @@ static void decode_int4(const QmmArgs& a) {
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
         for (int64_t r = 0; r < nr; ++r)
-          vals[r] = yrow[m * 4 + r] + (a.bias ? load_one(a.bias, a.xdt, n0 + r) : 0.f);
-        store_row(vals, a.xdt, nr, static_cast<char*>(row_ptr(a.y, a.xdt, m, a.ldy)) + n0 * dsize(a.xdt));
+          vals[r] = yrow[m * 4 + r] + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f);
+        store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
     }
   }
@@ -546,8 +549,8 @@ static void decode_int8(const QmmArgs& a) {
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
         for (int64_t r = 0; r < nr; ++r)
-          vals[r] = yrow[m * 4 + r] * s[r] + (a.bias ? load_one(a.bias, a.xdt, n0 + r) : 0.f);
-        store_row(vals, a.xdt, nr, static_cast<char*>(row_ptr(a.y, a.xdt, m, a.ldy)) + n0 * dsize(a.xdt));
+          vals[r] = yrow[m * 4 + r] * s[r] + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f);
+        store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
     }
   }
@@ -708,7 +711,7 @@ static void prefill(const QmmArgs& a) {
   if (nnb < 2 * nt) nmb = std::min<int64_t>((2 * nt + nnb - 1) / nnb, (M + 47) / 48);
   const int64_t mblk = ((M + nmb - 1) / nmb + kMR - 1) / kMR * kMR;
   nmb = (M + mblk - 1) / mblk;
-  const bool direct = a.xdt == DType::F32;
+  const bool direct = a.ydt == DType::F32;  // y written in place by the micro-kernel
   const int64_t ng = a.bits == 4 ? (K + a.group - 1) / a.group : 1;
 #pragma omp parallel num_threads(nt)
   {
@@ -733,18 +736,25 @@ static void prefill(const QmmArgs& a) {
       // Epilogue: bias, and conversion to x's dtype when y is not fp32.
       if (a.bias || !direct) {
         std::vector<float> b(nc, 0.f);
-        if (a.bias) for (int j = 0; j < nc; ++j) b[j] = load_one(a.bias, a.xdt, n0 + j);
+        if (a.bias) for (int j = 0; j < nc; ++j) b[j] = load_one(a.bias, a.ydt, n0 + j);
         for (int64_t i = 0; i < mrows; ++i) {
           float* c = C + i * ldc;
           for (int j = 0; j < nc; ++j) c[j] += b[j];
-          if (!direct) store_row(c, a.xdt, nc, static_cast<char*>(row_ptr(a.y, a.xdt, mb0 + i, a.ldy)) + n0 * dsize(a.xdt));
+          if (!direct) store_row(c, a.ydt, nc, static_cast<char*>(row_ptr(a.y, a.ydt, mb0 + i, a.ldy)) + n0 * dsize(a.ydt));
         }
       }
     }
   }
 }
 
+#include "qmatmul_a8.h"
+
 void qmatmul_run(const QmmArgs& a) {
+  if (a.act_bits == 8) {
+    if (a.bits == 4 && a.M <= 8) decode_int4_a8(a);
+    else act8_through_fp32(a, [](const QmmArgs& b) { qmatmul_run(b); });
+    return;
+  }
   if (a.M <= 8) {
     if (a.bits == 4) decode_int4(a);
     else decode_int8(a);

@@ -28,7 +28,8 @@ examples:
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="'demo', an HF model directory, a .gguf file or a pyquant directory")
-    p.add_argument("--scheme", required=True, help="default scheme: int8, int4-g32/64/128/256[-sym][-fp16]")
+    p.add_argument("--scheme", required=True, help="default scheme: int8, int4-g32/64/128/256[-sym][-fp16][-a8] "
+                        "(-a8: activations quantized to int8 per token and group at run time)")
     p.add_argument("--skip", nargs="*", default=None, metavar="PATTERN",
                    help="layers kept in full precision (default: lm_head; '--skip' alone skips nothing)")
     p.add_argument("--override", action="append", default=[], metavar="PATTERN=SPEC",

@@ -38,6 +38,9 @@ class Backend:
     prepare: "Callable | None" = None
     # Whether prepare's runner takes x[..., K] with any leading dimensions (else x[M, K] only).
     prepare_any_rank: bool = False
+    # Whether prepare takes act_bits=8 (the -a8 specs) and quantizes x itself; for other backends
+    # the op quantizes x first (reference.with_quantized_activations).
+    prepare_act8: bool = False
 
     def status(self) -> "tuple[bool, str]":
         try:
@@ -68,14 +71,15 @@ def register(op: str, name: str, devices=("cpu", "cuda"), available: Callable = 
     return deco
 
 
-def register_prepare(op: str, name: str, any_rank: bool = False):
+def register_prepare(op: str, name: str, any_rank: bool = False, act8: bool = False):
     """Decorator: ``prepare(*weight_args) -> run(x, bias)`` for backend ``name`` of ``op``, called once
     per weight by the op (which caches the runner) instead of ``fn`` on every call. ``any_rank``:
-    the runner takes x[..., K] with any leading dimensions (saves two reshapes per call)."""
+    the runner takes x[..., K] with any leading dimensions (saves two reshapes per call). ``act8``:
+    prepare takes ``act_bits=8`` and its runner quantizes x itself (the -a8 specs)."""
 
     def deco(prepare):
         b = _REGISTRY[op][name]
-        b.prepare, b.prepare_any_rank = prepare, any_rank
+        b.prepare, b.prepare_any_rank, b.prepare_act8 = prepare, any_rank, act8
         return prepare
 
     return deco

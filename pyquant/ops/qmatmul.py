@@ -1,9 +1,11 @@
-"""``qmatmul``: weight-only quantized matmul, y = x @ dequantize(W).T (+ bias).
+"""``qmatmul``: quantized matmul, y = x @ dequantize(W).T (+ bias); for the ``-a8`` specs x is
+quantized to int8 first (``reference.quantize_activations``).
 
 Public entry point, input validation, and the ``torch.library`` op ``pyquant::qmatmul`` (with a
 fake implementation, so it composes with torch.compile). Backends register a function with the
 signature of ``reference.qmatmul``: (x[M, K] contiguous, qweight, scales, zeros, bias, bits,
-group_size, in_features) -> y[M, N] in x's dtype.
+group_size, in_features) -> y[M, N] in x's dtype, weight-only: the op quantizes x for the -a8
+specs unless the backend's ``prepare`` does it (``register_prepare(..., act8=True)``).
 """
 from __future__ import annotations
 
@@ -23,13 +25,18 @@ register("qmatmul", "reference")(reference.qmatmul)
 @torch.library.custom_op("pyquant::qmatmul", mutates_args=())
 def _qmatmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                 bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
-                backend: str) -> torch.Tensor:
+                backend: str, act_bits: int = 0) -> torch.Tensor:
     fn = resolve("qmatmul", x.device, backend).fn
-    return fn(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+
+    def run(x, bias):
+        return fn(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    if act_bits:
+        run = reference.with_quantized_activations(run, group_size or in_features)
+    return run(x, bias)
 
 
 @_qmatmul_op.register_fake
-def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, backend):
+def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, backend, act_bits=0):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
@@ -42,13 +49,16 @@ def _runner(qw: QuantizedWeight, impl) -> Callable:
     if hit is not None and hit[0] is q and hit[1] is s and hit[2] is z and hit[3] == _ptrs(q, s, z):
         return hit[4]
     args = (q, s, z, qw.spec.bits, qw.spec.group_size or 0, qw.in_features)
+    act = qw.spec.act_bits
     if impl.prepare is not None:
-        run = impl.prepare(*args)
+        run = impl.prepare(*args, act_bits=act) if act and impl.prepare_act8 else impl.prepare(*args)
     else:
         def run(x, bias, fn=impl.fn):
             return fn(x, q, s, z, bias, *args[3:])
     if not (impl.prepare is not None and impl.prepare_any_rank):
         run = _any_rank(run, qw.in_features)
+    if act and not (impl.prepare is not None and impl.prepare_act8):
+        run = reference.with_quantized_activations(run, qw.spec.act_block(qw.in_features))
     qw._runners[impl.name] = (q, s, z, _ptrs(q, s, z), run)
     return run
 
@@ -90,6 +100,7 @@ def check_qmatmul_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torc
 
 def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
     """y[..., N] = x[..., K] @ qw.dequantize().T (+ bias), in x's dtype (accumulated in float32).
+    For the ``-a8`` specs x is first quantized to int8 (``pq.ops.reference.quantize_activations``).
 
     The full-precision weight is never built by the native backends: dequantization happens in
     registers. ``backend``: "auto" (fastest available for x's device), or a name from
@@ -107,5 +118,5 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
-                                  qw.spec.group_size or 0, qw.in_features, impl.name)
+                                  qw.spec.group_size or 0, qw.in_features, impl.name, qw.spec.act_bits or 0)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], qw.out_features)

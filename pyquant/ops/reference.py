@@ -22,6 +22,31 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torc
     return (codes - z) * s
 
 
+def quantize_activations(x: torch.Tensor, block: int) -> torch.Tensor:
+    """The ``-a8`` specs' activations: x[..., K] as int8 codes times a scale, returned in float32.
+
+    Per row and per block of ``block`` consecutive columns (the last one ragged):
+    s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127) (0 when s is not > 0), x ~= q * s.
+    A block holding a NaN or an Inf comes out NaN (q * s with s NaN or Inf).
+    """
+    xf = x.to(torch.float32)
+    k = xf.shape[-1]
+    nb = -(-k // block)
+    xb = torch.nn.functional.pad(xf, (0, nb * block - k)).reshape(*xf.shape[:-1], nb, block)
+    s = xb.abs().amax(dim=-1, keepdim=True) / 127
+    q = torch.where(s > 0, torch.round(xb / s), 0.0).clamp(-127, 127)
+    return (q * s).reshape(*xf.shape[:-1], nb * block)[..., :k]
+
+
+def with_quantized_activations(run, block: int):
+    """``run(x, bias) -> y`` of a weight-only kernel as the ``-a8`` one: x quantized by
+    ``quantize_activations`` (float32), y returned in x's dtype."""
+    def run_a8(x, bias):
+        y = run(quantize_activations(x, block), None if bias is None else bias.to(torch.float32))
+        return y.to(x.dtype)
+    return run_a8
+
+
 def qmatmul(x: torch.Tensor, qweight, scales, zeros, bias, bits: int, group_size: int, in_features: int) -> torch.Tensor:
     """y[M, N] = x[M, K] @ dequantize(W).T (+ bias), computed in float32, returned in x's dtype."""
     w = dequantize(qweight, scales, zeros, bits, group_size, in_features, torch.float32)

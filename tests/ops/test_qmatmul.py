@@ -19,6 +19,7 @@ import torch
 
 import pyquant as pq
 from pyquant.ops import _native
+from pyquant.ops.reference import quantize_activations
 from pyquant.quant.rtn import quantize_weight
 
 from helpers import assert_matmul_close, randn
@@ -54,8 +55,23 @@ def _weight(spec, n, k, seed):
 def test_matches_float64(device, backend, spec):
     """Every shape once per spec; the activation dtype rotates with the shape and the spec so each
     (shape, dtype) pair is covered across SPECS, and bias alternates."""
+    _check_shapes(device, backend, spec, SPECS.index(spec))
+
+
+# -a8: x quantized to int8 per row and block first; the CPU kernel's INT4 decode path multiplies
+# integers, everything else runs the weight-only kernels on x's int8 approximation.
+A8_SPECS = ["int4-g128-a8", "int4-g32-a8", "int4-g64-sym-a8", "int4-g256-fp16-a8", "int8-a8"]
+
+
+@pytest.mark.parametrize("spec", A8_SPECS)
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+def test_a8_matches_float64(device, backend, spec):
+    """y = quantize_activations(x) @ dequantize(W).T in float64, every shape, in x's dtype."""
+    _check_shapes(device, backend, spec, A8_SPECS.index(spec))
+
+
+def _check_shapes(device, backend, spec, s):
     ran = 0
-    s = SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):
         if not _fits(device, backend, m, n, k):
             continue
@@ -66,9 +82,27 @@ def test_matches_float64(device, backend, spec):
         b = randn(n, dtype=dtype, seed=2000 + i, device=device) if bias else None
         y = pq.ops.qmatmul(x, qw.to(device), bias=b, backend=backend)
         assert y.device == x.device
-        assert_matmul_close(y, x, w64, b, what=f"{backend} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
+        xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
+        assert_matmul_close(y, xe, w64, b, what=f"{backend} {spec} M={m} N={n} K={k} {dtype} bias={bias}", out_dtype=dtype)
         ran += 1
     assert ran > 0
+
+
+def test_quantize_activations_definition():
+    """Hand-worked blocks: s = max|x| / 127, round half to even, a ragged last block, an all-zero
+    block, and a NaN or an Inf making its block NaN."""
+    x = torch.tensor([[127.0, 62.5, 63.5, -0.5, -1.5, 2.49, 0.0, 0.0, 3.0, 1.0]])
+    xh = quantize_activations(x, 4)  # blocks [0:4], [4:8], [8:10]
+    assert torch.equal(xh[0, :4], torch.tensor([127.0, 62.0, 64.0, -0.0]))  # s = 1: ties to even
+    s1, s2 = 2.49 / 127, 3.0 / 127  # -1.5 / s1 = -76.506 -> -77; 1 / s2 = 42.33 -> 42
+    want = torch.tensor([-77 * s1, 127 * s1, 0.0, 0.0, 127 * s2, 42 * s2])
+    assert torch.allclose(xh[0, 4:], want, rtol=1e-6, atol=0)
+    assert torch.equal(quantize_activations(torch.zeros(2, 8), 4), torch.zeros(2, 8))
+    y = quantize_activations(torch.tensor([[1.0, float("nan"), 2.0, 3.0, 1.0, 2.0]]), 3)
+    assert torch.isnan(y[0, :3]).all() and torch.isfinite(y[0, 3:]).all()
+    y = quantize_activations(torch.tensor([[1.0, float("inf"), 2.0]]), 3)
+    assert torch.isnan(y).all()
+    assert quantize_activations(randn(2, 3, 70, dtype=torch.bfloat16), 32).dtype == torch.float32
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
@@ -145,6 +179,60 @@ def test_cpu_leading_dimensions():
     assert_matmul_close(y.reshape(-1, 9), x.reshape(-1, 100), ref, what="public op, non-collapsible x")
 
 
+@needs_cpu
+@pytest.mark.parametrize("m", [1, 3, 12])
+def test_cpu_a8_rounds_ties_to_even(m):
+    """x / s landing exactly on k + 1/2: the kernel's int8 activations round half to even, as the
+    definition does; rounding half away from zero would be far outside the bound."""
+    qw = quantize_weight(randn(16, 64, seed=1), "int4-g64-sym-a8")
+    w64 = qw.dequantize(torch.float64)
+    j = torch.arange(64) % 60 - 30
+    x = ((j + 0.5) / 8).repeat(m, 1)  # s = 2^-3 exactly once a block holds 127 / 8
+    x[:, 5] = 127 / 8
+    x = x * torch.arange(1, m + 1)[:, None]  # s = 2^-3 * (row + 1): still ties
+    y = pq.ops.qmatmul(x, qw, backend="cpu")
+    xh = quantize_activations(x, 64)
+    assert_matmul_close(y, xh, w64, what=f"a8 ties M={m}")
+    s = x.abs().amax(-1, keepdim=True) / 127
+    xa = torch.sign(x / s) * torch.floor((x / s).abs() + 0.5) * s  # ties away from zero
+    assert not torch.equal(xa, xh)
+    with pytest.raises(AssertionError):
+        assert_matmul_close(y, xa, w64, what="half away from zero")
+
+
+@needs_cpu
+@pytest.mark.parametrize("spec", ["int4-g128-a8", "int8-a8"])
+@pytest.mark.parametrize("m", [2, 10])
+def test_cpu_a8_nonfinite_rows(spec, m):
+    """A row of x holding a NaN or an Inf gives a row of NaN (as the reference does); the other
+    rows are untouched."""
+    qw, w64 = _weight(spec, 9, 300, seed=2)
+    x = randn(m, 300, seed=3)
+    x[0, 17] = float("nan")
+    x[1, 250] = float("-inf")
+    for backend in ("cpu", "reference"):
+        y = pq.ops.qmatmul(x, qw, backend=backend)
+        assert torch.isnan(y[:2]).all(), backend
+        if m > 2:
+            assert_matmul_close(y[2:], quantize_activations(x[2:], qw.spec.act_block(300)), w64, what=backend)
+
+
+@needs_cpu
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_cpu_a8_thread_count_invariant(m):
+    _C = _native.native()
+    qw = quantize_weight(randn(77, 300, seed=7), "int4-g32-a8")
+    x = randn(m, 300, seed=8)
+    ys = []
+    for nt in (1, 3):
+        y = torch.empty(m, 77)
+        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, 4, 32, 300, y, nt, act_bits=8)
+        ys.append(y)
+    assert torch.equal(ys[0], ys[1])
+    with pytest.raises(ValueError, match="activation bits"):
+        _C.CpuWeight(qw.qweight, qw.scales, qw.zeros, 4, 32, 300, act_bits=4)
+
+
 @pytest.fixture
 def cpu_codes():
     """Sets how the CPU decode kernels read weight codes (convert | subnormal); back to auto after."""
@@ -212,18 +300,21 @@ SCALAR_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import pyquant as pq
     from pyquant.ops import _native
+    from pyquant.ops.reference import quantize_activations
     from pyquant.quant.rtn import quantize_weight
     from helpers import assert_matmul_close, randn
     assert _native.native().cpu_isa() == "scalar", _native.native().cpu_isa()
     cases = ((1, 7, 300, torch.float32), (6, 5, 129, torch.bfloat16), (19, 37, 520, torch.float32))
     for mode in ("convert", "subnormal"):
         _native.native().set_cpu_codes(mode)
-        for spec in ("int8", "int4-g32", "int4-g128-sym-fp16"):
+        for spec in ("int8", "int4-g32", "int4-g128-sym-fp16", "int4-g32-a8", "int4-g128-a8"):
             for (m, n, k, dt) in cases:
                 qw = quantize_weight(randn(n, k, seed=k), spec)
                 x, b = randn(m, k, dtype=dt, seed=m), randn(n, dtype=dt, seed=n)
                 y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
-                assert_matmul_close(y, x, qw.dequantize(torch.float64), b, what=f"scalar {mode} {spec} {m} {n} {k} {dt}")
+                xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
+                assert_matmul_close(y, xe, qw.dequantize(torch.float64), b, what=f"scalar {mode} {spec} {m} {n} {k} {dt}",
+                                    out_dtype=dt)
     print("scalar ok")
 """)
 
@@ -333,6 +424,10 @@ def test_custom_op_matches_eager(device, backend):
     b = randn(13, seed=6, device=device)
     y_op = torch.ops.pyquant.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, 4, 32, 96, backend)
     assert torch.equal(y_op, pq.ops.qmatmul(x, qw, bias=b, backend=backend))
+    # -a8 (act_bits=8): the op quantizes x itself, then runs the backend's weight-only kernel
+    y_op = torch.ops.pyquant.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, 4, 32, 96, backend, 8)
+    assert_matmul_close(y_op, quantize_activations(x, 32), qw.dequantize(torch.float64), b, what="op a8",
+                        out_dtype=x.dtype)
 
 
 @needs_cpu

@@ -39,7 +39,8 @@ extern "C" void emu_qmatmul(const void* x, int xdt, int64_t M, int64_t K, int64_
                             int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub) {
   using namespace pyquant;
   g_sub = sub != 0;
-  const QmmArgs a{x, DType(xdt), M, K, ldx, qw, scales, DType(sdt), zeros, bias, bits, group, N, y, ldy, nthreads};
+  const QmmArgs a{x, DType(xdt), M, K, ldx, qw, scales, DType(sdt), zeros, bias, bits, group, N, y, ldy, nthreads,
+                  DType(xdt), 0};
   isa_avx512_emu::qmatmul_run(a);
 }
 """

@@ -32,11 +32,13 @@ def assert_same_model(a, b, ids):
 
 
 def test_round_trip_identical(llama, tmp_path):
-    pq.quantize_model(llama, "int4-g32", overrides={"*down_proj": "int8", "*v_proj": "int4-g64-sym-fp16"})
+    pq.quantize_model(llama, "int4-g32", overrides={"*down_proj": "int8", "*v_proj": "int4-g64-sym-fp16",
+                                                    "*o_proj": "int4-g32-a8"})
     pq.save_quantized(llama, tmp_path)
     loaded = pq.load_quantized(tmp_path)
     assert isinstance(loaded.model.layers[1].mlp.down_proj, QuantLinear)
     assert loaded.model.layers[0].self_attn.v_proj.scales.dtype == torch.float16
+    assert str(loaded.model.layers[0].self_attn.o_proj.spec) == "int4-g32-a8"
     assert_same_model(llama, loaded, random_ids())
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert meta["format_version"] == 1 and meta["model_fingerprint"] == model_fingerprint(llama)

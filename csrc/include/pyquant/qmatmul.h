@@ -16,6 +16,10 @@
 //   of each is contiguous. Accumulation is in fp32; the full-precision weight is never built
 //   (dequantization happens in registers, or in a small cache-resident panel for M > 8).
 //   num_threads <= 0 uses the OpenMP default.
+//   act_bits == 8 (the -a8 specs): each row of x is first quantized to int8, symmetric, with one
+//   scale per block of G columns (INT4) or per row (INT8): s = max|x| / 127, q = clamp(
+//   rint(x / s), -127, 127), x ~= q * s; INT4 with M <= 8 multiplies codes and q as integers.
+//   A row of x holding a NaN or an Inf gives a row of NaN.
 // Returns kOk, or kInvalidArgument / kUnsupported with the reason in last_error().
 #pragma once
 #include <cstdint>
@@ -27,6 +31,6 @@ namespace pyquant {
 Status qmatmul_cpu(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
                    const void* qweight, const void* scales, DType scale_dtype,
                    const uint8_t* zeros, const void* bias, int bits, int group_size, int64_t N,
-                   void* y, int64_t ldy, int num_threads);
+                   void* y, int64_t ldy, int num_threads, int act_bits = 0);
 
 }  // namespace pyquant

@@ -30,15 +30,16 @@ def qmatmul(x: torch.Tensor, qweight, scales, zeros, bias, bits: int, group_size
     return prepare(qweight, scales, zeros, bits, group_size, in_features)(x, bias)
 
 
-@register_prepare("qmatmul", "cpu", any_rank=True)
-def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int):
+@register_prepare("qmatmul", "cpu", any_rank=True, act8=True)
+def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int, act_bits: int = 0):
     """``run(x[..., K], bias) -> y[..., N]`` over a ``_C.CpuWeight`` (the weight checked once, then
-    borrowed); x's leading dimensions must collapse into rows (a contiguous x does)."""
+    borrowed); x's leading dimensions must collapse into rows (a contiguous x does). ``act_bits=8``:
+    the kernel quantizes x to int8 itself (INT4 decode: integer dot products)."""
     _C = _native.native()
     if _C is None:
         raise ValueError(f"qmatmul: backend 'cpu' is unavailable: {_native.cpu_available()[1]}")
     w = _C.CpuWeight(_to_dlpack(qweight), _to_dlpack(scales), None if zeros is None else _to_dlpack(zeros),
-                     int(bits), int(group_size), int(in_features))
+                     int(bits), int(group_size), int(in_features), int(act_bits or 0))
     n = w.out_features
 
     def run(x: torch.Tensor, bias):

@@ -1,0 +1,204 @@
+// qmatmul with int8 activations (specs ending in -a8; see pyquant/formats.py), included by
+// qmatmul_kernels.h inside the ISA namespace (it uses that file's helpers and V; that file
+// includes <immintrin.h> when __AVX2__ is defined).
+//
+// x is quantized per row and per block of B columns (B = the weight's group size for INT4, K for
+// INT8) exactly as pyquant.ops.reference.quantize_activations does it:
+//   s = max|x_b| / 127,  q = clamp(rint(x / s), -127, 127) (0 when s is not > 0),  x ~= q * s.
+// A row holding a NaN or an Inf gives NaN outputs (the reference's q * s is NaN there).
+//
+// INT4 decode (M <= 8) multiplies codes and q as integers (llama.cpp's Q4 x Q8 dot product):
+//   y[n] = sum_g sw[n,g] * s[g] * sum_{k in g} code_k q_k  -  sum_g sw[n,g] z[n,g] * (s[g] * sum_{k in g} q_k).
+// AVX2: a 32-byte block holds 64 codes; one AND gives the 32 low nibbles, a shift and an AND the
+// high ones, each met by 32 bytes of q permuted to match (qa[i] = q[64b + 2i], qb[i] = q[64b + 2i + 1]);
+// vpmaddubsw (u8 code x s8 q, pairs summed to s16) then sums in s16 over at most 256 codes
+// (8 x 2 x 15 x 127 < 2^15: no saturation), vpmaddwd by 1 to s32, one conversion and one FMA per
+// group. Integer sums are exact, so the only roundings are the scale products and the fp32 sums.
+// L1-resident, one core: 2.6x the weight-only kernel's code-MACs per second (bench/decode_ceiling.cpp).
+// The 256-bit code serves the AVX-512 build too (it is compiled with -mavx2); without AVX2 a
+// scalar loop over the same layout. Everything else (INT8 weights, M > 8) quantizes x into an
+// fp32 copy q * s and runs the weight-only kernels on it.
+#pragma once
+
+// Row x[0..K) (fp32) into q[0..) (zero from K to the end of the last block) and s[0..nb):
+// blocks of B. False when the row holds a NaN or an Inf (its outputs are NaN then).
+static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, float* s) {
+  bool finite = true;
+  const int64_t nb = (K + B - 1) / B;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t k0 = b * B, k1 = std::min(K, k0 + B);
+    float amax = 0.f;
+    for (int64_t k = k0; k < k1; ++k) {
+      finite = finite && std::isfinite(x[k]);
+      amax = std::max(amax, std::fabs(x[k]));
+    }
+    const float sb = amax / 127.f;  // a division, as the reference does it (not a reciprocal)
+    s[b] = sb;
+    for (int64_t k = k0; k < k1; ++k)
+      q[k] = static_cast<int8_t>(sb > 0.f && std::isfinite(x[k]) ? std::clamp(std::nearbyint(x[k] / sb), -127.f, 127.f) : 0.f);
+  }
+  for (int64_t k = K; k < nb * B; ++k) q[k] = 0;
+  return finite;
+}
+
+struct A8Plan {
+  int64_t G, ng, ngp, Kp;             // Kp = ng * G, rounded up to 64 codes in q
+  std::vector<int8_t> qp;             // [M][Kq]: q permuted per 64-code block (see the top)
+  std::vector<float> sx, qsum;        // [M][ngp]: block scales, and s * sum q (zero-padded)
+  std::vector<uint8_t> finite;        // [M]
+  int64_t Kq;                         // Kp rounded up to 64
+};
+
+// Row r of the tile: bytes q + r * row_bytes; sw[r] its fp32 scales. out[r] = sum_g sw * s * (codes . q).
+template <int R>
+__attribute__((noinline)) static void a8_tile(const int8_t* xq, const float* sx, const uint8_t* q, int64_t row_bytes,
+                                              const float* const* sw, const A8Plan& p, float out[R]) {
+  const int64_t G = p.G, ng = p.ng;
+#if defined(__AVX2__)
+  const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  __m256 tot[R];
+  for (int r = 0; r < R; ++r) tot[r] = _mm256_setzero_ps();
+  auto dot64 = [&](const uint8_t* src, int64_t b, bool half) {  // 64 codes (or 32 when half) -> s16
+    const __m256i v = half ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)))
+                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 64));
+    const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 64 + 32));
+    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+  };
+  if (G >= 64) {  // a group is G / 64 whole blocks
+    const int64_t bpg = G / 64;
+    for (int64_t g = 0; g < ng; ++g) {
+      __m256i s16[R];
+      for (int r = 0; r < R; ++r) s16[r] = _mm256_setzero_si256();
+      for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
+        for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes);
+        for (int r = 0; r < R; ++r) s16[r] = _mm256_add_epi16(s16[r], dot64(q + r * row_bytes + b * 32, b, false));
+      }
+      for (int r = 0; r < R; ++r)
+        tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones)), _mm256_set1_ps(sw[r][g] * sx[g]),
+                                 tot[r]);
+    }
+  } else {  // G = 32: bytes 0-15 of a block are group 2b, bytes 16-31 group 2b + 1 (lanes 0-3 / 4-7 after madd)
+    const int64_t nb = (ng + 1) / 2;
+    for (int64_t b = 0; b < nb; ++b) {
+      const bool half = 2 * b + 1 >= ng;  // the last block of an odd group count: 16 bytes
+      for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes);
+      for (int r = 0; r < R; ++r) {
+        const __m256i d = _mm256_madd_epi16(dot64(q + r * row_bytes + b * 32, b, half), ones);
+        const __m256 sc = _mm256_set_m128(_mm_set1_ps(half ? 0.f : sw[r][2 * b + 1] * sx[2 * b + 1]),
+                                          _mm_set1_ps(sw[r][2 * b] * sx[2 * b]));
+        tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, tot[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(tot[r]), _mm256_extractf128_ps(tot[r], 1));
+    const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    out[r] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+  }
+#else
+  for (int r = 0; r < R; ++r) {
+    const uint8_t* qr = q + r * row_bytes;
+    float t = 0.f;
+    for (int64_t g = 0; g < ng; ++g) {
+      int32_t acc = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1; q permuted as above
+        const int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
+        acc += code * xq[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)];
+      }
+      t += static_cast<float>(acc) * (sw[r][g] * sx[g]);
+    }
+    out[r] = t;
+  }
+#endif
+}
+
+static void decode_int4_a8(const QmmArgs& a) {
+  static thread_local A8Plan scratch;  // reused between calls; through a reference (see decode_int4)
+  static thread_local std::vector<float> xr;
+  static thread_local std::vector<int8_t> qn;
+  A8Plan& p = scratch;
+  constexpr int W = V::W;
+  p.G = a.group;
+  p.ng = (a.K + p.G - 1) / p.G;
+  p.ngp = (p.ng + W - 1) / W * W;
+  p.Kp = p.ng * p.G;
+  p.Kq = (p.Kp + 63) / 64 * 64;
+  const int64_t M = a.M;
+  p.qp.assign(M * p.Kq, 0);
+  p.sx.assign(M * p.ngp, 0.f);
+  p.qsum.assign(M * p.ngp, 0.f);
+  p.finite.assign(M, 1);
+  xr.resize(a.K);
+  qn.assign(p.Kq, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, a.K, xr.data());
+    float* s = p.sx.data() + m * p.ngp;
+    p.finite[m] = act8_row(xr.data(), a.K, p.G, qn.data(), s);
+    int8_t* dst = p.qp.data() + m * p.Kq;
+    for (int64_t k = 0; k < p.Kq; ++k) dst[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)] = qn[k];
+    for (int64_t g = 0; g < p.ng; ++g) {
+      int32_t t = 0;
+      for (int64_t k = g * p.G; k < (g + 1) * p.G; ++k) t += qn[k];
+      p.qsum[m * p.ngp + g] = s[g] * static_cast<float>(t);
+    }
+  }
+  const int64_t N = a.N, nblk = (N + 3) / 4, row_bytes = p.Kp / 2;
+  const int nt = threads_for(a);
+  const int64_t chunk = tile_chunk(nblk, nt);
+#pragma omp parallel num_threads(nt)
+  {
+    static thread_local std::vector<float> sbuf;  // this thread's own
+    sbuf.assign(8 * p.ngp, 0.f);  // 4 rows' scales, then their s * z; zero padding to ngp
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
+      const float* sw[4];
+      for (int64_t r = 0; r < nr; ++r) {
+        row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp);
+        sw[r] = sbuf.data() + r * p.ngp;
+      }
+      const auto* q = static_cast<const uint8_t*>(a.qw) + n0 * row_bytes;
+      for (int64_t m = 0; m < M; ++m) {  // later rows of x read the tile's codes from L1
+        const int8_t* xq = p.qp.data() + m * p.Kq;
+        const float* sx = p.sx.data() + m * p.ngp;
+        float out[4], vals[4];
+        if (nr == 4) a8_tile<4>(xq, sx, q, row_bytes, sw, p, out);
+        else for (int64_t r = 0; r < nr; ++r) a8_tile<1>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, out + r);
+        for (int64_t r = 0; r < nr; ++r) {
+          const float v = out[r] - zero_term(sbuf.data() + (4 + r) * p.ngp, p.qsum.data() + m * p.ngp, p.ngp);
+          vals[r] = p.finite[m] ? v + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f) : NAN;
+        }
+        store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
+      }
+    }
+  }
+}
+
+// Every other -a8 case: x as q * s in an fp32 copy (NaN rows where x is not finite), then the
+// weight-only kernels (run).
+template <class Run>
+static void act8_through_fp32(const QmmArgs& a, Run&& run) {
+  const int64_t K = a.K, B = a.bits == 4 ? a.group : K, nb = (K + B - 1) / B;
+  std::vector<float> xh(a.M * K);
+  const int nt = threads_for(a);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> xr(K), s(nb);
+    std::vector<int8_t> q(nb * B);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xr.data());
+      const bool fin = act8_row(xr.data(), K, B, q.data(), s.data());
+      float* dst = xh.data() + m * K;
+      for (int64_t k = 0; k < K; ++k) dst[k] = fin ? static_cast<float>(q[k]) * s[k / B] : NAN;
+    }
+  }
+  QmmArgs b = a;
+  b.x = xh.data();
+  b.xdt = DType::F32;
+  b.ldx = K;
+  b.act_bits = 0;
+  run(b);
+}
