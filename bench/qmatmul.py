@@ -166,6 +166,8 @@ def run(args) -> dict:
             ls = 30
             mods = [QuantLinear.from_quantized(random_qweight(i4, sn, sk, gen)) for _ in range(ls)]
             mods8 = [QuantLinear.from_quantized(random_qweight(i8, sn, sk, gen)) for _ in range(ls)]
+            i4a = QuantSpec.parse(f"int4-g{g}-a8")
+            mods4a = [QuantLinear.from_quantized(QuantizedWeight(i4a, m.qweight, m.scales, m.zeros, (sn, sk))) for m in mods]
             wsf = [torch.randn(sn, sk, generator=gen) for _ in range(ls)]
             cw = [_native.native().CpuWeight(_to_dlpack(m.qweight), _to_dlpack(m.scales), _to_dlpack(m.zeros), 4, g, sk)
                   for m in mods]
@@ -177,12 +179,14 @@ def run(args) -> dict:
                     "pyquant int4 QuantLinear": lambda i: mods[i](xs),
                     "pyquant int4 kernel only": lambda i: cw[i].matmul(_to_dlpack(xs), None, _to_dlpack(ys), nt),
                     "pyquant int8 QuantLinear": lambda i: mods8[i](xs),
+                    "pyquant a8 int4 QuantLinear": lambda i: mods4a[i](xs),
                     "torch fp32 F.linear": lambda i: torch.nn.functional.linear(xs, wsf[i]),
                 }, ls, rounds=args.rounds, clock=clock)
             for name, wb in (("pyquant int4 QuantLinear", mods[0].weight_nbytes), ("pyquant int4 kernel only", mods[0].weight_nbytes),
-                             ("pyquant int8 QuantLinear", mods8[0].weight_nbytes), ("torch fp32 F.linear", nbytes(wsf[0]))):
+                             ("pyquant int8 QuantLinear", mods8[0].weight_nbytes),
+                             ("pyquant a8 int4 QuantLinear", mods4a[0].weight_nbytes), ("torch fp32 F.linear", nbytes(wsf[0]))):
                 add(f"small {sn}x{sk}", name, sm[name], wb, f"M=1 {sn}x{sk} x{ls} layers", name.startswith("pyquant"))
-            del mods, mods8, wsf, cw
+            del mods, mods8, mods4a, wsf, cw
 
     # ---------------- prefill: M=args.prefill_m ----------------
     m = args.prefill_m

@@ -45,7 +45,8 @@ def test_qmatmul_bench_tiny(tmp_path):
     small = [r for r in res["rows"] if r["group"].startswith("small ")]  # the demo model's shapes, per call
     assert {r["group"] for r in small} == {"small 576x576", "small 192x576", "small 1536x576", "small 576x1536"}
     assert {r["backend"] for r in small} == {"pyquant int4 QuantLinear", "pyquant int4 kernel only",
-                                             "pyquant int8 QuantLinear", "torch fp32 F.linear"}
+                                             "pyquant int8 QuantLinear", "pyquant a8 int4 QuantLinear",
+                                             "torch fp32 F.linear"}
     assert all(r["best_alt"] == "torch fp32 F.linear" for r in small if r["ours"])
 
 

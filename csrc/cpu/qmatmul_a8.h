@@ -21,24 +21,48 @@
 #pragma once
 
 // Row x[0..K) (fp32) into q[0..) (zero from K to the end of the last block) and s[0..nb):
-// blocks of B. False when the row holds a NaN or an Inf (its outputs are NaN then).
+// blocks of B. False when the row holds a NaN or an Inf (its outputs are NaN then). max |x| is
+// taken over bit patterns (ordered as the values are; NaN's above Inf's); x / s is a division, as
+// the reference does it (not a reciprocal), rounded half to even: the AVX2 lanes and the scalar
+// tail give the same codes.
 static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, float* s) {
-  bool finite = true;
+  uint32_t row_max = 0;
   const int64_t nb = (K + B - 1) / B;
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t k0 = b * B, k1 = std::min(K, k0 + B);
-    float amax = 0.f;
-    for (int64_t k = k0; k < k1; ++k) {
-      finite = finite && std::isfinite(x[k]);
-      amax = std::max(amax, std::fabs(x[k]));
-    }
-    const float sb = amax / 127.f;  // a division, as the reference does it (not a reciprocal)
+    uint32_t amax = 0;
+    int64_t k = k0;
+#if defined(__AVX2__)
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i vm = _mm256_setzero_si256();
+    for (; k + 8 <= k1; k += 8)
+      vm = _mm256_max_epu32(vm, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)), abs_mask));
+    alignas(32) uint32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), vm);
+    for (uint32_t v : t) amax = std::max(amax, v);
+#endif
+    for (; k < k1; ++k) amax = std::max(amax, f_bits(x[k]) & 0x7fffffffu);
+    row_max = std::max(row_max, amax);
+    const float sb = bits_f(amax) / 127.f;
     s[b] = sb;
-    for (int64_t k = k0; k < k1; ++k)
-      q[k] = static_cast<int8_t>(sb > 0.f && std::isfinite(x[k]) ? std::clamp(std::nearbyint(x[k] / sb), -127.f, 127.f) : 0.f);
+    k = k0;
+    if (amax >= 0x7f800000u || !(sb > 0.f)) {  // not finite (the row's outputs are NaN), or all zero
+      for (; k < k1; ++k) q[k] = 0;
+      continue;
+    }
+#if defined(__AVX2__)
+    const __m256 vs = _mm256_set1_ps(sb), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    for (; k + 8 <= k1; k += 8) {
+      __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256i i = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+      const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(w16, w16));
+    }
+#endif
+    for (; k < k1; ++k) q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(x[k] / sb), -127.f, 127.f));
   }
   for (int64_t k = K; k < nb * B; ++k) q[k] = 0;
-  return finite;
+  return row_max < 0x7f800000u;
 }
 
 struct A8Plan {
@@ -48,6 +72,26 @@ struct A8Plan {
   std::vector<uint8_t> finite;        // [M]
   int64_t Kq;                         // Kp rounded up to 64
 };
+
+// q[0..Kq) (Kq a multiple of 64) into the tile's order: per 64 codes, the 32 even ones, then the
+// 32 odd ones (they meet the low and the high nibbles of 32 bytes of codes).
+static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
+  int64_t k = 0;
+#if defined(__AVX2__)
+  // in each 128-bit lane: even bytes to the low 8, odd to the high 8; then gather the quads
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  for (; k < Kq; k += 64) {
+    const __m256i a = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k)), split), 0xD8);
+    const __m256i b = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k + 32)), split), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k + 32), _mm256_permute2x128_si256(a, b, 0x31));
+  }
+#endif
+  for (; k < Kq; ++k) dst[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)] = q[k];
+}
 
 // Row r of the tile: bytes q + r * row_bytes; sw[r] its fp32 scales. out[r] = sum_g sw * s * (codes . q).
 template <int R>
@@ -136,8 +180,7 @@ static void decode_int4_a8(const QmmArgs& a) {
     load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, a.K, xr.data());
     float* s = p.sx.data() + m * p.ngp;
     p.finite[m] = act8_row(xr.data(), a.K, p.G, qn.data(), s);
-    int8_t* dst = p.qp.data() + m * p.Kq;
-    for (int64_t k = 0; k < p.Kq; ++k) dst[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)] = qn[k];
+    permute_q(qn.data(), p.Kq, p.qp.data() + m * p.Kq);
     for (int64_t g = 0; g < p.ng; ++g) {
       int32_t t = 0;
       for (int64_t k = g * p.G; k < (g + 1) * p.G; ++k) t += qn[k];
