@@ -84,15 +84,16 @@ int main(int argc, char** argv) {
   }
   std::vector<float> x(M * K), yb(M * N), yn(M * N);
   for (auto& v : x) v = static_cast<float>(std::rand() % 2000 - 1000) * 1e-3f;
-  // ACT=8: the new build runs the -a8 kernel (x quantized to int8), the base stays weight-only
+  // ACT=8: the new build runs the -a8 kernel (x quantized to int8); ACT_BASE=8: the base too
   const char* act_env = std::getenv("ACT");
-  const int act = act_env ? std::atoi(act_env) : 0;
+  const char* act_base_env = std::getenv("ACT_BASE");
+  const int act = act_env ? std::atoi(act_env) : 0, act_base = act_base_env ? std::atoi(act_base_env) : 0;
   auto args = [&](int l, float* y, int act_bits = 0) {
     return QmmArgs{x.data(), DType::F32, M, K, K, q[l].data(), s[l].data(), f16 ? DType::F16 : DType::F32,
                    bits == 4 ? z[l].data() : nullptr, nullptr, bits, bits == 4 ? static_cast<int>(G) : 0, N, y, N, 2,
                    DType::F32, act_bits};
   };
-  isa_base::qmatmul_run(args(0, yb.data()));
+  isa_base::qmatmul_run(args(0, yb.data(), act_base));
   isa_avx2::qmatmul_run(args(0, yn.data(), act));
   double diff = 0, ymax = 0;
   for (int64_t i = 0; i < M * N; ++i) {
@@ -104,7 +105,7 @@ int main(int argc, char** argv) {
     const double t0 = now();
     float sink = 0.f;
     for (int l = 0; l < L; ++l) {
-      if (which == 0) isa_base::qmatmul_run(args(l, yb.data()));
+      if (which == 0) isa_base::qmatmul_run(args(l, yb.data(), act_base));
       else if (which == 1) isa_avx2::qmatmul_run(args(l, yn.data(), act));
       else {  // plain stream over the packed bytes: one parallel region per layer, static halves
         const uint8_t* base = q[l].data();

@@ -3,7 +3,8 @@
 # bench/decode_ab.cpp). Usage: bench/decode_ab.sh REV [BITS=4] [M...=1]
 #   e.g. bench/decode_ab.sh HEAD~1 4 1 2 4 8
 # Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16), ACT (8:
-# the working tree runs the -a8 kernel, int8 activations, against REV's weight-only one).
+# the working tree runs the -a8 kernel, int8 activations, against REV's weight-only one), ACT_BASE
+# (8: REV runs its -a8 kernel too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}
@@ -13,7 +14,8 @@ ms=("$@")
 [ ${#ms[@]} -gt 0 ] || ms=(1)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-git show "$rev:csrc/cpu/qmatmul_kernels.h" > "$tmp/base_kernels.h"
+git show "$rev:csrc/cpu/qmatmul_kernels.h" | sed 's/#include "qmatmul_a8.h"/#include "base_a8.h"/' > "$tmp/base_kernels.h"
+git show "$rev:csrc/cpu/qmatmul_a8.h" > "$tmp/base_a8.h" 2>/dev/null || true  # revisions before -a8 lack it
 git show "$rev:csrc/cpu/qmatmul_avx2.cpp" \
   | sed -e 's/isa_avx2/isa_base/g' -e 's/#include "qmatmul_kernels.h"/#include "base_kernels.h"/' > "$tmp/base_avx2.cpp"
 g++ -O3 -fopenmp -mavx2 -mfma -mf16c -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \

@@ -93,35 +93,47 @@ static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
   for (; k < Kq; ++k) dst[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)] = q[k];
 }
 
-// Row r of the tile: bytes q + r * row_bytes; sw[r] its fp32 scales. out[r] = sum_g sw * s * (codes . q).
-template <int R>
-__attribute__((noinline)) static void a8_tile(const int8_t* xq, const float* sx, const uint8_t* q, int64_t row_bytes,
-                                              const float* const* sw, const A8Plan& p, float out[R]) {
+// A tile of R weight rows (bytes q + r * row_bytes, fp32 scales sw[r]) and MC rows of x (int8
+// codes xq[m] permuted as above, block scales sx[m]): out[r][m] = sum_g sw * sx * (codes . q).
+// Each row's nibbles are isolated once per block and serve the MC rows of x.
+template <int MC, int R>
+__attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const float* const* sx, const uint8_t* q,
+                                              int64_t row_bytes, const float* const* sw, const A8Plan& p,
+                                              float out[R][MC]) {
   const int64_t G = p.G, ng = p.ng;
 #if defined(__AVX2__)
   const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-  __m256 tot[R];
-  for (int r = 0; r < R; ++r) tot[r] = _mm256_setzero_ps();
-  auto dot64 = [&](const uint8_t* src, int64_t b, bool half) {  // 64 codes (or 32 when half) -> s16
+  __m256 tot[R][MC];
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = _mm256_setzero_ps();
+  // 64 codes (32 when half: 16 bytes) of row r in block b, times x row m's: pairs summed to s16
+  auto dot = [&](int r, int64_t b, bool half, __m256i (&d)[MC]) {
+    const uint8_t* src = q + r * row_bytes + b * 32;
     const __m256i v = half ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)))
                            : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 64));
-    const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 64 + 32));
     const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    return _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+    for (int m = 0; m < MC; ++m) {
+      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[m] + b * 64));
+      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[m] + b * 64 + 32));
+      d[m] = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+    }
   };
   if (G >= 64) {  // a group is G / 64 whole blocks
     const int64_t bpg = G / 64;
     for (int64_t g = 0; g < ng; ++g) {
-      __m256i s16[R];
-      for (int r = 0; r < R; ++r) s16[r] = _mm256_setzero_si256();
+      __m256i s16[R][MC];
+      for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) s16[r][m] = _mm256_setzero_si256();
       for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
         for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes);
-        for (int r = 0; r < R; ++r) s16[r] = _mm256_add_epi16(s16[r], dot64(q + r * row_bytes + b * 32, b, false));
+        for (int r = 0; r < R; ++r) {
+          __m256i d[MC];
+          dot(r, b, false, d);
+          for (int m = 0; m < MC; ++m) s16[r][m] = _mm256_add_epi16(s16[r][m], d[m]);
+        }
       }
       for (int r = 0; r < R; ++r)
-        tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones)), _mm256_set1_ps(sw[r][g] * sx[g]),
-                                 tot[r]);
+        for (int m = 0; m < MC; ++m)
+          tot[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r][m], ones)),
+                                      _mm256_set1_ps(sw[r][g] * sx[m][g]), tot[r][m]);
     }
   } else {  // G = 32: bytes 0-15 of a block are group 2b, bytes 16-31 group 2b + 1 (lanes 0-3 / 4-7 after madd)
     const int64_t nb = (ng + 1) / 2;
@@ -129,31 +141,37 @@ __attribute__((noinline)) static void a8_tile(const int8_t* xq, const float* sx,
       const bool half = 2 * b + 1 >= ng;  // the last block of an odd group count: 16 bytes
       for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes);
       for (int r = 0; r < R; ++r) {
-        const __m256i d = _mm256_madd_epi16(dot64(q + r * row_bytes + b * 32, b, half), ones);
-        const __m256 sc = _mm256_set_m128(_mm_set1_ps(half ? 0.f : sw[r][2 * b + 1] * sx[2 * b + 1]),
-                                          _mm_set1_ps(sw[r][2 * b] * sx[2 * b]));
-        tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, tot[r]);
+        __m256i d[MC];
+        dot(r, b, half, d);
+        for (int m = 0; m < MC; ++m) {
+          const __m256 sc = _mm256_set_m128(_mm_set1_ps(half ? 0.f : sw[r][2 * b + 1] * sx[m][2 * b + 1]),
+                                            _mm_set1_ps(sw[r][2 * b] * sx[m][2 * b]));
+          tot[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(d[m], ones)), sc, tot[r][m]);
+        }
       }
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(tot[r]), _mm256_extractf128_ps(tot[r], 1));
-    const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    out[r] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
-  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MC; ++m) {
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(tot[r][m]), _mm256_extractf128_ps(tot[r][m], 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      out[r][m] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+    }
 #else
   for (int r = 0; r < R; ++r) {
     const uint8_t* qr = q + r * row_bytes;
-    float t = 0.f;
-    for (int64_t g = 0; g < ng; ++g) {
-      int32_t acc = 0;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1; q permuted as above
-        const int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
-        acc += code * xq[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)];
+    for (int m = 0; m < MC; ++m) {
+      float t = 0.f;
+      for (int64_t g = 0; g < ng; ++g) {
+        int32_t acc = 0;
+        for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1; q permuted as above
+          const int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
+          acc += code * xq[m][(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)];
+        }
+        t += static_cast<float>(acc) * (sw[r][g] * sx[m][g]);
       }
-      t += static_cast<float>(acc) * (sw[r][g] * sx[g]);
+      out[r][m] = t;
     }
-    out[r] = t;
   }
 #endif
 }
@@ -203,14 +221,34 @@ static void decode_int4_a8(const QmmArgs& a) {
         sw[r] = sbuf.data() + r * p.ngp;
       }
       const auto* q = static_cast<const uint8_t*>(a.qw) + n0 * row_bytes;
-      for (int64_t m = 0; m < M; ++m) {  // later rows of x read the tile's codes from L1
-        const int8_t* xq = p.qp.data() + m * p.Kq;
-        const float* sx = p.sx.data() + m * p.ngp;
-        float out[4], vals[4];
-        if (nr == 4) a8_tile<4>(xq, sx, q, row_bytes, sw, p, out);
-        else for (int64_t r = 0; r < nr; ++r) a8_tile<1>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, out + r);
+      float yt[4][8];  // [r][m]
+      // Tiles of 4 weight rows x 2 rows of x; more rows of x run as more passes, which read the
+      // tile's codes from L1. 2 x 4 against 1 x 4 (the first version): 1.09-1.17x at M = 2..8; 2 x 2,
+      // 4 x 2, 4 x 4, 3 x 4 were no faster (bench/decode_ab.sh ACT=8 ACT_BASE=8, Zen 3).
+      constexpr int MCmax = 2, Rt = 4;
+      for (int64_t m0 = 0; m0 < M;) {
+        const int8_t* xq[MCmax];
+        const float* sx[MCmax];
+        for (int m = 0; m < MCmax; ++m) {
+          xq[m] = p.qp.data() + std::min<int64_t>(m0 + m, M - 1) * p.Kq;
+          sx[m] = p.sx.data() + std::min<int64_t>(m0 + m, M - 1) * p.ngp;
+        }
+        auto run = [&](auto MC) {
+          constexpr int mc = decltype(MC)::value;
+          float o[4][mc];
+          int64_t r = 0;
+          for (; r + Rt <= nr; r += Rt) a8_tile<mc, Rt>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, o + r);
+          for (; r < nr; ++r) a8_tile<mc, 1>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, o + r);
+          for (int64_t rr = 0; rr < nr; ++rr) for (int m = 0; m < mc; ++m) yt[rr][m0 + m] = o[rr][m];
+          m0 += mc;
+        };
+        if (M - m0 >= 2) run(std::integral_constant<int, MCmax>{});
+        else run(std::integral_constant<int, 1>{});
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float vals[4];
         for (int64_t r = 0; r < nr; ++r) {
-          const float v = out[r] - zero_term(sbuf.data() + (4 + r) * p.ngp, p.qsum.data() + m * p.ngp, p.ngp);
+          const float v = yt[r][m] - zero_term(sbuf.data() + (4 + r) * p.ngp, p.qsum.data() + m * p.ngp, p.ngp);
           vals[r] = p.finite[m] ? v + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f) : NAN;
         }
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
