@@ -14,7 +14,9 @@
 // vpmaddubsw (u8 code x s8 q, pairs summed to s16) then sums in s16 over at most 256 codes
 // (8 x 2 x 15 x 127 < 2^15: no saturation), vpmaddwd by 1 to s32, one conversion and one FMA per
 // group. Integer sums are exact, so the only roundings are the scale products and the fp32 sums.
-// L1-resident, one core: 2.6x the weight-only kernel's code-MACs per second (bench/decode_ceiling.cpp).
+// L1-resident, one core: 2.4-2.6x the weight-only loop's code-MACs per second; from memory at
+// 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets the
+// pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session).
 // The 256-bit code serves the AVX-512 build too (it is compiled with -mavx2); without AVX2 a
 // scalar loop over the same layout. Everything else (INT8 weights, M > 8) quantizes x into an
 // fp32 copy q * s and runs the weight-only kernels on it.
