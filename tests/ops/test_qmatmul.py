@@ -159,7 +159,7 @@ def test_cpu_leading_dimensions():
     qw = quantize_weight(randn(9, 100, seed=9), "int4-g32")
     ref = qw.dequantize(torch.float64)
     w = _C.CpuWeight(qw.qweight, qw.scales, qw.zeros, 4, 32, 100)
-    for shape in ((100,), (1, 1, 100), (2, 3, 100), (2, 1, 3, 100), (0, 4, 100)):
+    for shape in ((100,), (1, 1, 100), (2, 3, 100), (2, 1, 3, 100), (0, 4, 100), (2, 0, 100)):
         x = randn(*shape, seed=11)
         y = torch.full(shape[:-1] + (9,), float("nan"))
         w.matmul(x, None, y, 2)
