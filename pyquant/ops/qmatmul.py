@@ -26,10 +26,12 @@ register("qmatmul", "reference")(reference.qmatmul)
 def _qmatmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                 bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
                 backend: str, act_bits: int = 0) -> torch.Tensor:
-    fn = resolve("qmatmul", x.device, backend).fn
+    impl = resolve("qmatmul", x.device, backend)
+    if act_bits and impl.prepare is not None and impl.prepare_act8:  # as the eager call runs it
+        return impl.prepare(qweight, scales, zeros, bits, group_size, in_features, act_bits=act_bits)(x, bias)
 
     def run(x, bias):
-        return fn(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+        return impl.fn(x, qweight, scales, zeros, bias, bits, group_size, in_features)
     if act_bits:
         run = reference.with_quantized_activations(run, group_size or in_features)
     return run(x, bias)

@@ -424,8 +424,11 @@ def test_custom_op_matches_eager(device, backend):
     b = randn(13, seed=6, device=device)
     y_op = torch.ops.pyquant.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, 4, 32, 96, backend)
     assert torch.equal(y_op, pq.ops.qmatmul(x, qw, bias=b, backend=backend))
-    # -a8 (act_bits=8): the op quantizes x itself, then runs the backend's weight-only kernel
+    # -a8 (act_bits=8): the same path as the eager call (the CPU kernel's integer one, else x
+    # quantized by the op, then the weight-only kernel), so the same bits
+    qa = pq.formats.QuantizedWeight(pq.QuantSpec.parse("int4-g32-a8"), qw.qweight, qw.scales, qw.zeros, qw.shape)
     y_op = torch.ops.pyquant.qmatmul(x, qw.qweight, qw.scales, qw.zeros, b, 4, 32, 96, backend, 8)
+    assert torch.equal(y_op, pq.ops.qmatmul(x, qa, bias=b, backend=backend))
     assert_matmul_close(y_op, quantize_activations(x, 32), qw.dequantize(torch.float64), b, what="op a8",
                         out_dtype=x.dtype)
 
