@@ -15,6 +15,7 @@ the issue's targets are checked on the weight-only rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -77,6 +78,7 @@ def run(args) -> dict:
     g = args.group
     i4 = QuantSpec.parse(f"int4-g{g}")
     i8 = QuantSpec.parse("int8")
+    i4a = QuantSpec.parse(f"int4-g{g}-a8")  # the same INT4 weights with int8 activations
     clock = time.process_time if args.cpu_time else time.perf_counter
     bw = read_bandwidth(args.bw_bytes, clock=clock)
     print(f"read bandwidth (best torch.sum over {args.bw_bytes >> 20} MiB, {torch.get_num_threads()} threads): "
@@ -93,7 +95,7 @@ def run(args) -> dict:
     q4 = [random_qweight(i4, n, k, gen) for _ in range(L)]
     q8 = [random_qweight(i8, n, k, gen) for _ in range(L)]
     # the same INT4 weights as -a8: x quantized to int8, integer dot products (not the targets' rows)
-    q4a = [QuantizedWeight(QuantSpec.parse(f"int4-g{g}-a8"), q.qweight, q.scales, q.zeros, q.shape) for q in q4]
+    q4a = [dataclasses.replace(q, spec=i4a) for q in q4]
     t4 = [torch_int4pack(q) for q in q4]
     wf = [torch.randn(n, k, generator=gen) for _ in range(L)]
     x = torch.randn(1, k, generator=gen)
@@ -166,7 +168,6 @@ def run(args) -> dict:
             ls = 30
             mods = [QuantLinear.from_quantized(random_qweight(i4, sn, sk, gen)) for _ in range(ls)]
             mods8 = [QuantLinear.from_quantized(random_qweight(i8, sn, sk, gen)) for _ in range(ls)]
-            i4a = QuantSpec.parse(f"int4-g{g}-a8")
             mods4a = [QuantLinear.from_quantized(QuantizedWeight(i4a, m.qweight, m.scales, m.zeros, (sn, sk))) for m in mods]
             wsf = [torch.randn(sn, sk, generator=gen) for _ in range(ls)]
             cw = [_native.native().CpuWeight(_to_dlpack(m.qweight), _to_dlpack(m.scales), _to_dlpack(m.zeros), 4, g, sk)

@@ -34,12 +34,11 @@ std::pair<int64_t, int64_t> as_rows(const pqbind::ArrayView& v, const char* name
   const int64_t c = v.dim(-1);
   if (c > 1 && v.strides[nd - 1] != 1)
     throw py::value_error(std::string(name) + ": the last dimension must be contiguous (stride 1)");
-  int64_t rows = 1, ld = c, inner = -1;  // inner: stride of the next leading dimension of size > 1
+  int64_t rows = 1;
   for (int i = nd - 2; i >= 0; --i) rows *= v.shape[i];
   if (rows == 0) return {0, c};  // no rows: whatever the strides of an empty array
-  rows = 1;
+  int64_t ld = c, inner = -1;  // inner: stride of the next leading dimension of size > 1
   for (int i = nd - 2; i >= 0; --i) {
-    rows *= v.shape[i];
     if (v.shape[i] == 1) continue;
     if (inner < 0) ld = v.strides[i];
     else if (v.strides[i] != inner) throw py::value_error(std::string(name) + ": leading dimensions must collapse into rows (make it contiguous)");

@@ -68,15 +68,17 @@ static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, flo
 }
 
 struct A8Plan {
-  int64_t G, ng, ngp, Kp;             // Kp = ng * G, rounded up to 64 codes in q
-  std::vector<int8_t> qp;             // [M][Kq]: q permuted per 64-code block (see the top)
+  int64_t G, ng, ngp, Kp, Kq;         // Kp = ng * G; Kq: Kp rounded up to 64 (q's padded length)
+  std::vector<int8_t> qp;             // [M][Kq]: q permuted per 64-code block (qp_index)
   std::vector<float> sx, qsum;        // [M][ngp]: block scales, and s * sum q (zero-padded)
   std::vector<uint8_t> finite;        // [M]
-  int64_t Kq;                         // Kp rounded up to 64
 };
 
-// q[0..Kq) (Kq a multiple of 64) into the tile's order: per 64 codes, the 32 even ones, then the
-// 32 odd ones (they meet the low and the high nibbles of 32 bytes of codes).
+// Where q[k] sits in the tile's order: per 64 codes, the 32 even ones, then the 32 odd ones (they
+// meet the low and the high nibbles of 32 bytes of codes).
+static inline int64_t qp_index(int64_t k) { return (k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1); }
+
+// q[0..Kq) (Kq a multiple of 64) into the tile's order (qp_index).
 static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
   int64_t k = 0;
 #if defined(__AVX2__)
@@ -92,7 +94,7 @@ static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k + 32), _mm256_permute2x128_si256(a, b, 0x31));
   }
 #endif
-  for (; k < Kq; ++k) dst[(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)] = q[k];
+  for (; k < Kq; ++k) dst[qp_index(k)] = q[k];
 }
 
 // A tile of R weight rows (bytes q + r * row_bytes, fp32 scales sw[r]) and MC rows of x (int8
@@ -166,9 +168,9 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
       float t = 0.f;
       for (int64_t g = 0; g < ng; ++g) {
         int32_t acc = 0;
-        for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1; q permuted as above
+        for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1
           const int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
-          acc += code * xq[m][(k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1)];
+          acc += code * xq[m][qp_index(k)];
         }
         t += static_cast<float>(acc) * (sw[r][g] * sx[m][g]);
       }
@@ -259,12 +261,11 @@ static void decode_int4_a8(const QmmArgs& a) {
   }
 }
 
-// Every other -a8 case: x as q * s in an fp32 copy (NaN rows where x is not finite), then the
-// weight-only kernels (run).
-template <class Run>
-static void act8_through_fp32(const QmmArgs& a, Run&& run) {
+// Every other -a8 case: x as q * s in the fp32 copy xh (NaN rows where x is not finite); returns
+// the arguments that run the weight-only kernels on it.
+static QmmArgs act8_fp32_copy(const QmmArgs& a, std::vector<float>& xh) {
   const int64_t K = a.K, B = a.bits == 4 ? a.group : K, nb = (K + B - 1) / B;
-  std::vector<float> xh(a.M * K);
+  xh.resize(a.M * K);
   const int nt = threads_for(a);
 #pragma omp parallel num_threads(nt)
   {
@@ -283,5 +284,5 @@ static void act8_through_fp32(const QmmArgs& a, Run&& run) {
   b.xdt = DType::F32;
   b.ldx = K;
   b.act_bits = 0;
-  run(b);
+  return b;
 }

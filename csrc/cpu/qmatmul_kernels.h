@@ -751,9 +751,9 @@ static void prefill(const QmmArgs& a) {
 
 void qmatmul_run(const QmmArgs& a) {
   if (a.act_bits == 8) {
-    if (a.bits == 4 && a.M <= 8) decode_int4_a8(a);
-    else act8_through_fp32(a, [](const QmmArgs& b) { qmatmul_run(b); });
-    return;
+    if (a.bits == 4 && a.M <= 8) return decode_int4_a8(a);
+    std::vector<float> xh;
+    return qmatmul_run(act8_fp32_copy(a, xh));
   }
   if (a.M <= 8) {
     if (a.bits == 4) decode_int4(a);

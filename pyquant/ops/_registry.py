@@ -42,6 +42,11 @@ class Backend:
     # the op quantizes x first (reference.with_quantized_activations).
     prepare_act8: bool = False
 
+    @property
+    def quantizes_activations(self) -> bool:
+        """Whether this backend's prepared runner quantizes x itself for the -a8 specs."""
+        return self.prepare is not None and self.prepare_act8
+
     def status(self) -> "tuple[bool, str]":
         try:
             return self.available()

@@ -27,7 +27,7 @@ def _qmatmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
                 bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
                 backend: str, act_bits: int = 0) -> torch.Tensor:
     impl = resolve("qmatmul", x.device, backend)
-    if act_bits and impl.prepare is not None and impl.prepare_act8:  # as the eager call runs it
+    if act_bits and impl.quantizes_activations:  # as the eager call runs it
         return impl.prepare(qweight, scales, zeros, bits, group_size, in_features, act_bits=act_bits)(x, bias)
 
     def run(x, bias):
@@ -52,14 +52,15 @@ def _runner(qw: QuantizedWeight, impl) -> Callable:
         return hit[4]
     args = (q, s, z, qw.spec.bits, qw.spec.group_size or 0, qw.in_features)
     act = qw.spec.act_bits
+    kernel_quantizes_x = bool(act) and impl.quantizes_activations
     if impl.prepare is not None:
-        run = impl.prepare(*args, act_bits=act) if act and impl.prepare_act8 else impl.prepare(*args)
+        run = impl.prepare(*args, act_bits=act) if kernel_quantizes_x else impl.prepare(*args)
     else:
         def run(x, bias, fn=impl.fn):
             return fn(x, q, s, z, bias, *args[3:])
     if not (impl.prepare is not None and impl.prepare_any_rank):
         run = _any_rank(run, qw.in_features)
-    if act and not (impl.prepare is not None and impl.prepare_act8):
+    if act and not kernel_quantizes_x:
         run = reference.with_quantized_activations(run, qw.spec.act_block(qw.in_features))
     qw._runners[impl.name] = (q, s, z, _ptrs(q, s, z), run)
     return run
