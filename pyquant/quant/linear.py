@@ -5,12 +5,13 @@ The packed tensors (``qweight``, ``scales``, ``zeros``) are registered as buffer
 even when the model is cast (``model.to(torch.bfloat16)`` changes activations, not the format).
 
 Which qmatmul backend runs: a module's own ``backend`` attribute if set (``set_backend(model, name)``),
-else the innermost ``with use_backend(name):`` block, else "auto" (fastest available).
+else the innermost ``with use_backend(name):`` block on the calling thread, else "auto" (fastest
+available). ``torch.compile(model, fullgraph=True)`` traces QuantLinear without a graph break.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import threading
 from typing import Optional
 
 import torch
@@ -21,20 +22,25 @@ from ..formats import QuantizedWeight, QuantSpec
 from ..ops import qmatmul
 from .rtn import quantize_weight
 
-_BACKEND = contextvars.ContextVar("pyquant_qmatmul_backend", default="auto")
+# .backend: the innermost use_backend() block's name on this thread. A thread-local, not a
+# ContextVar: torch.compile traces a thread-local's attribute (guarding on its value, so a new
+# block recompiles) but breaks the graph at ContextVar.get.
+_STATE = threading.local()
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Within the block, QuantLinear modules without their own ``backend`` run qmatmul on ``name``
-    ("auto", "reference", "cpu", ...; see ``pq.ops.available_backends("qmatmul")``)."""
+    """Within the block, on this thread, QuantLinear modules without their own ``backend`` run qmatmul
+    on ``name`` ("auto", "reference", "cpu", ...; see ``pq.ops.available_backends("qmatmul")``). A
+    torch.compile'd model follows it too (it recompiles for a new name)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"use_backend: backend must be a non-empty string, got {name!r}")
-    token = _BACKEND.set(name)
+    outer = getattr(_STATE, "backend", "auto")
+    _STATE.backend = name
     try:
         yield
     finally:
-        _BACKEND.reset(token)
+        _STATE.backend = outer
 
 
 def set_backend(model: nn.Module, name: Optional[str]) -> int:
@@ -132,7 +138,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y[..., out_features] = x[..., in_features] @ W.T (+ bias), in x's dtype, via pq.ops.qmatmul."""
-        backend = self.backend or _BACKEND.get()
+        backend = self.backend or getattr(_STATE, "backend", "auto")
         if nvtx.enabled():
             m = x.numel() // max(x.shape[-1], 1)
             with nvtx.range(f"pyquant/qmatmul {self.spec} M={m} N={self.out_features} K={self.in_features}"):

@@ -108,6 +108,34 @@ def test_backend_selection():
             pass
 
 
+def test_use_backend_is_per_thread():
+    import threading
+
+    q = QuantLinear.from_linear(nn.Linear(64, 8), "int8")
+    x, out = torch.randn(2, 64), []
+    with use_backend("no-such-backend"):
+        t = threading.Thread(target=lambda: out.append(q(x)))  # another thread still runs "auto"
+        t.start()
+        t.join()
+    assert len(out) == 1 and out[0].shape == (2, 8)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="pyquant._C is not built")
+@pytest.mark.parametrize("spec", ["int4-g128", "int8-a8"])
+def test_torch_compile_fullgraph(spec):
+    """A QuantLinear compiles into one graph (no break), gives the eager call's bits, and a
+    use_backend() block around the compiled module still picks the backend (a recompile)."""
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(nn.Linear(256, 96), spec)
+    x = torch.randn(3, 256)
+    compiled = torch.compile(q, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), q(x))
+    with use_backend("reference"):
+        y_ref = q(x)
+        assert torch.equal(compiled(x), y_ref)
+    assert not torch.equal(y_ref, q(x))  # so the check above could tell the backends apart
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="cannot quantize"):
         QuantLinear.from_linear(nn.Conv2d(3, 3, 1), "int8")
