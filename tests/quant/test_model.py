@@ -133,6 +133,17 @@ def test_greedy_generation_identical_across_backends(scheme, down):
         assert torch.equal(out, outs["reference"]), backend
 
 
+def test_quantized_model_compiles_as_one_graph():
+    """torch.compile(fullgraph=True) of a quantized Llama (every linear a QuantLinear, INT4 and
+    -a8 INT8) traces the custom op with no graph break and gives the eager logits bit for bit."""
+    model = pq.quantize_model(tiny_llama(std=0.3), "int4-g32", overrides={"*down_proj": "int8-a8"})
+    ids = random_ids(2, 7)
+    with torch.no_grad():
+        eager = model(ids, use_cache=False).logits
+        compiled = torch.compile(model, fullgraph=True, backend="eager")(ids, use_cache=False).logits
+    assert torch.equal(compiled, eager)
+
+
 def test_gpt2_conv1d_layers():
     """GPT-2 keeps its projections in transformers' Conv1D ([in, out] weights): they are quantized too."""
     from tinymodels import tiny_gpt2
