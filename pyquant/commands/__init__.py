@@ -5,10 +5,27 @@ from __future__ import annotations
 import os
 
 
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
 def variant_label(desc: dict, spec: str) -> str:
-    """A short label for a model: its quantization spec, else its dtype ('float32'), else the path."""
+    """A short label for a model (``desc``: ``model_description``/``model_info``), the one every
+    command and the demo give by default: a quantized model's spec, "-gptq" when GPTQ made it, and
+    its per-layer overrides (``int4-g128-gptq (*down_proj=int8)``), so that two different models
+    do not share a label in a report; else its dtype (``fp32``); else the path's last part."""
     q = desc.get("quant") or {}
-    return str(q.get("default_spec") or desc.get("dtype") or os.path.basename(str(spec).rstrip("/")))
+    if q.get("default_spec"):
+        label = str(q["default_spec"]) + ("-gptq" if q.get("method") == "gptq" else "")
+        over = q.get("overrides") or {}
+        return label + (" (" + ", ".join(f"{p}={s}" for p, s in over.items()) + ")" if over else "")
+    dtype = desc.get("dtype")
+    return _SHORT_DTYPES.get(dtype, dtype) or os.path.basename(str(spec).rstrip("/"))
+
+
+def add_variant_argument(parser) -> None:
+    """--variant, the label a results file gives its model (see ``variant_label``)."""
+    parser.add_argument("--variant", help="label of the model in results and reports (default: its quantization spec, "
+                        "with -gptq and its overrides, e.g. 'int4-g128-gptq (*down_proj=int8)'; or its dtype, 'fp32')")
 
 
 def write_eval_results(args, kind: str, data: dict, model, tokenizer, result, bar) -> None:

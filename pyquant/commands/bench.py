@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from . import add_variant_argument
+
 HELP = "measure TTFT/TPOT/end-to-end latency percentiles, tokens/s per batch size and memory"
 DESCRIPTION = """\
 Measure one model variant: per batch size, time to first token (prefill), time per output token
@@ -22,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, or 'demo'")
     p.add_argument("--quantize", metavar="SPEC", default=None,
                    help="quantize the loaded model in memory first (e.g. int8, int4-g128; lm_head kept)")
-    p.add_argument("--variant", default=None, help="label for this variant in the results (default: the spec)")
+    add_variant_argument(p)
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per sequence (default 512)")
     p.add_argument("--gen-len", type=int, default=128, help="output tokens per sequence (default 128)")
@@ -51,7 +53,9 @@ def _batch_sizes(text: str) -> list:
 
 def run(args) -> int:
     import pyquant as pq
+    from ..models import model_description
     from ..perf.benchmark import check_options
+    from . import variant_label
     from ..results import write_results
 
     bs = _batch_sizes(args.batch_sizes)
@@ -61,7 +65,7 @@ def run(args) -> int:
     if args.quantize:
         spec = str(pq.QuantSpec.parse(args.quantize))
         model = pq.quantize_model(model, spec)
-    variant = args.variant or spec or getattr(model, "pyquant_config", {}).get("default_spec") or "fp32"
+    variant = args.variant or variant_label(model_description(model), args.model)
     disk = args.model if os.path.exists(args.model) and not spec else True
     trace_prefix = os.path.splitext(args.output)[0] if args.output else None
     result = pq.benchmark(model, tokenizer, batch_sizes=bs, prompt_len=args.prompt_len, gen_len=args.gen_len,

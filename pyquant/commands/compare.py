@@ -1,6 +1,8 @@
 """`pyquant compare`: force a candidate through a reference store and measure the divergence."""
 from __future__ import annotations
 
+from . import add_variant_argument
+
 HELP = "compare a candidate model with a reference store: KL, top-1 agreement, rejection, PPL ratio"
 DESCRIPTION = HELP + """
 
@@ -22,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--reference-model", help="the live reference model (for --exact)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--per-token", action="store_true", help="also write the per-token arrays to the JSON")
-    p.add_argument("--variant", help="label of the candidate in reports (default: its quantization spec or dtype)")
+    add_variant_argument(p)
 
 
 def run(args) -> int:

@@ -1,6 +1,8 @@
 """`pyquant perplexity`: lm-eval-compatible perplexity of text documents."""
 from __future__ import annotations
 
+from . import add_variant_argument
+
 HELP = "perplexity of text files (lm-evaluation-harness rolling windows, or strided): token, word, byte, bits/byte"
 DESCRIPTION = HELP + """
 
@@ -21,7 +23,7 @@ def add_arguments(p):
     p.add_argument("--mode", choices=("rolling", "strided"), default="rolling", help="window scheme (default rolling)")
     p.add_argument("--stride", type=int, help="window step for --mode strided (default context/2)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
-    p.add_argument("--variant", help="label of the model in reports (default: its quantization spec or dtype)")
+    add_variant_argument(p)
 
 
 def run(args) -> int:

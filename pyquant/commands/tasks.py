@@ -1,6 +1,8 @@
 """`pyquant tasks`: multiple-choice task accuracy, and flips against the reference model's answers."""
 from __future__ import annotations
 
+from . import add_variant_argument
+
 HELP = "multiple-choice task accuracy (lm-evaluation-harness acc / acc_norm) and flips versus a baseline"
 DESCRIPTION = HELP + """
 
@@ -31,7 +33,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default 8)")
     p.add_argument("--limit", type=int, help="score only the first N items")
     p.add_argument("--max-length", type=int, help="tokens the model sees per choice, cut from the left (default: its context length)")
-    p.add_argument("--variant", help="label of the model in reports (default: its quantization spec or dtype)")
+    add_variant_argument(p)
 
 
 def _baseline(path: str):

@@ -103,3 +103,16 @@ def test_help_has_an_example(cmd, capsys):
         main([cmd, "--help"])
     assert e.value.code == 0
     assert "example:" in capsys.readouterr().out
+
+
+def test_variant_label_tells_models_apart():
+    """The default label names what made the model: spec, GPTQ, overrides; full precision as fp32."""
+    from pyquant.commands import variant_label
+
+    rtn = {"default_spec": "int4-g128", "method": "rtn", "overrides": {}}
+    assert variant_label({"quant": rtn, "dtype": "float32"}, "q4") == "int4-g128"
+    gptq = {**rtn, "method": "gptq", "overrides": {"*down_proj": "int8", "*.v_proj": "int8"}}
+    assert variant_label({"quant": gptq}, "q4") == "int4-g128-gptq (*down_proj=int8, *.v_proj=int8)"
+    assert variant_label({"quant": None, "dtype": "float32"}, "demo") == "fp32"
+    assert variant_label({"quant": None, "dtype": "bfloat16"}, "demo") == "bf16"
+    assert variant_label({}, "/models/smollm2/") == "smollm2"
