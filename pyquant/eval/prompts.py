@@ -14,21 +14,27 @@ from typing import Union
 Prompt = Union[str, list]  # a plain-text prompt, or a list of chat messages
 
 
-def _jsonl_objects(path: str, text: str) -> "list[dict] | None":
-    """The objects of a JSONL file, or None if ``text`` does not look like JSONL."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or not (path.endswith((".jsonl", ".json")) or lines[0].lstrip().startswith("{")):
-        return None
+def jsonl_objects(path: str, text: str) -> "list[tuple[int, dict]]":
+    """(line number, object) for each non-blank line of a JSONL file's ``text`` (numbers count the
+    blank lines too, as an editor does). ValueError naming ``path:line`` for a line that is not a
+    JSON object."""
     out = []
-    for n, ln in enumerate(lines, 1):
+    for n, ln in enumerate(text.splitlines(), 1):
+        if not ln.strip():
+            continue
         try:
             obj = json.loads(ln)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{path}:{n}: expected a JSON object per line")
-        out.append(obj)
+        out.append((n, obj))
     return out
+
+
+def _looks_like_jsonl(path: str, text: str) -> bool:
+    first = next((ln for ln in text.splitlines() if ln.strip()), None)
+    return first is not None and (path.endswith((".jsonl", ".json")) or first.lstrip().startswith("{"))
 
 
 def read_prompts(path: str) -> "list[Prompt]":
@@ -39,12 +45,11 @@ def read_prompts(path: str) -> "list[Prompt]":
     """
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    objs = _jsonl_objects(path, text)
-    if objs is None:
+    if not _looks_like_jsonl(path, text):
         prompts: list = [ln for ln in text.splitlines() if ln.strip()]
     else:
         prompts = []
-        for n, obj in enumerate(objs, 1):
+        for n, obj in jsonl_objects(path, text):
             if isinstance(obj.get("messages"), list) and obj["messages"]:
                 for m in obj["messages"]:
                     if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -88,13 +93,10 @@ def read_texts(paths) -> "list[str]":
     for p in paths:
         with open(p, encoding="utf-8") as f:
             text = f.read()
-        objs = None
-        if str(p).endswith(".jsonl") or text.lstrip().startswith('{"text"'):
-            objs = _jsonl_objects(str(p), text)
-        if objs is None:
+        if not (str(p).endswith(".jsonl") or text.lstrip().startswith('{"text"')):
             docs.append(text)
             continue
-        for n, obj in enumerate(objs, 1):
+        for n, obj in jsonl_objects(str(p), text):
             if not isinstance(obj.get("text"), str):
                 raise ValueError(f"{p}:{n}: expected a 'text' string")
             docs.append(obj["text"])

@@ -35,6 +35,7 @@ from ..ops.stream import stream_logprobs
 from ..results import changed_settings
 from .collect import forced_hidden
 from .perplexity import prefix_token
+from .prompts import jsonl_objects
 
 METRICS = ("acc", "acc_norm")
 Z95 = 1.959963984540054
@@ -52,15 +53,9 @@ def read_tasks(paths) -> "list[dict]":
         path = data.tasks_path() if path == "demo" else path
         name = os.path.splitext(os.path.basename(path))[0]
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+            text = f.read()
+        for n, obj in jsonl_objects(path, text):
             where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
             items.append(_check_item(obj, where, f"{name}-{n}", name))
             first = seen.setdefault(items[-1]["id"], where)
             if first != where:

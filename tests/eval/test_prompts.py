@@ -27,6 +27,21 @@ def test_bad_prompt_files(tmp_path, content, msg):
         read_prompts(str(p))
 
 
+def test_errors_name_the_file_line_counting_blank_lines(tmp_path):
+    """An editor's line numbers: blank lines count (they were skipped, so the 4th line read as the 2nd)."""
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "a"}\n\n\n{"prompt": "b"\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:4: not valid JSON"):
+        read_prompts(str(p))
+    p.write_text('{"prompt": "a"}\n\n{"other": 1}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:3: expected a non-empty 'prompt'"):
+        read_prompts(str(p))
+    t = tmp_path / "t.jsonl"
+    t.write_text('{"text": "a"}\n\n{"text": 3}\n')
+    with pytest.raises(ValueError, match=r"t\.jsonl:3: expected a 'text' string"):
+        read_texts([str(t)])
+
+
 def test_chat_prompt_uses_template(tok):
     t = copy.deepcopy(tok)
     t.chat_template = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
