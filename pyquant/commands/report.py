@@ -1,12 +1,19 @@
 """`pyquant report`: merge results files into a self-contained HTML trade-off report."""
 from __future__ import annotations
 
-HELP = "merge compare/perplexity/bench results into an HTML + Markdown trade-off report with plots"
+import sys
+
+HELP = "merge compare/perplexity/bench/tasks results into an HTML + Markdown trade-off report with plots"
 DESCRIPTION = HELP + """
 
 Writes OUTPUT (HTML, plots embedded), its Markdown twin (same name, .md) and the plots as PNG
 files next to it. Each variant gets a verdict against --max-kl (mean KL, nats/token), and the
-summary names the cheapest variant that passes."""
+summary names the cheapest variant that passes.
+
+Files are merged into one row per variant label (--variant of the command that wrote them).
+Files with the same label but different model weight fingerprints are refused (rerun one with
+--variant NAME); of two files of the same kind and label, the later one on the command line is
+used and a line on stderr says so."""
 
 
 def add_arguments(p):
@@ -24,6 +31,8 @@ def run(args) -> int:
 
     out = write_report(args.results, args.output, max_kl=args.max_kl, title=args.title)
     rep = out["report"]
+    for note in rep.notes:
+        print(f"pyquant report: {note}", file=sys.stderr)
     for t in rep.tables:
         print(t.title + "\n" + format_table_text(t) + "\n")
     for _, vd, s in rep.verdict_lines:

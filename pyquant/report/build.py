@@ -16,6 +16,10 @@ from .pareto import cheapest_passing, knee_point, pareto_front, verdict
 
 DEFAULT_MAX_KL = 0.007  # mean KL (nats/token): a commonly cited bar for a high-quality deployment
 
+# The summary when no variant has a mean KL (no compare results): there is nothing to judge.
+NO_KL_SUMMARY = "No divergence (compare) results given: no KL verdict."
+NO_KL_IN_COMPARE_SUMMARY = "No mean KL in the compare results given: no KL verdict."
+
 # Cost axes of the trade-off plots: (key, figure label, value in display units from cost figures).
 COST_AXES: tuple = (
     ("latency", "time per output token, P50 at batch 1 (ms)", lambda c: c["tpot_p50_ms"]),
@@ -58,6 +62,7 @@ class Report:
     tables: list
     figures: list
     sources: list
+    notes: list = dataclasses.field(default_factory=list)  # results files replaced by later ones (Variant.replaced)
 
 
 def _f(x: Optional[float], spec: str, unit: str = "") -> str:
@@ -212,7 +217,9 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
         best = cheapest_passing(names, costs, verdicts)
         if any(c is not None for c in costs):
             parts.append(f"by {label.split(' (')[0]}: {best or 'none passes'}")
-    if not any(vd in ("pass", "borderline") for vd in verdicts):
+    if all(vd == "unknown" for vd in verdicts):
+        summary = NO_KL_SUMMARY if not any(v.compare for v in variants) else NO_KL_IN_COMPARE_SUMMARY
+    elif not any(vd in ("pass", "borderline") for vd in verdicts):
         summary = f"No variant passes mean KL <= {max_kl:g}."
     elif parts:
         summary = f"Cheapest variant with mean KL <= {max_kl:g}: " + "; ".join(parts) + "."
@@ -238,8 +245,9 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
 
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     sources = [p for v in variants for p in v.sources]
+    notes = [n for v in variants for n in v.replaced]
     if not figures:
-        return Report(title, created, max_kl, names, lines, summary, knee_line, tables, [], sources)
+        return Report(title, created, max_kl, names, lines, summary, knee_line, tables, [], sources, notes)
     figures = []
     for key, label, get in COST_AXES:
         costs = [get(cost[n]) for n in names]
@@ -263,7 +271,7 @@ def build_report(paths, max_kl: float = DEFAULT_MAX_KL, title: str = "pyquant tr
         figures.append(Figure("kl_cdf", "Per-token KL distribution",
                               "Empirical CDF of per-token KL (log x-axis): curves further left are closer "
                               "to the reference; the right tail shows the rare tokens that diverge most.", png))
-    return Report(title, created, max_kl, names, lines, summary, knee_line, tables, figures, sources)
+    return Report(title, created, max_kl, names, lines, summary, knee_line, tables, figures, sources, notes)
 
 
 KNEE_DEFINITION = (

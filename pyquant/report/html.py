@@ -12,6 +12,7 @@ h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:28px 0 8px;border-bo
 .meta{color:#66707a;font-size:.85em;margin-bottom:16px}
 .summary{background:#eef6ee;border-left:4px solid #2e8b3d;padding:10px 14px;font-weight:600;margin:12px 0}
 .summary.none{background:#fbeeee;border-left-color:#c0392b}
+.summary.unknown{background:#f0f2f5;border-left-color:#777}
 ul.verdicts{list-style:none;padding:0;margin:6px 0}ul.verdicts li{padding:3px 0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.88em;overflow-wrap:anywhere}
 .pass{color:#2e7d32;font-weight:700}.fail{color:#c0392b;font-weight:700}.borderline{color:#b8860b;font-weight:700}.unknown{color:#777;font-weight:700}
 .tablewrap{overflow-x:auto;max-width:100%}
@@ -41,7 +42,10 @@ def render_html(report) -> str:
 
     verdicts = "".join(
         f'<li><span class="{escape(vd)}">{escape(vd.upper())}</span> {escape(s)}</li>' for _, vd, s in report.verdict_lines)
-    none = " none" if report.summary.startswith("No variant") else ""
+    if all(vd == "unknown" for _, vd, _ in report.verdict_lines):
+        none = " unknown"  # no KL measured: neither a pass nor a failure
+    else:
+        none = " none" if report.summary.startswith("No variant") else ""
     figs = "".join(
         f'<figure><img alt="{escape(f.title)}" src="data:image/png;base64,{base64.b64encode(f.png).decode("ascii")}">'
         f"<figcaption><b>{escape(f.title)}.</b> {escape(f.caption)}</figcaption></figure>" for f in report.figures)

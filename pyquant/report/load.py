@@ -27,7 +27,17 @@ class Variant:
     tasks: Optional[dict] = None  # multiple-choice task accuracy and flips vs a baseline (pyquant tasks)
     model: dict = dataclasses.field(default_factory=dict)
     incomplete: list = dataclasses.field(default_factory=list)  # kinds whose file says complete=false
-    sources: list = dataclasses.field(default_factory=list)  # paths read for this variant
+    sources: list = dataclasses.field(default_factory=list)  # paths whose data this variant shows
+    # one note per results file dropped because a later file of the same kind has the same label:
+    # "b.json replaces a.json (both compare results for 'int4-g128')"
+    replaced: list = dataclasses.field(default_factory=list)
+
+
+def _fingerprint(obj: dict) -> Optional[str]:
+    """The weight fingerprint in a results file's "model", or None when it is missing (older files)."""
+    model = obj.get("model")
+    fp = model.get("fingerprint") if isinstance(model, dict) else None
+    return str(fp) if fp else None
 
 
 def load_variants(paths: Iterable[str]) -> list[Variant]:
@@ -35,14 +45,21 @@ def load_variants(paths: Iterable[str]) -> list[Variant]:
 
     Reads the kinds in KINDS (compare, perplexity, bench, tasks) into the Variant field of that name
     and returns the variants in order of first appearance. Files of kinds the report does not show
-    (e.g. "reference") are skipped. Two files of the same kind for the same variant: the later
-    path wins. Raises ValueError for a file that is not a pyquant results file or has no variant.
+    (e.g. "reference") are skipped.
+
+    Files sharing a label must measure the same model: when two of them carry weight fingerprints
+    (``model.fingerprint``) that differ, ValueError names both paths (relabel one run with
+    --variant). A file without a fingerprint (older results) merges with any. Two files of the same
+    kind for the same variant: the later path wins, and ``Variant.replaced`` says so.
+    Raises ValueError for a file that is not a pyquant results file or has no variant.
     """
     variants: dict[str, Variant] = {}
+    fingerprints: dict[str, tuple] = {}  # label -> (fingerprint, the first path that had it)
+    by_kind: dict[tuple, str] = {}  # (label, kind) -> the path whose data is kept
     paths = list(paths)
     if not paths:
         raise ValueError("no results files given")
-    for path in paths:
+    for path in dict.fromkeys(paths):  # a path given twice is read once
         obj = read_results(path)
         kind = obj.get("kind")
         if kind not in KINDS:
@@ -50,9 +67,24 @@ def load_variants(paths: Iterable[str]) -> list[Variant]:
         name = str(obj.get("variant") or "").strip()
         if not name:
             raise ValueError(f"{path}: results file has no 'variant' label")
+        fp = _fingerprint(obj)
+        if fp is not None:
+            known = fingerprints.setdefault(name, (fp, path))
+            if known[0] != fp:
+                raise ValueError(f"{name!r} labels two different models ({known[1]}, {path} have different "
+                                 f"weight fingerprints): rerun one with --variant NAME")
         v = variants.setdefault(name, Variant(name))
+        old = by_kind.get((name, kind))
+        if old is not None:
+            v.replaced.append(f"{path} replaces {old} (both {kind} results for {name!r})")
+            v.sources.remove(old)
+            if kind in v.incomplete:
+                v.incomplete.remove(kind)
+        by_kind[(name, kind)] = path
         setattr(v, kind, obj.get("data") or {})
-        v.model = v.model or dict(obj.get("model") or {})
+        model = dict(obj.get("model") or {})
+        if not v.model or (fp is not None and not v.model.get("fingerprint")):
+            v.model = model  # the first model description, or the first one with a fingerprint
         v.sources.append(path)
         if not obj.get("complete", True):
             v.incomplete.append(kind)

@@ -61,3 +61,14 @@ def results_files(tmp_path):
             write_results(str(p), make_results(kind, data, variant=name, machine={}))
             paths.append(str(p))
     return paths
+
+
+@pytest.fixture
+def write_result(tmp_path):
+    """write_result(file name, kind, data, variant, model=None, complete=True): write one results
+    file under tmp_path and return its path."""
+    def write(fname, kind, data, variant, model=None, complete=True):
+        p = tmp_path / fname
+        write_results(str(p), make_results(kind, data, variant=variant, model=model, complete=complete, machine={}))
+        return str(p)
+    return write
