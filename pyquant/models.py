@@ -10,8 +10,10 @@ converted fp32 model and tokenizer are cached as a normal HF directory under ``$
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -258,9 +260,27 @@ def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mas
         raise ValueError(f"cannot find the base model of {type(model).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [B, L], got {getattr(input_ids, 'shape', type(input_ids))}")
-    out = base(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-               use_cache=use_cache, return_dict=True)
-    return out.last_hidden_state, (out.past_key_values if use_cache else None)
+    cache = {cache_kwarg(base): past_key_values} if past_key_values is not None else {}
+    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, return_dict=True, **cache)
+    return out.last_hidden_state, (output_cache(out) if use_cache else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_cache(cls: type) -> bool:
+    return "cache" in inspect.signature(cls.forward).parameters
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The keyword by which ``model``'s forward takes its KV cache: "cache" (recent transformers,
+    which warn on every call given the older name) or "past_key_values"."""
+    return "cache" if _forward_takes_cache(type(model)) else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a model's forward returned (its "cache" field, "past_key_values" in older
+    transformers), or None."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def model_description(model: nn.Module) -> dict:

@@ -14,6 +14,7 @@ import inspect
 import torch
 
 from .. import nvtx
+from ..models import cache_kwarg, output_cache
 from .timing import DeviceClock
 
 
@@ -129,14 +130,14 @@ def run_request(model, input_ids: torch.Tensor, gen_len: int, clock: DeviceClock
         nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
     t_prev = clock.now()
     ttft = t_prev - t0
-    past = out.past_key_values
+    past, cache = output_cache(out), cache_kwarg(model)
     steps = []
     for s in range(1, gen_len):
         with region(f"pyquant/decode step={s}", record):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True, **kw)
+            out = model(input_ids=nxt, use_cache=True, **{cache: past}, **kw)
             nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
         t = clock.now()
         steps.append(t - t_prev)
         t_prev = t
-        past = out.past_key_values
+        past = output_cache(out)
     return RequestTiming(b, n, gen_len, ttft, steps, t_prev - t0, cache_nbytes(past))
