@@ -75,15 +75,21 @@ def make_results(kind: str, data: dict, *, variant: str = "", model: dict | None
 
 
 def write_results(path: str, results: dict) -> str:
-    """Atomically write a results object as JSON; returns the path."""
+    """Atomically write a results object as JSON; returns the path. On failure (OSError: ``path``
+    is a directory, not writable, ...) no temporary file is left behind."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(results), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(results), f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 

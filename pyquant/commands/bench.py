@@ -21,7 +21,7 @@ On the CPU, --profile writes a torch.profiler chrome trace per batch size next t
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, or 'demo'")
+    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
     p.add_argument("--quantize", metavar="SPEC", default=None,
                    help="quantize the loaded model in memory first (e.g. int8, int4-g128; lm_head kept)")
     add_variant_argument(p)
@@ -36,7 +36,9 @@ def add_arguments(p):
     p.add_argument("--profile", action="store_true",
                    help="CUDA: cudaProfilerStart/Stop around the timed region; CPU: write torch.profiler traces")
     p.add_argument("--no-peak-memory", action="store_true", help="skip the isolated peak-RSS worker (CPU)")
-    p.add_argument("--output", default=None, help="results JSON file")
+    p.add_argument("--output", default=None,
+                   help="results JSON file to write (default: none; without --output nothing is saved, the table is "
+                        "only printed; CPU --profile traces then go to ./pyquant-bench.bN.trace.json)")
 
 
 def _batch_sizes(text: str) -> list:
@@ -57,13 +59,15 @@ def run(args) -> int:
     from ..perf.benchmark import check_options
     from . import variant_label
     from ..results import write_results
+    from .outputs import check_output, model_path, writing
 
     bs = _batch_sizes(args.batch_sizes)
     check_options(bs, args.prompt_len, args.gen_len, args.requests, args.warmup, args.device, args.threads)
+    spec = str(pq.QuantSpec.parse(args.quantize)) if args.quantize else None  # before the (slow) model load
+    if args.output is not None:
+        check_output(args.output, {"--model": model_path(args.model)})
     model, tokenizer = pq.load_model(args.model)
-    spec = None
-    if args.quantize:
-        spec = str(pq.QuantSpec.parse(args.quantize))
+    if spec:
         model = pq.quantize_model(model, spec)
     variant = args.variant or variant_label(model_description(model), args.model)
     disk = args.model if os.path.exists(args.model) and not spec else True
@@ -78,7 +82,8 @@ def run(args) -> int:
         from ..models import model_info
 
         info = {**model_info(model, tokenizer, name=args.model), "quant_spec": spec}
-        write_results(args.output, result.to_results(variant=variant, model=info))
+        with writing(args.output):
+            write_results(args.output, result.to_results(variant=variant, model=info))
         print(f"wrote {args.output}")
     for t in result.profile.get("traces", []):
         print(f"wrote profiler trace {t}")

@@ -17,11 +17,11 @@ example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="candidate: HF model directory, pyquant quantized directory, or 'demo'")
+    p.add_argument("--model", required=True, help="candidate: HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
     p.add_argument("--reference", required=True, help="reference store (.pqref) from `pyquant reference`")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--exact", action="store_true", help="also the exact full-vocabulary KL (needs --reference-model)")
-    p.add_argument("--reference-model", help="the live reference model (for --exact)")
+    p.add_argument("--reference-model", help="the live reference model (for --exact; as --model)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--per-token", action="store_true", help="also write the per-token arrays to the JSON")
     add_variant_argument(p)
@@ -33,9 +33,12 @@ def run(args) -> int:
     from ..eval.store import ReferenceStore
     from ..models import load_model, tokenizer_fingerprint
     from . import write_eval_results
+    from .outputs import check_output, model_path, writing
 
     if args.exact and not args.reference_model:
         raise ValueError("--exact needs --reference-model")
+    check_output(args.output, {"--reference": args.reference, "--model": model_path(args.model),
+                               "--reference-model": model_path(args.reference_model)})
     store = ReferenceStore.load(args.reference)
     if len(store) == 0:
         raise ValueError(f"{args.reference} holds no sequences")
@@ -46,5 +49,6 @@ def run(args) -> int:
     with TokenProgress(len(store), "compare") as bar:
         result = compare(model, store, tokenizer=tok, batch_size=args.batch_size, reference_model=ref_model,
                          exact=args.exact, progress=bar)
-    write_eval_results(args, "compare", result.to_dict(per_token=args.per_token), model, tok, result, bar)
+    with writing(args.output):
+        write_eval_results(args, "compare", result.to_dict(per_token=args.per_token), model, tok, result, bar)
     return 0

@@ -16,7 +16,7 @@ example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, or 'demo'")
+    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
     p.add_argument("--texts", required=True, nargs="+", help="text files (one document each) or JSONL {\"text\": ...}")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--context", type=int, default=2048, help="tokens per window (lm-eval's max_length; default 2048)")
@@ -32,7 +32,9 @@ def run(args) -> int:
     from ..eval.prompts import read_texts
     from ..models import load_model
     from . import write_eval_results
+    from .outputs import check_output, model_path, writing
 
+    check_output(args.output, {"--texts": args.texts, "--model": model_path(args.model)})
     texts = read_texts(args.texts)
     model, tok = load_model(args.model)
     if tok is None:
@@ -42,5 +44,6 @@ def run(args) -> int:
                             batch_size=args.batch_size, progress=bar)
     data = result.to_dict()
     data["settings"]["files"] = list(args.texts)
-    write_eval_results(args, "perplexity", data, model, tok, result, bar)
+    with writing(args.output):
+        write_eval_results(args, "perplexity", data, model, tok, result, bar)
     return 0

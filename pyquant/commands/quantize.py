@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 HELP = "quantize a model's linear layers (int8 / int4-gG) and save it as a pyquant directory"
 DESCRIPTION = """Quantize every linear layer of --model into --scheme, keep the --skip layers in full
@@ -16,7 +17,8 @@ are done one at a time, each calibrated on the outputs of the layers already qua
 write the same formats, so every kernel and tool runs either.
 
 Patterns are globs over full module names when they contain * ? [ (e.g. '*down_proj',
-'model.layers.[0-3].*'), otherwise substrings ('lm_head', 'down_proj').
+'model.layers.[0-3].*'), otherwise substrings ('lm_head', 'down_proj'). A --skip or --override
+pattern that matches no linear layer is an error.
 
 examples:
   pyquant quantize --model demo --scheme int4-g128 --override '*down_proj=int8' --output smollm2-int4
@@ -87,6 +89,32 @@ def _calibration_texts(args) -> "list | None":
     return texts
 
 
+def _check_patterns(model, skip, overrides, user_skip: bool) -> None:
+    """UsageError naming the --skip / --override patterns that match no linear layer of ``model``
+    (with a few real layer names); a note when the default --skip lm_head matches none."""
+    from ..cli import UsageError
+    from ..quant.model import is_quantizable, name_matches
+
+    names = [n for n, m in model.named_modules() if n and is_quantizable(m)]
+    given = [("--skip", p) for p in skip] if user_skip else []
+    given += [("--override", p) for p in overrides]
+    unmatched = [f"{flag} {p!r}" for flag, p in given if not any(name_matches(n, p) for n in names)]
+    if unmatched:
+        examples, blocks = [], set()
+        for n in names[:-1]:  # one layer per kind of block (self_attn, mlp, ...), then the last one
+            block = n.rpartition(".")[0].rpartition(".")[2]
+            if block not in blocks and len(examples) < 2:
+                blocks.add(block)
+                examples.append(n)
+        examples += names[-1:]
+        verb = "matches" if len(unmatched) == 1 else "match"
+        raise UsageError(f"{', '.join(unmatched)} {verb} none of the {len(names)} linear layers"
+                         + (f" (e.g. {', '.join(examples)})" if examples else "")
+                         + "; a pattern with * ? [ must match the whole name, e.g. '*down_proj'")
+    if not user_skip and not any(name_matches(n, p) for p in skip for n in names):
+        print(f"note: no linear layer matches the default --skip {' '.join(skip)}: every layer is quantized")
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -96,6 +124,7 @@ def run(args) -> int:
 
     from ..cli import UsageError
     from ..formats import QuantSpec
+    from .outputs import check_output, model_path, writing
 
     spec = QuantSpec.parse(args.scheme)  # ValueError -> exit 2 before the (slow) model load
     overrides = _parse_overrides(args.override)
@@ -104,10 +133,9 @@ def run(args) -> int:
     skip = ["lm_head"] if args.skip is None else list(args.skip)
     texts = _calibration_texts(args) if args.method == "gptq" else None
     out = args.output
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--output {out} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         raise UsageError(f"--output {out} is not empty (pass --overwrite to replace it)")
+    check_output(out, {"--model": model_path(args.model), "--calibration": args.calibration}, directory=True)
 
     from ..models import load_model, model_description
     from ..quant.io import save_quantized
@@ -116,6 +144,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
     model, tok = load_model(args.model, dtype="float32")  # quantize from fp32 weights, whatever --dtype says
+    _check_patterns(model, skip, overrides, user_skip=args.skip is not None)
     before = model_description(model)
     t1 = time.perf_counter()
     gptq = {}
@@ -128,12 +157,15 @@ def run(args) -> int:
             raise UsageError(f"--calibration: {e}") from None
         print(f"GPTQ: calibrating on {len(calib)} windows of {args.calib_len} tokens", flush=True)
         gptq = {"method": "gptq", "calibration": calib, "damp": args.damp, "attention_aware": not args.plain_v}
-    quantize_model(model, spec, skip=skip, overrides=overrides, progress=True, **gptq)
+    with warnings.catch_warnings():  # _check_patterns said it in the CLI's words
+        warnings.filterwarnings("ignore", message="quantize_model: pattern", category=UserWarning)
+        quantize_model(model, spec, skip=skip, overrides=overrides, progress=True, **gptq)
     if args.dtype != "float32":
         model.to(getattr(torch, args.dtype))  # the kept layers; quantized formats keep their scale dtype
     after = model_description(model)
     t2 = time.perf_counter()
-    save_quantized(model, out, tokenizer=tok)
+    with writing(out):
+        save_quantized(model, out, tokenizer=tok)
     t3 = time.perf_counter()
 
     layers = model.pyquant_config["layers"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from . import add_variant_argument
 
+RESUMES = True  # scored items are checkpointed in OUTPUT.partial/; a rerun resumes
+
 HELP = "multiple-choice task accuracy (lm-evaluation-harness acc / acc_norm) and flips versus a baseline"
 DESCRIPTION = HELP + """
 
@@ -26,7 +28,7 @@ example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, or 'demo'")
+    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
     p.add_argument("--tasks", nargs="+", default=["demo"], help="task files (JSONL), or 'demo' for the bundled set (default)")
     p.add_argument("--baseline", help="tasks results JSON of the reference model on the same items: adds flips")
     p.add_argument("--output", required=True, help="results JSON to write")
@@ -56,9 +58,12 @@ def run(args) -> int:
     from ..eval.tasks import evaluate_tasks, read_tasks
     from ..models import load_model
     from . import write_eval_results
+    from .outputs import check_output, model_path, writing
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    check_output(args.output, {"--tasks": [t for t in args.tasks if t != "demo"], "--baseline": args.baseline,
+                               "--model": model_path(args.model)})
     items = read_tasks(args.tasks)[: args.limit]
     base = label = None
     if args.baseline:
@@ -71,13 +76,14 @@ def run(args) -> int:
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer: task scoring needs one")
     ckpt = args.output + ".partial"
-    with TokenProgress(len(items), "tasks", unit="item") as bar:
+    with TokenProgress(len(items), "tasks", unit="item") as bar, writing(args.output):
         result = evaluate_tasks(model, tok, items, batch_size=args.batch_size, max_length=args.max_length,
                                 checkpoint=ckpt, progress=bar)
     if base is not None:
         result.compare_with(base, label=label, path=args.baseline)
     data = result.to_dict()
     data["settings"]["files"] = list(args.tasks)
-    write_eval_results(args, "tasks", data, model, tok, result, bar)
+    with writing(args.output):
+        write_eval_results(args, "tasks", data, model, tok, result, bar)
     shutil.rmtree(ckpt, ignore_errors=True)
     return 0

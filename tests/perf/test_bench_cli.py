@@ -59,3 +59,62 @@ def test_bench_cli_bad_input_exit_2(qdir, argv, match, capsys):
 def test_bench_cli_cuda_without_cuda_exit_2(capsys):
     assert main(["bench", "--model", "demo", "--device", "cuda"]) == 2  # fails before loading anything
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def _no_model_load(monkeypatch):
+    def load_model(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(pq, "load_model", load_model)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--quantize", "int7"], "int7"),
+    (["--output", "DIR"], "is a directory"),
+    (["--output", "/proc/pyquant-no-such-dir/b.json"], "cannot write in /proc"),
+])
+def test_bench_cli_bad_input_exits_2_before_loading(qdir, tmp_path, monkeypatch, argv, match, capsys):
+    if "/proc/" in argv[-1] and not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+    _no_model_load(monkeypatch)
+    rc = main(["bench", "--model", qdir, "--no-peak-memory", "--prompt-len", "8", "--gen-len", "2", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("pyquant bench: error:") and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_cli_output_that_is_the_model_exits_2(tmp_path, monkeypatch, capsys):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    _no_model_load(monkeypatch)
+    assert main(["bench", "--model", str(gguf), "--output", str(gguf)]) == 2
+    assert "same file as --model" in capsys.readouterr().err
+    assert gguf.read_bytes() == b"GGUF"
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--prompt-len", "0"], "--prompt-len must be an integer >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be"),
+    (["--threads", "0"], "--threads must be"),
+    (["--prompt-len", "60", "--gen-len", "8"], "--prompt-len + --gen-len = 60 + 8 = 68 exceeds the model's context of 64"),
+])
+def test_bench_cli_errors_name_the_flag(qdir, argv, flag, capsys):
+    assert main(["bench", "--model", qdir, "--no-peak-memory", "--prompt-len", "8", "--gen-len", "2", *argv]) == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_bench_cli_interrupt_says_nothing_is_saved(qdir, monkeypatch, capsys):
+    def load_model(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "load_model", load_model)
+    assert main(["bench", "--model", qdir]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (nothing saved" in err and "resume" not in err
+
+
+def test_bench_cli_help_says_nothing_is_saved_without_output(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "without --output nothing is saved" in " ".join(capsys.readouterr().out.split())

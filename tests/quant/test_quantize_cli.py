@@ -104,3 +104,84 @@ def test_gptq_calibration_too_short_exits_2(hf_dir, tmp_path, capsys):
     rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--method", "gptq", "--calibration", str(calib),
                "--output", str(tmp_path / "q")])
     assert rc == 2 and "fewer than one window" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--override", "*nomatch=int8"], "--override '*nomatch'"),
+    (["--override", "down_proj*=int8"], "--override 'down_proj*'"),  # a glob matches the whole name
+    (["--skip", "lm_head", "nomatch"], "--skip 'nomatch'"),
+])
+def test_pattern_matching_no_layer_exits_2(hf_dir, tmp_path, capsys, extra, pattern):
+    out = tmp_path / "q"
+    rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pyquant quantize: error: ") and pattern in line and "matches none of the 15" in line
+    assert "(e.g. model.layers.0.self_attn.q_proj, model.layers.0.mlp.gate_proj, lm_head)" in line
+    assert "Warning" not in err and not out.exists()
+
+
+def test_default_skip_matching_nothing_is_a_note(capsys):
+    """Only the patterns the user gave are checked: the default --skip lm_head gets a note."""
+    from torch import nn
+
+    from pyquant.cli import UsageError
+    from pyquant.commands.quantize import _check_patterns
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    _check_patterns(model, ["lm_head"], {}, user_skip=False)
+    assert "no linear layer matches the default --skip lm_head" in capsys.readouterr().out
+    with pytest.raises(UsageError, match=r"--skip 'lm_head' matches none of the 2 linear layers \(e.g. 0, 2\)"):
+        _check_patterns(model, ["lm_head"], {}, user_skip=True)
+
+
+def _no_model_load(monkeypatch):
+    import pyquant.models
+
+    def load_model(*a, **k):
+        raise AssertionError("the model was loaded before the bad --output was reported")
+
+    monkeypatch.setattr(pyquant.models, "load_model", load_model)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs /proc (not writable, even for root)")
+def test_unwritable_output_exits_2_before_loading(hf_dir, tmp_path, monkeypatch, capsys):
+    _no_model_load(monkeypatch)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, msg in (("/proc/q", "cannot write in /proc"), (str(a_file), "exists and is not a directory"),
+                     (str(a_file / "q"), "is not a directory")):
+        assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pyquant quantize: error: ") and msg in err and "Traceback" not in err, err
+
+
+def test_output_that_is_the_model_exits_2_even_with_overwrite(hf_dir, tmp_path, monkeypatch, capsys):
+    import pyquant.models
+
+    before = sorted((p.name, p.stat().st_size) for p in hf_dir.iterdir())
+    load_model = pyquant.models.load_model
+    _no_model_load(monkeypatch)
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(hf_dir), "--overwrite"]) == 2
+    assert "same directory as --model" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_size) for p in hf_dir.iterdir()) == before
+    # --overwrite still writes into another non-empty directory
+    monkeypatch.setattr(pyquant.models, "load_model", load_model)
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "kept" and (out / "pyquant_config.json").is_file()
+
+
+def test_interrupt_says_nothing_is_saved(hf_dir, tmp_path, monkeypatch, capsys):
+    import pyquant.models
+
+    def load_model(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyquant.models, "load_model", load_model)
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(tmp_path / "q")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (nothing saved" in err and "resume" not in err
