@@ -16,9 +16,6 @@ import re
 import sys
 
 COMMANDS = ("quantize", "reference", "compare", "perplexity", "tasks", "bench", "report", "demo")
-# commands whose module does not say RESUMES but whose rerun resumes (pyquant/demo.py reuses the
-# results files it finished)
-_RESUMING = {"demo"}
 
 
 class UsageError(Exception):
@@ -43,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run, _parser=p, _resumes=bool(getattr(mod, "RESUMES", name in _RESUMING)))
+        p.set_defaults(_run=mod.run, _parser=p, _resumes=bool(getattr(mod, "RESUMES", False)))
     return parser
 
 

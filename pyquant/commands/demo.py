@@ -1,6 +1,7 @@
 """`pyquant demo`: the whole evaluation on the bundled SmolLM2-135M (see pyquant/demo.py)."""
 from __future__ import annotations
 
+RESUMES = True  # a rerun reuses the results files an interrupted run finished
 HELP = "run the whole evaluation on the bundled SmolLM2-135M and write demo-output/report.html"
 DESCRIPTION = HELP + """
 
@@ -26,6 +27,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from .outputs import check_output
+
+    check_output(args.output_dir, flag="--output-dir", directory=True)
     from ..demo import run_demo
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())

@@ -28,7 +28,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     from ..report.build import format_table_text, write_report
+    from .outputs import check_output
 
+    check_output(args.output, {"RESULTS.json": args.results})
     out = write_report(args.results, args.output, max_kl=args.max_kl, title=args.title)
     rep = out["report"]
     for note in rep.notes:

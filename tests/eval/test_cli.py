@@ -245,6 +245,15 @@ def test_interrupt_message_says_whether_a_rerun_resumes(cmd, resumes, tmp_path, 
     assert ("nothing saved" in err) == (not resumes)
 
 
+def test_which_commands_resume():
+    """Each command module says whether an interrupted run resumes (the demo reuses finished files)."""
+    from pyquant.cli import COMMANDS, build_parser
+
+    [sub] = [a for a in build_parser()._actions if a.dest == "command"]
+    resumes = {c for c in COMMANDS if sub.choices[c].get_default("_resumes")}
+    assert resumes == {"reference", "tasks", "demo"}
+
+
 def test_sampling_options_without_sample_exit_2(tmp_path, model_dir, prompts_file, monkeypatch, capsys):
     import pyquant.models
 

@@ -94,3 +94,11 @@ def test_help_names_every_kind(capsys):
         main(["report", "--help"])
     assert e.value.code == 0
     assert "compare/perplexity/bench/tasks results" in capsys.readouterr().out
+
+
+def test_bad_output_is_refused_before_reading(write_result, tmp_path, capsys):
+    c = write_result("c.json", "compare", _compare(0.001), LABEL)
+    (tmp_path / "d.html").mkdir()
+    assert main(["report", c, "--output", str(tmp_path / "d.html")]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and "is a directory: give a file name" in err and len(err.splitlines()) == 1
