@@ -74,6 +74,15 @@ def make_results(kind: str, data: dict, *, variant: str = "", model: dict | None
     }
 
 
+def make_shareable(path: str) -> None:
+    """Give a file written through a private temporary (``mkstemp`` and safetensors create mode
+    0600) the mode of an ordinary new file, 0666 less the umask: results, stores and quantized
+    weights are meant to be read by other users and services."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_results(path: str, results: dict) -> str:
     """Atomically write a results object as JSON; returns the path. On failure (OSError: ``path``
     is a directory, not writable, ...) no temporary file is left behind."""
@@ -84,7 +93,7 @@ def write_results(path: str, results: dict) -> str:
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(results), f, indent=1, allow_nan=False)
             f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        make_shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -28,6 +28,8 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from ..results import make_shareable
+
 FORMAT = "pyquant.reference"
 VERSION = 1
 _DTYPES = {"I64": torch.int64, "I32": torch.int32, "F32": torch.float32, "F16": torch.float16}
@@ -183,9 +185,7 @@ class ReferenceStore:
                     f.write(_bytes_view(a))
                 f.flush()
                 os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a store is an ordinary shareable file
+            make_shareable(tmp)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

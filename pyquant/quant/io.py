@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..results import make_shareable
 from .linear import QuantLinear
 from .model import set_submodule
 
@@ -93,6 +94,7 @@ def save_quantized(model: nn.Module, path, tokenizer=None) -> str:
     wpath = os.path.join(path, WEIGHTS_NAME)
     tmp = wpath + ".tmp"
     save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    make_shareable(tmp)
     os.replace(tmp, wpath)
     model.config.save_pretrained(path)
     gen = getattr(model, "generation_config", None)

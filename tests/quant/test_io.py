@@ -43,6 +43,11 @@ def test_round_trip_identical(llama, tmp_path):
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert meta["format_version"] == 1 and meta["model_fingerprint"] == model_fingerprint(llama)
     assert meta["tensors"]["lm_head.weight"]["sha256"] == tensor_sha256(llama.lm_head.weight)
+    # every file as readable as an ordinary new one (safetensors creates its file 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in tmp_path.iterdir()} == \
+        {f.name: 0o666 & ~umask for f in tmp_path.iterdir()}
 
 
 def test_round_trip_tied_embeddings(tied_llama, tmp_path):
