@@ -22,6 +22,14 @@ def variant_label(desc: dict, spec: str) -> str:
     return _SHORT_DTYPES.get(dtype, dtype) or os.path.basename(str(spec).rstrip("/"))
 
 
+MODEL_HELP = "HF model directory, pyquant quantized directory, .gguf file, or 'demo' (the bundled SmolLM2-135M)"
+
+
+def add_model_argument(parser, role: str = "") -> None:
+    """--model (required), with what it accepts; ``role`` names the model's part (e.g. "candidate")."""
+    parser.add_argument("--model", required=True, help=(f"{role}: " if role else "") + MODEL_HELP)
+
+
 def add_variant_argument(parser) -> None:
     """--variant, the label a results file gives its model (see ``variant_label``)."""
     parser.add_argument("--variant", help="label of the model in results and reports (default: its quantization spec, "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from . import add_variant_argument
+from . import add_model_argument, add_variant_argument
 
 HELP = "measure TTFT/TPOT/end-to-end latency percentiles, tokens/s per batch size and memory"
 DESCRIPTION = """\
@@ -21,7 +21,7 @@ On the CPU, --profile writes a torch.profiler chrome trace per batch size next t
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
+    add_model_argument(p)
     p.add_argument("--quantize", metavar="SPEC", default=None,
                    help="quantize the loaded model in memory first (e.g. int8, int4-g128; lm_head kept)")
     add_variant_argument(p)

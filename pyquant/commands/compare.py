@@ -1,7 +1,7 @@
 """`pyquant compare`: force a candidate through a reference store and measure the divergence."""
 from __future__ import annotations
 
-from . import add_variant_argument
+from . import add_model_argument, add_variant_argument
 
 HELP = "compare a candidate model with a reference store: KL, top-1 agreement, rejection, PPL ratio"
 DESCRIPTION = HELP + """
@@ -17,7 +17,7 @@ example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="candidate: HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
+    add_model_argument(p, "candidate")
     p.add_argument("--reference", required=True, help="reference store (.pqref) from `pyquant reference`")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--exact", action="store_true", help="also the exact full-vocabulary KL (needs --reference-model)")

@@ -1,7 +1,7 @@
 """`pyquant perplexity`: lm-eval-compatible perplexity of text documents."""
 from __future__ import annotations
 
-from . import add_variant_argument
+from . import add_model_argument, add_variant_argument
 
 HELP = "perplexity of text files (lm-evaluation-harness rolling windows, or strided): token, word, byte, bits/byte"
 DESCRIPTION = HELP + """
@@ -16,7 +16,7 @@ example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
+    add_model_argument(p)
     p.add_argument("--texts", required=True, nargs="+", help="text files (one document each) or JSONL {\"text\": ...}")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--context", type=int, default=2048, help="tokens per window (lm-eval's max_length; default 2048)")

@@ -5,6 +5,8 @@ import os
 import time
 import warnings
 
+from . import add_model_argument
+
 HELP = "quantize a model's linear layers (int8 / int4-gG) and save it as a pyquant directory"
 DESCRIPTION = """Quantize every linear layer of --model into --scheme, keep the --skip layers in full
 precision, give --override layers another scheme, and write a pyquant quantized directory
@@ -29,7 +31,7 @@ examples:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="'demo', an HF model directory, a .gguf file or a pyquant directory")
+    add_model_argument(p)
     p.add_argument("--scheme", required=True, help="default scheme: int8, int4-g32/64/128/256[-sym][-fp16][-a8] "
                         "(-a8: activations quantized to int8 per token and group at run time)")
     p.add_argument("--skip", nargs="*", default=None, metavar="PATTERN",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from . import add_model_argument
+
 RESUMES = True  # finished batches are checkpointed in OUTPUT.partial/; a rerun resumes
 
 HELP = "generate continuations with the reference model and store its top-N log-probs (.pqref)"
@@ -23,7 +25,7 @@ _TEMPERATURE, _SEED = 1.0, 0
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
+    add_model_argument(p)
     p.add_argument("--prompts", required=True,
                    help="prompts file: JSONL ({\"prompt\": ...} or {\"messages\": [...]} per line) when named .jsonl/.json "
                         "or its first non-empty line starts with '{', else one prompt per line")

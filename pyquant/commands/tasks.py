@@ -1,7 +1,7 @@
 """`pyquant tasks`: multiple-choice task accuracy, and flips against the reference model's answers."""
 from __future__ import annotations
 
-from . import add_variant_argument
+from . import add_model_argument, add_variant_argument
 
 RESUMES = True  # scored items are checkpointed in OUTPUT.partial/; a rerun resumes
 
@@ -28,7 +28,7 @@ example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory, pyquant quantized directory, .gguf file, or 'demo'")
+    add_model_argument(p)
     p.add_argument("--tasks", nargs="+", default=["demo"], help="task files (JSONL), or 'demo' for the bundled set (default)")
     p.add_argument("--baseline", help="tasks results JSON of the reference model on the same items: adds flips")
     p.add_argument("--output", required=True, help="results JSON to write")
