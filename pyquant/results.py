@@ -11,6 +11,7 @@ writes "complete": false.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -83,22 +84,34 @@ def make_shareable(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def write_results(path: str, results: dict) -> str:
-    """Atomically write a results object as JSON; returns the path. On failure (OSError: ``path``
-    is a directory, not writable, ...) no temporary file is left behind."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w", suffix: str = ""):
+    """``with atomic_file(path) as f:`` writes a temporary file beside ``path`` (missing parent
+    directories are created) that replaces ``path`` only once the block has finished, flushed to
+    disk, with the mode of an ordinary new file; on any failure the temporary file is removed and
+    ``path`` is left as it was."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(results), f, indent=1, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         make_shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_results(path: str, results: dict) -> str:
+    """Atomically write a results object as JSON; returns the path. On failure (OSError: ``path``
+    is a directory, not writable, ...) no temporary file is left behind."""
+    with atomic_file(path, suffix=".json") as f:
+        json.dump(_jsonable(results), f, indent=1, allow_nan=False)
+        f.write("\n")
     return path
 
 

@@ -22,13 +22,12 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
-from ..results import make_shareable
+from ..results import atomic_file
 
 FORMAT = "pyquant.reference"
 VERSION = 1
@@ -174,23 +173,11 @@ class ReferenceStore:
             off += n
         hb = json.dumps(header, separators=(",", ":")).encode()
         hb += b" " * (-len(hb) % 8)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pqref")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(struct.pack("<Q", len(hb)))
-                f.write(hb)
-                for a in arrays:
-                    f.write(_bytes_view(a))
-                f.flush()
-                os.fsync(f.fileno())
-            make_shareable(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, "wb", suffix=".pqref") as f:
+            f.write(struct.pack("<Q", len(hb)))
+            f.write(hb)
+            for a in arrays:
+                f.write(_bytes_view(a))
         self.meta = meta
         return path
 

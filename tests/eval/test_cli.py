@@ -217,6 +217,10 @@ def test_write_results_leaves_no_temp_file(tmp_path):
     with pytest.raises(IsADirectoryError):
         write_results(str(tmp_path / "d"), make_results("compare", {}, machine={}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    write_results(str(tmp_path / "r.json"), make_results("compare", {}, machine={}))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("cmd,resumes", [("reference", True), ("tasks", True), ("compare", False),
