@@ -106,11 +106,12 @@ def gguf_as_hf_dir(gguf_path: str) -> str:
     return target
 
 
-def _parse_dtype(dtype) -> torch.dtype:
+def _parse_dtype(dtype) -> Optional[torch.dtype]:
+    """A torch dtype, or None for "auto" (as stored)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+             "float16": torch.float16, "fp16": torch.float16, "auto": None}
     if dtype not in table:
         raise ValueError(f"unsupported dtype {dtype!r}: use one of {sorted(table)}")
     return table[dtype]
@@ -121,7 +122,9 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
 
     spec_or_path: "demo" (bundled SmolLM2-135M-Instruct, tokenizer adds no BOS), a ``.gguf`` file, an HF
     model directory, or a pyquant quantized directory (its tokenizer is None if none was saved).
-    dtype: of the full-precision weights (quantized layers keep their format). Sets ``model.pyquant_source``.
+    dtype: of the full-precision weights (quantized layers keep their format); "auto": as stored (an
+    HF checkpoint's own dtype, a pyquant directory's saved one, float32 for GGUF, which is converted
+    to float32). Sets ``model.pyquant_source``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,7 +142,7 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
             warnings.warn(f"cannot cache the converted GGUF model under {cache_root()} ({e}); "
                           "set PYQUANT_CACHE to a writable directory to make later loads fast", stacklevel=2)
             model, tok = _load_gguf(gguf)
-            model = model.to(dtype).eval().to(device)
+            model = model.to(dtype or torch.float32).eval().to(device)
             model.pyquant_source = src
             return model, tok
     elif os.path.isdir(src):
@@ -161,7 +164,7 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path} is not a model directory: config.json is missing")
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load an HF causal LM from {path}: {e}") from None
         model.eval().to(device)

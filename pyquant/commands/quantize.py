@@ -53,7 +53,8 @@ def add_arguments(p):
                    help="GPTQ: calibrate value projections on their inputs alone, not on what the attention makes "
                         "of them (faster, no eager attention; worse on models with attention sinks)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="dtype of the layers kept in full precision (quantization always starts from float32; default float32)")
+                   help="dtype of the layers kept in full precision (default float32; quantization always rounds in "
+                        "float32, from the weights as stored)")
 
 
 def _parse_overrides(items) -> dict:
@@ -145,7 +146,9 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
-    model, tok = load_model(args.model, dtype="float32")  # quantize from fp32 weights, whatever --dtype says
+    # RTN rounds each weight in float32 whatever it is stored in, so it starts from the checkpoint's
+    # own dtype (a bf16 model is not first doubled in memory); GPTQ's calibration runs in float32.
+    model, tok = load_model(args.model, dtype="auto" if args.method == "rtn" else "float32")
     _check_patterns(model, skip, overrides, user_skip=args.skip is not None)
     before = model_description(model)
     t1 = time.perf_counter()
@@ -162,8 +165,7 @@ def run(args) -> int:
     with warnings.catch_warnings():  # _check_patterns said it in the CLI's words
         warnings.filterwarnings("ignore", message="quantize_model: pattern", category=UserWarning)
         quantize_model(model, spec, skip=skip, overrides=overrides, progress=True, **gptq)
-    if args.dtype != "float32":
-        model.to(getattr(torch, args.dtype))  # the kept layers; quantized formats keep their scale dtype
+    model.to(getattr(torch, args.dtype))  # the kept layers; quantized formats keep their scale dtype
     after = model_description(model)
     t2 = time.perf_counter()
     with writing(out):

@@ -67,6 +67,29 @@ def test_bfloat16_output(hf_dir, tmp_path, capsys):
     assert model.model.layers[0].mlp.up_proj.scales.dtype == torch.float32
 
 
+@pytest.mark.parametrize("stored", ["bfloat16", "float16"])
+def test_half_precision_checkpoint_quantizes_as_from_float32(tmp_path, tokenizer, stored):
+    """RTN starts from the checkpoint's own dtype (no float32 copy of the whole model first) and
+    writes the same tensors, bit for bit, as quantizing its float32 upcast."""
+    import torch
+    from safetensors.torch import load_file
+
+    import pyquant as pq
+
+    src = tmp_path / "hf"
+    tiny_llama(std=0.3).to(getattr(torch, stored)).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    assert main(["quantize", "--model", str(src), "--scheme", "int4-g32", "--override", "*down_proj=int8",
+                 "--output", str(tmp_path / "q")]) == 0
+    model, _ = pq.load_model(str(src), dtype="float32")
+    pq.quantize_model(model, "int4-g32", overrides={"*down_proj": "int8"})
+    pq.save_quantized(model, tmp_path / "ref")
+    got, want = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("q", "ref"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert got["model.embed_tokens.weight"].dtype == torch.float32  # --dtype's default for the kept layers
+    assert pq.load_model(str(src), dtype="auto")[0].model.embed_tokens.weight.dtype == getattr(torch, stored)
+
+
 def test_gptq_from_a_calibration_file(hf_dir, tmp_path, capsys):
     import pyquant as pq
 
