@@ -25,9 +25,15 @@ def variant_label(desc: dict, spec: str) -> str:
 MODEL_HELP = "HF model directory, pyquant quantized directory, .gguf file, or 'demo' (the bundled SmolLM2-135M)"
 
 
-def add_model_argument(parser, role: str = "") -> None:
-    """--model (required), with what it accepts; ``role`` names the model's part (e.g. "candidate")."""
+def add_model_argument(parser, role: str = "", dtype: bool = True) -> None:
+    """--model (required), with what it accepts; ``role`` names the model's part (e.g. "candidate").
+    With ``dtype``, also --dtype: what its full-precision weights and activations run in."""
     parser.add_argument("--model", required=True, help=(f"{role}: " if role else "") + MODEL_HELP)
+    if dtype:
+        parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                            help="dtype of the model's full-precision weights and of its activations (quantized "
+                                 "layers keep their format); 'auto': as stored. bfloat16 holds those weights in 2 "
+                                 "bytes instead of 4 (default float32)")
 
 
 def add_variant_argument(parser) -> None:

@@ -66,7 +66,7 @@ def run(args) -> int:
     spec = str(pq.QuantSpec.parse(args.quantize)) if args.quantize else None  # before the (slow) model load
     if args.output is not None:
         check_output(args.output, {"--model": model_path(args.model)})
-    model, tokenizer = pq.load_model(args.model)
+    model, tokenizer = pq.load_model(args.model, dtype=args.dtype)
     if spec:
         model = pq.quantize_model(model, spec)
     variant = args.variant or variant_label(model_description(model), args.model)

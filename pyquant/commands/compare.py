@@ -21,7 +21,7 @@ def add_arguments(p):
     p.add_argument("--reference", required=True, help="reference store (.pqref) from `pyquant reference`")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--exact", action="store_true", help="also the exact full-vocabulary KL (needs --reference-model)")
-    p.add_argument("--reference-model", help="the live reference model (for --exact; as --model)")
+    p.add_argument("--reference-model", help="the live reference model (for --exact; as --model, loaded in --dtype)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--per-token", action="store_true", help="also write the per-token arrays to the JSON")
     add_variant_argument(p)
@@ -42,10 +42,10 @@ def run(args) -> int:
     store = ReferenceStore.load(args.reference)
     if len(store) == 0:
         raise ValueError(f"{args.reference} holds no sequences")
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, dtype=args.dtype)
     if tok is not None:
         store.check_tokenizer(tokenizer_fingerprint(tok))
-    ref_model = load_model(args.reference_model)[0] if args.exact else None
+    ref_model = load_model(args.reference_model, dtype=args.dtype)[0] if args.exact else None
     with TokenProgress(len(store), "compare") as bar:
         result = compare(model, store, tokenizer=tok, batch_size=args.batch_size, reference_model=ref_model,
                          exact=args.exact, progress=bar)

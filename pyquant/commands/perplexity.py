@@ -36,7 +36,7 @@ def run(args) -> int:
 
     check_output(args.output, {"--texts": args.texts, "--model": model_path(args.model)})
     texts = read_texts(args.texts)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, dtype=args.dtype)
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer: perplexity needs one")
     with TokenProgress(None, "perplexity", unit="window") as bar:

@@ -31,7 +31,7 @@ examples:
 
 
 def add_arguments(p):
-    add_model_argument(p)
+    add_model_argument(p, dtype=False)  # its own --dtype, below, is the kept layers'
     p.add_argument("--scheme", required=True, help="default scheme: int8, int4-g32/64/128/256[-sym][-fp16][-a8] "
                         "(-a8: activations quantized to int8 per token and group at run time)")
     p.add_argument("--skip", nargs="*", default=None, metavar="PATTERN",

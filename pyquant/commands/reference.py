@@ -55,7 +55,7 @@ def run(args) -> int:
                 raise UsageError(f"{flag} only applies with --sample (decoding is greedy without it)")
     check_output(args.output, {"--prompts": args.prompts, "--model": model_path(args.model)})
     prompts = read_prompts(args.prompts)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, dtype=args.dtype)
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer: a reference needs one")
     with TokenProgress(len(prompts), "reference") as bar, writing(args.output):

@@ -72,7 +72,7 @@ def run(args) -> int:
         if ids != base_ids:
             raise ValueError(f"{args.baseline} was scored on other items ({len(base_ids)} items, "
                              f"{len(ids & base_ids)} in common with these {len(ids)}): use the same --tasks and --limit")
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, dtype=args.dtype)
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer: task scoring needs one")
     ckpt = args.output + ".partial"

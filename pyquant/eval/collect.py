@@ -169,8 +169,10 @@ def collect_reference(model, tokenizer, prompts: Sequence[Prompt], max_new_token
             done.update(zip(idx, seqs))
             if progress:
                 progress(len(seqs), sum(len(s) for s in seqs))
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     meta = {"model": {"name": str(getattr(model, "pyquant_source", "") or getattr(model.config, "_name_or_path", "")),
-                      "fingerprint": settings["model_fingerprint"], "architecture": type(model).__name__},
+                      "fingerprint": settings["model_fingerprint"], "architecture": type(model).__name__,
+                      "dtype": str(dtype).replace("torch.", "")},
             "tokenizer_fingerprint": settings["tokenizer_fingerprint"], "top_n": top_n, "generation": generation,
             "prompts_sha256": settings["prompts_sha256"],
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "complete": True}

@@ -44,6 +44,33 @@ def test_reference_compare_perplexity(tmp_path, model_dir, prompts_file, capsys)
     assert total["tokens"] > 16 and total["token_perplexity"] > 1 and total["bits_per_byte"] > 0
 
 
+def test_dtype_bfloat16_end_to_end(tmp_path, model_dir, prompts_file, capsys):
+    """--dtype bfloat16 runs the reference, the candidate and the perplexity in bf16 (half a large
+    model's memory) and says so in each results file; against a bf16 reference, the same bf16
+    model diverges by nothing, the float32 one by bf16's rounding."""
+    ref = str(tmp_path / "ref.pqref")
+    assert main(["reference", "--model", model_dir, "--dtype", "bfloat16", "--prompts", prompts_file,
+                 "--output", ref, "--max-new-tokens", "5", "--top-n", "4"]) == 0
+    from pyquant.eval.store import ReferenceStore
+
+    assert ReferenceStore.load(ref).meta["model"]["dtype"] == "bfloat16"
+    kl = {}
+    for dtype in ("bfloat16", "float32"):
+        out = str(tmp_path / f"c-{dtype}.json")
+        assert main(["compare", "--model", model_dir, "--dtype", dtype, "--reference", ref, "--output", out]) == 0
+        res = read_results(out)
+        assert res["model"]["dtype"] == dtype and res["variant"] == {"bfloat16": "bf16", "float32": "fp32"}[dtype]
+        kl[dtype] = res["data"]["stats"]["all"]["kl_mean"]
+    assert kl["bfloat16"] < 1e-6 < kl["float32"]
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 5)
+    out = str(tmp_path / "p.json")
+    assert main(["perplexity", "--model", model_dir, "--dtype", "bfloat16", "--texts", str(text), "--context", "16",
+                 "--output", out]) == 0
+    assert read_results(out)["model"]["dtype"] == "bfloat16"
+    capsys.readouterr()
+
+
 def test_bad_input_exits_2(tmp_path, model_dir, prompts_file, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
