@@ -1,5 +1,5 @@
-"""CLI subcommands, one module each (see pyquant/cli.py for the contract), and what the
-evaluation subcommands (compare, perplexity) share: labelling a model and writing its results."""
+"""CLI subcommands, one module each (see pyquant/cli.py for the contract), and what they share:
+the --model / --dtype / --variant arguments, labelling a model, writing evaluation results."""
 from __future__ import annotations
 
 import os
@@ -48,10 +48,12 @@ def write_eval_results(args, kind: str, data: dict, model, tokenizer, result, ba
     result's table and the throughput."""
     from ..models import model_info
     from ..results import make_results, write_results
+    from .outputs import writing
 
     info = model_info(model, tokenizer)
     data["throughput"] = {"seconds": bar.elapsed, "tokens_per_s": bar.tokens_per_s}
-    write_results(args.output, make_results(kind, data, variant=args.variant or variant_label(info, args.model),
-                                            model=info))
+    with writing(args.output):
+        write_results(args.output, make_results(kind, data, variant=args.variant or variant_label(info, args.model),
+                                                model=info))
     print(result.table())
     print(f"{bar.tokens_per_s:,.1f} tok/s; wrote {args.output}")

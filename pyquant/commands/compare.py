@@ -33,7 +33,7 @@ def run(args) -> int:
     from ..eval.store import ReferenceStore
     from ..models import load_model, tokenizer_fingerprint
     from . import write_eval_results
-    from .outputs import check_output, model_path, writing
+    from .outputs import check_output, model_path
 
     if args.exact and not args.reference_model:
         raise ValueError("--exact needs --reference-model")
@@ -49,6 +49,5 @@ def run(args) -> int:
     with TokenProgress(len(store), "compare") as bar:
         result = compare(model, store, tokenizer=tok, batch_size=args.batch_size, reference_model=ref_model,
                          exact=args.exact, progress=bar)
-    with writing(args.output):
-        write_eval_results(args, "compare", result.to_dict(per_token=args.per_token), model, tok, result, bar)
+    write_eval_results(args, "compare", result.to_dict(per_token=args.per_token), model, tok, result, bar)
     return 0

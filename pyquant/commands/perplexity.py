@@ -32,7 +32,7 @@ def run(args) -> int:
     from ..eval.prompts import read_texts
     from ..models import load_model
     from . import write_eval_results
-    from .outputs import check_output, model_path, writing
+    from .outputs import check_output, model_path
 
     check_output(args.output, {"--texts": args.texts, "--model": model_path(args.model)})
     texts = read_texts(args.texts)
@@ -44,6 +44,5 @@ def run(args) -> int:
                             batch_size=args.batch_size, progress=bar)
     data = result.to_dict()
     data["settings"]["files"] = list(args.texts)
-    with writing(args.output):
-        write_eval_results(args, "perplexity", data, model, tok, result, bar)
+    write_eval_results(args, "perplexity", data, model, tok, result, bar)
     return 0

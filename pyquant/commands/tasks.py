@@ -83,7 +83,6 @@ def run(args) -> int:
         result.compare_with(base, label=label, path=args.baseline)
     data = result.to_dict()
     data["settings"]["files"] = list(args.tasks)
-    with writing(args.output):
-        write_eval_results(args, "tasks", data, model, tok, result, bar)
+    write_eval_results(args, "tasks", data, model, tok, result, bar)
     shutil.rmtree(ckpt, ignore_errors=True)
     return 0
