@@ -96,12 +96,13 @@ def _check_patterns(model, skip, overrides, user_skip: bool) -> None:
     """UsageError naming the --skip / --override patterns that match no linear layer of ``model``
     (with a few real layer names); a note when the default --skip lm_head matches none."""
     from ..cli import UsageError
-    from ..quant.model import is_quantizable, name_matches
+    from ..quant.model import linear_layer_names, unmatched_patterns
 
-    names = [n for n, m in model.named_modules() if n and is_quantizable(m)]
+    names = linear_layer_names(model)
     given = [("--skip", p) for p in skip] if user_skip else []
     given += [("--override", p) for p in overrides]
-    unmatched = [f"{flag} {p!r}" for flag, p in given if not any(name_matches(n, p) for n in names)]
+    missing = set(unmatched_patterns(names, [p for _, p in given]))
+    unmatched = [f"{flag} {p!r}" for flag, p in given if p in missing]
     if unmatched:
         examples, blocks = [], set()
         for n in names[:-1]:  # one layer per kind of block (self_attn, mlp, ...), then the last one
@@ -114,7 +115,7 @@ def _check_patterns(model, skip, overrides, user_skip: bool) -> None:
         raise UsageError(f"{', '.join(unmatched)} {verb} none of the {len(names)} linear layers"
                          + (f" (e.g. {', '.join(examples)})" if examples else "")
                          + "; a pattern with * ? [ must match the whole name, e.g. '*down_proj'")
-    if not user_skip and not any(name_matches(n, p) for p in skip for n in names):
+    if not user_skip and len(unmatched_patterns(names, skip)) == len(skip):
         print(f"note: no linear layer matches the default --skip {' '.join(skip)}: every layer is quantized")
 
 

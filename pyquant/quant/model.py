@@ -40,6 +40,16 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
+def linear_layer_names(model: nn.Module) -> list:
+    """Names of the layers quantize_model considers (``is_quantizable``), in module order."""
+    return [n for n, m in model.named_modules() if n and is_quantizable(m)]
+
+
+def unmatched_patterns(names, patterns) -> list:
+    """The ``patterns`` (skip or override) that match none of the layer ``names``."""
+    return [p for p in patterns if not any(name_matches(n, p) for n in names)]
+
+
 def _check_patterns(patterns, what: str) -> list:
     if isinstance(patterns, str):
         patterns = (patterns,)
@@ -101,26 +111,15 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
         _check_patterns([p], "override")
         over[p] = QuantSpec.parse(s)
 
-    candidates = [(n, m) for n, m in model.named_modules() if n and is_quantizable(m)]
-    used = set()
+    candidates = [(n, model.get_submodule(n)) for n in linear_layer_names(model)]
     plan = []
     for name, _ in candidates:
-        hit = [p for p in skip if name_matches(name, p)]
-        if hit:
-            used.update(hit)
+        if any(name_matches(name, p) for p in skip):
             continue
-        chosen = default
-        for p, s in over.items():
-            if name_matches(name, p):
-                used.add(p)
-                chosen = s
-                break
+        chosen = next((s for p, s in over.items() if name_matches(name, p)), default)
         plan.append((name, chosen))
-    # a later override pattern shadowed by an earlier one still "matches" for the warning below
-    for p in over:
-        if p not in used and any(name_matches(n, p) for n, _ in candidates):
-            used.add(p)
-    unused = [p for p in list(skip) + list(over) if p not in used]
+    # an override shadowed by an earlier one still matches layers: only patterns matching none warn
+    unused = unmatched_patterns([n for n, _ in candidates], list(skip) + list(over))
     if unused:
         warnings.warn(f"quantize_model: pattern(s) {unused} matched no linear layer", stacklevel=2)
 
