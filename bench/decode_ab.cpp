@@ -1,11 +1,13 @@
-// A/B timing of the CPU decode kernels (AVX2): the working tree's csrc/cpu/qmatmul_kernels.h
+// A/B timing of the CPU decode kernels (AVX2 or AVX-512): the working tree's csrc/cpu/qmatmul_kernels.h
 // ("new") against another revision's ("base"), both compiled into this one program and timed
 // interleaved (base sweep, new sweep, repeated), medians, so the comparison survives a noisy
 // shared machine. Also times a plain 2-thread stream over the same packed weight bytes (the
 // roofline of this access) and checks that both give the same outputs. Build and run it with
-// bench/decode_ab.sh (which extracts the base revision's header); by hand:
+// bench/decode_ab.sh (which extracts the base revision's sources and renames each side's ISA
+// namespace, isa_avx2 or isa_avx512, to isa_new / isa_base); by hand:
 //
-//   g++ -O3 -fopenmp -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/cpu -I<dir with base_avx2.cpp> \
+//   g++ -O3 -fopenmp -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/cpu -I<dir with new_isa.cpp, base_isa.cpp, \
+//       base_kernels.h> \
 //       bench/decode_ab.cpp csrc/cpu/cpu_features.cpp -o decode_ab
 //   ./decode_ab BITS M [LAYERS] [N=K | NxK] [ROUNDS]
 // Codes are read the way the library reads them on this CPU (PYQUANT_CODES overrides).
@@ -24,25 +26,11 @@
 
 #include "cpu_dispatch.h"
 
-#include "qmatmul_avx2.cpp"  // namespace isa_avx2: the working tree's kernels
+#include "new_isa.cpp"   // namespace isa_new: the working tree's kernels
 #undef PQ_ISA_NS
-#include "base_avx2.cpp"     // namespace isa_base: the base revision's
+#include "base_isa.cpp"  // namespace isa_base: the base revision's
 
 using namespace pyquant;
-
-template <class T>
-struct CacheAligned {  // std::allocator with 64-byte alignment
-  using value_type = T;
-  CacheAligned() = default;
-  template <class U>
-  CacheAligned(const CacheAligned<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
-  template <class U>
-  bool operator==(const CacheAligned<U>&) const { return true; }
-  template <class U>
-  bool operator!=(const CacheAligned<U>&) const { return false; }
-};
 
 static double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -88,13 +76,15 @@ int main(int argc, char** argv) {
   const char* act_env = std::getenv("ACT");
   const char* act_base_env = std::getenv("ACT_BASE");
   const int act = act_env ? std::atoi(act_env) : 0, act_base = act_base_env ? std::atoi(act_base_env) : 0;
+  const char* threads_env = std::getenv("THREADS");  // the kernels' threads (the stream's: 2)
+  const int threads = threads_env ? std::atoi(threads_env) : 2;
   auto args = [&](int l, float* y, int act_bits = 0) {
     return QmmArgs{x.data(), DType::F32, M, K, K, q[l].data(), s[l].data(), f16 ? DType::F16 : DType::F32,
-                   bits == 4 ? z[l].data() : nullptr, nullptr, bits, bits == 4 ? static_cast<int>(G) : 0, N, y, N, 2,
+                   bits == 4 ? z[l].data() : nullptr, nullptr, bits, bits == 4 ? static_cast<int>(G) : 0, N, y, N, threads,
                    DType::F32, act_bits};
   };
   isa_base::qmatmul_run(args(0, yb.data(), act_base));
-  isa_avx2::qmatmul_run(args(0, yn.data(), act));
+  isa_new::qmatmul_run(args(0, yn.data(), act));
   double diff = 0, ymax = 0;
   for (int64_t i = 0; i < M * N; ++i) {
     diff = std::max(diff, static_cast<double>(std::fabs(yn[i] - yb[i])));
@@ -106,7 +96,7 @@ int main(int argc, char** argv) {
     float sink = 0.f;
     for (int l = 0; l < L; ++l) {
       if (which == 0) isa_base::qmatmul_run(args(l, yb.data(), act_base));
-      else if (which == 1) isa_avx2::qmatmul_run(args(l, yn.data(), act));
+      else if (which == 1) isa_new::qmatmul_run(args(l, yn.data(), act));
       else {  // plain stream over the packed bytes: one parallel region per layer, static halves
         const uint8_t* base = q[l].data();
         const int64_t nb = static_cast<int64_t>(q[l].size()) / 128;

@@ -4,7 +4,8 @@
 #   e.g. bench/decode_ab.sh HEAD~1 4 1 2 4 8
 # Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16), ACT (8:
 # the working tree runs the -a8 kernel, int8 activations, against REV's weight-only one), ACT_BASE
-# (8: REV runs its -a8 kernel too).
+# (8: REV runs its -a8 kernel too), ISA (avx2 or avx512; default: avx512 where the CPU has it),
+# THREADS (the kernels' threads, 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}
@@ -16,8 +17,14 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git show "$rev:csrc/cpu/qmatmul_kernels.h" | sed 's/#include "qmatmul_a8.h"/#include "base_a8.h"/' > "$tmp/base_kernels.h"
 git show "$rev:csrc/cpu/qmatmul_a8.h" > "$tmp/base_a8.h" 2>/dev/null || true  # revisions before -a8 lack it
-git show "$rev:csrc/cpu/qmatmul_avx2.cpp" \
-  | sed -e 's/isa_avx2/isa_base/g' -e 's/#include "qmatmul_kernels.h"/#include "base_kernels.h"/' > "$tmp/base_avx2.cpp"
-g++ -O3 -fopenmp -mavx2 -mfma -mf16c -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \
+isa=${ISA:-$(grep -qw avx512bw /proc/cpuinfo && echo avx512 || echo avx2)}
+flags=(-mavx2 -mfma -mf16c -mbmi2)
+[ "$isa" = avx512 ] && flags+=(-mavx512f -mavx512bw -mavx512vl -mavx512dq)
+# Both revisions' kernels for $isa, renamed into namespaces isa_new and isa_base.
+sed -e "s/isa_$isa/isa_new/g" "csrc/cpu/qmatmul_$isa.cpp" > "$tmp/new_isa.cpp"
+git show "$rev:csrc/cpu/qmatmul_$isa.cpp" \
+  | sed -e "s/isa_$isa/isa_base/g" -e 's/#include "qmatmul_kernels.h"/#include "base_kernels.h"/' > "$tmp/base_isa.cpp"
+echo "ISA: $isa"
+g++ -O3 -fopenmp "${flags[@]}" -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \
   csrc/cpu/cpu_features.cpp -o "$tmp/decode_ab"
 for m in "${ms[@]}"; do "$tmp/decode_ab" "$bits" "$m" ${LAYERS:-16} ${SIZE:-4096} ${ROUNDS:-30} ${SCALES:-fp32}; done

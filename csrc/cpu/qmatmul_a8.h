@@ -69,7 +69,7 @@ static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, flo
 
 struct A8Plan {
   int64_t G, ng, ngp, Kp, Kq;         // Kp = ng * G; Kq: Kp rounded up to 64 (q's padded length)
-  std::vector<int8_t> qp;             // [M][Kq]: q permuted per 64-code block (qp_index)
+  AlignedVec<int8_t> qp;              // [M][Kq]: q permuted per 64-code block (qp_index)
   std::vector<float> sx, qsum;        // [M][ngp]: block scales, and s * sum q (zero-padded)
   std::vector<uint8_t> finite;        // [M]
 };
@@ -127,7 +127,7 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
       __m256i s16[R][MC];
       for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) s16[r][m] = _mm256_setzero_si256();
       for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
-        for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes);
+        for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes, 0, kPrefetchLocality);
         for (int r = 0; r < R; ++r) {
           __m256i d[MC];
           dot(r, b, false, d);
@@ -143,7 +143,7 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
     const int64_t nb = (ng + 1) / 2;
     for (int64_t b = 0; b < nb; ++b) {
       const bool half = 2 * b + 1 >= ng;  // the last block of an odd group count: 16 bytes
-      for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes);
+      for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes, 0, kPrefetchLocality);
       for (int r = 0; r < R; ++r) {
         __m256i d[MC];
         dot(r, b, half, d);

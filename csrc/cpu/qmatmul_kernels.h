@@ -221,15 +221,19 @@ static inline void for_each_tile(int64_t M, bool sub, Fn&& f) {
 // are contiguous, so its bytes are prefetched in address order, R * 4W bytes per block, 8 KiB
 // ahead: one sequential stream instead of R streams of half a page each (K = 4096); 1.06-1.14x
 // the per-row prefetches on Zen 3, where 4 and 16 KiB ahead gave 0.85-0.89x and 1.04-1.07x
-// (bench/RESULTS.md, ninth session).
+// (bench/RESULTS.md, ninth session). Into L2 (prefetcht1, __builtin_prefetch locality 2), not L1:
+// on Zen 4 that ran INT4 M = 1 1.2-1.3x, INT8 1.14-1.23x, -a8 1.14x (AVX-512 and AVX2 builds
+// alike); into L1, 8 KiB of codes ahead sat beside the 16 KiB x row in a 32-48 KiB L1, and the
+// distances 4, 12 and 16 KiB were worse into L2 too (bench/RESULTS.md, fourteenth session).
 constexpr int64_t kPrefetchBytes = 16384;
 constexpr int64_t kPrefetchTileBytes = 8192;
+constexpr int kPrefetchLocality = 2;
 
 struct Int4Plan {
   int64_t G, ng, ngp, Kp, nblocks;  // ngp: ng rounded up to W; nblocks full 8W-code blocks per row
   int gshift;                        // log2(G): group of code k is k >> gshift (no division in the loop)
   bool sub;                          // subnormal codes (see the top of this file)
-  std::vector<float> xr, xp, gsum;   // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ngp] (zero-padded)
+  AlignedVec<float> xr, xp, gsum;    // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ngp] (zero-padded)
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
 
@@ -245,7 +249,10 @@ static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
 // block with a per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the
 // nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace; two chains
 // per row measured 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4,
-// v/acc/tot stay in registers. Never inlined: inlined into the parallel region (GCC 12 does
+// v/acc/tot stay in registers. The fold's two cases are separate loops: as one loop with the
+// case chosen per row (and scale_block's stack array in it) GCC 12 kept acc and tot in memory,
+// every block storing and reloading them: split, 1.46x at M = 4 and 1.06x at M = 1 (where memory
+// sets the pace) on Zen 4, AVX-512. Never inlined: inlined into the parallel region (GCC 12 does
 // when fewer tile shapes are instantiated) it ran 0.94-0.98x at M = 1 (Zen 3), its registers
 // shared with the caller's state.
 template <int MC, int R, bool Sub>
@@ -257,7 +264,8 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
   F tot[R][MC];
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = V::zero();
   const int G = static_cast<int>(p.G), gshift = p.gshift;
-  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;  // blocks per scale fold
+  const bool whole = G >= 8 * W;                    // a group spans whole blocks
+  const int64_t bpg = whole ? G / (8 * W) : 1;      // blocks per scale fold
   for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
     F acc[R][MC];
     for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = V::zero();
@@ -268,7 +276,7 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
       for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
       if constexpr (W > 1)  // from memory: this block's share of the tile, 8 KiB ahead
         for (int o = 0; o < R * 4 * W; o += 64)
-          __builtin_prefetch(q + b * R * 4 * W + o + kPrefetchTileBytes);
+          __builtin_prefetch(q + b * R * 4 * W + o + kPrefetchTileBytes, 0, kPrefetchLocality);
 #define PQ_NIB_STEP(S)                                                               \
       {                                                                              \
         F xs[MC];                                                                    \
@@ -284,11 +292,15 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
       PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
 #undef PQ_NIB_STEP
     }
-    const int64_t k0 = b0 * 8 * W;
-    for (int r = 0; r < R; ++r) {
-      F sv = G >= 8 * W ? V::set1(srow[r][k0 >> gshift]) : V::scale_block(srow[r] + (k0 >> gshift), G / 8);
-      for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv, tot[r][m]);
+    const int64_t g0 = (b0 * 8 * W) >> gshift;
+    F sv[R];
+    if (whole) {
+      for (int r = 0; r < R; ++r) sv[r] = V::set1(srow[r][g0]);
+    } else {
+      for (int r = 0; r < R; ++r) sv[r] = V::scale_block(srow[r] + g0, G / 8);
     }
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
   }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
 }
@@ -302,6 +314,17 @@ static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, flo
   for (; g + V::W <= ng; g += V::W)
     V::store(sz + g, V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero()));
   for (; g < ng; ++g) sz[g] = s[g] * (z ? static_cast<float>(z[g]) : 8.f);
+}
+
+// The scales and zero-points of the 4 rows from row n, prefetched into L2 (rows past N are skipped).
+constexpr int64_t kPrefetchTiles = 2;
+static inline void prefetch_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng) {
+  if (n >= a.N) return;
+  const int64_t rows = std::min<int64_t>(4, a.N - n);
+  const auto* s = static_cast<const char*>(a.scales) + n * ng * dsize(a.sdt);
+  for (int64_t o = 0; o < rows * ng * static_cast<int64_t>(dsize(a.sdt)); o += 64) __builtin_prefetch(s + o, 0, 2);
+  if (a.zeros)
+    for (int64_t o = 0; o < rows * ng; o += 64) __builtin_prefetch(a.zeros + n * ng + o, 0, 2);
 }
 
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
@@ -428,7 +451,7 @@ static void decode_int4(const QmmArgs& a) {
 struct Int8Plan {
   int64_t K, kt;                 // kt: codes covered by full blocks (4W codes, subnormal) or pairs of W
   bool sub;                      // subnormal codes (see the top of this file)
-  std::vector<float> xr, xp;     // [M][K] raw; [M][kt] permuted and scaled (subnormal only)
+  AlignedVec<float> xr, xp;      // [M][K] raw; [M][kt] permuted and scaled (subnormal only)
   std::vector<double> unscale, offset;  // [M]: 2^T and 128 * sum_{k<kt} x_k (subnormal), else 1 and 0
 };
 
@@ -455,7 +478,7 @@ static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, flo
       I u[R];
       for (int r = 0; r < R; ++r) {
         u[r] = V::flip_bytes(V::loadi(reinterpret_cast<const uint8_t*>(q + r * K + k)));
-        if constexpr (W > 1) __builtin_prefetch(q + r * K + k + kPrefetchBytes);
+        if constexpr (W > 1) __builtin_prefetch(q + r * K + k + kPrefetchBytes, 0, kPrefetchLocality);
       }
       for (int j = 0; j < 4; j += 2) {
         F x0[MC], x1[MC];
@@ -694,7 +717,7 @@ static void prefill(const QmmArgs& a) {
   // x as fp32, packed once for the micro-kernel: panel p holds rows kMR*p.. interleaved,
   // xpk[(p * K + k) * kMR + i] = x[kMR * p + i][k] (rows past M stay zero and are never read).
   const int64_t npanel = (M + kMR - 1) / kMR;
-  std::vector<float> xpk(npanel * K * kMR);
+  AlignedVec<float> xpk(npanel * K * kMR);
 #pragma omp parallel num_threads(nt)
   {
     std::vector<float> row(K);
@@ -715,7 +738,7 @@ static void prefill(const QmmArgs& a) {
   const int64_t ng = a.bits == 4 ? (K + a.group - 1) / a.group : 1;
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> Bp(kKC * kNC), srow(V::W * ng), Cbuf(direct ? 0 : mblk * kNC);
+    AlignedVec<float> Bp(kKC * kNC), srow(V::W * ng), Cbuf(direct ? 0 : mblk * kNC);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < nnb * nmb; ++t) {
       const int64_t n0 = (t / nmb) * kNC, mb0 = (t % nmb) * mblk;
