@@ -3,8 +3,8 @@
 A backend is tested the moment it registers: the parametrization walks
 ``pq.ops.available_backends("qmatmul", device)`` for the CPU (the Triton interpreter included when
 TRITON_INTERPRET=1) and CUDA when present. Slow backends get a size cap (LIMITS). Also: the
-scalar ISA path of the C++ kernel (subprocess with PYQUANT_ISA=scalar), both ways the CPU decode
-kernels read weight codes (convert, subnormal), thread-count invariance,
+C++ kernels of the ISAs below this CPU's best (subprocesses with PYQUANT_ISA: scalar, and AVX2 on
+an AVX-512 CPU), both ways the CPU decode kernels read weight codes (convert, subnormal), thread-count invariance,
 3-D inputs, and bad input raising ValueError naming the problem. The AVX-512 kernels on CPUs
 without AVX-512: test_qmatmul_avx512_emu.py.
 """
@@ -295,7 +295,7 @@ def test_cpu_codes_bad_mode():
     assert _native.native().cpu_codes() in ("convert", "subnormal")
 
 
-SCALAR_SCRIPT = textwrap.dedent("""
+FORCED_ISA_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, sys.argv[1])
     import pyquant as pq
@@ -303,7 +303,7 @@ SCALAR_SCRIPT = textwrap.dedent("""
     from pyquant.ops.reference import quantize_activations
     from pyquant.quant.rtn import quantize_weight
     from helpers import assert_matmul_close, randn
-    assert _native.native().cpu_isa() == "scalar", _native.native().cpu_isa()
+    assert _native.native().cpu_isa() == sys.argv[2], _native.native().cpu_isa()
     cases = ((1, 7, 300, torch.float32), (6, 5, 129, torch.bfloat16), (19, 37, 520, torch.float32))
     for mode in ("convert", "subnormal"):
         _native.native().set_cpu_codes(mode)
@@ -313,19 +313,27 @@ SCALAR_SCRIPT = textwrap.dedent("""
                 x, b = randn(m, k, dtype=dt, seed=m), randn(n, dtype=dt, seed=n)
                 y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
                 xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
-                assert_matmul_close(y, xe, qw.dequantize(torch.float64), b, what=f"scalar {mode} {spec} {m} {n} {k} {dt}",
-                                    out_dtype=dt)
-    print("scalar ok")
+                assert_matmul_close(y, xe, qw.dequantize(torch.float64), b,
+                                    what=f"{sys.argv[2]} {mode} {spec} {m} {n} {k} {dt}", out_dtype=dt)
+    print(sys.argv[2], "ok")
 """)
+
+_ISAS = ("scalar", "avx2", "avx512")
 
 
 @needs_cpu
-def test_cpu_scalar_isa_path():
-    """The portable scalar kernels (PYQUANT_ISA=scalar) in a fresh process."""
-    env = dict(os.environ, PYQUANT_ISA="scalar", OMP_NUM_THREADS="2")
+@pytest.mark.parametrize("isa", _ISAS[:2])
+def test_cpu_lower_isa_path(isa):
+    """The kernels of an ISA below this CPU's best (PYQUANT_ISA lowers it) in a fresh process: the
+    scalar ones everywhere, the AVX2 ones on an AVX-512 CPU, where the default path never runs them."""
+    best = _native.native().cpu_isa()
+    if isa not in _ISAS[:_ISAS.index(best)]:
+        pytest.skip(f"{isa} is this CPU's own ISA ({best}) or above it: the other tests run it or cannot")
+    env = dict(os.environ, PYQUANT_ISA=isa, OMP_NUM_THREADS="2")
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", SCALAR_SCRIPT, here], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "scalar ok" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-c", FORCED_ISA_SCRIPT, here, isa], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and f"{isa} ok" in r.stdout, r.stdout + r.stderr
 
 
 # ---- bad input ---------------------------------------------------------------------------------
