@@ -316,17 +316,6 @@ static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, flo
   for (; g < ng; ++g) sz[g] = s[g] * (z ? static_cast<float>(z[g]) : 8.f);
 }
 
-// The scales and zero-points of the 4 rows from row n, prefetched into L2 (rows past N are skipped).
-constexpr int64_t kPrefetchTiles = 2;
-static inline void prefetch_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng) {
-  if (n >= a.N) return;
-  const int64_t rows = std::min<int64_t>(4, a.N - n);
-  const auto* s = static_cast<const char*>(a.scales) + n * ng * dsize(a.sdt);
-  for (int64_t o = 0; o < rows * ng * static_cast<int64_t>(dsize(a.sdt)); o += 64) __builtin_prefetch(s + o, 0, 2);
-  if (a.zeros)
-    for (int64_t o = 0; o < rows * ng; o += 64) __builtin_prefetch(a.zeros + n * ng + o, 0, 2);
-}
-
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
 // to ngp (a multiple of W: no scalar tail; with G = 32 a row has K/32 groups, as many as a tenth
 // of its FMAs, and at K = 576, G = 128 five, as costly as the tile's epilogue).
