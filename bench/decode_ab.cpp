@@ -2,8 +2,11 @@
 // ("new") against another revision's ("base"), both compiled into this one program and timed
 // interleaved (base sweep, new sweep, repeated), medians, so the comparison survives a noisy
 // shared machine. Also times a plain 2-thread stream over the same packed weight bytes (the
-// roofline of this access) and checks that both give the same outputs. Build and run it with
-// bench/decode_ab.sh (which extracts the base revision's sources and renames each side's ISA
+// roofline of this access) and checks that both give the same outputs. Run it against HEAD with
+// no change first: the two copies of the same code differ by themselves (Zen 4, AVX-512, INT4
+// M = 1: "new" at 0.85-0.98x "base" with the weights from memory, 0.89-0.92x from L3, whichever
+// side goes first or is included first): a ratio within that spread is no evidence. Build and
+// run it with bench/decode_ab.sh (which extracts the base revision's sources and renames each side's ISA
 // namespace, isa_avx2 or isa_avx512, to isa_new / isa_base); by hand:
 //
 //   g++ -O3 -fopenmp -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/cpu -I<dir with new_isa.cpp, base_isa.cpp, \
@@ -118,8 +121,8 @@ int main(int argc, char** argv) {
   };
   for (int w = 0; w < 3; ++w) sweep(w);
   std::vector<double> t[3];
-  for (int r = 0; r < rounds; ++r)
-    for (int w = 0; w < 3; ++w) t[w].push_back(sweep(w));
+  for (int r = 0; r < rounds; ++r)  // base and new take turns going first (each inherits the other's cache state)
+    for (int w : {r & 1, 1 - (r & 1), 2}) t[w].push_back(sweep(w));
   for (auto& v : t) std::sort(v.begin(), v.end());
   const double wbytes = static_cast<double>(q[0].size() + s[0].size() * (f16 ? 2 : 4) + z[0].size());
   const double mb = t[0][rounds / 2], mn = t[1][rounds / 2], ms = t[2][rounds / 2];
