@@ -79,15 +79,33 @@ int main(int argc, char** argv) {
   const char* act_env = std::getenv("ACT");
   const char* act_base_env = std::getenv("ACT_BASE");
   const int act = act_env ? std::atoi(act_env) : 0, act_base = act_base_env ? std::atoi(act_base_env) : 0;
+  // XDT=bf16: x (and y) in bf16, the values of the fp32 x rounded
+  const char* xdt_env = std::getenv("XDT");
+  const bool xbf = xdt_env && std::string(xdt_env) == "bf16";
+  std::vector<uint16_t> xh(M * K), ybh(M * N), ynh(M * N);
+  for (int64_t i = 0; i < M * K; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    xh[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
   const char* threads_env = std::getenv("THREADS");  // the kernels' threads (the stream's: 2)
   const int threads = threads_env ? std::atoi(threads_env) : 2;
   auto args = [&](int l, float* y, int act_bits = 0) {
-    return QmmArgs{x.data(), DType::F32, M, K, K, q[l].data(), s[l].data(), f16 ? DType::F16 : DType::F32,
-                   bits == 4 ? z[l].data() : nullptr, nullptr, bits, bits == 4 ? static_cast<int>(G) : 0, N, y, N, threads,
-                   DType::F32, act_bits};
+    void* yv = y;
+    if (xbf) yv = y == yb.data() ? static_cast<void*>(ybh.data()) : static_cast<void*>(ynh.data());
+    const DType xdt = xbf ? DType::BF16 : DType::F32;
+    return QmmArgs{xbf ? static_cast<const void*>(xh.data()) : x.data(), xdt, M, K, K, q[l].data(), s[l].data(),
+                   f16 ? DType::F16 : DType::F32, bits == 4 ? z[l].data() : nullptr, nullptr, bits,
+                   bits == 4 ? static_cast<int>(G) : 0, N, yv, N, threads, xdt, act_bits};
   };
   isa_base::qmatmul_run(args(0, yb.data(), act_base));
   isa_new::qmatmul_run(args(0, yn.data(), act));
+  if (xbf)
+    for (int64_t i = 0; i < M * N; ++i) {
+      const uint32_t ub = static_cast<uint32_t>(ybh[i]) << 16, un = static_cast<uint32_t>(ynh[i]) << 16;
+      std::memcpy(&yb[i], &ub, 4);
+      std::memcpy(&yn[i], &un, 4);
+    }
   double diff = 0, ymax = 0;
   for (int64_t i = 0; i < M * N; ++i) {
     diff = std::max(diff, static_cast<double>(std::fabs(yn[i] - yb[i])));

@@ -5,7 +5,7 @@
 # Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16), ACT (8:
 # the working tree runs the -a8 kernel, int8 activations, against REV's weight-only one), ACT_BASE
 # (8: REV runs its -a8 kernel too), ISA (avx2 or avx512; default: avx512 where the CPU has it),
-# THREADS (the kernels' threads, 2).
+# THREADS (the kernels' threads, 2), XDT (bf16: x and y in bf16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}

@@ -142,13 +142,16 @@ def run(args) -> dict:
     # ---------------- batched decode: M=args.batch_m, rotating over the same L layers ----------------
     if args.batch_m > 0:
         xm = torch.randn(args.batch_m, k, generator=gen)
+        xmb = xm.bfloat16()
         bat = interleaved_medians({
             "pyquant cpu int4 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q4[i], backend="cpu"),
+            "pyquant cpu int4 (bf16 x)": lambda i: pq.ops.qmatmul(xmb, q4[i], backend="cpu"),
             "pyquant a8 cpu int4 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q4a[i], backend="cpu"),
             "pyquant cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8[i], backend="cpu"),
             "torch fp32 x @ w.T": lambda i: xm @ wf[i].T,
         }, L, rounds=args.rounds, clock=clock)
-        for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant a8 cpu int4 (fp32 x)", q4[0].nbytes),
+        for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant cpu int4 (bf16 x)", q4[0].nbytes),
+                         ("pyquant a8 cpu int4 (fp32 x)", q4[0].nbytes),
                          ("pyquant cpu int8 (fp32 x)", q8[0].nbytes),
                          ("torch fp32 x @ w.T", nbytes(wf[0]))):
             add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} x{L} layers", name.startswith("pyquant"))

@@ -39,8 +39,8 @@ def test_qmatmul_bench_tiny(tmp_path):
     assert res["read_bw_gbps"] >= stream["best_gbps"] - 1e-9 and res["read_bw_gbps"] >= res["read_bw_probe_gbps"] - 1e-9
     assert all(r["frac_stream"] > 0 for r in res["rows"] if r["group"].startswith("decode"))
     batch = {r["backend"]: r for r in res["rows"] if r["group"] == "batch"}
-    assert set(batch) == {"pyquant cpu int4 (fp32 x)", "pyquant a8 cpu int4 (fp32 x)", "pyquant cpu int8 (fp32 x)",
-                          "torch fp32 x @ w.T"}
+    assert set(batch) == {"pyquant cpu int4 (fp32 x)", "pyquant cpu int4 (bf16 x)", "pyquant a8 cpu int4 (fp32 x)",
+                          "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T"}
     assert batch["pyquant cpu int4 (fp32 x)"]["best_alt"] == "torch fp32 x @ w.T"
     small = [r for r in res["rows"] if r["group"].startswith("small ")]  # the demo model's shapes, per call
     assert {r["group"] for r in small} == {"small 576x576", "small 192x576", "small 1536x576", "small 576x1536"}

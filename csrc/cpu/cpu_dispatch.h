@@ -13,6 +13,10 @@ Isa active_isa();
 // PYQUANT_CODES=convert|subnormal overrides).
 bool subnormal_codes();
 
+// Whether INT4 decode with bf16 x uses bf16 dot products (AVX-512 kernels on a CPU with
+// AVX512-BF16; PYQUANT_BF16_DOT=0 turns it off, set_cpu_bf16_dot switches it).
+bool bf16_dot();
+
 void set_last_error(const std::string& msg);
 
 }  // namespace pyquant

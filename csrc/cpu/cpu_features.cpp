@@ -2,6 +2,7 @@
 // never from the build machine's. PYQUANT_ISA=scalar|avx2|avx512 forces a lower level (tests).
 // PYQUANT_CODES=convert|subnormal picks how the decode kernels turn weight codes into floats
 // (see qmatmul_kernels.h); the default is "subnormal" on AMD x86 CPUs, "convert" elsewhere.
+// PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h).
 #include "pyquant/common.h"
 #include "cpu_dispatch.h"
 
@@ -83,6 +84,48 @@ Status set_cpu_codes(const char* mode) {
 }
 
 const char* cpu_codes() { return subnormal_codes() ? "subnormal" : "convert"; }
+
+static bool bf16_dot_available() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return active_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+static std::atomic<int> g_bf16_dot{-1};  // -1: not detected yet
+
+bool bf16_dot() {
+  int v = g_bf16_dot.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* forced = std::getenv("PYQUANT_BF16_DOT");
+    v = bf16_dot_available() && !(forced && !std::strcmp(forced, "0")) ? 1 : 0;
+    g_bf16_dot.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
+Status set_cpu_bf16_dot(const char* mode) {
+  if (!std::strcmp(mode, "off")) {
+    g_bf16_dot.store(0);
+  } else if (!std::strcmp(mode, "auto")) {
+    g_bf16_dot.store(bf16_dot_available() ? 1 : 0);
+  } else if (!std::strcmp(mode, "on")) {
+    if (!bf16_dot_available()) {
+      set_last_error("bf16 dot products need the AVX-512 kernels on a CPU with AVX512-BF16 (kernels in use here: " +
+                     std::string(cpu_isa()) + ")");
+      return kUnsupported;
+    }
+    g_bf16_dot.store(1);
+  } else {
+    set_last_error(std::string("unknown bf16 dot mode '") + mode + "' (use on, off or auto)");
+    return kInvalidArgument;
+  }
+  return kOk;
+}
+
+const char* cpu_bf16_dot() { return bf16_dot() ? "on" : "off"; }
 
 const char* cpu_isa() {
   switch (active_isa()) {

@@ -16,6 +16,7 @@ struct V {
   using F = float;
   using I = uint32_t;
   static constexpr int W = 1;
+  static constexpr bool kBf16Dot = false;  // no bf16 dot products at this level
   static F zero() { return 0.f; }
   static F set1(float a) { return a; }
   static F load(const float* p) { return *p; }

@@ -1,6 +1,12 @@
 // qmatmul kernels for AVX-512 (16 fp32 lanes): the AVX2 traits widened. Compiled with
-// -mavx512f/bw/vl/dq; picked at run time only on CPUs that report those flags.
+// -mavx512f/bw/vl/dq; picked at run time only on CPUs that report those flags. The bf16 dot
+// products (INT4 decode with bf16 x) are compiled for AVX512-BF16 function by function
+// (PQ_TARGET_BF16) and run only where the CPU reports it too (bf16_dot()).
 #include <immintrin.h>
+
+#ifndef PQ_TARGET_BF16
+#define PQ_TARGET_BF16 __attribute__((target("avx512bf16")))
+#endif
 
 #include <cstdint>
 
@@ -38,6 +44,17 @@ struct V {
     for (int l = 0; l < W; ++l) t[l] = s[l / lpg];
     return _mm512_load_ps(t);
   }
+  // bf16 dot products (qmatmul_kernels.h, dec4_tile_bf16). Nibble S (0-3) of every 16-bit lane
+  // as the bf16 number 1 + c/16: the code shifted to mantissa bits 3-6, then (t & 0x78) | 0x3f80
+  // in one ternary-logic op (0xEA: A & B | C).
+  static constexpr bool kBf16Dot = true;
+  template <int S>
+  static I nib_bf16(I v) {
+    const I t = S == 0 ? _mm512_slli_epi16(v, 3) : _mm512_srli_epi16(v, 4 * S - 3);
+    return _mm512_ternarylogic_epi32(t, _mm512_set1_epi16(0x78), _mm512_set1_epi16(0x3f80), 0xEA);
+  }
+  // acc lane l += a[2l] * b[2l] + a[2l+1] * b[2l+1] (bf16 pairs; products exact in fp32)
+  PQ_TARGET_BF16 static F dot_bf16(F acc, I a, I b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
 };
 
 }  // namespace isa_avx512

@@ -5,7 +5,7 @@
 //   loadi (4W bytes), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
 //   read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 /
 //   load_u8 (W int8 / uint8 -> float), load_f16 (W fp16 -> float), scale_block(s, lpg) (lane l
-//   gets s[l / lpg]).
+//   gets s[l / lpg]), kBf16Dot, and where it is true nib_bf16<S> and dot_bf16 (below).
 // What is built from those (nib, bits, cvt_and, gather4) is defined once below.
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
@@ -32,6 +32,17 @@
 //              byte 3 by a 24-bit shift alone;
 //              y = s * (sum_k u_k x_k - 128 * sum_k x_k), an offset that costs about 2 bits.
 //              Subnormal operands need MXCSR.DAZ clear: NoDaz clears it for the kernel's duration.
+//   bf16 dot (INT4 with bf16 x, AVX-512 on a CPU with AVX512-BF16; bf16_dot() says): a block's
+//              bytes read as 16-bit lanes, lane j holding codes 4j..4j+3; nibble S of every lane
+//              becomes the bf16 1 + c/16 (a shift and one ternary-logic op, V::nib_bf16<S>), so a
+//              32-bit lane l carries codes 8l + S and 8l + 4 + S, and vdpbf16ps multiplies both by
+//              their x (bf16 as given, permuted to match) and adds them to an fp32 lane: two codes
+//              per lane and op, where the paths above take one. Every product is exact; with the
+//              scales folded as 16 s and the zero-points as z + 16,
+//              y = sum_g 16 s_g (sum_k x_k (1 + c_k/16)) - s_g (z_g + 16) sum_k x_k.
+//              For 2 to 8 rows of x: on Zen 4 (2 threads, 16 layers of 4096 x 4096 from memory)
+//              1.09x, 1.24-1.29x and 1.32x the fp32 path at M = 2, 4 and 8, but at M = 1 0.99-1.02x
+//              there and 0.93-0.94x at 1536 x 576 (bench/RESULTS.md, fourteenth session).
 // Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
 // fp32 panel (NR = 2W columns wide) that stays in cache, then an MR x NR FMA micro-kernel. x is
 // converted to fp32 and packed once per call into MR-row panels, k-major, so the micro-kernel's
@@ -55,6 +66,10 @@
 
 #include "cpu_dispatch.h"
 #include "qmatmul_impl.h"
+
+#ifndef PQ_TARGET_BF16  // the AVX-512 build sets it: the bf16 tile's target attribute
+#define PQ_TARGET_BF16
+#endif
 
 namespace pyquant {
 namespace PQ_ISA_NS {
@@ -233,6 +248,8 @@ struct Int4Plan {
   int64_t G, ng, ngp, Kp, nblocks;  // ngp: ng rounded up to W; nblocks full 8W-code blocks per row
   int gshift;                        // log2(G): group of code k is k >> gshift (no division in the loop)
   bool sub;                          // subnormal codes (see the top of this file)
+  bool bf;                           // bf16 dot products (bf16 x; see the top of this file)
+  AlignedVec<uint16_t> xb;           // [M][Kp] bf16 x, permuted for the dot products (bf only)
   AlignedVec<float> xr, xp, gsum;    // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ngp] (zero-padded)
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
@@ -244,15 +261,31 @@ static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
   return std::clamp<int64_t>(ntiles / (8 * int64_t{nthreads}), 1, 16);
 }
 
+// tot[r][m] += acc[r][m] * the scale(s) of row r from group g0: one per row when a group spans
+// whole blocks (G >= 8W), else a per-lane vector. Two loops, not one with the case chosen per
+// row: as one (with scale_block's stack array in it) GCC 12 kept acc and tot in memory, every
+// block storing and reloading them; split, 1.46x at M = 4 and 1.06x at M = 1 (where memory sets
+// the pace) on Zen 4, AVX-512.
+template <int MC, int R>
+static inline __attribute__((always_inline)) void fold_scales(const float* const* srow, int64_t g0, int G,
+                                                              const typename V::F (&acc)[R][MC],
+                                                              typename V::F (&tot)[R][MC]) {
+  typename V::F sv[R];
+  if (G >= 8 * V::W) {
+    for (int r = 0; r < R; ++r) sv[r] = V::set1(srow[r][g0]);
+  } else {
+    for (int r = 0; r < R; ++r) sv[r] = V::scale_block(srow[r] + g0, G / 8);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
+}
+
 // The per-(row, m) integer-code dot products over the full blocks, times the group scales.
 // The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
 // block with a per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the
 // nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace; two chains
 // per row measured 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4,
-// v/acc/tot stay in registers. The fold's two cases are separate loops: as one loop with the
-// case chosen per row (and scale_block's stack array in it) GCC 12 kept acc and tot in memory,
-// every block storing and reloading them: split, 1.46x at M = 4 and 1.06x at M = 1 (where memory
-// sets the pace) on Zen 4, AVX-512. Never inlined: inlined into the parallel region (GCC 12 does
+// v/acc/tot stay in registers (fold_scales says how). Never inlined: inlined into the parallel region (GCC 12 does
 // when fewer tile shapes are instantiated) it ran 0.94-0.98x at M = 1 (Zen 3), its registers
 // shared with the caller's state.
 template <int MC, int R, bool Sub>
@@ -264,8 +297,7 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
   F tot[R][MC];
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = V::zero();
   const int G = static_cast<int>(p.G), gshift = p.gshift;
-  const bool whole = G >= 8 * W;                    // a group spans whole blocks
-  const int64_t bpg = whole ? G / (8 * W) : 1;      // blocks per scale fold
+  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;  // blocks per scale fold
   for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
     F acc[R][MC];
     for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = V::zero();
@@ -292,17 +324,49 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
       PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
 #undef PQ_NIB_STEP
     }
-    const int64_t g0 = (b0 * 8 * W) >> gshift;
-    F sv[R];
-    if (whole) {
-      for (int r = 0; r < R; ++r) sv[r] = V::set1(srow[r][g0]);
-    } else {
-      for (int r = 0; r < R; ++r) sv[r] = V::scale_block(srow[r] + g0, G / 8);
-    }
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
+    fold_scales<MC, R>(srow, (b0 * 8 * W) >> gshift, G, acc, tot);
   }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
+}
+
+// The bf16-dot twin of dec4_tile (see the top of this file): xb[m] is x row m in bf16, permuted.
+// VV: V, named so that only the AVX-512 build, where it is called, compiles the body.
+template <int MC, int R, class VV = V>
+PQ_TARGET_BF16 __attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q,
+                                                                    int64_t row_bytes, const float* const* srow,
+                                                                    const Int4Plan& p, float out[R][MC]) {
+  using F = typename VV::F;
+  using I = typename VV::I;
+  constexpr int W = VV::W;
+  F tot[R][MC];
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = VV::zero();
+  const int G = static_cast<int>(p.G), gshift = p.gshift;
+  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;
+  for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
+    F acc[R][MC];
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
+    const int64_t bend = std::min(b0 + bpg, p.nblocks);
+    for (int64_t b = b0; b < bend; ++b) {
+      I v[R];
+      for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
+      for (int o = 0; o < R * 4 * W; o += 64)
+        __builtin_prefetch(q + b * R * 4 * W + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+#define PQ_BF16_STEP(S)                                                                              \
+      {                                                                                              \
+        I xs[MC];                                                                                    \
+        for (int m = 0; m < MC; ++m)                                                                 \
+          xs[m] = VV::loadi(reinterpret_cast<const uint8_t*>(xb[m] + b * 8 * W + (S) * 2 * W));      \
+        for (int r = 0; r < R; ++r) {                                                                \
+          const I c = VV::template nib_bf16<S>(v[r]);                                                \
+          for (int m = 0; m < MC; ++m) acc[r][m] = VV::dot_bf16(acc[r][m], c, xs[m]);               \
+        }                                                                                            \
+      }
+      PQ_BF16_STEP(0) PQ_BF16_STEP(1) PQ_BF16_STEP(2) PQ_BF16_STEP(3)
+#undef PQ_BF16_STEP
+    }
+    fold_scales<MC, R>(srow, (b0 * 8 * W) >> gshift, G, acc, tot);
+  }
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
 }
 
 // Row n's scales as fp32 into s[0..ng), and s_g * z_g (s_g * 8 when symmetric) into sz[0..ng)
@@ -325,18 +389,27 @@ static inline float zero_term(const float* sz, const float* gsum, int64_t ngp) {
   return V::hsum(acc);
 }
 
-template <int MC, int R, bool Sub>
+// How a decode tile reads INT4 codes (see the top of this file).
+enum Codes : int { kConvert = 0, kSubnormal = 1, kBf16Dot = 2 };
+
+template <int MC, int R, int C>
 static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, const float* sbuf, float* yacc) {
   // yacc[m * 4 + r] (m < MC, r < R) receives the finished values. sbuf: row r's
-  // scales at r * ngp, its s * z at (4 + r) * ngp.
+  // scales at r * ngp, its s * z at (4 + r) * ngp (with C = kBf16Dot: 16 s and s * (z + 16)).
   const int64_t row_bytes = p.Kp / 2;
   const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
-  const float* xp[MC];
   const float* srow[R];
-  for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kp;
   for (int r = 0; r < R; ++r) srow[r] = sbuf + r * p.ngp;
   float out[R][MC];
-  dec4_tile<MC, R, Sub>(xp, q, row_bytes, srow, p, out);
+  if constexpr (C == kBf16Dot) {
+    const uint16_t* xb[MC];
+    for (int m = 0; m < MC; ++m) xb[m] = p.xb.data() + (m0 + m) * p.Kp;
+    dec4_tile_bf16<MC, R>(xb, q, row_bytes, srow, p, out);
+  } else {
+    const float* xp[MC];
+    for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kp;
+    dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, srow, p, out);
+  }
   const int64_t kt = p.nblocks * 8 * V::W;
   for (int r = 0; r < R; ++r) {
     const uint8_t* qr = q + r * row_bytes;
@@ -346,15 +419,15 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
       const float* gs = p.gsum.data() + (m0 + m) * p.ngp;
       float v = static_cast<float>(out[r][m] * p.unscale[m0 + m]);
       for (int64_t k = kt; k < p.Kp; ++k) {  // scalar tail (fewer than 8W codes)
-        int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
-        v += srow[r][k >> p.gshift] * static_cast<float>(code) * xr[k];
+        const float code = static_cast<float>((qr[k >> 1] >> ((k & 1) * 4)) & 15);
+        v += srow[r][k >> p.gshift] * (C == kBf16Dot ? 1.f + code * 0.0625f : code) * xr[k];
       }
       yacc[m * 4 + r] = v - zero_term(sz, gs, p.ngp);
     }
   }
 }
 
-template <int MC, bool Sub>
+template <int MC, int C>
 static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, const float* sbuf,
                        float* yacc) {
   // Tiles of R = 4 weight rows and MC <= 2 activation rows (8 accumulators); larger M runs as
@@ -366,8 +439,8 @@ static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t 
   // bench/RESULTS.md, tenth session).
   constexpr int R = 4;
   int64_t r = 0;
-  for (; r + R <= nr; r += R) dec4_rows<MC, R, Sub>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
-  for (; r < nr; ++r) dec4_rows<MC, 1, Sub>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
+  for (; r + R <= nr; r += R) dec4_rows<MC, R, C>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
+  for (; r < nr; ++r) dec4_rows<MC, 1, C>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
 }
 
 static void decode_int4(const QmmArgs& a) {
@@ -383,10 +456,12 @@ static void decode_int4(const QmmArgs& a) {
   p.nblocks = p.Kp / (8 * W);
   p.gshift = 0;
   while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
-  p.sub = subnormal_codes();
+  p.bf = V::kBf16Dot && a.xdt == DType::BF16 && a.M >= 2 && bf16_dot();
+  p.sub = !p.bf && subnormal_codes();
   const int64_t M = a.M, Kp = p.Kp;
   p.xr.assign(M * Kp, 0.f);
-  p.xp.resize(M * Kp);
+  p.xp.resize(p.bf ? 0 : M * Kp);
+  p.xb.resize(p.bf ? M * Kp : 0);
   p.gsum.assign(M * p.ngp, 0.f);
   p.unscale.assign(M, 1.0);
   for (int64_t m = 0; m < M; ++m) {
@@ -397,6 +472,18 @@ static void decode_int4(const QmmArgs& a) {
       typename V::F acc = V::zero();
       for (int64_t k = g * p.G; k < (g + 1) * p.G; k += W) acc = V::add(acc, V::load(xr + k));
       p.gsum[m * p.ngp + g] = V::hsum(acc);
+    }
+    if (p.bf) {  // 16-bit lane 2l + h of block b, step S meets code b*8W + 8l + 4h + S: bf16 x as given
+      const auto* xs = static_cast<const uint16_t*>(row_ptr(a.x, a.xdt, m, a.ldx));
+      uint16_t* xb = p.xb.data() + m * Kp;
+      for (int64_t b = 0; b < p.nblocks; ++b)
+        for (int S = 0; S < 4; ++S)
+          for (int l = 0; l < W; ++l)
+            for (int h = 0; h < 2; ++h) {
+              const int64_t k = b * 8 * W + 8 * l + 4 * h + S;
+              xb[b * 8 * W + S * 2 * W + 2 * l + h] = k < a.K ? xs[k] : 0;
+            }
+      continue;
     }
     // Block b, lane l, nibble S holds code b*8W + 8l + S; it meets xp[b*8W + S*W + l], scaled
     // by the inverse of what the code's float carries (2^4S, or 2^(4S'-149-T) when subnormal).
@@ -421,10 +508,22 @@ static void decode_int4(const QmmArgs& a) {
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
-      for (int64_t r = 0; r < nr; ++r)
-        row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp);
+      for (int64_t r = 0; r < nr; ++r) {
+        float* s = sbuf.data() + r * p.ngp;
+        float* sz = sbuf.data() + (4 + r) * p.ngp;
+        row_scales_zeros(a, n0 + r, p.ng, s, sz);
+        if (p.bf)  // the codes read as 1 + c/16: 16 s and s * (z + 16)
+          for (int64_t g = 0; g < p.ngp; g += W) {
+            const typename V::F sv = V::load(s + g);
+            V::store(sz + g, V::fma(sv, V::set1(16.f), V::load(sz + g)));
+            V::store(s + g, V::fma(sv, V::set1(16.f), V::zero()));
+          }
+      }
       for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
-        dec4_block<decltype(MC)::value, decltype(Sub)::value>(a, p, m0, n0, nr, sbuf.data(), yrow + m0 * 4);
+        constexpr int mc = decltype(MC)::value;
+        if constexpr (V::kBf16Dot)
+          if (p.bf) return dec4_block<mc, kBf16Dot>(a, p, m0, n0, nr, sbuf.data(), yrow + m0 * 4);
+        dec4_block<mc, decltype(Sub)::value ? kSubnormal : kConvert>(a, p, m0, n0, nr, sbuf.data(), yrow + m0 * 4);
       });
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];

@@ -15,7 +15,9 @@ def native():
 
 
 def cpu_available() -> "tuple[bool, str]":
-    return (True, f"isa={_C.cpu_isa()}, codes={_C.cpu_codes()}") if _C is not None else (False, _ERROR)
+    if _C is None:
+        return False, _ERROR
+    return True, f"isa={_C.cpu_isa()}, codes={_C.cpu_codes()}, bf16 dot={_C.cpu_bf16_dot()}"
 
 
 def cuda_available() -> "tuple[bool, str]":

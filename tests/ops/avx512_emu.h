@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 
 struct emu_m512 { float f[16]; };
 struct emu_m512i { uint32_t u[16]; };
@@ -62,6 +63,65 @@ inline emu_m512 emu_cvtph_ps(emu_m256i a) {  // IEEE binary16 -> float, exactly
   }
   return r;
 }
+
+// bf16 dot products (V::nib_bf16, V::dot_bf16): 16-bit lanes, ternary logic, vdpbf16ps.
+inline emu_m512i emu_set1_epi16(short a) {
+  emu_m512i r;
+  const uint32_t h = static_cast<uint16_t>(a);
+  for (uint32_t& v : r.u) v = h | h << 16;
+  return r;
+}
+template <bool Left>
+inline emu_m512i emu_shift_epi16(emu_m512i a, unsigned n) {
+  uint16_t h[32];
+  std::memcpy(h, a.u, 64);
+  for (uint16_t& v : h) v = n > 15 ? 0 : static_cast<uint16_t>(Left ? v << n : v >> n);
+  std::memcpy(a.u, h, 64);
+  return a;
+}
+// bit i of the result: bit ((a << 2) | (b << 1) | c) of imm, from the bits i of a, b, c
+inline emu_m512i emu_ternarylogic_epi32(emu_m512i a, emu_m512i b, emu_m512i c, int imm) {
+  emu_m512i r;
+  for (int l = 0; l < 16; ++l) {
+    uint32_t v = 0;
+    for (int i = 0; i < 8; ++i)
+      if (imm >> i & 1) v |= (i & 4 ? a.u[l] : ~a.u[l]) & (i & 2 ? b.u[l] : ~b.u[l]) & (i & 1 ? c.u[l] : ~c.u[l]);
+    r.u[l] = v;
+  }
+  return r;
+}
+// bf16 -> float with denormals as zero, as vdpbf16ps reads its inputs
+inline float emu_bf16_daz(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  if ((u & 0x7f800000u) == 0) u &= 0x80000000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// acc lane l += a[2l+1] * b[2l+1], then += a[2l] * b[2l] (Intel's order), each rounded to
+// nearest even, a denormal result flushed to zero
+inline emu_m512 emu_dpbf16_ps(emu_m512 acc, emu_m512i a, emu_m512i b) {
+  uint16_t ah[32], bh[32];
+  std::memcpy(ah, a.u, 64);
+  std::memcpy(bh, b.u, 64);
+  for (int l = 0; l < 16; ++l) {
+    float t = acc.f[l];
+    for (int j : {2 * l + 1, 2 * l}) {
+      t = std::fma(emu_bf16_daz(ah[j]), emu_bf16_daz(bh[j]), t);
+      if (std::fpclassify(t) == FP_SUBNORMAL) t = std::copysign(0.f, t);
+    }
+    acc.f[l] = t;
+  }
+  return acc;
+}
+
+#define PQ_TARGET_BF16  // no target attribute: the stand-ins are plain C++
+#define __m512bh emu_m512i
+#define _mm512_set1_epi16 emu_set1_epi16
+#define _mm512_slli_epi16 emu_shift_epi16<true>
+#define _mm512_srli_epi16 emu_shift_epi16<false>
+#define _mm512_ternarylogic_epi32 emu_ternarylogic_epi32
+#define _mm512_dpbf16_ps emu_dpbf16_ps
 
 #define __m512 emu_m512
 #define __m512i emu_m512i

@@ -241,15 +241,25 @@ def cpu_codes():
     _C.set_cpu_codes("auto")
 
 
+@pytest.fixture
+def cpu_bf16_dot():
+    """Sets whether INT4 decode takes bf16 x through AVX512-BF16 dot products; back to auto after."""
+    _C = _native.native()
+    yield _C.set_cpu_bf16_dot
+    _C.set_cpu_bf16_dot("auto")
+
+
 DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8]
 
 
 @needs_cpu
 @pytest.mark.parametrize("spec", SPECS)
-def test_cpu_code_modes(cpu_codes, spec):
+def test_cpu_code_modes(cpu_codes, cpu_bf16_dot, spec):
     """Both ways of turning codes into floats, whatever this CPU defaults to. INT4's subnormal
     path scales every product by an exact power of two, so it must give the convert path's bits;
-    INT8's (codes offset by 128) must match float64 as closely as any path."""
+    INT8's (codes offset by 128) must match float64 as closely as any path. (bf16 dot products,
+    which would take the bf16 rows past both: off here, tested below.)"""
+    cpu_bf16_dot("off")
     for i, (m, n, k) in enumerate(DECODE_SHAPES):
         qw, w64 = _weight(spec, n, k, seed=i)
         x = randn(m, k, dtype=DTYPES[i % len(DTYPES)], seed=100 + i) * (10.0 ** (i % 5 - 2))
@@ -286,6 +296,43 @@ def test_cpu_subnormal_codes_edge_activations(cpu_codes, spec):
     finally:
         torch.set_flush_denormal(False)
     assert torch.equal(y, y_daz)
+
+
+@needs_cpu
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.startswith("int4")])
+def test_cpu_bf16_dot(cpu_bf16_dot, spec):
+    """INT4 decode with bf16 x (2 to 8 rows) through AVX512-BF16 dot products (codes as bf16
+    1 + c/16, two per lane) where this CPU has them, and through fp32 multiply-adds: both against float64, with
+    activations from 1e-30 to 1e30 and NaN/inf propagating. Elsewhere "on" must refuse."""
+    _C = _native.native()
+    modes = ["off"]
+    try:
+        cpu_bf16_dot("on")
+        modes.append("on")
+    except ValueError as e:
+        assert "AVX512-BF16" in str(e)
+    for mode in modes:
+        cpu_bf16_dot(mode)
+        assert _C.cpu_bf16_dot() == mode
+        for i, (m, n, k) in enumerate(DECODE_SHAPES):
+            qw, w64 = _weight(spec, n, k, seed=i)
+            x = randn(m, k, dtype=torch.bfloat16, seed=200 + i) * (10.0 ** (6 * (i % 11) - 30))
+            b = randn(n, dtype=torch.bfloat16, seed=300 + i) if i % 2 else None
+            y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
+            assert_matmul_close(y, x, w64, b, what=f"bf16 dot {mode} {spec} {m}x{n}x{k}")
+        qw, w64 = _weight(spec, 19, 600, seed=3)
+        x = randn(2, 600, dtype=torch.bfloat16, seed=5)
+        x[0, 17] = float("nan")
+        x[1, 3] = float("inf")
+        y = pq.ops.qmatmul(x, qw, backend="cpu")
+        assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), mode
+
+
+@needs_cpu
+def test_cpu_bf16_dot_bad_mode():
+    with pytest.raises(ValueError, match="unknown bf16 dot mode"):
+        _native.native().set_cpu_bf16_dot("yes")
+    assert _native.native().cpu_bf16_dot() in ("on", "off")
 
 
 @needs_cpu

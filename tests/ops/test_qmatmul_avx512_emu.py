@@ -5,7 +5,8 @@ have and a development machine may not. Here it is compiled with tests/ops/avx51
 (each intrinsic it uses, written lane by lane in plain C++) and loaded with ctypes, so its
 vector traits and the shared kernels at 16 lanes (blocks of 128 INT4 codes, per-lane scales for
 groups of 32 and 64, 32-wide prefill panels) are checked against float64 like the other ISAs.
-The same shapes and specs as tests/ops/test_qmatmul.py, both ways of reading codes.
+The same shapes and specs as tests/ops/test_qmatmul.py, every way of reading codes: convert,
+subnormal, and bf16 dot products (INT4 with bf16 x; vdpbf16ps written lane by lane).
 """
 import ctypes
 import os
@@ -29,16 +30,18 @@ SOURCE = r"""
 #include "qmatmul_avx512.cpp"
 
 namespace pyquant {
-static bool g_sub = false;
+static bool g_sub = false, g_bf = false;
 bool subnormal_codes() { return g_sub; }
+bool bf16_dot() { return g_bf; }
 void set_last_error(const std::string&) {}
 }  // namespace pyquant
 
 extern "C" void emu_qmatmul(const void* x, int xdt, int64_t M, int64_t K, int64_t ldx, const void* qw,
                             const void* scales, int sdt, const uint8_t* zeros, const void* bias, int bits,
-                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub) {
+                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf) {
   using namespace pyquant;
   g_sub = sub != 0;
+  g_bf = bf != 0;
   const QmmArgs a{x, DType(xdt), M, K, ldx, qw, scales, DType(sdt), zeros, bias, bits, group, N, y, ldy, nthreads,
                   DType(xdt), 0};
   isa_avx512_emu::qmatmul_run(a);
@@ -64,7 +67,7 @@ def emu(tmp_path_factory):
     return ctypes.CDLL(str(d / "emu.so"))
 
 
-def _call(lib, x, qw, b, sub: bool) -> torch.Tensor:
+def _call(lib, x, qw, b, sub: bool, bf: bool = False) -> torch.Tensor:
     m, k = x.shape
     n = qw.out_features
     y = torch.full((m, n), float("nan"), dtype=x.dtype)
@@ -73,22 +76,23 @@ def _call(lib, x, qw, b, sub: bool) -> torch.Tensor:
     lib.emu_qmatmul(P(x.data_ptr()), C(_DT[x.dtype]), I(m), I(k), I(x.stride(0)), P(qw.qweight.data_ptr()),
                     P(qw.scales.data_ptr()), C(_DT[qw.scales.dtype]), P(None if z is None else z.data_ptr()),
                     P(None if b is None else b.data_ptr()), C(qw.spec.bits), C(qw.spec.group_size or 0), I(n),
-                    P(y.data_ptr()), I(n), C(2), C(int(sub)))
+                    P(y.data_ptr()), I(n), C(2), C(int(sub)), C(int(bf)))
     return y
 
 
-@pytest.mark.parametrize("codes", ["convert", "subnormal"])
+@pytest.mark.parametrize("codes", ["convert", "subnormal", "bf16dot"])
 @pytest.mark.parametrize("spec", SPECS)
 def test_avx512_kernels_emulated(emu, spec, codes):
-    """Every shape of the main harness (decode M <= 8 and prefill), dtypes and bias rotating."""
+    """Every shape of the main harness (decode M <= 8 and prefill), dtypes and bias rotating
+    (bf16dot: bf16 x throughout, the only dtype it takes)."""
     s = SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):
-        dtype = DTYPES[(i + s) % len(DTYPES)]
+        dtype = torch.bfloat16 if codes == "bf16dot" else DTYPES[(i + s) % len(DTYPES)]
         bias = (i + s) % 2 == 1
         qw = quantize_weight(randn(n, k, seed=i), spec)
         x = randn(m, k, dtype=dtype, seed=3000 + 10 * i + s)
         b = randn(n, dtype=dtype, seed=4000 + i) if bias else None
-        y = _call(emu, x, qw, b, codes == "subnormal")
+        y = _call(emu, x, qw, b, codes == "subnormal", codes == "bf16dot")
         assert_matmul_close(y, x, qw.dequantize(torch.float64), b,
                             what=f"avx512 (emulated) {codes} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
 
