@@ -285,9 +285,9 @@ static inline __attribute__((always_inline)) void fold_scales(const float* const
 // block with a per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the
 // nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace; two chains
 // per row measured 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4,
-// v/acc/tot stay in registers (fold_scales says how). Never inlined: inlined into the parallel region (GCC 12 does
-// when fewer tile shapes are instantiated) it ran 0.94-0.98x at M = 1 (Zen 3), its registers
-// shared with the caller's state.
+// v/acc/tot stay in registers (fold_scales says how). Never inlined: inlined into the parallel
+// region (GCC 12 does when fewer tile shapes are instantiated) it ran 0.94-0.98x at M = 1
+// (Zen 3), its registers shared with the caller's state.
 template <int MC, int R, bool Sub>
 __attribute__((noinline)) static void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
                                                 const float* const* srow, const Int4Plan& p, float out[R][MC]) {
@@ -330,7 +330,10 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
 }
 
 // The bf16-dot twin of dec4_tile (see the top of this file): xb[m] is x row m in bf16, permuted.
-// VV: V, named so that only the AVX-512 build, where it is called, compiles the body.
+// VV: V, named so that only the AVX-512 build, where it is called, compiles the body. Its loop
+// is dec4_tile's, written again: shared through an always-inline template taking the block as a
+// lambda, GCC refuses to inline the lambda (target avx512bf16) into the shared loop (no such
+// target), and giving the fp32 tile that target too would compile it for CPUs it must not assume.
 template <int MC, int R, class VV = V>
 PQ_TARGET_BF16 __attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q,
                                                                     int64_t row_bytes, const float* const* srow,
