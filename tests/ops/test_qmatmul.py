@@ -321,6 +321,8 @@ def test_cpu_bf16_dot(cpu_bf16_dot, spec):
             y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
             assert_matmul_close(y, x, w64, b, what=f"bf16 dot {mode} {spec} {m}x{n}x{k}")
         qw, w64 = _weight(spec, 19, 600, seed=3)
+        x = randn(3, 610, dtype=torch.bfloat16, seed=4)[:, 5:605]  # rows further apart than K
+        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"bf16 dot {mode} {spec} strided")
         x = randn(2, 600, dtype=torch.bfloat16, seed=5)
         x[0, 17] = float("nan")
         x[1, 3] = float("inf")
