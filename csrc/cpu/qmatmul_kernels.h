@@ -238,8 +238,8 @@ static inline void for_each_tile(int64_t M, bool sub, Fn&& f) {
 // the per-row prefetches on Zen 3, where 4 and 16 KiB ahead gave 0.85-0.89x and 1.04-1.07x
 // (bench/RESULTS.md, ninth session). Into L2 (prefetcht1, __builtin_prefetch locality 2), not L1:
 // on Zen 4 that ran INT4 M = 1 1.2-1.3x, INT8 1.14-1.23x, -a8 1.14x (AVX-512 and AVX2 builds
-// alike); into L1, 8 KiB of codes ahead sat beside the 16 KiB x row in a 32-48 KiB L1, and the
-// distances 4, 12 and 16 KiB were worse into L2 too (bench/RESULTS.md, fourteenth session).
+// alike; a likely reason: into L1, 8 KiB of codes ahead share a 32-48 KiB L1 with the 16 KiB x
+// row). Into L2, 4, 12 and 16 KiB ahead were worse than 8 (bench/RESULTS.md, fourteenth session).
 constexpr int64_t kPrefetchBytes = 16384;
 constexpr int64_t kPrefetchTileBytes = 8192;
 constexpr int kPrefetchLocality = 2;
