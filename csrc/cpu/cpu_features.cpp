@@ -61,16 +61,19 @@ static bool detect_subnormal_codes() {
   return on;
 }
 
-static std::atomic<int> g_subnormal{-1};  // -1: not detected yet
-
-bool subnormal_codes() {
-  int v = g_subnormal.load(std::memory_order_relaxed);
+// A process-wide switch: -1 until first read, then detect()'s answer or what a setter stored.
+static bool lazy_flag(std::atomic<int>& flag, bool (*detect)()) {
+  int v = flag.load(std::memory_order_relaxed);
   if (v < 0) {
-    v = detect_subnormal_codes() ? 1 : 0;
-    g_subnormal.store(v, std::memory_order_relaxed);
+    v = detect() ? 1 : 0;
+    flag.store(v, std::memory_order_relaxed);
   }
   return v == 1;
 }
+
+static std::atomic<int> g_subnormal{-1};
+
+bool subnormal_codes() { return lazy_flag(g_subnormal, detect_subnormal_codes); }
 
 Status set_cpu_codes(const char* mode) {
   if (!std::strcmp(mode, "convert")) g_subnormal.store(0);
@@ -94,23 +97,22 @@ static bool bf16_dot_available() {
 #endif
 }
 
-static std::atomic<int> g_bf16_dot{-1};  // -1: not detected yet
-
-bool bf16_dot() {
-  int v = g_bf16_dot.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* forced = std::getenv("PYQUANT_BF16_DOT");
-    v = bf16_dot_available() && !(forced && !std::strcmp(forced, "0")) ? 1 : 0;
-    g_bf16_dot.store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
+// On where available, unless PYQUANT_BF16_DOT=0 (as set_cpu_codes("auto") honours PYQUANT_CODES,
+// "auto" here honours it too).
+static bool detect_bf16_dot() {
+  const char* forced = std::getenv("PYQUANT_BF16_DOT");
+  return bf16_dot_available() && !(forced && !std::strcmp(forced, "0"));
 }
+
+static std::atomic<int> g_bf16_dot{-1};
+
+bool bf16_dot() { return lazy_flag(g_bf16_dot, detect_bf16_dot); }
 
 Status set_cpu_bf16_dot(const char* mode) {
   if (!std::strcmp(mode, "off")) {
     g_bf16_dot.store(0);
   } else if (!std::strcmp(mode, "auto")) {
-    g_bf16_dot.store(bf16_dot_available() ? 1 : 0);
+    g_bf16_dot.store(detect_bf16_dot() ? 1 : 0);
   } else if (!std::strcmp(mode, "on")) {
     if (!bf16_dot_available()) {
       set_last_error("bf16 dot products need the AVX-512 kernels on a CPU with AVX512-BF16 (kernels in use here: " +
