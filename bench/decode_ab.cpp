@@ -83,11 +83,7 @@ int main(int argc, char** argv) {
   const char* xdt_env = std::getenv("XDT");
   const bool xbf = xdt_env && std::string(xdt_env) == "bf16";
   std::vector<uint16_t> xh(M * K), ybh(M * N), ynh(M * N);
-  for (int64_t i = 0; i < M * K; ++i) {
-    uint32_t u;
-    std::memcpy(&u, &x[i], 4);
-    xh[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  }
+  for (int64_t i = 0; i < M * K; ++i) xh[i] = isa_new::f32_to_bf16(x[i]);
   const char* threads_env = std::getenv("THREADS");  // the kernels' threads (the stream's: 2)
   const int threads = threads_env ? std::atoi(threads_env) : 2;
   auto args = [&](int l, float* y, int act_bits = 0) {
@@ -101,11 +97,7 @@ int main(int argc, char** argv) {
   isa_base::qmatmul_run(args(0, yb.data(), act_base));
   isa_new::qmatmul_run(args(0, yn.data(), act));
   if (xbf)
-    for (int64_t i = 0; i < M * N; ++i) {
-      const uint32_t ub = static_cast<uint32_t>(ybh[i]) << 16, un = static_cast<uint32_t>(ynh[i]) << 16;
-      std::memcpy(&yb[i], &ub, 4);
-      std::memcpy(&yn[i], &un, 4);
-    }
+    for (int64_t i = 0; i < M * N; ++i) yb[i] = isa_new::bf16_to_f32(ybh[i]), yn[i] = isa_new::bf16_to_f32(ynh[i]);
   double diff = 0, ymax = 0;
   for (int64_t i = 0; i < M * N; ++i) {
     diff = std::max(diff, static_cast<double>(std::fabs(yn[i] - yb[i])));

@@ -127,7 +127,7 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
       __m256i s16[R][MC];
       for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) s16[r][m] = _mm256_setzero_si256();
       for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
-        for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+        prefetch_tile_ahead(q + b * R * 32, R * 32);
         for (int r = 0; r < R; ++r) {
           __m256i d[MC];
           dot(r, b, false, d);
@@ -143,7 +143,7 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
     const int64_t nb = (ng + 1) / 2;
     for (int64_t b = 0; b < nb; ++b) {
       const bool half = 2 * b + 1 >= ng;  // the last block of an odd group count: 16 bytes
-      for (int o = 0; o < R * 32; o += 64) __builtin_prefetch(q + b * R * 32 + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+      prefetch_tile_ahead(q + b * R * 32, R * 32);
       for (int r = 0; r < R; ++r) {
         __m256i d[MC];
         dot(r, b, half, d);

@@ -244,6 +244,12 @@ constexpr int64_t kPrefetchBytes = 16384;
 constexpr int64_t kPrefetchTileBytes = 8192;
 constexpr int kPrefetchLocality = 2;
 
+// A tile's share of its weight stream: bytes [p, p + n) of the block being read, prefetched
+// kPrefetchTileBytes ahead into L2, a line at a time (the INT4 decode tiles and the -a8 tile).
+static inline void prefetch_tile_ahead(const uint8_t* p, int64_t n) {
+  for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+}
+
 struct Int4Plan {
   int64_t G, ng, ngp, Kp, nblocks;  // ngp: ng rounded up to W; nblocks full 8W-code blocks per row
   int gshift;                        // log2(G): group of code k is k >> gshift (no division in the loop)
@@ -306,9 +312,7 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
       const int64_t k0 = b * 8 * W;
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
-      if constexpr (W > 1)  // from memory: this block's share of the tile, 8 KiB ahead
-        for (int o = 0; o < R * 4 * W; o += 64)
-          __builtin_prefetch(q + b * R * 4 * W + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+      if constexpr (W > 1) prefetch_tile_ahead(q + b * R * 4 * W, R * 4 * W);  // from memory
 #define PQ_NIB_STEP(S)                                                               \
       {                                                                              \
         F xs[MC];                                                                    \
@@ -352,8 +356,7 @@ PQ_TARGET_BF16 __attribute__((noinline)) static void dec4_tile_bf16(const uint16
     for (int64_t b = b0; b < bend; ++b) {
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
-      for (int o = 0; o < R * 4 * W; o += 64)
-        __builtin_prefetch(q + b * R * 4 * W + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+      prefetch_tile_ahead(q + b * R * 4 * W, R * 4 * W);
 #define PQ_BF16_STEP(S)                                                                              \
       {                                                                                              \
         I xs[MC];                                                                                    \
@@ -373,14 +376,22 @@ PQ_TARGET_BF16 __attribute__((noinline)) static void dec4_tile_bf16(const uint16
 }
 
 // Row n's scales as fp32 into s[0..ng), and s_g * z_g (s_g * 8 when symmetric) into sz[0..ng)
-// for zero_term; the callers' buffers are zero-padded to ngp and keep their padding.
-static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, float* s, float* sz) {
+// for zero_term; the callers' buffers are zero-padded to ngp and keep their padding. bf16: the
+// codes are read as 1 + c/16 (the bf16 dot products), so 16 s_g and s_g * (z_g + 16) instead.
+static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, float* s, float* sz, bool bf16 = false) {
   row_scales(a, n, ng, s);
   const uint8_t* z = a.zeros ? a.zeros + n * ng : nullptr;
+  const float off = bf16 ? 16.f : 0.f;
   int64_t g = 0;
-  for (; g + V::W <= ng; g += V::W)
-    V::store(sz + g, V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero()));
-  for (; g < ng; ++g) sz[g] = s[g] * (z ? static_cast<float>(z[g]) : 8.f);
+  for (; g + V::W <= ng; g += V::W) {
+    const typename V::F sv = V::load(s + g);
+    V::store(sz + g, V::fma(sv, V::add(z ? V::load_u8(z + g) : V::set1(8.f), V::set1(off)), V::zero()));
+    if (bf16) V::store(s + g, V::fma(sv, V::set1(16.f), V::zero()));
+  }
+  for (; g < ng; ++g) {
+    sz[g] = s[g] * ((z ? static_cast<float>(z[g]) : 8.f) + off);
+    if (bf16) s[g] *= 16.f;
+  }
 }
 
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
@@ -511,17 +522,8 @@ static void decode_int4(const QmmArgs& a) {
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
-      for (int64_t r = 0; r < nr; ++r) {
-        float* s = sbuf.data() + r * p.ngp;
-        float* sz = sbuf.data() + (4 + r) * p.ngp;
-        row_scales_zeros(a, n0 + r, p.ng, s, sz);
-        if (p.bf)  // the codes read as 1 + c/16: 16 s and s * (z + 16)
-          for (int64_t g = 0; g < p.ngp; g += W) {
-            const typename V::F sv = V::load(s + g);
-            V::store(sz + g, V::fma(sv, V::set1(16.f), V::load(sz + g)));
-            V::store(s + g, V::fma(sv, V::set1(16.f), V::zero()));
-          }
-      }
+      for (int64_t r = 0; r < nr; ++r)
+        row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp, p.bf);
       for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
         constexpr int mc = decltype(MC)::value;
         if constexpr (V::kBf16Dot)
