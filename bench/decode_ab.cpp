@@ -49,7 +49,9 @@ int main(int argc, char** argv) {
   // SIZE: N = K, or NxK (e.g. 192x576: the demo model's k_proj)
   const char* size = argc > 4 ? argv[4] : "4096";
   const char* times = std::strchr(size, 'x');
-  const int64_t N = std::atoll(size), K = times ? std::atoll(times + 1) : N, G = 128, ng = (K + G - 1) / G;
+  const char* group_env = std::getenv("GROUP");  // INT4 group size (128)
+  const int64_t N = std::atoll(size), K = times ? std::atoll(times + 1) : N, G = group_env ? std::atoll(group_env) : 128,
+                ng = (K + G - 1) / G;
   const int rounds = argc > 5 ? std::atoi(argv[5]) : 30;
   const bool f16 = argc > 6 && std::string(argv[6]) == "fp16";  // scales stored as fp16
   std::srand(1);

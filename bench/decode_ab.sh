@@ -5,7 +5,7 @@
 # Environment: LAYERS (16), SIZE (N = K, or NxK; 4096), ROUNDS (30), SCALES (fp32 or fp16), ACT (8:
 # the working tree runs the -a8 kernel, int8 activations, against REV's weight-only one), ACT_BASE
 # (8: REV runs its -a8 kernel too), ISA (avx2 or avx512; default: avx512 where the CPU has it),
-# THREADS (the kernels' threads, 2), XDT (bf16: x and y in bf16).
+# THREADS (the kernels' threads, 2), XDT (bf16: x and y in bf16), GROUP (INT4 group size, 128).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/decode_ab.sh REV [BITS] [M...]}
@@ -17,6 +17,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git show "$rev:csrc/cpu/qmatmul_kernels.h" | sed 's/#include "qmatmul_a8.h"/#include "base_a8.h"/' > "$tmp/base_kernels.h"
 git show "$rev:csrc/cpu/qmatmul_a8.h" > "$tmp/base_a8.h" 2>/dev/null || true  # revisions before -a8 lack it
+# GCC's #pragma once takes two files of the same contents and modification time for one: when
+# REV's header equals the working tree's, the base build would skip it. A comment tells them apart.
+echo "// $rev" >> "$tmp/base_a8.h"
 isa=${ISA:-$(grep -qw avx512bw /proc/cpuinfo && echo avx512 || echo avx2)}
 flags=(-mavx2 -mfma -mf16c -mbmi2)
 [ "$isa" = avx512 ] && flags+=(-mavx512f -mavx512bw -mavx512vl -mavx512dq)

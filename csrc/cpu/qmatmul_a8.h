@@ -9,17 +9,19 @@
 //
 // INT4 decode (M <= 8) multiplies codes and q as integers (llama.cpp's Q4 x Q8 dot product):
 //   y[n] = sum_g sw[n,g] * s[g] * sum_{k in g} code_k q_k  -  sum_g sw[n,g] z[n,g] * (s[g] * sum_{k in g} q_k).
-// AVX2: a 32-byte block holds 64 codes; one AND gives the 32 low nibbles, a shift and an AND the
-// high ones, each met by 32 bytes of q permuted to match (qa[i] = q[64b + 2i], qb[i] = q[64b + 2i + 1]);
-// vpmaddubsw (u8 code x s8 q, pairs summed to s16) then sums in s16 over at most 256 codes
-// (8 x 2 x 15 x 127 < 2^15: no saturation), vpmaddwd by 1 to s32, one conversion and one FMA per
-// group. Integer sums are exact, so the only roundings are the scale products and the fp32 sums.
-// L1-resident, one core: 2.4-2.6x the weight-only loop's code-MACs per second; from memory at
-// 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets the
-// pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session).
-// The 256-bit code serves the AVX-512 build too (it is compiled with -mavx2); without AVX2 a
-// scalar loop over the same layout. Everything else (INT8 weights, M > 8) quantizes x into an
-// fp32 copy q * s and runs the weight-only kernels on it.
+// A block of 4W bytes (one vector; 32 at AVX2, 64 at AVX-512) holds 8W codes; one AND gives the
+// low nibbles, a shift and an AND the high ones, each met by 4W bytes of q permuted to match
+// (per block the even codes' q, then the odd ones'); vpmaddubsw (u8 code x s8 q, pairs summed to
+// s16) then sums in s16 over a group, vpmaddwd by 1 to s32, one conversion and one FMA per group.
+// Integer sums are exact, so the only roundings are the scale products and the fp32 sums.
+// Written once over the traits V (kI8Dot, lo4, hi4, maddubs, add16, sum16); the scalar build runs
+// a plain loop over the same layout.
+// AVX2, L1-resident, one core: 2.4-2.6x the weight-only loop's code-MACs per second; from memory
+// at 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets
+// the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
+// (AVX512BW) had run the 256-bit code until the fifteenth session (bench/RESULTS.md).
+// Everything else (INT8 weights, M > 8) quantizes x into an fp32 copy q * s and runs the
+// weight-only kernels on it.
 #pragma once
 
 // Row x[0..K) (fp32) into q[0..) (zero from K to the end of the last block) and s[0..nb):
@@ -68,21 +70,28 @@ static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, flo
 }
 
 struct A8Plan {
-  int64_t G, ng, ngp, Kp, Kq;         // Kp = ng * G; Kq: Kp rounded up to 64 (q's padded length)
-  AlignedVec<int8_t> qp;              // [M][Kq]: q permuted per 64-code block (qp_index)
+  int64_t G, ng, ngp, Kp, Kq;         // Kp = ng * G; Kq: Kp rounded up to kA8Block (q's padded length)
+  AlignedVec<int8_t> qp;              // [M][Kq]: q permuted per block (qp_index)
   std::vector<float> sx, qsum;        // [M][ngp]: block scales, and s * sum q (zero-padded)
   std::vector<uint8_t> finite;        // [M]
 };
 
-// Where q[k] sits in the tile's order: per 64 codes, the 32 even ones, then the 32 odd ones (they
-// meet the low and the high nibbles of 32 bytes of codes).
-static inline int64_t qp_index(int64_t k) { return (k & ~int64_t{63}) + ((k & 1) ? 32 : 0) + ((k & 63) >> 1); }
+// Codes per block of the tile: 8W (4W bytes, one vector of codes; 64 when W is 1).
+constexpr int64_t kA8Block = V::W >= 8 ? 8 * V::W : 64;
 
-// q[0..Kq) (Kq a multiple of 64) into the tile's order (qp_index).
+// Where q[k] sits in the tile's order: per block, its even codes, then its odd ones (they meet
+// the low and the high nibbles of the block's bytes).
+static inline int64_t qp_index(int64_t k) {
+  constexpr int64_t B = kA8Block;
+  return (k & ~(B - 1)) + ((k & 1) ? B / 2 : 0) + ((k & (B - 1)) >> 1);
+}
+
+// q[0..Kq) (Kq a multiple of kA8Block) into the tile's order (qp_index).
 static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
   int64_t k = 0;
 #if defined(__AVX2__)
-  // in each 128-bit lane: even bytes to the low 8, odd to the high 8; then gather the quads
+  // per 64 codes: in each 128-bit lane even bytes to the low 8, odd to the high 8; then gather
+  // the quads: 32 even codes and 32 odd ones, stored at their places in the block
   const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                          0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   for (; k < Kq; k += 64) {
@@ -90,8 +99,9 @@ static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
         _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k)), split), 0xD8);
     const __m256i b = _mm256_permute4x64_epi64(
         _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k + 32)), split), 0xD8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_permute2x128_si256(a, b, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k + 32), _mm256_permute2x128_si256(a, b, 0x31));
+    int8_t* even = dst + qp_index(k);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(even), _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(even + kA8Block / 2), _mm256_permute2x128_si256(a, b, 0x31));
   }
 #endif
   for (; k < Kq; ++k) dst[qp_index(k)] = q[k];
@@ -99,85 +109,96 @@ static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
 
 // A tile of R weight rows (bytes q + r * row_bytes, fp32 scales sw[r]) and MC rows of x (int8
 // codes xq[m] permuted as above, block scales sx[m]): out[r][m] = sum_g sw * sx * (codes . q).
-// Each row's nibbles are isolated once per block and serve the MC rows of x.
-template <int MC, int R>
+// Each row's nibbles are isolated once per block and serve the MC rows of x. A block's s32 lane
+// l (after sum16) holds codes 8l..8l+7, so when G < 8W lane l belongs to group 8l / G and its
+// scale comes from scale_block, as in the weight-only tile; a last block past the row's end (G <
+// 8W, a group count not a multiple of 8W / G) is read from a zero-padded copy.
+// VV: V, named so that only the builds with integer dot products (kI8Dot) compile the vector body.
+template <int MC, int R, class VV = V>
 __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const float* const* sx, const uint8_t* q,
                                               int64_t row_bytes, const float* const* sw, const A8Plan& p,
                                               float out[R][MC]) {
   const int64_t G = p.G, ng = p.ng;
-#if defined(__AVX2__)
-  const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-  __m256 tot[R][MC];
-  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = _mm256_setzero_ps();
-  // 64 codes (32 when half: 16 bytes) of row r in block b, times x row m's: pairs summed to s16
-  auto dot = [&](int r, int64_t b, bool half, __m256i (&d)[MC]) {
-    const uint8_t* src = q + r * row_bytes + b * 32;
-    const __m256i v = half ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)))
-                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    for (int m = 0; m < MC; ++m) {
-      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[m] + b * 64));
-      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[m] + b * 64 + 32));
-      d[m] = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
-    }
-  };
-  if (G >= 64) {  // a group is G / 64 whole blocks
-    const int64_t bpg = G / 64;
-    for (int64_t g = 0; g < ng; ++g) {
-      __m256i s16[R][MC];
-      for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) s16[r][m] = _mm256_setzero_si256();
-      for (int64_t b = g * bpg; b < (g + 1) * bpg; ++b) {
-        prefetch_tile_ahead(q + b * R * 32, R * 32);
-        for (int r = 0; r < R; ++r) {
-          __m256i d[MC];
-          dot(r, b, false, d);
-          for (int m = 0; m < MC; ++m) s16[r][m] = _mm256_add_epi16(s16[r][m], d[m]);
-        }
+  if constexpr (VV::kI8Dot) {
+    using F = typename VV::F;
+    using I = typename VV::I;
+    constexpr int64_t BC = 8 * VV::W, BB = 4 * VV::W;  // codes and bytes per block
+    F tot[R][MC];
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = VV::zero();
+    // a row's codes in block b (bytes src) times x row m's, pairs summed to s16 (d[m])
+    auto dot = [&](const uint8_t* src, int64_t b, I (&d)[MC]) {
+      const I v = VV::loadi(src), lo = VV::lo4(v), hi = VV::hi4(v);
+      for (int m = 0; m < MC; ++m) {
+        const auto* x = reinterpret_cast<const uint8_t*>(xq[m] + b * BC);
+        d[m] = VV::add16(VV::maddubs(lo, VV::loadi(x)), VV::maddubs(hi, VV::loadi(x + BB)));
       }
-      for (int r = 0; r < R; ++r)
-        for (int m = 0; m < MC; ++m)
-          tot[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r][m], ones)),
-                                      _mm256_set1_ps(sw[r][g] * sx[m][g]), tot[r][m]);
-    }
-  } else {  // G = 32: bytes 0-15 of a block are group 2b, bytes 16-31 group 2b + 1 (lanes 0-3 / 4-7 after madd)
-    const int64_t nb = (ng + 1) / 2;
-    for (int64_t b = 0; b < nb; ++b) {
-      const bool half = 2 * b + 1 >= ng;  // the last block of an odd group count: 16 bytes
-      prefetch_tile_ahead(q + b * R * 32, R * 32);
-      for (int r = 0; r < R; ++r) {
-        __m256i d[MC];
-        dot(r, b, half, d);
-        for (int m = 0; m < MC; ++m) {
-          const __m256 sc = _mm256_set_m128(_mm_set1_ps(half ? 0.f : sw[r][2 * b + 1] * sx[m][2 * b + 1]),
-                                            _mm_set1_ps(sw[r][2 * b] * sx[m][2 * b]));
-          tot[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(d[m], ones)), sc, tot[r][m]);
-        }
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MC; ++m) {
-      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(tot[r][m]), _mm256_extractf128_ps(tot[r][m], 1));
-      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      out[r][m] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
-    }
-#else
-  for (int r = 0; r < R; ++r) {
-    const uint8_t* qr = q + r * row_bytes;
-    for (int m = 0; m < MC; ++m) {
-      float t = 0.f;
+    };
+    if (G >= BC) {
+      // A group is G / BC whole blocks, summed in s16: a lane takes 4 products of at most 15 x 127
+      // per block, 16 at G = 256 and W = 8 (30480 < 2^15: no saturation).
+      const int64_t bpg = G / BC;
       for (int64_t g = 0; g < ng; ++g) {
-        int32_t acc = 0;
-        for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1
-          const int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
-          acc += code * xq[m][qp_index(k)];
+        const int64_t b0 = g * bpg;
+        I s16[R][MC];
+        prefetch_tile_ahead(q + b0 * R * BB, R * BB);
+        for (int r = 0; r < R; ++r) dot(q + r * row_bytes + b0 * BB, b0, s16[r]);
+        for (int64_t b = b0 + 1; b < b0 + bpg; ++b) {
+          prefetch_tile_ahead(q + b * R * BB, R * BB);
+          for (int r = 0; r < R; ++r) {
+            I d[MC];
+            dot(q + r * row_bytes + b * BB, b, d);
+            for (int m = 0; m < MC; ++m) s16[r][m] = VV::add16(s16[r][m], d[m]);
+          }
         }
-        t += static_cast<float>(acc) * (sw[r][g] * sx[m][g]);
+        for (int r = 0; r < R; ++r)
+          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(VV::sum16(s16[r][m]), VV::set1(sw[r][g] * sx[m][g]), tot[r][m]);
       }
-      out[r][m] = t;
+    } else {  // BC / G groups per block, G / 8 lanes each
+      const int64_t gpb = BC / G, nfull = ng / gpb;
+      const int lpg = static_cast<int>(G / 8);
+      auto block = [&](int64_t b, const uint8_t* const* src) {  // src[r]: row r's bytes of block b
+        prefetch_tile_ahead(q + b * R * BB, R * BB);
+        F sxv[MC];
+        for (int m = 0; m < MC; ++m) sxv[m] = VV::scale_block(sx[m] + b * gpb, lpg);
+        for (int r = 0; r < R; ++r) {
+          I d[MC];
+          dot(src[r], b, d);
+          const F s = VV::scale_block(sw[r] + b * gpb, lpg);
+          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(VV::sum16(d[m]), VV::fma(s, sxv[m], VV::zero()), tot[r][m]);
+        }
+      };
+      const uint8_t* src[R];
+      for (int64_t b = 0; b < nfull; ++b) {
+        for (int r = 0; r < R; ++r) src[r] = q + r * row_bytes + b * BB;
+        block(b, src);
+      }
+      if (nfull * gpb < ng) {  // a last block running past the rows' end: zero-padded copies
+        alignas(64) uint8_t pad[R][BB] = {};
+        for (int r = 0; r < R; ++r) {
+          std::memcpy(pad[r], q + r * row_bytes + nfull * BB, row_bytes - nfull * BB);
+          src[r] = pad[r];
+        }
+        block(nfull, src);
+      }
+    }
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
+  } else {
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* qr = q + r * row_bytes;
+      for (int m = 0; m < MC; ++m) {
+        float t = 0.f;
+        for (int64_t g = 0; g < ng; ++g) {
+          int32_t acc = 0;
+          for (int64_t k = g * G; k < (g + 1) * G; ++k) {  // code k: byte k / 2, nibble k & 1
+            const int code = (qr[k >> 1] >> ((k & 1) * 4)) & 15;
+            acc += code * xq[m][qp_index(k)];
+          }
+          t += static_cast<float>(acc) * (sw[r][g] * sx[m][g]);
+        }
+        out[r][m] = t;
+      }
     }
   }
-#endif
 }
 
 static void decode_int4_a8(const QmmArgs& a) {
@@ -190,7 +211,7 @@ static void decode_int4_a8(const QmmArgs& a) {
   p.ng = (a.K + p.G - 1) / p.G;
   p.ngp = (p.ng + W - 1) / W * W;
   p.Kp = p.ng * p.G;
-  p.Kq = (p.Kp + 63) / 64 * 64;
+  p.Kq = (p.Kp + kA8Block - 1) / kA8Block * kA8Block;
   const int64_t M = a.M;
   p.qp.assign(M * p.Kq, 0);
   p.sx.assign(M * p.ngp, 0.f);

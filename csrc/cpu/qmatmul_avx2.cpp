@@ -37,12 +37,19 @@ struct V {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static F load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  // lane l gets s[l / lpg]; with W = 8 only group size 32 (lpg = 4) lands here.
-  static F scale_block(const float* s, int lpg) {
-    if (lpg == 4) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(s[0])), _mm_set1_ps(s[1]), 1);
-    alignas(32) float t[W];
-    for (int l = 0; l < W; ++l) t[l] = s[l / lpg];
-    return _mm256_load_ps(t);
+  // The -a8 tile's integer dot products (qmatmul_a8.h): the low and the high nibble of every
+  // byte, u8 x s8 products summed in pairs to s16 (vpmaddubsw), s16 adds, and s16 pairs summed
+  // to s32 and converted (sum16).
+  static constexpr bool kI8Dot = true;
+  static I lo4(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
+  static I hi4(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
+  static I maddubs(I u8, I s8) { return _mm256_maddubs_epi16(u8, s8); }
+  static I add16(I a, I b) { return _mm256_add_epi16(a, b); }
+  static F sum16(I v) { return _mm256_cvtepi32_ps(_mm256_madd_epi16(v, _mm256_set1_epi16(1))); }
+  // lane l gets s[l / lpg]. Called for groups smaller than a block (8W codes): with W = 8 and
+  // group sizes 32, 64, 128, 256 (checked on entry) only 32, lpg = 4.
+  static F scale_block(const float* s, int /*lpg = 4*/) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(s[0])), _mm_set1_ps(s[1]), 1);
   }
 };
 

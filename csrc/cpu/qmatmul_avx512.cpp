@@ -18,6 +18,7 @@ struct V {
   using I = __m512i;
   static constexpr int W = 16;
   static F zero() { return _mm512_setzero_ps(); }
+  static I iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static F set1(float a) { return _mm512_set1_ps(a); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
@@ -38,11 +39,22 @@ struct V {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static F load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  // lane l gets s[l / lpg] (group size 32 -> lpg 4, 64 -> lpg 8).
+  // The -a8 tile's integer dot products (qmatmul_a8.h; AVX512BW), as in the AVX2 traits.
+  static constexpr bool kI8Dot = true;
+  static I lo4(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
+  static I hi4(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
+  static I maddubs(I u8, I s8) { return _mm512_maddubs_epi16(u8, s8); }
+  static I add16(I a, I b) { return _mm512_add_epi16(a, b); }
+  static F sum16(I v) { return _mm512_cvtepi32_ps(_mm512_madd_epi16(v, _mm512_set1_epi16(1))); }
+  // lane l gets s[l / lpg]. Called for groups smaller than a block (8W codes): with W = 16 and
+  // group sizes 32, 64, 128, 256 (checked on entry) 32 (lpg 4) or 64 (lpg 8). The 4 or 2 scales
+  // are spread with one permute: filled lane by lane through a stack array, they made INT4 decode
+  // at G = 32 or 64 0.6x and -a8 decode 0.25x what this gives (bench/RESULTS.md, fifteenth session).
   static F scale_block(const float* s, int lpg) {
-    alignas(64) float t[W];
-    for (int l = 0; l < W; ++l) t[l] = s[l / lpg];
-    return _mm512_load_ps(t);
+    if (lpg == 4)
+      return _mm512_permutexvar_ps(_mm512_srli_epi32(iota(), 2), _mm512_castps128_ps512(_mm_loadu_ps(s)));
+    return _mm512_permutexvar_ps(_mm512_srli_epi32(iota(), 3),
+                                 _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))));
   }
   // bf16 dot products (qmatmul_kernels.h, dec4_tile_bf16). Nibble S (0-3) of every 16-bit lane
   // as the bf16 number 1 + c/16: the code shifted to mantissa bits 3-6, then (t & 0x78) | 0x3f80

@@ -115,6 +115,68 @@ inline emu_m512 emu_dpbf16_ps(emu_m512 acc, emu_m512i a, emu_m512i b) {
   return acc;
 }
 
+// The -a8 tile's integer dot products (V::lo4, hi4, maddubs, add16, sum16) and scale_block's
+// permute.
+inline emu_m512i emu_set1_epi8(char a) {
+  emu_m512i r;
+  std::memset(r.u, static_cast<unsigned char>(a), 64);
+  return r;
+}
+inline void emu_s16(const emu_m512i& a, int16_t (&h)[32]) { std::memcpy(h, a.u, 64); }
+inline emu_m512i emu_from_s16(const int16_t (&h)[32]) { emu_m512i r; std::memcpy(r.u, h, 64); return r; }
+inline int16_t emu_sat16(int32_t v) { return static_cast<int16_t>(v > 32767 ? 32767 : v < -32768 ? -32768 : v); }
+// s16 lane j = sat(u8 a[2j] * s8 b[2j] + u8 a[2j+1] * s8 b[2j+1])
+inline emu_m512i emu_maddubs_epi16(emu_m512i a, emu_m512i b) {
+  uint8_t ua[64];
+  int8_t sb[64];
+  std::memcpy(ua, a.u, 64);
+  std::memcpy(sb, b.u, 64);
+  int16_t h[32];
+  for (int j = 0; j < 32; ++j) h[j] = emu_sat16(ua[2 * j] * sb[2 * j] + ua[2 * j + 1] * sb[2 * j + 1]);
+  return emu_from_s16(h);
+}
+inline emu_m512i emu_add_epi16(emu_m512i a, emu_m512i b) {  // wrapping
+  int16_t x[32], y[32];
+  emu_s16(a, x);
+  emu_s16(b, y);
+  for (int j = 0; j < 32; ++j) x[j] = static_cast<int16_t>(static_cast<uint16_t>(x[j]) + static_cast<uint16_t>(y[j]));
+  return emu_from_s16(x);
+}
+// s32 lane l = a[2l] * b[2l] + a[2l+1] * b[2l+1] (s16 lanes)
+inline emu_m512i emu_madd_epi16(emu_m512i a, emu_m512i b) {
+  int16_t x[32], y[32];
+  emu_s16(a, x);
+  emu_s16(b, y);
+  emu_m512i r;
+  for (int l = 0; l < 16; ++l)
+    r.u[l] = static_cast<uint32_t>(int32_t{x[2 * l]} * y[2 * l] + int32_t{x[2 * l + 1]} * y[2 * l + 1]);
+  return r;
+}
+inline emu_m512i emu_setr_epi32(int a0, int a1, int a2, int a3, int a4, int a5, int a6, int a7, int a8, int a9,
+                                int a10, int a11, int a12, int a13, int a14, int a15) {
+  const int v[16] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
+  emu_m512i r;
+  for (int l = 0; l < 16; ++l) r.u[l] = static_cast<uint32_t>(v[l]);
+  return r;
+}
+inline emu_m512 emu_castps128_ps512(__m128 a) {  // the upper lanes are undefined: zero here
+  emu_m512 r{};
+  _mm_storeu_ps(r.f, a);
+  return r;
+}
+inline emu_m512 emu_permutexvar_ps(emu_m512i idx, emu_m512 a) {
+  emu_m512 r;
+  for (int l = 0; l < 16; ++l) r.f[l] = a.f[idx.u[l] & 15];
+  return r;
+}
+#define _mm512_set1_epi8 emu_set1_epi8
+#define _mm512_maddubs_epi16 emu_maddubs_epi16
+#define _mm512_add_epi16 emu_add_epi16
+#define _mm512_madd_epi16 emu_madd_epi16
+#define _mm512_setr_epi32 emu_setr_epi32
+#define _mm512_castps128_ps512 emu_castps128_ps512
+#define _mm512_permutexvar_ps emu_permutexvar_ps
+
 #define PQ_TARGET_BF16  // no target attribute: the stand-ins are plain C++
 #define __m512bh emu_m512i
 #define _mm512_set1_epi16 emu_set1_epi16

@@ -6,7 +6,8 @@ have and a development machine may not. Here it is compiled with tests/ops/avx51
 vector traits and the shared kernels at 16 lanes (blocks of 128 INT4 codes, per-lane scales for
 groups of 32 and 64, 32-wide prefill panels) are checked against float64 like the other ISAs.
 The same shapes and specs as tests/ops/test_qmatmul.py, every way of reading codes: convert,
-subnormal, and bf16 dot products (INT4 with bf16 x; vdpbf16ps written lane by lane).
+subnormal, and bf16 dot products (INT4 with bf16 x; vdpbf16ps written lane by lane); and the
+-a8 specs (x quantized to int8; vpmaddubsw and vpmaddwd written lane by lane).
 """
 import ctypes
 import os
@@ -16,10 +17,11 @@ import subprocess
 import pytest
 import torch
 
+from pyquant.ops.reference import quantize_activations
 from pyquant.quant.rtn import quantize_weight
 
 from helpers import assert_matmul_close, randn
-from test_qmatmul import DTYPES, SHAPES, SPECS
+from test_qmatmul import A8_SPECS, DTYPES, SHAPES, SPECS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,12 +40,12 @@ void set_last_error(const std::string&) {}
 
 extern "C" void emu_qmatmul(const void* x, int xdt, int64_t M, int64_t K, int64_t ldx, const void* qw,
                             const void* scales, int sdt, const uint8_t* zeros, const void* bias, int bits,
-                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf) {
+                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf, int act) {
   using namespace pyquant;
   g_sub = sub != 0;
   g_bf = bf != 0;
   const QmmArgs a{x, DType(xdt), M, K, ldx, qw, scales, DType(sdt), zeros, bias, bits, group, N, y, ldy, nthreads,
-                  DType(xdt), 0};
+                  DType(xdt), act};
   isa_avx512_emu::qmatmul_run(a);
 }
 """
@@ -68,6 +70,7 @@ def emu(tmp_path_factory):
 
 
 def _call(lib, x, qw, b, sub: bool, bf: bool = False) -> torch.Tensor:
+    """y through the emulated kernels; x is quantized to int8 inside where qw's spec ends in -a8."""
     m, k = x.shape
     n = qw.out_features
     y = torch.full((m, n), float("nan"), dtype=x.dtype)
@@ -76,7 +79,7 @@ def _call(lib, x, qw, b, sub: bool, bf: bool = False) -> torch.Tensor:
     lib.emu_qmatmul(P(x.data_ptr()), C(_DT[x.dtype]), I(m), I(k), I(x.stride(0)), P(qw.qweight.data_ptr()),
                     P(qw.scales.data_ptr()), C(_DT[qw.scales.dtype]), P(None if z is None else z.data_ptr()),
                     P(None if b is None else b.data_ptr()), C(qw.spec.bits), C(qw.spec.group_size or 0), I(n),
-                    P(y.data_ptr()), I(n), C(2), C(int(sub)), C(int(bf)))
+                    P(y.data_ptr()), I(n), C(2), C(int(sub)), C(int(bf)), C(qw.spec.act_bits or 0))
     return y
 
 
@@ -95,6 +98,23 @@ def test_avx512_kernels_emulated(emu, spec, codes):
         y = _call(emu, x, qw, b, codes == "subnormal", codes == "bf16dot")
         assert_matmul_close(y, x, qw.dequantize(torch.float64), b,
                             what=f"avx512 (emulated) {codes} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
+
+
+@pytest.mark.parametrize("spec", A8_SPECS)
+def test_avx512_a8_emulated(emu, spec):
+    """-a8 at 16 lanes: the integer tile's 128-code blocks (per-lane scales for groups of 32 and
+    64, a last block past the row's end) and the fp32-copy paths, against the float64 definition."""
+    s = A8_SPECS.index(spec)
+    for i, (m, n, k) in enumerate(SHAPES):
+        dtype = DTYPES[(i + s) % len(DTYPES)]
+        bias = (i + s) % 2 == 0
+        qw = quantize_weight(randn(n, k, seed=i), spec)
+        x = randn(m, k, dtype=dtype, seed=5000 + 10 * i + s)
+        b = randn(n, dtype=dtype, seed=6000 + i) if bias else None
+        y = _call(emu, x, qw, b, True)
+        xe = quantize_activations(x, qw.spec.act_block(k))
+        assert_matmul_close(y, xe, qw.dequantize(torch.float64), b, out_dtype=dtype,
+                            what=f"avx512 (emulated) {spec} M={m} N={n} K={k} {dtype} bias={bias}")
 
 
 def test_avx512_emulated_strided_x(emu):
