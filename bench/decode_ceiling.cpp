@@ -1,10 +1,12 @@
-// The instruction-throughput ceiling of the CPU decode kernels' inner loops (AVX2), one core,
-// data in L1, so memory plays no part: how many code x activation multiply-adds per second each
-// way of turning weight codes into floats allows. Same loop shape as csrc/cpu/qmatmul_kernels.h
-// (4 weight rows share each x load); ratios are printed from one run. The tile rows time the
-// batched kernel's shapes (MC activation rows x R weight rows).
+// The instruction-throughput ceiling of the CPU decode kernels' inner loops, one core, data in
+// L1, so memory plays no part: how many code x activation multiply-adds per second each way of
+// turning weight codes into floats allows. Same loop shape as csrc/cpu/qmatmul_kernels.h (4
+// weight rows share each x load); ratios are printed from one run. The tile rows time the
+// batched kernel's shapes (MC activation rows x R weight rows). Built with AVX-512 (and BF16)
+// flags it also times the INT4 loop at 16 lanes, with the kernel's scale fold per 128 codes.
 //
 //   g++ -O3 -mavx2 -mfma bench/decode_ceiling.cpp -o /tmp/decode_ceiling && /tmp/decode_ceiling
+//   g++ -O3 -mavx2 -mfma -mavx512f -mavx512bw -mavx512bf16 bench/decode_ceiling.cpp -o /tmp/dc512
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,8 +15,8 @@
 #include <cstdio>
 #include <cstdlib>
 
-constexpr int K = 2048, R = 4, NB4 = K / 64, NB8 = K / 32;
-alignas(64) static uint8_t q4[R][K / 2];
+constexpr int K = 2048, R = 4, NB8 = K / 32;
+alignas(64) static uint8_t q4[8][K / 2];  // up to 8 weight rows (the 8-row AVX-512 variant)
 alignas(64) static int8_t q8[R][K];
 alignas(64) static float xp[K];
 alignas(64) static float xm[4][K];  // 4 activation rows for the batched tiles
@@ -25,42 +27,126 @@ static inline float hsum(__m256 v) {
   return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
 }
 
-// INT4, convert: AND (or shift) + int->float conversion + FMA per 8 codes.
-// INT4, subnormal: AND + FMA per 8 codes (the masked lane read as a subnormal float).
+// Vector traits of the INT4 loop: 8 lanes (AVX2) and, where the build has it, 16 (AVX-512).
+struct T256 {
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int W = 8;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float a) { return _mm256_set1_ps(a); }
+  static F load(const float* p) { return _mm256_load_ps(p); }
+  static I loadi(const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I band(I v, int mask) { return _mm256_and_si256(v, _mm256_set1_epi32(mask)); }
+  template <int N> static I srl(I v) { return _mm256_srli_epi32(v, N); }
+  static F asf(I v) { return _mm256_castsi256_ps(v); }
+  static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static float sum(F v) { return hsum(v); }
+};
+#ifdef __AVX512F__
+struct T512 {
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int W = 16;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float a) { return _mm512_set1_ps(a); }
+  static F load(const float* p) { return _mm512_load_ps(p); }
+  static I loadi(const uint8_t* p) { return _mm512_load_si512(p); }
+  static I band(I v, int mask) { return _mm512_and_si512(v, _mm512_set1_epi32(mask)); }
+  template <int N> static I srl(I v) { return _mm512_srli_epi32(v, N); }
+  static F asf(I v) { return _mm512_castsi512_ps(v); }
+  static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static float sum(F v) { return _mm512_reduce_add_ps(v); }
+};
+#endif
+
+// INT4, convert: AND (or shift) + int->float conversion + FMA per W codes.
+// INT4, subnormal: AND + FMA per W codes (the masked lane read as a subnormal float).
 // A: FMA chains per (row, x row) (the kernel has 1; A = 2 asks whether FMA latency binds).
 // MC x RR: activation rows x weight rows of a tile, MC * RR * A accumulators, each AND shared by
 // MC FMAs (M = 1: 1 x 4 over xp; the batched kernel's tiles over xm, scaled as the kernel
 // scales x so that products are normal numbers).
-template <bool Sub, int A = 1, int MC = 1, int RR = R>
+// Fold: as the kernel does for groups of 128, the accumulators start from zero every 128 codes
+// and are then added into a total with one FMA by a scale each.
+template <class T, bool Sub, int A = 1, int MC = 1, int RR = R, bool Fold = false>
 __attribute__((noinline)) float int4_loop() {
-  __m256 acc[RR][MC][A];
-  for (auto& row : acc) for (auto& m : row) for (auto& a : m) a = _mm256_setzero_ps();
-  for (int b = 0; b < NB4; ++b) {
-    __m256i v[RR];
-    for (int r = 0; r < RR; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q4[r] + b * 32));
+  using F = typename T::F;
+  using I = typename T::I;
+  constexpr int W = T::W, NB = K / (8 * W), BPF = 128 / (8 * W);  // blocks, blocks per fold
+  F acc[RR][MC][A], tot[RR][MC];
+  for (auto& row : acc) for (auto& m : row) for (auto& a : m) a = T::zero();
+  for (auto& row : tot) for (auto& m : row) m = T::zero();
+  for (int b = 0; b < NB; ++b) {
+    I v[RR];
+    for (int r = 0; r < RR; ++r) v[r] = T::loadi(q4[r] + b * 4 * W);
     auto step = [&](auto S_) {
       constexpr int S = decltype(S_)::value;
-      __m256 xs[MC];
-      for (int m = 0; m < MC; ++m) xs[m] = _mm256_load_ps((MC == 1 ? xp : xm[m]) + b * 64 + S * 8);
+      F xs[MC];
+      for (int m = 0; m < MC; ++m) xs[m] = T::load((MC == 1 ? xp : xm[m]) + b * 8 * W + S * W);
       for (int r = 0; r < RR; ++r) {
-        __m256 c;
-        if constexpr (Sub) c = _mm256_castsi256_ps(_mm256_and_si256(v[r], _mm256_set1_epi32(15 << (4 * (S & 3)))));
-        else if constexpr (S == 7) c = _mm256_cvtepi32_ps(_mm256_srli_epi32(v[r], 28));
-        else c = _mm256_cvtepi32_ps(_mm256_and_si256(v[r], _mm256_set1_epi32(15 << (4 * S))));
-        for (int m = 0; m < MC; ++m) acc[r][m][S % A] = _mm256_fmadd_ps(c, xs[m], acc[r][m][S % A]);
+        F c;
+        if constexpr (Sub) c = T::asf(T::band(v[r], 15 << (4 * (S & 3))));
+        else if constexpr (S == 7) c = T::cvt(T::template srl<28>(v[r]));
+        else c = T::cvt(T::band(v[r], 15 << (4 * S)));
+        for (int m = 0; m < MC; ++m) acc[r][m][S % A] = T::fma(c, xs[m], acc[r][m][S % A]);
       }
       if constexpr (Sub && S == 3)
-        for (int r = 0; r < RR; ++r) v[r] = _mm256_srli_epi32(v[r], 16);
+        for (int r = 0; r < RR; ++r) v[r] = T::template srl<16>(v[r]);
     };
     step(std::integral_constant<int, 0>{}); step(std::integral_constant<int, 1>{});
     step(std::integral_constant<int, 2>{}); step(std::integral_constant<int, 3>{});
     step(std::integral_constant<int, 4>{}); step(std::integral_constant<int, 5>{});
     step(std::integral_constant<int, 6>{}); step(std::integral_constant<int, 7>{});
+    if constexpr (Fold)
+      if ((b + 1) % BPF == 0)
+        for (int r = 0; r < RR; ++r)
+          for (int m = 0; m < MC; ++m) {
+            F t = acc[r][m][0];
+            for (int a = 1; a < A; ++a) t = T::add(t, acc[r][m][a]);
+            tot[r][m] = T::fma(t, T::set1(1.f + 0.001f * b), tot[r][m]);
+            for (int a = 0; a < A; ++a) acc[r][m][a] = T::zero();
+          }
   }
   float s = 0.f;
-  for (auto& row : acc) for (auto& m : row) for (auto& a : m) s += hsum(a);
+  for (auto& row : acc) for (auto& m : row) for (auto& a : m) s += T::sum(a);
+  for (auto& row : tot) for (auto& m : row) s += T::sum(m);
   return s;
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// INT4 with bf16 x (the kernel's dec4_tile_bf16): per 32 codes a shift, a ternary-logic op and a
+// vdpbf16ps (two codes per lane, each read as the bf16 1 + c/16), the fold per 128 codes.
+alignas(64) static uint16_t xb[K];
+__attribute__((noinline)) float int4_bf16_loop() {
+  __m512 acc[R], tot[R];
+  for (int r = 0; r < R; ++r) acc[r] = tot[r] = _mm512_setzero_ps();
+  for (int b = 0; b < K / 128; ++b) {
+    __m512i v[R];
+    for (int r = 0; r < R; ++r) v[r] = _mm512_load_si512(q4[r] + b * 64);
+    auto step = [&](auto S_) {
+      constexpr int S = decltype(S_)::value;
+      const __m512i xs = _mm512_load_si512(xb + b * 128 + S * 32);
+      for (int r = 0; r < R; ++r) {
+        const __m512i t = S == 0 ? _mm512_slli_epi16(v[r], 3) : _mm512_srli_epi16(v[r], 4 * S - 3);
+        const __m512i c = _mm512_ternarylogic_epi32(t, _mm512_set1_epi16(0x78), _mm512_set1_epi16(0x3f80), 0xEA);
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)c, (__m512bh)xs);
+      }
+    };
+    step(std::integral_constant<int, 0>{}); step(std::integral_constant<int, 1>{});
+    step(std::integral_constant<int, 2>{}); step(std::integral_constant<int, 3>{});
+    for (int r = 0; r < R; ++r) {
+      tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(1.f + 0.001f * b), tot[r]);
+      acc[r] = _mm512_setzero_ps();
+    }
+  }
+  float s = 0.f;
+  for (int r = 0; r < R; ++r) s += _mm512_reduce_add_ps(tot[r]);
+  return s;
+}
+#endif
 
 // INT8, convert: sign-extending load + conversion + FMA per 8 codes.
 // INT8, subnormal: per 32 codes one XOR (sign bits); bytes 0-2 one AND each, byte 3 one shift; an FMA per 8 codes.
@@ -111,13 +197,12 @@ static double gmacs(Fn fn, int macs_per_call = R * K) {  // best of 20 rounds of
 }
 
 int main() {
-  for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < K / 2; ++i) q4[r][i] = static_cast<uint8_t>(std::rand());
+  for (auto& row : q4) for (auto& c : row) c = static_cast<uint8_t>(std::rand());
+  for (int r = 0; r < R; ++r)
     for (int i = 0; i < K; ++i) q8[r][i] = static_cast<int8_t>(std::rand());
-  }
   for (int i = 0; i < K; ++i) xp[i] = static_cast<float>(std::rand()) / RAND_MAX - 0.5f;
   for (auto& row : xm) for (float& v : row) v = 1e30f * (static_cast<float>(std::rand()) / RAND_MAX - 0.5f);
-  const double c4 = gmacs(int4_loop<false>), s4 = gmacs(int4_loop<true>), s4a = gmacs(int4_loop<true, 2>);
+  const double c4 = gmacs(int4_loop<T256, false>), s4 = gmacs(int4_loop<T256, true>), s4a = gmacs(int4_loop<T256, true, 2>);
   const double c8 = gmacs(int8_loop<false>), s8 = gmacs(int8_loop<true>);
   std::printf("one core, L1-resident, G multiply-adds/s\n");
   std::printf("int4 convert   %6.2f\nint4 subnormal %6.2f  (%.2fx)\n", c4, s4, s4 / c4);
@@ -125,6 +210,22 @@ int main() {
   std::printf("int8 convert   %6.2f\nint8 subnormal %6.2f  (%.2fx)\n", c8, s8, s8 / c8);
   // x scaled as the kernel scales it (products are normal numbers, not subnormal ones)
   std::printf("int4 subnormal tiles, x rows MC x weight rows R:\n");
-  std::printf("  1 x 4 %6.2f\n  2 x 4 %6.2f\n  3 x 4 %6.2f\n  4 x 2 %6.2f\n", s4, gmacs(int4_loop<true, 1, 2, 4>, 8 * K),
-              gmacs(int4_loop<true, 1, 3, 4>, 12 * K), gmacs(int4_loop<true, 1, 4, 2>, 8 * K));
+  std::printf("  1 x 4 %6.2f\n  2 x 4 %6.2f\n  3 x 4 %6.2f\n  4 x 2 %6.2f\n", s4, gmacs(int4_loop<T256, true, 1, 2, 4>, 8 * K),
+              gmacs(int4_loop<T256, true, 1, 3, 4>, 12 * K), gmacs(int4_loop<T256, true, 1, 4, 2>, 8 * K));
+#ifdef __AVX512F__
+  // 16 lanes, M = 1 (x as the kernel scales it): the kernel's loop is "subnormal+fold"
+  for (float& v : xp) v *= 1e30f;
+  const double f = gmacs(int4_loop<T512, true, 1, 1, R, true>);
+  std::printf("avx512 int4, 1 x row (codes a cycle at 3.6 GHz in brackets):\n");
+  auto row = [&](const char* name, double g) { std::printf("  %-24s %6.2f  (%5.2f, %.2fx the fold)\n", name, g, g / 3.6, g / f); };
+  row("subnormal", gmacs(int4_loop<T512, true>));
+  row("subnormal+fold", f);
+  row("subnormal+fold-2chains", gmacs(int4_loop<T512, true, 2, 1, R, true>));
+  row("subnormal+fold-8rows", gmacs(int4_loop<T512, true, 1, 1, 8, true>, 8 * K));
+  row("convert+fold", gmacs(int4_loop<T512, false, 1, 1, R, true>));
+#ifdef __AVX512BF16__
+  for (auto& v : xb) v = static_cast<uint16_t>(0x3f80 + (std::rand() & 0x7f));
+  row("bf16dot+fold", gmacs(int4_bf16_loop));
+#endif
+#endif
 }

@@ -78,6 +78,25 @@ def test_decode_ceiling_builds_and_runs(tmp_path):
 
 
 @needs_cpu
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_decode_ceiling_avx512_rows(tmp_path):
+    """Built with AVX-512 flags it adds the 16-lane INT4 loop's rows (and the bf16 one with BF16)."""
+    if _native.native().cpu_isa() != "avx512":
+        pytest.skip("needs a CPU with AVX-512")
+    flags = open("/proc/cpuinfo").read().split()
+    bf16 = "avx512_bf16" in flags
+    exe = tmp_path / "decode_ceiling512"
+    _run(["g++", "-O2", "-mavx2", "-mfma", "-mavx512f", "-mavx512bw", *(["-mavx512bf16"] if bf16 else []),
+          "-std=c++17", "bench/decode_ceiling.cpp", "-o", str(exe)])
+    text = _run([str(exe)])
+    rows = text.split("avx512 int4")[1].splitlines()[1:]
+    rates = {ln.split()[0]: float(ln.split()[1]) for ln in rows if ln.startswith("  ")}
+    want = {"subnormal", "subnormal+fold", "subnormal+fold-2chains", "subnormal+fold-8rows", "convert+fold"}
+    assert set(rates) == want | ({"bf16dot+fold"} if bf16 else set())
+    assert all(v > 0 for v in rates.values())
+
+
+@needs_cpu
 def test_decode_ab_against_head(tmp_path):
     """bench/decode_ab.sh builds HEAD's and the working tree's decode kernels into one program
     and times them interleaved; both compute the same products, so their outputs agree to
