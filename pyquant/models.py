@@ -251,10 +251,11 @@ def _check_plain_lm_head(model: nn.Module) -> None:
 
 
 def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                        past_key_values=None, use_cache: bool = False):
+                        past_key_values=None, use_cache: bool = False, position_ids: Optional[torch.Tensor] = None):
     """Returns (hidden [B, L, H] after the final norm, i.e. what the LM head consumes, and the
     past_key_values (None unless use_cache)), computed by the base model without the LM head, so the
-    [B, L, V] logits are never built. Raises ValueError for models whose logits are not hidden @ W.T."""
+    [B, L, V] logits are never built. Raises ValueError for models whose logits are not hidden @ W.T.
+    position_ids [B, L]: where rows do not continue at the cache's length (padded caches)."""
     _check_plain_lm_head(model)
     base = model.get_decoder() if hasattr(model, "get_decoder") else None
     if base is None or base is model:
@@ -263,8 +264,10 @@ def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mas
         raise ValueError(f"cannot find the base model of {type(model).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [B, L], got {getattr(input_ids, 'shape', type(input_ids))}")
-    cache = {cache_kwarg(base): past_key_values} if past_key_values is not None else {}
-    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, return_dict=True, **cache)
+    kw = {cache_kwarg(base): past_key_values} if past_key_values is not None else {}
+    if position_ids is not None:
+        kw["position_ids"] = position_ids
+    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, return_dict=True, **kw)
     return out.last_hidden_state, (output_cache(out) if use_cache else None)
 
 

@@ -35,6 +35,9 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default 8)")
     p.add_argument("--limit", type=int, help="score only the first N items")
     p.add_argument("--max-length", type=int, help="tokens the model sees per choice, cut from the left (default: its context length)")
+    p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                   help="run every choice whole; by default the tokens an item's choices share (the context) run "
+                        "once and their KV cache serves every choice (same scores to rounding)")
     add_variant_argument(p)
 
 
@@ -78,7 +81,7 @@ def run(args) -> int:
     ckpt = args.output + ".partial"
     with TokenProgress(len(items), "tasks", unit="item") as bar, writing(args.output):
         result = evaluate_tasks(model, tok, items, batch_size=args.batch_size, max_length=args.max_length,
-                                checkpoint=ckpt, progress=bar)
+                                checkpoint=ckpt, share_prefix=args.share_prefix, progress=bar)
     if base is not None:
         result.compare_with(base, label=label, path=args.baseline)
     data = result.to_dict()

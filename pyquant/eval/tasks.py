@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import data
-from ..models import lm_head_weight, model_fingerprint, tokenizer_fingerprint
+from ..models import final_hidden_states, lm_head_weight, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_logprobs
 from ..results import changed_settings
 from .collect import forced_hidden
@@ -257,14 +257,102 @@ def _score_batch(model, weight, reqs: "list[tuple[list[int], int]]") -> "list[fl
         n = len(full) - 1
         rows.append(hidden[b, n - k:n])
         targets += full[-k:]
+    return _sum_logprobs(weight, rows, targets, reqs)
+
+
+def _shared_prefix(seqs: "list[list[int]]") -> int:
+    """How many leading tokens every sequence shares, short of each one's last."""
+    p, end = 0, min(len(q) for q in seqs) - 1
+    while p < end and all(q[p] == seqs[0][p] for q in seqs):
+        p += 1
+    return p
+
+
+def _score_shared(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]]",
+                  prefixes: "list[int]") -> "list[float] | None":
+    """_score_batch for items whose choices' inputs share their first ``prefixes[i]`` tokens: the
+    items' shared tokens run once, as one right-padded batch; its KV cache, each item's row
+    repeated for each of its choices, serves the choices' remaining tokens, another right-padded
+    batch that attends past the prefix padding (attention mask) and continues each item's
+    positions (position ids). None where the model's cache cannot be repeated so (then the caller
+    runs the padded batch)."""
+    dev = model.device
+    seqs = [[full[:-1] for full, _ in reqs] for reqs in reqs_per_item]
+    wp = max(prefixes)
+    ids = torch.zeros((len(seqs), wp), dtype=torch.long)
+    pmask = torch.zeros_like(ids)
+    for i, (qs, p) in enumerate(zip(seqs, prefixes)):
+        ids[i, :p] = torch.as_tensor(qs[0][:p], dtype=torch.long)
+        pmask[i, :p] = 1
+    hid_p, cache = final_hidden_states(model, ids.to(dev), attention_mask=pmask.to(dev), use_cache=True)
+    if not hasattr(cache, "batch_select_indices"):
+        return None
+    item_of = [i for i, qs in enumerate(seqs) for _ in qs]
+    cache.batch_select_indices(torch.tensor(item_of, device=dev))
+    flat = [(q, prefixes[i]) for i, qs in enumerate(seqs) for q in qs]
+    ws = max(len(q) - p for q, p in flat)
+    sids = torch.zeros((len(flat), ws), dtype=torch.long)
+    mask = torch.zeros((len(flat), wp + ws), dtype=torch.long)
+    pos = torch.zeros_like(sids)
+    for c, (q, p) in enumerate(flat):
+        sids[c, :len(q) - p] = torch.as_tensor(q[p:], dtype=torch.long)
+        mask[c, :p] = 1
+        mask[c, wp:wp + len(q) - p] = 1
+        pos[c] = torch.arange(p, p + ws)
+    hid_s, _ = final_hidden_states(model, sids.to(dev), attention_mask=mask.to(dev), past_key_values=cache,
+                                   use_cache=True, position_ids=pos.to(dev))
+    rows, targets = [], []
+    reqs = [r for rs in reqs_per_item for r in rs]
+    for c, ((full, k), i) in enumerate(zip(reqs, item_of)):
+        n, p = len(full) - 1, prefixes[i]
+        if n - k < p:  # the choice's first scored positions lie in the shared part
+            rows.append(hid_p[i, n - k:p])
+        rows.append(hid_s[c, max(n - k, p) - p:n - p])
+        targets += full[-k:]
+    return _sum_logprobs(weight, rows, targets, reqs)
+
+
+def _sum_logprobs(weight, rows: "list[torch.Tensor]", targets: "list[int]", reqs) -> "list[float]":
+    """Per request, the sum of its k target tokens' log-probs, from the hidden states ``rows``
+    (concatenated in request order, k per request)."""
     lp = stream_logprobs(torch.cat(rows), weight, top_n=1,
-                         targets=torch.tensor(targets, dtype=torch.long, device=hidden.device)).target_logprobs
+                         targets=torch.tensor(targets, dtype=torch.long, device=rows[0].device)).target_logprobs
     lp = lp.to(torch.float64).cpu()
     out, at = [], 0
     for _, k in reqs:
         out.append(float(lp[at:at + k].sum()))
         at += k
     return out
+
+
+# Shared prefixes shorter than this run in the padded batch (a prefix pass costs a call).
+MIN_SHARED_PREFIX = 8
+
+
+def _score_items(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]]",
+                 share: bool) -> "tuple[list[float], int]":
+    """(log-likelihoods of every request of every item, in order; input tokens run). With ``share``,
+    the items whose choices share at least MIN_SHARED_PREFIX leading input tokens run them once
+    (_score_shared); the other items go through one padded batch (_score_batch)."""
+    out: "list[list[float] | None]" = [None] * len(reqs_per_item)
+    run = sum(len(full) - 1 for reqs in reqs_per_item for full, _ in reqs)
+    if share:
+        prefixes = [_shared_prefix([full[:-1] for full, _ in reqs]) for reqs in reqs_per_item]
+        some = [i for i, p in enumerate(prefixes) if p >= MIN_SHARED_PREFIX]
+        lls = _score_shared(model, weight, [reqs_per_item[i] for i in some], [prefixes[i] for i in some]) if some else None
+        at = 0
+        for i in (some if lls is not None else []):
+            out[i] = lls[at:at + len(reqs_per_item[i])]
+            at += len(reqs_per_item[i])
+            run -= prefixes[i] * (len(reqs_per_item[i]) - 1)
+    rest = [i for i, o in enumerate(out) if o is None]
+    if rest:
+        lls = _score_batch(model, weight, [r for i in rest for r in reqs_per_item[i]])
+        at = 0
+        for i in rest:
+            out[i] = lls[at:at + len(reqs_per_item[i])]
+            at += len(reqs_per_item[i])
+    return [ll for o in out for ll in o], run
 
 
 def _default_max_length(model) -> int:
@@ -299,7 +387,7 @@ def _load_checkpoint(path: str, settings: dict) -> "dict[str, dict]":
 
 def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter: str = " ",
                    batch_size: int = 8, max_length: Optional[int] = None, limit: Optional[int] = None,
-                   checkpoint: Optional[str] = None,
+                   checkpoint: Optional[str] = None, share_prefix: bool = True,
                    progress: Optional[Callable[[int, int], None]] = None) -> TaskResult:
     """Score multiple-choice ``items`` (dicts as ``read_tasks`` returns, or a path / "demo") with
     ``model``; see the module doc for the method.
@@ -307,7 +395,10 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
     batch_size: items per forward pass (all choices of an item go in the same pass); max_length:
     tokens the model sees per choice (default: the model's context length); limit: the first N
     items only. With ``checkpoint`` (a directory), each finished batch is appended there and a
-    rerun with the same settings resumes. progress(items, input tokens run) after each batch.
+    rerun with the same settings resumes. share_prefix: the leading tokens an item's choices have
+    in common (its context, usually) run once and their KV cache serves every choice (the same
+    log-likelihoods to rounding; False: every choice runs whole, in one padded batch).
+    progress(items, input tokens run) after each batch.
     Returns a TaskResult (no flips; see ``TaskResult.compare_with``).
     """
     if isinstance(items, str):
@@ -344,7 +435,7 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 reqs = [_item_requests(tokenizer, it, delimiter, prefix, max_length) for it in batch]
-                lls = _score_batch(model, weight, [r for rs in reqs for r in rs])
+                lls, ran = _score_items(model, weight, reqs, share_prefix)
                 at = 0
                 for it, rs in zip(batch, reqs):
                     ll = lls[at:at + len(rs)]
@@ -359,7 +450,7 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
                 if log:
                     log.flush()
                 if progress:
-                    progress(len(batch), sum(len(full) - 1 for rs in reqs for full, _ in rs))
+                    progress(len(batch), ran)
     finally:
         if log:
             log.close()

@@ -97,7 +97,7 @@ def test_bad_input_exits_2(tmp_path, model_dir, prompts_file, capsys):
 
 def test_tasks_baseline_and_flips(tmp_path, model_dir, capsys):
     words = ["fox", "dog", "world", "model", "tokens", "lazy"]
-    items = [{"id": f"q{i}", "task": "ab"[i % 2], "context": f"The quick brown {words[i % 6]}",
+    items = [{"id": f"q{i}", "task": "ab"[i % 2], "context": f"The quick brown {words[i % 6]}, 3 1 4 1 5 9 2 6 {i}",
               "choices": [words[(i + j) % 6] for j in range(3)], "answer": i % 3} for i in range(10)]
     quiz = tmp_path / "quiz.jsonl"
     quiz.write_text("".join(json.dumps(it) + "\n" for it in items))
@@ -116,6 +116,11 @@ def test_tasks_baseline_and_flips(tmp_path, model_dir, capsys):
     assert f["baseline"]["variant"] == r["variant"] and f["acc"]["all"]["n"] == 10
     assert f["acc"]["all"]["acc_baseline"] == pytest.approx(r["data"]["summary"]["all"]["acc"])
     assert not (tmp_path / "t-q4.json.partial").exists()
+    # the quantized model (QuantLinear layers) scored with every choice run whole: the same scores
+    whole = str(tmp_path / "t-q4-whole.json")
+    assert main(["tasks", "--model", qdir, "--tasks", str(quiz), "--output", whole, "--no-share-prefix"]) == 0
+    for a, b in zip(read_results(out)["data"]["items"], read_results(whole)["data"]["items"]):
+        assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-5, abs=1e-4)
     # bad input: exit 2 with a one-line reason, nothing written
     bad = str(tmp_path / "bad.json")
     for argv, msg in ((["--limit", "4", "--baseline", base], "other items"), (["--limit", "0"], "--limit"),

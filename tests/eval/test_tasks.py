@@ -219,3 +219,35 @@ def test_predictions_hand_case():
     assert _predictions([-1.0, -2.9], ["a", "abc"]) == (0, 1)
     assert _predictions([-1.0, -1.0], ["ab", "cd"]) == (0, 0)  # ties: the first choice, as np.argmax
     assert _predictions([-1.0, float("nan")], ["a", "b"]) == (None, None)
+
+
+def test_shared_prefix_runs_once_and_scores_the_same(model, tok, monkeypatch):
+    """Items whose choices share a long context (and choices sharing leading words past it) run the
+    shared tokens once through the KV cache: the same log-likelihoods as every choice run whole and
+    as the float64 oracle; items with short shared prefixes take the padded batch."""
+    import pyquant.eval.tasks as tasks
+
+    rng = random.Random()
+    items = random_items(6, rng)
+    for i, it in enumerate(items[:4]):
+        it["context"] = " ".join(rng.choice(WORDS) for _ in range(12 + 3 * i))
+    items[1]["choices"] = ["lazy dog", "lazy fox", "lazy ship"]  # shared past the context too
+    items[1]["answer"] = 0
+    items[4]["context"] = "hello"  # a short shared prefix: the padded batch
+    shared = []
+    real = tasks._score_shared
+    monkeypatch.setattr(tasks, "_score_shared", lambda *a: shared.extend(a[3]) or real(*a))
+    res = evaluate_tasks(model, tok, items, batch_size=3)
+    assert len(shared) >= 4 and min(shared) >= tasks.MIN_SHARED_PREFIX
+    assert len(set(shared)) > 1  # prefixes of different lengths in one batch: padded cache rows
+    n = len(shared)
+    whole = evaluate_tasks(model, tok, items, batch_size=3, share_prefix=False)
+    assert len(shared) == n  # share_prefix=False never takes the shared path
+    cut = evaluate_tasks(model, tok, items, batch_size=2, max_length=12)  # inputs cut from the left
+    cut_whole = evaluate_tasks(model, tok, items, batch_size=2, max_length=12, share_prefix=False)
+    for it, a, b in zip(items, res.items, whole.items):
+        assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-5, abs=1e-4)
+        want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
+        assert a["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4)
+    for a, b in zip(cut.items, cut_whole.items):
+        assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-5, abs=1e-4)
