@@ -336,7 +336,10 @@ def _score_items(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]
     (_score_shared); the other items go through one padded batch (_score_batch)."""
     out: "list[list[float] | None]" = [None] * len(reqs_per_item)
     run = sum(len(full) - 1 for reqs in reqs_per_item for full, _ in reqs)
-    if share:
+    # Not verified with flash-attention implementations (the holes a padded prefix leaves before
+    # the choices' tokens, through their unpadding path): those take the padded batch.
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    if share and not attn.startswith("flash"):
         prefixes = [_shared_prefix([full[:-1] for full, _ in reqs]) for reqs in reqs_per_item]
         some = [i for i, p in enumerate(prefixes) if p >= MIN_SHARED_PREFIX]
         lls = _score_shared(model, weight, [reqs_per_item[i] for i in some], [prefixes[i] for i in some]) if some else None
