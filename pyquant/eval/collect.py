@@ -62,16 +62,23 @@ def _generate(model, tokenizer, prompts: "list[list[int]]", max_new_tokens: int,
     return conts
 
 
-def forced_hidden(model, seqs: "list[list[int]] | list[torch.Tensor]") -> "tuple[torch.Tensor, torch.Tensor]":
-    """One forward pass over token sequences of any lengths, right-padded (each row sees only its
-    own tokens: causal attention never looks right). Returns (final hidden states [B, W, H] on the
-    model's device, the padded ids [B, W] on the CPU)."""
+def right_padded(seqs: "list[list[int]] | list[torch.Tensor]") -> "tuple[torch.Tensor, torch.Tensor]":
+    """Token sequences of any lengths as (ids [B, W], attention mask [B, W]), zero-padded on the
+    right, on the CPU."""
     width = max(len(s) for s in seqs)
     ids = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for b, s in enumerate(seqs):
         ids[b, :len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[b, :len(s)] = 1
+    return ids, mask
+
+
+def forced_hidden(model, seqs: "list[list[int]] | list[torch.Tensor]") -> "tuple[torch.Tensor, torch.Tensor]":
+    """One forward pass over token sequences of any lengths, right-padded (each row sees only its
+    own tokens: causal attention never looks right). Returns (final hidden states [B, W, H] on the
+    model's device, the padded ids [B, W] on the CPU)."""
+    ids, mask = right_padded(seqs)
     hidden, _ = final_hidden_states(model, ids.to(model.device), attention_mask=mask.to(model.device))
     return hidden, ids
 

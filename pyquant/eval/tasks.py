@@ -33,7 +33,7 @@ from .. import data
 from ..models import final_hidden_states, lm_head_weight, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_logprobs
 from ..results import changed_settings
-from .collect import forced_hidden
+from .collect import forced_hidden, right_padded
 from .perplexity import prefix_token
 from .prompts import jsonl_objects
 
@@ -278,27 +278,15 @@ def _score_shared(model, weight, reqs_per_item: "list[list[tuple[list[int], int]
     runs the padded batch)."""
     dev = model.device
     seqs = [[full[:-1] for full, _ in reqs] for reqs in reqs_per_item]
-    wp = max(prefixes)
-    ids = torch.zeros((len(seqs), wp), dtype=torch.long)
-    pmask = torch.zeros_like(ids)
-    for i, (qs, p) in enumerate(zip(seqs, prefixes)):
-        ids[i, :p] = torch.as_tensor(qs[0][:p], dtype=torch.long)
-        pmask[i, :p] = 1
+    ids, pmask = right_padded([qs[0][:p] for qs, p in zip(seqs, prefixes)])
     hid_p, cache = final_hidden_states(model, ids.to(dev), attention_mask=pmask.to(dev), use_cache=True)
     if not hasattr(cache, "batch_select_indices"):
         return None
     item_of = [i for i, qs in enumerate(seqs) for _ in qs]
     cache.batch_select_indices(torch.tensor(item_of, device=dev))
-    flat = [(q, prefixes[i]) for i, qs in enumerate(seqs) for q in qs]
-    ws = max(len(q) - p for q, p in flat)
-    sids = torch.zeros((len(flat), ws), dtype=torch.long)
-    mask = torch.zeros((len(flat), wp + ws), dtype=torch.long)
-    pos = torch.zeros_like(sids)
-    for c, (q, p) in enumerate(flat):
-        sids[c, :len(q) - p] = torch.as_tensor(q[p:], dtype=torch.long)
-        mask[c, :p] = 1
-        mask[c, wp:wp + len(q) - p] = 1
-        pos[c] = torch.arange(p, p + ws)
+    sids, smask = right_padded([q[prefixes[i]:] for i, qs in enumerate(seqs) for q in qs])
+    mask = torch.cat([pmask[item_of], smask], dim=1)  # each choice sees its item's prefix, then itself
+    pos = torch.tensor([prefixes[i] for i in item_of]).unsqueeze(1) + torch.arange(sids.shape[1])
     hid_s, _ = final_hidden_states(model, sids.to(dev), attention_mask=mask.to(dev), past_key_values=cache,
                                    use_cache=True, position_ids=pos.to(dev))
     rows, targets = [], []
@@ -318,11 +306,7 @@ def _sum_logprobs(weight, rows: "list[torch.Tensor]", targets: "list[int]", reqs
     lp = stream_logprobs(torch.cat(rows), weight, top_n=1,
                          targets=torch.tensor(targets, dtype=torch.long, device=rows[0].device)).target_logprobs
     lp = lp.to(torch.float64).cpu()
-    out, at = [], 0
-    for _, k in reqs:
-        out.append(float(lp[at:at + k].sum()))
-        at += k
-    return out
+    return [float(part.sum()) for part in torch.split(lp, [k for _, k in reqs])]
 
 
 # Shared prefixes shorter than this run in the padded batch (a prefix pass costs a call).
@@ -343,19 +327,25 @@ def _score_items(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]
         prefixes = [_shared_prefix([full[:-1] for full, _ in reqs]) for reqs in reqs_per_item]
         some = [i for i, p in enumerate(prefixes) if p >= MIN_SHARED_PREFIX]
         lls = _score_shared(model, weight, [reqs_per_item[i] for i in some], [prefixes[i] for i in some]) if some else None
-        at = 0
-        for i in (some if lls is not None else []):
-            out[i] = lls[at:at + len(reqs_per_item[i])]
-            at += len(reqs_per_item[i])
-            run -= prefixes[i] * (len(reqs_per_item[i]) - 1)
+        if lls is not None:
+            for i, ll in zip(some, _split(lls, [len(reqs_per_item[i]) for i in some])):
+                out[i] = ll
+                run -= prefixes[i] * (len(ll) - 1)
     rest = [i for i, o in enumerate(out) if o is None]
     if rest:
         lls = _score_batch(model, weight, [r for i in rest for r in reqs_per_item[i]])
-        at = 0
-        for i in rest:
-            out[i] = lls[at:at + len(reqs_per_item[i])]
-            at += len(reqs_per_item[i])
+        for i, ll in zip(rest, _split(lls, [len(reqs_per_item[i]) for i in rest])):
+            out[i] = ll
     return [ll for o in out for ll in o], run
+
+
+def _split(flat: list, counts: "list[int]") -> "list[list]":
+    """``flat`` cut into consecutive runs of ``counts[j]`` elements."""
+    out, at = [], 0
+    for n in counts:
+        out.append(flat[at:at + n])
+        at += n
+    return out
 
 
 def _default_max_length(model) -> int:
@@ -439,10 +429,7 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
                 batch = todo[start:start + batch_size]
                 reqs = [_item_requests(tokenizer, it, delimiter, prefix, max_length) for it in batch]
                 lls, ran = _score_items(model, weight, reqs, share_prefix)
-                at = 0
-                for it, rs in zip(batch, reqs):
-                    ll = lls[at:at + len(rs)]
-                    at += len(rs)
+                for it, rs, ll in zip(batch, reqs, _split(lls, [len(rs) for rs in reqs])):
                     pred, pred_norm = _predictions(ll, it["choices"])
                     rec = {"id": it["id"], "task": it["task"], "answer": it["answer"],
                            "loglik": [x if math.isfinite(x) else None for x in ll],
