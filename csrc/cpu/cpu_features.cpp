@@ -2,7 +2,8 @@
 // never from the build machine's. PYQUANT_ISA=scalar|avx2|avx512 forces a lower level (tests).
 // PYQUANT_CODES=convert|subnormal picks how the decode kernels turn weight codes into floats
 // (see qmatmul_kernels.h); the default is "subnormal" on AMD x86 CPUs, "convert" elsewhere.
-// PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h).
+// PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h), and
+// PYQUANT_VNNI=0 the -a8 tile off AVX512-VNNI's vpdpbusd (qmatmul_a8.h).
 #include "pyquant/common.h"
 #include "cpu_dispatch.h"
 
@@ -62,7 +63,8 @@ static bool detect_subnormal_codes() {
 }
 
 // A process-wide switch: -1 until first read, then detect()'s answer or what a setter stored.
-static bool lazy_flag(std::atomic<int>& flag, bool (*detect)()) {
+template <class Detect>
+static bool lazy_flag(std::atomic<int>& flag, Detect detect) {
   int v = flag.load(std::memory_order_relaxed);
   if (v < 0) {
     v = detect() ? 1 : 0;
@@ -88,46 +90,63 @@ Status set_cpu_codes(const char* mode) {
 
 const char* cpu_codes() { return subnormal_codes() ? "subnormal" : "convert"; }
 
-static bool bf16_dot_available() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return active_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
+// An optional instruction path of the AVX-512 kernels: on where the CPU has it, unless its
+// environment variable is "0" (as set_cpu_codes("auto") honours PYQUANT_CODES, "auto" here
+// honours it too); the setters switch it for the whole process.
+struct OptionalPath {
+  const char* env;    // PYQUANT_...: "0" turns it off
+  const char* what;   // in messages: "bf16 dot"
+  const char* needs;  // "AVX512-BF16"
+  bool (*cpu_has)();  // the CPU's flag (the AVX-512 kernels must be in use too)
+  std::atomic<int> flag{-1};
+};
+
+static bool path_available(const OptionalPath& p) { return active_isa() == Isa::Avx512 && p.cpu_has(); }
+
+static bool path_detect(const OptionalPath& p) {
+  const char* forced = std::getenv(p.env);
+  return path_available(p) && !(forced && !std::strcmp(forced, "0"));
 }
 
-// On where available, unless PYQUANT_BF16_DOT=0 (as set_cpu_codes("auto") honours PYQUANT_CODES,
-// "auto" here honours it too).
-static bool detect_bf16_dot() {
-  const char* forced = std::getenv("PYQUANT_BF16_DOT");
-  return bf16_dot_available() && !(forced && !std::strcmp(forced, "0"));
-}
+static bool path_on(OptionalPath& p) { return lazy_flag(p.flag, [&p] { return path_detect(p); }); }
 
-static std::atomic<int> g_bf16_dot{-1};
-
-bool bf16_dot() { return lazy_flag(g_bf16_dot, detect_bf16_dot); }
-
-Status set_cpu_bf16_dot(const char* mode) {
+static Status set_path(OptionalPath& p, const char* mode) {
   if (!std::strcmp(mode, "off")) {
-    g_bf16_dot.store(0);
+    p.flag.store(0);
   } else if (!std::strcmp(mode, "auto")) {
-    g_bf16_dot.store(detect_bf16_dot() ? 1 : 0);
+    p.flag.store(path_detect(p) ? 1 : 0);
   } else if (!std::strcmp(mode, "on")) {
-    if (!bf16_dot_available()) {
-      set_last_error("bf16 dot products need the AVX-512 kernels on a CPU with AVX512-BF16 (kernels in use here: " +
-                     std::string(cpu_isa()) + ")");
+    if (!path_available(p)) {
+      set_last_error(std::string(p.what) + " needs the AVX-512 kernels on a CPU with " + p.needs +
+                     " (kernels in use here: " + cpu_isa() + ")");
       return kUnsupported;
     }
-    g_bf16_dot.store(1);
+    p.flag.store(1);
   } else {
-    set_last_error(std::string("unknown bf16 dot mode '") + mode + "' (use on, off or auto)");
+    set_last_error(std::string("unknown ") + p.what + " mode '" + mode + "' (use on, off or auto)");
     return kInvalidArgument;
   }
   return kOk;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+static bool cpu_has_bf16() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512bf16"); }
+static bool cpu_has_vnni() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512vnni"); }
+#else
+static bool cpu_has_bf16() { return false; }
+static bool cpu_has_vnni() { return false; }
+#endif
+
+static OptionalPath g_bf16_dot{"PYQUANT_BF16_DOT", "bf16 dot", "AVX512-BF16", cpu_has_bf16};
+static OptionalPath g_vnni{"PYQUANT_VNNI", "vnni", "AVX512-VNNI", cpu_has_vnni};
+
+bool bf16_dot() { return path_on(g_bf16_dot); }
+Status set_cpu_bf16_dot(const char* mode) { return set_path(g_bf16_dot, mode); }
 const char* cpu_bf16_dot() { return bf16_dot() ? "on" : "off"; }
+
+bool vnni_dot() { return path_on(g_vnni); }
+Status set_cpu_vnni(const char* mode) { return set_path(g_vnni, mode); }
+const char* cpu_vnni() { return vnni_dot() ? "on" : "off"; }
 
 const char* cpu_isa() {
   switch (active_isa()) {

@@ -18,6 +18,7 @@ struct V {
   static constexpr int W = 1;
   static constexpr bool kBf16Dot = false;  // no bf16 dot products at this level
   static constexpr bool kI8Dot = false;    // the -a8 tile runs its scalar loop
+  static constexpr bool kVnni = false;
   static F zero() { return 0.f; }
   static F set1(float a) { return a; }
   static F load(const float* p) { return *p; }

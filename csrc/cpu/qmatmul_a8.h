@@ -13,9 +13,13 @@
 // low nibbles, a shift and an AND the high ones, each met by 4W bytes of q permuted to match
 // (per block the even codes' q, then the odd ones'); vpmaddubsw (u8 code x s8 q, pairs summed to
 // s16) then sums in s16 over a group, vpmaddwd by 1 to s32, one conversion and one FMA per group.
+// With AVX512-VNNI (V::kVnni and vnni_dot()) vpdpbusd multiplies and adds into s32 in one op
+// instead, and a group's blocks add up in s32: on Zen 4 at 4096 x 4096 from memory, G = 128,
+// 1.04-1.08x at M = 2, 1.11-1.12x at M = 4, 1.21-1.23x at M = 8 (1.00x at M = 1, where memory
+// sets the pace; bench/RESULTS.md, sixteenth session). Same bits: the sums are exact either way.
 // Integer sums are exact, so the only roundings are the scale products and the fp32 sums.
-// Written once over the traits V (kI8Dot, lo4, hi4, maddubs, add16, sum16); the scalar build runs
-// a plain loop over the same layout.
+// Written once over the traits V (kI8Dot, lo4, hi4, maddubs, add16, sum16, kVnni, dpbusd); the
+// scalar build runs a plain loop over the same layout.
 // AVX2, L1-resident, one core: 2.4-2.6x the weight-only loop's code-MACs per second; from memory
 // at 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets
 // the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
@@ -114,7 +118,7 @@ static inline void permute_q(const int8_t* q, int64_t Kq, int8_t* dst) {
 // scale comes from scale_block, as in the weight-only tile; a last block past the row's end (G <
 // 8W, a group count not a multiple of 8W / G) is read from a zero-padded copy.
 // VV: V, named so that only the builds with integer dot products (kI8Dot) compile the vector body.
-template <int MC, int R, class VV = V>
+template <int MC, int R, bool Vnni = false, class VV = V>
 __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const float* const* sx, const uint8_t* q,
                                               int64_t row_bytes, const float* const* sw, const A8Plan& p,
                                               float out[R][MC]) {
@@ -125,14 +129,23 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
     constexpr int64_t BC = 8 * VV::W, BB = 4 * VV::W;  // codes and bytes per block
     F tot[R][MC];
     for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = VV::zero();
-    // a row's codes in block b (bytes src) times x row m's, pairs summed to s16 (d[m])
-    auto dot = [&](const uint8_t* src, int64_t b, I (&d)[MC]) {
+    // a row's codes in block b (bytes src) times x row m's, added to acc[m] (or, with First,
+    // written there): s16 pair sums, or with Vnni s32 quad sums (vpdpbusd)
+    auto dot = [&](const uint8_t* src, int64_t b, I (&acc)[MC], auto First) {
       const I v = VV::loadi(src), lo = VV::lo4(v), hi = VV::hi4(v);
       for (int m = 0; m < MC; ++m) {
         const auto* x = reinterpret_cast<const uint8_t*>(xq[m] + b * BC);
-        d[m] = VV::add16(VV::maddubs(lo, VV::loadi(x)), VV::maddubs(hi, VV::loadi(x + BB)));
+        if constexpr (Vnni) {
+          acc[m] = VV::dpbusd(VV::dpbusd(First ? I{} : acc[m], lo, VV::loadi(x)), hi, VV::loadi(x + BB));
+        } else {
+          const I d = VV::add16(VV::maddubs(lo, VV::loadi(x)), VV::maddubs(hi, VV::loadi(x + BB)));
+          acc[m] = First ? d : VV::add16(acc[m], d);
+        }
       }
     };
+    auto to_float = [](I acc) { if constexpr (Vnni) return VV::cvt(acc); else return VV::sum16(acc); };
+    constexpr std::true_type first{};
+    constexpr std::false_type next{};
     if (G >= BC) {
       // A group is G / BC whole blocks, summed in s16: a lane takes 4 products of at most 15 x 127
       // per block, 16 at G = 256 and W = 8 (30480 < 2^15: no saturation).
@@ -141,17 +154,13 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
         const int64_t b0 = g * bpg;
         I s16[R][MC];
         prefetch_tile_ahead(q + b0 * R * BB, R * BB);
-        for (int r = 0; r < R; ++r) dot(q + r * row_bytes + b0 * BB, b0, s16[r]);
+        for (int r = 0; r < R; ++r) dot(q + r * row_bytes + b0 * BB, b0, s16[r], first);
         for (int64_t b = b0 + 1; b < b0 + bpg; ++b) {
           prefetch_tile_ahead(q + b * R * BB, R * BB);
-          for (int r = 0; r < R; ++r) {
-            I d[MC];
-            dot(q + r * row_bytes + b * BB, b, d);
-            for (int m = 0; m < MC; ++m) s16[r][m] = VV::add16(s16[r][m], d[m]);
-          }
+          for (int r = 0; r < R; ++r) dot(q + r * row_bytes + b * BB, b, s16[r], next);
         }
         for (int r = 0; r < R; ++r)
-          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(VV::sum16(s16[r][m]), VV::set1(sw[r][g] * sx[m][g]), tot[r][m]);
+          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(to_float(s16[r][m]), VV::set1(sw[r][g] * sx[m][g]), tot[r][m]);
       }
     } else {  // BC / G groups per block, G / 8 lanes each
       const int64_t gpb = BC / G, nfull = ng / gpb;
@@ -162,9 +171,9 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
         for (int m = 0; m < MC; ++m) sxv[m] = VV::scale_block(sx[m] + b * gpb, lpg);
         for (int r = 0; r < R; ++r) {
           I d[MC];
-          dot(src[r], b, d);
+          dot(src[r], b, d, first);
           const F s = VV::scale_block(sw[r] + b * gpb, lpg);
-          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(VV::sum16(d[m]), VV::fma(s, sxv[m], VV::zero()), tot[r][m]);
+          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(to_float(d[m]), VV::fma(s, sxv[m], VV::zero()), tot[r][m]);
         }
       };
       const uint8_t* src[R];
@@ -231,6 +240,7 @@ static void decode_int4_a8(const QmmArgs& a) {
     }
   }
   const int64_t N = a.N, nblk = (N + 3) / 4, row_bytes = p.Kp / 2;
+  const bool vnni = V::kVnni && vnni_dot();
   const int nt = threads_for(a);
   const int64_t chunk = tile_chunk(nblk, nt);
 #pragma omp parallel num_threads(nt)
@@ -258,17 +268,22 @@ static void decode_int4_a8(const QmmArgs& a) {
           xq[m] = p.qp.data() + std::min<int64_t>(m0 + m, M - 1) * p.Kq;
           sx[m] = p.sx.data() + std::min<int64_t>(m0 + m, M - 1) * p.ngp;
         }
-        auto run = [&](auto MC) {
+        auto run = [&](auto MC, auto Vnni) {
           constexpr int mc = decltype(MC)::value;
+          constexpr bool vn = decltype(Vnni)::value;
           float o[4][mc];
           int64_t r = 0;
-          for (; r + Rt <= nr; r += Rt) a8_tile<mc, Rt>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, o + r);
-          for (; r < nr; ++r) a8_tile<mc, 1>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, o + r);
+          for (; r + Rt <= nr; r += Rt) a8_tile<mc, Rt, vn>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, o + r);
+          for (; r < nr; ++r) a8_tile<mc, 1, vn>(xq, sx, q + r * row_bytes, row_bytes, sw + r, p, o + r);
           for (int64_t rr = 0; rr < nr; ++rr) for (int m = 0; m < mc; ++m) yt[rr][m0 + m] = o[rr][m];
           m0 += mc;
         };
-        if (M - m0 >= 2) run(std::integral_constant<int, MCmax>{});
-        else run(std::integral_constant<int, 1>{});
+        auto run_mc = [&](auto MC) {
+          if (vnni) run(MC, std::bool_constant<V::kVnni>{});
+          else run(MC, std::false_type{});
+        };
+        if (M - m0 >= 2) run_mc(std::integral_constant<int, MCmax>{});
+        else run_mc(std::integral_constant<int, 1>{});
       }
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];

@@ -41,6 +41,7 @@ struct V {
   // byte, u8 x s8 products summed in pairs to s16 (vpmaddubsw), s16 adds, and s16 pairs summed
   // to s32 and converted (sum16).
   static constexpr bool kI8Dot = true;
+  static constexpr bool kVnni = false;
   static I lo4(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
   static I hi4(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
   static I maddubs(I u8, I s8) { return _mm256_maddubs_epi16(u8, s8); }

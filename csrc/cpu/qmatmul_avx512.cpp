@@ -1,7 +1,8 @@
 // qmatmul kernels for AVX-512 (16 fp32 lanes): the AVX2 traits widened. Compiled with
 // -mavx512f/bw/vl/dq; picked at run time only on CPUs that report those flags. The bf16 dot
 // products (INT4 decode with bf16 x) are compiled for AVX512-BF16 function by function
-// (PQ_TARGET_BF16) and run only where the CPU reports it too (bf16_dot()).
+// (PQ_TARGET_BF16) and run only where the CPU reports it too (bf16_dot()); likewise the -a8
+// tile's vpdpbusd (AVX512-VNNI, vnni_dot()).
 #include <immintrin.h>
 
 #ifndef PQ_TARGET_BF16
@@ -46,6 +47,19 @@ struct V {
   static I maddubs(I u8, I s8) { return _mm512_maddubs_epi16(u8, s8); }
   static I add16(I a, I b) { return _mm512_add_epi16(a, b); }
   static F sum16(I v) { return _mm512_cvtepi32_ps(_mm512_madd_epi16(v, _mm512_set1_epi16(1))); }
+  // vpdpbusd (AVX512-VNNI): acc lane l += the 4 products of its u8 and s8 bytes, in s32. The
+  // -a8 tile runs it only where vnni_dot() says the CPU has it. Inline assembly: an intrinsic
+  // would need a target attribute, and GCC does not inline such a function into the tile's shared
+  // loop (see dec4_tile_bf16); tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBUSD.
+  static constexpr bool kVnni = true;
+  static I dpbusd(I acc, I u8, I s8) {
+#ifdef PQ_DPBUSD
+    return PQ_DPBUSD(acc, u8, s8);
+#else
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+    return acc;
+#endif
+  }
   // lane l gets s[l / lpg]. Called for groups smaller than a block (8W codes): with W = 16 and
   // group sizes 32, 64, 128, 256 (checked on entry) 32 (lpg 4) or 64 (lpg 8). The 4 or 2 scales
   // are spread with one permute: filled lane by lane through a stack array, they made INT4 decode

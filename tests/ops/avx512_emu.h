@@ -115,8 +115,8 @@ inline emu_m512 emu_dpbf16_ps(emu_m512 acc, emu_m512i a, emu_m512i b) {
   return acc;
 }
 
-// The -a8 tile's integer dot products (V::lo4, hi4, maddubs, add16, sum16) and scale_block's
-// permute.
+// The -a8 tile's integer dot products (V::lo4, hi4, maddubs, add16, sum16, dpbusd) and
+// scale_block's permute.
 inline emu_m512i emu_set1_epi8(char a) {
   emu_m512i r;
   std::memset(r.u, static_cast<unsigned char>(a), 64);
@@ -152,6 +152,19 @@ inline emu_m512i emu_madd_epi16(emu_m512i a, emu_m512i b) {
     r.u[l] = static_cast<uint32_t>(int32_t{x[2 * l]} * y[2 * l] + int32_t{x[2 * l + 1]} * y[2 * l + 1]);
   return r;
 }
+// vpdpbusd (V::dpbusd): s32 lane l = acc[l] + sum over its 4 bytes j of u8 a[4l+j] * s8 b[4l+j] (wrapping)
+inline emu_m512i emu_dpbusd_epi32(emu_m512i acc, emu_m512i a, emu_m512i b) {
+  uint8_t ua[64];
+  int8_t sb[64];
+  std::memcpy(ua, a.u, 64);
+  std::memcpy(sb, b.u, 64);
+  for (int l = 0; l < 16; ++l) {
+    int64_t t = static_cast<int32_t>(acc.u[l]);
+    for (int j = 0; j < 4; ++j) t += ua[4 * l + j] * sb[4 * l + j];
+    acc.u[l] = static_cast<uint32_t>(t);
+  }
+  return acc;
+}
 inline emu_m512i emu_setr_epi32(int a0, int a1, int a2, int a3, int a4, int a5, int a6, int a7, int a8, int a9,
                                 int a10, int a11, int a12, int a13, int a14, int a15) {
   const int v[16] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
@@ -176,6 +189,7 @@ inline emu_m512 emu_permutexvar_ps(emu_m512i idx, emu_m512 a) {
 #define _mm512_setr_epi32 emu_setr_epi32
 #define _mm512_castps128_ps512 emu_castps128_ps512
 #define _mm512_permutexvar_ps emu_permutexvar_ps
+#define PQ_DPBUSD emu_dpbusd_epi32
 
 #define PQ_TARGET_BF16  // no target attribute: the stand-ins are plain C++
 #define __m512bh emu_m512i

@@ -249,6 +249,14 @@ def cpu_bf16_dot():
     _C.set_cpu_bf16_dot("auto")
 
 
+@pytest.fixture
+def cpu_vnni():
+    """Sets whether the -a8 INT4 decode tile sums through AVX512-VNNI's vpdpbusd; back to auto after."""
+    _C = _native.native()
+    yield _C.set_cpu_vnni
+    _C.set_cpu_vnni("auto")
+
+
 DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8]
 
 
@@ -331,10 +339,40 @@ def test_cpu_bf16_dot(cpu_bf16_dot, spec):
 
 
 @needs_cpu
-def test_cpu_bf16_dot_bad_mode():
-    with pytest.raises(ValueError, match="unknown bf16 dot mode"):
-        _native.native().set_cpu_bf16_dot("yes")
-    assert _native.native().cpu_bf16_dot() in ("on", "off")
+@pytest.mark.parametrize("spec", [s for s in A8_SPECS if s.startswith("int4")])
+def test_cpu_vnni(cpu_vnni, spec):
+    """The -a8 INT4 decode tile with its integer sums through vpdpbusd (where this CPU has
+    AVX512-VNNI) and through vpmaddubsw + vpmaddwd: the same bits (the sums are exact either way)
+    and float64's values, at every decode shape. Elsewhere "on" must refuse."""
+    _C = _native.native()
+    modes = ["off"]
+    try:
+        cpu_vnni("on")
+        modes.append("on")
+    except ValueError as e:
+        assert "AVX512-VNNI" in str(e)
+    for i, (m, n, k) in enumerate(DECODE_SHAPES):
+        qw, w64 = _weight(spec, n, k, seed=i)
+        x = randn(m, k, dtype=DTYPES[i % len(DTYPES)], seed=400 + i) * (10.0 ** (i % 5 - 2))
+        b = randn(n, dtype=x.dtype, seed=500 + i) if i % 2 else None
+        ys = {}
+        for mode in modes:
+            cpu_vnni(mode)
+            assert _C.cpu_vnni() == mode
+            ys[mode] = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
+        xe = quantize_activations(x, qw.spec.act_block(k))
+        assert_matmul_close(ys["off"], xe, w64, b, out_dtype=x.dtype, what=f"vnni off {spec} {m}x{n}x{k}")
+        if "on" in ys:
+            assert torch.equal(ys["on"], ys["off"]), f"{spec} {m}x{n}x{k}"
+
+
+@needs_cpu
+@pytest.mark.parametrize("switch,what", [("bf16_dot", "bf16 dot"), ("vnni", "vnni")])
+def test_cpu_switch_bad_mode(switch, what):
+    _C = _native.native()
+    with pytest.raises(ValueError, match=f"unknown {what} mode"):
+        getattr(_C, f"set_cpu_{switch}")("yes")
+    assert getattr(_C, f"cpu_{switch}")() in ("on", "off")
 
 
 @needs_cpu

@@ -7,7 +7,7 @@ vector traits and the shared kernels at 16 lanes (blocks of 128 INT4 codes, per-
 groups of 32 and 64, 32-wide prefill panels) are checked against float64 like the other ISAs.
 The same shapes and specs as tests/ops/test_qmatmul.py, every way of reading codes: convert,
 subnormal, and bf16 dot products (INT4 with bf16 x; vdpbf16ps written lane by lane); and the
--a8 specs (x quantized to int8; vpmaddubsw and vpmaddwd written lane by lane).
+-a8 specs (x quantized to int8; vpmaddubsw, vpmaddwd and vpdpbusd written lane by lane).
 """
 import ctypes
 import os
@@ -32,18 +32,20 @@ SOURCE = r"""
 #include "qmatmul_avx512.cpp"
 
 namespace pyquant {
-static bool g_sub = false, g_bf = false;
+static bool g_sub = false, g_bf = false, g_vnni = false;
 bool subnormal_codes() { return g_sub; }
 bool bf16_dot() { return g_bf; }
+bool vnni_dot() { return g_vnni; }
 void set_last_error(const std::string&) {}
 }  // namespace pyquant
 
 extern "C" void emu_qmatmul(const void* x, int xdt, int64_t M, int64_t K, int64_t ldx, const void* qw,
                             const void* scales, int sdt, const uint8_t* zeros, const void* bias, int bits,
-                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf, int act) {
+                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf, int act, int vnni) {
   using namespace pyquant;
   g_sub = sub != 0;
   g_bf = bf != 0;
+  g_vnni = vnni != 0;
   const QmmArgs a{x, DType(xdt), M, K, ldx, qw, scales, DType(sdt), zeros, bias, bits, group, N, y, ldy, nthreads,
                   DType(xdt), act};
   isa_avx512_emu::qmatmul_run(a);
@@ -69,7 +71,7 @@ def emu(tmp_path_factory):
     return ctypes.CDLL(str(d / "emu.so"))
 
 
-def _call(lib, x, qw, b, sub: bool, bf: bool = False) -> torch.Tensor:
+def _call(lib, x, qw, b, sub: bool, bf: bool = False, vnni: bool = False) -> torch.Tensor:
     """y through the emulated kernels; x is quantized to int8 inside where qw's spec ends in -a8."""
     m, k = x.shape
     n = qw.out_features
@@ -79,7 +81,8 @@ def _call(lib, x, qw, b, sub: bool, bf: bool = False) -> torch.Tensor:
     lib.emu_qmatmul(P(x.data_ptr()), C(_DT[x.dtype]), I(m), I(k), I(x.stride(0)), P(qw.qweight.data_ptr()),
                     P(qw.scales.data_ptr()), C(_DT[qw.scales.dtype]), P(None if z is None else z.data_ptr()),
                     P(None if b is None else b.data_ptr()), C(qw.spec.bits), C(qw.spec.group_size or 0), I(n),
-                    P(y.data_ptr()), I(n), C(2), C(int(sub)), C(int(bf)), C(qw.spec.act_bits or 0))
+                    P(y.data_ptr()), I(n), C(2), C(int(sub)), C(int(bf)), C(qw.spec.act_bits or 0),
+                    C(int(vnni)))
     return y
 
 
@@ -100,10 +103,12 @@ def test_avx512_kernels_emulated(emu, spec, codes):
                             what=f"avx512 (emulated) {codes} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
 
 
+@pytest.mark.parametrize("vnni", [False, True], ids=["maddubs", "vnni"])
 @pytest.mark.parametrize("spec", A8_SPECS)
-def test_avx512_a8_emulated(emu, spec):
+def test_avx512_a8_emulated(emu, spec, vnni):
     """-a8 at 16 lanes: the integer tile's 128-code blocks (per-lane scales for groups of 32 and
-    64, a last block past the row's end) and the fp32-copy paths, against the float64 definition."""
+    64, a last block past the row's end) and the fp32-copy paths, against the float64 definition;
+    the tile's sums through vpmaddubsw + vpmaddwd, or through vpdpbusd (vnni)."""
     s = A8_SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):
         dtype = DTYPES[(i + s) % len(DTYPES)]
@@ -111,7 +116,7 @@ def test_avx512_a8_emulated(emu, spec):
         qw = quantize_weight(randn(n, k, seed=i), spec)
         x = randn(m, k, dtype=dtype, seed=5000 + 10 * i + s)
         b = randn(n, dtype=dtype, seed=6000 + i) if bias else None
-        y = _call(emu, x, qw, b, True)
+        y = _call(emu, x, qw, b, True, vnni=vnni)
         xe = quantize_activations(x, qw.spec.act_block(k))
         assert_matmul_close(y, xe, qw.dequantize(torch.float64), b, out_dtype=dtype,
                             what=f"avx512 (emulated) {spec} M={m} N={n} K={k} {dtype} bias={bias}")

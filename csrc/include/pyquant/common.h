@@ -31,4 +31,13 @@ const char* cpu_bf16_dot();
 // by rounding only: each product is exact either way, the sums are rounded in another order.
 Status set_cpu_bf16_dot(const char* mode);
 
+// Whether the CPU decode kernels sum the -a8 INT4 products (u8 codes x s8 activations) with
+// AVX512-VNNI's vpdpbusd (four products into an s32 lane) instead of vpmaddubsw and vpmaddwd: "on"
+// or "off".
+const char* cpu_vnni();
+// Sets it for the whole process: "on" (kUnsupported where the AVX-512 kernels are not in use or
+// the CPU lacks AVX512-VNNI), "off" or "auto" (on where available, the default). Results are
+// identical: the integer sums are exact either way.
+Status set_cpu_vnni(const char* mode);
+
 }  // namespace pyquant
