@@ -105,3 +105,18 @@ def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+def with_switch(switch: str, mode: str, fn: Callable[[int], object]) -> Callable[[int], object]:
+    """fn, run with pyquant's CPU kernels' process-wide ``switch`` (codes, bf16_dot, vnni) set to
+    ``mode`` (then back to auto)."""
+    from pyquant.ops import _native
+    setter = getattr(_native.native(), f"set_cpu_{switch}")
+
+    def call(i):
+        setter(mode)
+        try:
+            return fn(i)
+        finally:
+            setter("auto")
+    return call

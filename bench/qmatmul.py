@@ -23,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import format_table, interleaved_medians, read_bandwidth, write_json  # noqa: E402
+from _timing import format_table, interleaved_medians, read_bandwidth, with_switch, write_json  # noqa: E402
 
 import pyquant as pq  # noqa: E402
 from pyquant.formats import QuantizedWeight, QuantSpec, unpack_int4  # noqa: E402
@@ -56,15 +56,7 @@ def torch_int4pack(qw: QuantizedWeight):
 
 def with_codes(mode: str, fn):
     """fn, run with the CPU kernels reading weight codes the ``mode`` way (then back to auto)."""
-    native = _native.native()
-
-    def call(i):
-        native.set_cpu_codes(mode)
-        try:
-            return fn(i)
-        finally:
-            native.set_cpu_codes("auto")
-    return call
+    return with_switch("codes", mode, fn)
 
 
 def nbytes(*ts) -> int:
@@ -198,14 +190,22 @@ def run(args) -> dict:
     xp = torch.randn(m, k, generator=gen)
     wfp = [torch.randn(n, k, generator=gen) for _ in range(P)]
     shape = f"M={m} {n}x{k}"
-    pre = interleaved_medians({
+    q8a = [dataclasses.replace(q, spec=QuantSpec.parse("int8-a8")) for q in q8[:P]]
+    pre_c = {
         "pyquant cpu int4": lambda i: pq.ops.qmatmul(xp, q4[i], backend="cpu"),
         "pyquant cpu int8": lambda i: pq.ops.qmatmul(xp, q8[i], backend="cpu"),
+        # the same weights as -a8 (integer GEMM where the CPU has AVX512-VNNI; not the targets' rows)
+        "pyquant a8 cpu int4": lambda i: pq.ops.qmatmul(xp, q4a[i], backend="cpu"),
+        "pyquant a8 cpu int8": lambda i: pq.ops.qmatmul(xp, q8a[i], backend="cpu"),
         "torch fp32 matmul": lambda i: torch.matmul(xp, wfp[i].T),
-    }, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
+    }
+    if _native.native().cpu_vnni() == "on":  # and the same without it: fp32 kernels on x's q * s
+        pre_c["(no vnni) a8 cpu int4"] = with_switch("vnni", "off", pre_c["pyquant a8 cpu int4"])
+    pre = interleaved_medians(pre_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
     flops = 2.0 * m * n * k
-    for name, wb in (("pyquant cpu int4", q4[0].nbytes), ("pyquant cpu int8", q8[0].nbytes), ("torch fp32 matmul", nbytes(wfp[0]))):
-        add("prefill", name, pre[name], wb, shape, name.startswith("pyquant"))
+    for name in pre:
+        wb = {"int4": q4[0].nbytes, "int8": q8[0].nbytes}.get(name[-4:], nbytes(wfp[0]))
+        add("prefill", name, pre[name], wb, shape, not name.startswith("torch"))
         rows[-1]["gflops"] = flops / pre[name]["median_s"] / 1e9
 
     # Read bandwidth: the best of the 512 MiB probe and the stream reads' best round (a probe that

@@ -22,6 +22,21 @@ def _run(args, timeout=300, env=None):
 
 
 @needs_cpu
+def test_a8_vnni_bench_tiny(tmp_path):
+    out = tmp_path / "a.json"
+    args = [sys.executable, "bench/a8_vnni.py", "--m", "2,12", "--specs", "int4-g32-a8,int8-a8", "--size", "96",
+            "--layers", "2", "--rounds", "1", "--output", str(out)]
+    if _native.native().cpu_vnni() != "on":
+        r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "AVX512-VNNI" in r.stderr
+        return
+    _run(args)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["spec"], r["m"]) for r in rows] == [("int4-g32-a8", 2), ("int4-g32-a8", 12), ("int8-a8", 2), ("int8-a8", 12)]
+    assert all(r["vnni_us"] > 0 and r["no_vnni_us"] > 0 for r in rows)
+
+
+@needs_cpu
 def test_qmatmul_bench_tiny(tmp_path):
     out = tmp_path / "q.json"
     _run([sys.executable, "bench/qmatmul.py", "--quick", "--size", "256", "--layers", "2", "--prefill-m", "16",

@@ -17,8 +17,9 @@ bool subnormal_codes();
 // AVX512-BF16; PYQUANT_BF16_DOT=0 turns it off, set_cpu_bf16_dot switches it).
 bool bf16_dot();
 
-// Whether the -a8 INT4 decode tile sums its products with AVX512-VNNI's vpdpbusd (AVX-512 kernels
-// on a CPU with AVX512-VNNI; PYQUANT_VNNI=0 turns it off, set_cpu_vnni switches it).
+// Whether the -a8 kernels use AVX512-VNNI's vpdpbusd: the INT4 decode tile, and the integer GEMM
+// for M > 8 (AVX-512 kernels on a CPU with AVX512-VNNI; PYQUANT_VNNI=0 turns it off,
+// set_cpu_vnni switches it).
 bool vnni_dot();
 
 void set_last_error(const std::string& msg);

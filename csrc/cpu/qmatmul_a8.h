@@ -24,8 +24,9 @@
 // at 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets
 // the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
 // (AVX512BW) had run the 256-bit code until the fifteenth session (bench/RESULTS.md).
-// Everything else (INT8 weights, M > 8) quantizes x into an fp32 copy q * s and runs the
-// weight-only kernels on it.
+// M > 8 on AVX512-VNNI (INT4 or INT8 weights) runs an integer GEMM (qmatmul_a8_prefill.h).
+// Everything else (INT8 weights at M <= 8, M > 8 without VNNI) quantizes x into an fp32 copy
+// q * s and runs the weight-only kernels on it.
 #pragma once
 
 // Row x[0..K) (fp32) into q[0..) (zero from K to the end of the last block) and s[0..nb):

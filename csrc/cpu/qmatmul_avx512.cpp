@@ -52,6 +52,14 @@ struct V {
   // would need a target attribute, and GCC does not inline such a function into the tile's shared
   // loop (see dec4_tile_bf16); tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBUSD.
   static constexpr bool kVnni = true;
+  // and for its integer GEMM (qmatmul_a8_prefill.h)
+  static I set1i(int32_t a) { return _mm512_set1_epi32(a); }
+  static I zero_i() { return _mm512_set1_epi32(0); }
+  static void storei(uint8_t* p, I v) { _mm512_storeu_si512(reinterpret_cast<void*>(p), v); }
+  template <int N>
+  static I sll(I v) { return _mm512_slli_epi32(v, N); }
+  static I bor(I a, I b) { return _mm512_or_si512(a, b); }
+  static I sub32(I a, I b) { return _mm512_sub_epi32(a, b); }
   static I dpbusd(I acc, I u8, I s8) {
 #ifdef PQ_DPBUSD
     return PQ_DPBUSD(acc, u8, s8);

@@ -806,8 +806,42 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
   }
 }
 
+// The prefill kernels' work split: tiles of kNC columns of y by mblk rows (a multiple of MR), and
+// what they do after the K loop.
+struct PrefillTiles {
+  int64_t M, N, nnb, nmb = 1, mblk;
+  bool direct;  // y is fp32: written in place by the micro-kernel, else through a kNC-wide buffer
+  PrefillTiles(const QmmArgs& a, int MR) : M(a.M), N(a.N), nnb((a.N + kNC - 1) / kNC), direct(a.ydt == DType::F32) {
+    // Split M too when there are too few N blocks to keep every thread busy.
+    const int nt = threads_for(a);
+    if (nnb < 2 * nt) nmb = std::min<int64_t>((2 * nt + nnb - 1) / nnb, (M + 47) / 48);
+    mblk = ((M + nmb - 1) / nmb + MR - 1) / MR * MR;
+    nmb = (M + mblk - 1) / mblk;
+  }
+  int64_t ntiles() const { return nnb * nmb; }
+  int64_t n0(int64_t t) const { return (t / nmb) * kNC; }
+  int64_t mb0(int64_t t) const { return (t % nmb) * mblk; }
+  int nc(int64_t t) const { return static_cast<int>(std::min(kNC, N - n0(t))); }
+  int mrows(int64_t t) const { return static_cast<int>(std::min(mblk, M - mb0(t))); }
+  // Tile t's finished rows C (ldc apart): rows whose nan_row[m] is set become NaN, the bias is
+  // added, and y gets them in its dtype when it is not fp32.
+  void epilogue(const QmmArgs& a, float* C, int64_t ldc, int64_t t, const uint8_t* nan_row) const {
+    const int64_t c0 = n0(t), m0 = mb0(t);
+    const int n = nc(t), mr = mrows(t);
+    if (!a.bias && direct && !nan_row) return;
+    std::vector<float> b(n, 0.f);
+    if (a.bias) for (int j = 0; j < n; ++j) b[j] = load_one(a.bias, a.ydt, c0 + j);
+    for (int64_t i = 0; i < mr; ++i) {
+      float* c = C + i * ldc;
+      if (nan_row && nan_row[m0 + i]) for (int j = 0; j < n; ++j) c[j] = NAN;
+      else for (int j = 0; j < n; ++j) c[j] += b[j];
+      if (!direct) store_row(c, a.ydt, n, static_cast<char*>(row_ptr(a.y, a.ydt, m0 + i, a.ldy)) + c0 * dsize(a.ydt));
+    }
+  }
+};
+
 static void prefill(const QmmArgs& a) {
-  const int64_t M = a.M, K = a.K, N = a.N;
+  const int64_t M = a.M, K = a.K;
   const int nt = threads_for(a);
   // x as fp32, packed once for the micro-kernel: panel p holds rows kMR*p.. interleaved,
   // xpk[(p * K + k) * kMR + i] = x[kMR * p + i][k] (rows past M stay zero and are never read).
@@ -823,24 +857,17 @@ static void prefill(const QmmArgs& a) {
       for (int64_t k = 0; k < K; ++k) dst[k * kMR] = row[k];
     }
   }
-  const int64_t nnb = (N + kNC - 1) / kNC;
-  // Split M too when there are too few N blocks to keep every thread busy.
-  int64_t nmb = 1;
-  if (nnb < 2 * nt) nmb = std::min<int64_t>((2 * nt + nnb - 1) / nnb, (M + 47) / 48);
-  const int64_t mblk = ((M + nmb - 1) / nmb + kMR - 1) / kMR * kMR;
-  nmb = (M + mblk - 1) / mblk;
-  const bool direct = a.ydt == DType::F32;  // y written in place by the micro-kernel
+  const PrefillTiles pt(a, kMR);
   const int64_t ng = a.bits == 4 ? (K + a.group - 1) / a.group : 1;
 #pragma omp parallel num_threads(nt)
   {
-    AlignedVec<float> Bp(kKC * kNC), srow(V::W * ng), Cbuf(direct ? 0 : mblk * kNC);
+    AlignedVec<float> Bp(kKC * kNC), srow(V::W * ng), Cbuf(pt.direct ? 0 : pt.mblk * kNC);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nnb * nmb; ++t) {
-      const int64_t n0 = (t / nmb) * kNC, mb0 = (t % nmb) * mblk;
-      const int nc = static_cast<int>(std::min(kNC, N - n0));
-      const int64_t mrows = std::min(mblk, M - mb0);
-      float* C = direct ? static_cast<float*>(a.y) + mb0 * a.ldy + n0 : Cbuf.data();
-      const int64_t ldc = direct ? a.ldy : kNC;
+    for (int64_t t = 0; t < pt.ntiles(); ++t) {
+      const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
+      const int nc = pt.nc(t), mrows = pt.mrows(t);
+      float* C = pt.direct ? static_cast<float*>(a.y) + mb0 * a.ldy + n0 : Cbuf.data();
+      const int64_t ldc = pt.direct ? a.ldy : kNC;
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kc = std::min(kKC, K - k0);
         dequant_panel(a, n0, nc, k0, kc, Bp.data(), srow.data());
@@ -851,25 +878,30 @@ static void prefill(const QmmArgs& a) {
                        C + i0 * ldc + j0, ldc, std::min(kNR, nc - j0), k0 > 0);
         }
       }
-      // Epilogue: bias, and conversion to x's dtype when y is not fp32.
-      if (a.bias || !direct) {
-        std::vector<float> b(nc, 0.f);
-        if (a.bias) for (int j = 0; j < nc; ++j) b[j] = load_one(a.bias, a.ydt, n0 + j);
-        for (int64_t i = 0; i < mrows; ++i) {
-          float* c = C + i * ldc;
-          for (int j = 0; j < nc; ++j) c[j] += b[j];
-          if (!direct) store_row(c, a.ydt, nc, static_cast<char*>(row_ptr(a.y, a.ydt, mb0 + i, a.ldy)) + n0 * dsize(a.ydt));
-        }
-      }
+      pt.epilogue(a, C, ldc, t, nullptr);
     }
   }
 }
 
 #include "qmatmul_a8.h"
+#include "qmatmul_a8_prefill.h"
+
+// -a8 prefill as an integer GEMM where this build and CPU have AVX512-VNNI; false: not run here.
+template <class VV = V>
+static bool vnni_prefill_a8(const QmmArgs& a) {
+  if constexpr (VV::kVnni) {
+    if (a.M > 8 && vnni_dot()) {
+      prefill_a8(a);
+      return true;
+    }
+  }
+  return false;
+}
 
 void qmatmul_run(const QmmArgs& a) {
   if (a.act_bits == 8) {
     if (a.bits == 4 && a.M <= 8) return decode_int4_a8(a);
+    if (vnni_prefill_a8(a)) return;
     std::vector<float> xh;
     return qmatmul_run(act8_fp32_copy(a, xh));
   }

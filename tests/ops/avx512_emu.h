@@ -152,6 +152,18 @@ inline emu_m512i emu_madd_epi16(emu_m512i a, emu_m512i b) {
     r.u[l] = static_cast<uint32_t>(int32_t{x[2 * l]} * y[2 * l] + int32_t{x[2 * l + 1]} * y[2 * l + 1]);
   return r;
 }
+// The -a8 GEMM's packing (V::storei, sll, bor, sub32)
+inline void emu_storeu_si512(void* p, emu_m512i v) { std::memcpy(p, v.u, 64); }
+inline emu_m512i emu_slli_epi32(emu_m512i a, unsigned n) {
+  for (uint32_t& v : a.u) v = n > 31 ? 0u : v << n;
+  return a;
+}
+inline emu_m512i emu_or_si512(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] |= b.u[l]; return a; }
+inline emu_m512i emu_sub_epi32(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] -= b.u[l]; return a; }
+#define _mm512_storeu_si512 emu_storeu_si512
+#define _mm512_slli_epi32 emu_slli_epi32
+#define _mm512_or_si512 emu_or_si512
+#define _mm512_sub_epi32 emu_sub_epi32
 // vpdpbusd (V::dpbusd): s32 lane l = acc[l] + sum over its 4 bytes j of u8 a[4l+j] * s8 b[4l+j] (wrapping)
 inline emu_m512i emu_dpbusd_epi32(emu_m512i acc, emu_m512i a, emu_m512i b) {
   uint8_t ua[64];

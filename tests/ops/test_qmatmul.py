@@ -339,11 +339,12 @@ def test_cpu_bf16_dot(cpu_bf16_dot, spec):
 
 
 @needs_cpu
-@pytest.mark.parametrize("spec", [s for s in A8_SPECS if s.startswith("int4")])
+@pytest.mark.parametrize("spec", A8_SPECS)
 def test_cpu_vnni(cpu_vnni, spec):
-    """The -a8 INT4 decode tile with its integer sums through vpdpbusd (where this CPU has
-    AVX512-VNNI) and through vpmaddubsw + vpmaddwd: the same bits (the sums are exact either way)
-    and float64's values, at every decode shape. Elsewhere "on" must refuse."""
+    """-a8 through AVX512-VNNI's vpdpbusd (where this CPU has it) and without: the INT4 decode
+    tile (M <= 8) must give the same bits either way (its integer sums are exact), and the
+    integer GEMM that VNNI enables for M > 8 (INT4 and INT8) float64's values, as the fp32 path
+    it replaces does, at every shape. Elsewhere "on" must refuse."""
     _C = _native.native()
     modes = ["off"]
     try:
@@ -351,18 +352,18 @@ def test_cpu_vnni(cpu_vnni, spec):
         modes.append("on")
     except ValueError as e:
         assert "AVX512-VNNI" in str(e)
-    for i, (m, n, k) in enumerate(DECODE_SHAPES):
+    for i, (m, n, k) in enumerate(SHAPES):
         qw, w64 = _weight(spec, n, k, seed=i)
         x = randn(m, k, dtype=DTYPES[i % len(DTYPES)], seed=400 + i) * (10.0 ** (i % 5 - 2))
         b = randn(n, dtype=x.dtype, seed=500 + i) if i % 2 else None
+        xe = quantize_activations(x, qw.spec.act_block(k))
         ys = {}
         for mode in modes:
             cpu_vnni(mode)
             assert _C.cpu_vnni() == mode
             ys[mode] = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
-        xe = quantize_activations(x, qw.spec.act_block(k))
-        assert_matmul_close(ys["off"], xe, w64, b, out_dtype=x.dtype, what=f"vnni off {spec} {m}x{n}x{k}")
-        if "on" in ys:
+            assert_matmul_close(ys[mode], xe, w64, b, out_dtype=x.dtype, what=f"vnni {mode} {spec} {m}x{n}x{k}")
+        if "on" in ys and m <= 8 and qw.spec.bits == 4:
             assert torch.equal(ys["on"], ys["off"]), f"{spec} {m}x{n}x{k}"
 
 

@@ -1,0 +1,294 @@
+// -a8 prefill (M > 8, INT4 or INT8 weights) as an integer GEMM on AVX512-VNNI, included by
+// qmatmul_kernels.h inside the ISA namespace after qmatmul_a8.h (whose act8_row quantizes x).
+// Only builds with V::kVnni compile it, and it runs only where vnni_dot() says the CPU has the
+// instruction; elsewhere -a8 prefill runs the fp32 kernels on q * s (act8_fp32_copy).
+//
+// y[m, n] = sum_f sw[n,f] sx[m,f] sum_{k in f} w[n,k] q[m,k]
+//          = sum_f sw[n,f] sx[m,f] (sum_{k in f} w[n,k] (q[m,k] + 128) - 128 sum_{k in f} w[n,k])
+// over scale folds f of FU codes: an INT4 group (FU = G; w = code - zero-point, in [-15, 15]), or
+// for INT8 a K block (FU = kKC; w = the int8 code, sw the row's scale). vpdpbusd multiplies 4
+// unsigned bytes by 4 signed ones and adds them to an s32 lane (64 products an instruction, where
+// an fp32 FMA does 16): x's codes go in as q + 128 (unsigned), the weights' as w (signed), and each
+// fold's sums start from -128 sum w (a per-column constant, computed when W is packed). The s32
+// sums are exact (at most 256 x 255 x 127 a fold); the fold converts them and multiplies by the
+// two scales: no zero-point term is left for it.
+//
+// Layout, per kNC x kKC slab of W (packed by each thread for its tile, as the fp32 prefill's
+// dequant_panel does): panel j (kNR columns) holds quad kq (codes 4kq..4kq+3) of column c at
+// Bq[(j * nq + kq) * kNR + c], one 32-bit lane per column, so one vector load gives W columns.
+// x: quads of kA8MR rows interleaved, xq[(p * Kq / 4 + kq) * kA8MR + i], each broadcast to
+// every lane. A micro-kernel keeps kA8MR x kNR s32 sums and as many fp32 totals in registers.
+#pragma once
+
+constexpr int kA8MR = 6;  // prefill_a8's switch covers 1 to 6
+
+struct A8GemmPlan {
+  int64_t Kq;                 // K padded: ng * G (INT4), K rounded up to 4 (INT8)
+  int64_t FU, nf;             // codes per scale fold (G, or kKC for INT8) and folds per row
+  AlignedVec<uint32_t> xq;    // [ceil(M / kA8MR)][Kq / 4][kA8MR]: x's int8 codes + 128, 4 to a lane
+  std::vector<float> sx;      // [M][nf]: x's scale in fold f
+  std::vector<uint8_t> bad;   // [M]: x's row holds a NaN or an Inf (its outputs are NaN)
+};
+
+static inline void a8_gemm_plan(const QmmArgs& a, A8GemmPlan& p) {
+  const int64_t K = a.K, M = a.M, B = a.bits == 4 ? a.group : K;  // x's block: the weight's group, or the row
+  p.Kq = a.bits == 4 ? (K + B - 1) / B * B : (K + 3) / 4 * 4;
+  p.FU = a.bits == 4 ? B : kKC;
+  p.nf = (p.Kq + p.FU - 1) / p.FU;
+  const int64_t nq = p.Kq / 4, npanel = (M + kA8MR - 1) / kA8MR;
+  p.xq.assign(npanel * nq * kA8MR, 0);
+  p.sx.assign(M * p.nf, 0.f);
+  p.bad.assign(M, 0);
+#pragma omp parallel num_threads(threads_for(a))
+  {
+    std::vector<float> xr(K), s((K + B - 1) / B);
+    std::vector<int8_t> q(std::max(p.Kq, (K + B - 1) / B * B));
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xr.data());
+      std::fill(q.begin(), q.end(), 0);
+      p.bad[m] = !act8_row(xr.data(), K, B, q.data(), s.data());
+      for (int64_t f = 0; f < p.nf; ++f) p.sx[m * p.nf + f] = s[f * p.FU / B];
+      uint32_t* dst = p.xq.data() + (m / kA8MR) * nq * kA8MR + m % kA8MR;
+      for (int64_t kq = 0; kq < nq; ++kq) {
+        uint32_t u;
+        std::memcpy(&u, q.data() + 4 * kq, 4);
+        dst[kq * kA8MR] = u ^ 0x80808080u;  // q + 128 in each byte
+      }
+    }
+  }
+}
+
+static inline float scale_at(const QmmArgs& a, int64_t i) {
+  return a.sdt == DType::F32 ? static_cast<const float*>(a.scales)[i]
+                             : f16_to_f32(static_cast<const uint16_t*>(a.scales)[i]);
+}
+
+// Packing W[n0:n0+nc, k0:k0+kc] (the slab of one tile and K block) as signed bytes w into Bq
+// (layout above), and per panel and fold the columns' scales into sw[(j * nfb + f) * kNR + c] and
+// -128 sum w into corr likewise; columns past nc are zero throughout. dst, s, cs below point at a
+// column's first quad, scale and correction (stride kNR).
+struct A8Slab {
+  int64_t k0, kc, nq, nfb, f0, qpf;  // quads in the block, folds in it, its first fold, quads a fold
+  A8Slab(const A8GemmPlan& p, int64_t k0_, int64_t kc_)
+      : k0(k0_), kc(kc_), nq(kc_ / 4), nfb((kc_ + p.FU - 1) / p.FU), f0(k0_ / p.FU), qpf(std::min(p.FU, kc_) / 4) {}
+};
+
+// One column (row n of W; n < 0: a padding column): the plain loop, for the columns past the last
+// full group of W (a8_pack_cols).
+static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst, float* s,
+                        int32_t* cs) {
+  if (n < 0) {
+    for (int64_t kq = 0; kq < sl.nq; ++kq) dst[kq * kNR] = 0;
+    for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = 0.f, cs[f * kNR] = 0;
+    return;
+  }
+  auto byte_sum = [](uint32_t u) { return int32_t{int8_t(u)} + int8_t(u >> 8) + int8_t(u >> 16) + int8_t(u >> 24); };
+  if (a.bits == 4) {
+    const int64_t ng = p.Kq / a.group;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2) + sl.k0 / 2;
+    for (int64_t f = 0; f < sl.nfb; ++f) {
+      const int64_t g = sl.f0 + f;
+      const uint64_t z = (a.zeros ? a.zeros[n * ng + g] : 8) * 0x0101010101010101ull;
+      int32_t sum = 0;
+      for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 2) {  // 8 codes (4 bytes) to two quads
+        uint32_t u;
+        std::memcpy(&u, q + 2 * kq, 4);
+        uint64_t v = u;  // nibble i to byte i
+        v = (v | (v << 16)) & 0x0000FFFF0000FFFFull;
+        v = (v | (v << 8)) & 0x00FF00FF00FF00FFull;
+        v = (v | (v << 4)) & 0x0F0F0F0F0F0F0F0Full;
+        v = ((v | 0x8080808080808080ull) - z) ^ 0x8080808080808080ull;  // each byte code - z, no borrows
+        dst[kq * kNR] = static_cast<uint32_t>(v);
+        dst[(kq + 1) * kNR] = static_cast<uint32_t>(v >> 32);
+        sum += byte_sum(static_cast<uint32_t>(v)) + byte_sum(static_cast<uint32_t>(v >> 32));
+      }
+      s[f * kNR] = scale_at(a, n * ng + g);
+      cs[f * kNR] = -128 * sum;
+    }
+  } else {
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
+    int32_t sum = 0;
+    for (int64_t kq = 0; kq < sl.nq; ++kq) {
+      const int64_t k = sl.k0 + 4 * kq;
+      uint32_t u = 0;  // codes past K are 0
+      std::memcpy(&u, q + k, static_cast<size_t>(std::clamp<int64_t>(a.K - k, 0, 4)));
+      dst[kq * kNR] = u;
+      sum += byte_sum(u);
+    }
+    s[0] = scale_at(a, n);
+    cs[0] = -128 * sum;
+  }
+}
+
+// W columns at once (rows n..n+W-1 of W), what a8_pack_col does for one: lane l of every vector
+// is row n + l, so each store writes a quad of W columns. The byte sums come from vpdpbusd by
+// ones. The plain loop took longer than the GEMM itself at M < 32 (bench/RESULTS.md).
+template <class VV = V>
+static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst, float* s,
+                         int32_t* cs) {
+  using I = typename VV::I;
+  constexpr int W = VV::W;
+  auto store = [](void* at, I v) { VV::storei(static_cast<uint8_t*>(at), v); };
+  const I ones = VV::set1i(0x01010101);
+  alignas(64) int32_t t[W], tz[W];
+  if (a.bits == 4) {
+    const int64_t ng = p.Kq / a.group, row_bytes = p.Kq / 2;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes + sl.k0 / 2;
+    // nibble i of a lane's low 16 bits to its byte i
+    auto spread = [](I v) {
+      v = VV::band(VV::bor(v, VV::template sll<8>(v)), 0x00FF00FFu);
+      return VV::band(VV::bor(v, VV::template sll<4>(v)), 0x0F0F0F0Fu);
+    };
+    const I high = VV::set1i(static_cast<int32_t>(0x80808080u));
+    for (int64_t f = 0; f < sl.nfb; ++f) {
+      const int64_t g = sl.f0 + f;
+      for (int l = 0; l < W; ++l) {
+        const int32_t z = a.zeros ? a.zeros[(n + l) * ng + g] : 8;
+        t[l] = z * 0x01010101;        // in each byte
+        tz[l] = 4 * sl.qpf * z;       // times the fold's codes
+      }
+      const I zb = VV::loadi(reinterpret_cast<const uint8_t*>(t)), zc = VV::loadi(reinterpret_cast<const uint8_t*>(tz));
+      I sum = VV::zero_i();
+      for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 2) {
+        const I u = gather4(q + 2 * kq, row_bytes), lo = spread(VV::band(u, 0xFFFFu)), hi = spread(VV::template srl<16>(u));
+        sum = VV::dpbusd(VV::dpbusd(sum, lo, ones), hi, ones);
+        store(dst + kq * kNR, VV::flip_bytes(VV::sub32(VV::bor(lo, high), zb)));  // code - z in each byte
+        store(dst + (kq + 1) * kNR, VV::flip_bytes(VV::sub32(VV::bor(hi, high), zb)));
+      }
+      store(cs + f * kNR, VV::template sll<7>(VV::sub32(zc, sum)));  // -128 (sum c - 4 qpf z)
+      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + g);
+    }
+  } else {
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
+    I sum = VV::zero_i();
+    for (int64_t kq = 0; kq < sl.nq; ++kq) {
+      const int64_t k = sl.k0 + 4 * kq;
+      I u;
+      if (k + 4 <= a.K) {
+        u = gather4(q + k, a.K);
+      } else {  // the last quad of a K not a multiple of 4: codes past K are 0
+        for (int l = 0; l < W; ++l) {
+          t[l] = 0;
+          std::memcpy(&t[l], q + l * a.K + k, static_cast<size_t>(std::max<int64_t>(a.K - k, 0)));
+        }
+        u = VV::loadi(reinterpret_cast<const uint8_t*>(t));
+      }
+      store(dst + kq * kNR, u);
+      sum = VV::dpbusd(sum, ones, u);
+    }
+    store(cs, VV::sub32(VV::zero_i(), VV::template sll<7>(sum)));
+    for (int l = 0; l < W; ++l) s[l] = scale_at(a, n + l);
+  }
+}
+
+template <class VV = V>
+static void a8_pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc, const A8Slab& sl, uint32_t* Bq,
+                      float* sw, int32_t* corr) {
+  const int npan = (nc + kNR - 1) / kNR;
+  // column c's first quad, scale and correction
+  auto dst = [&](int c) { return Bq + (c / kNR) * sl.nq * kNR + c % kNR; };
+  auto s = [&](int c) { return sw + (c / kNR) * sl.nfb * kNR + c % kNR; };
+  auto cs = [&](int c) { return corr + (c / kNR) * sl.nfb * kNR + c % kNR; };
+  int c = 0;
+  for (; c + VV::W <= nc; c += VV::W) a8_pack_cols<VV>(a, p, sl, n0 + c, dst(c), s(c), cs(c));
+  for (; c < npan * kNR; ++c) a8_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c), cs(c));
+}
+
+// C[MR x nc] (+)= this K block's share: A = kA8MR-interleaved x quads from the block's first,
+// Bq one panel (nq quads), qpf quads per fold; sw / corr the panel's per-fold column scales and
+// -128 sum w; sxr[i] x row i's scales from the block's first fold.
+template <int MR, class VV = V>
+__attribute__((noinline)) static void a8_micro(const uint32_t* A, const uint32_t* Bq, int64_t nq, int64_t qpf,
+                                               const float* sw, const int32_t* corr, const float* const* sxr,
+                                               float* C, int64_t ldc, int nc, bool accumulate) {
+  using F = typename VV::F;
+  using I = typename VV::I;
+  constexpr int W = VV::W;
+  F t0[MR], t1[MR];
+  for (int i = 0; i < MR; ++i) t0[i] = t1[i] = VV::zero();
+  for (int64_t f = 0, kq = 0; kq < nq; ++f) {
+    I a0[MR], a1[MR];
+    const auto* cf = reinterpret_cast<const uint8_t*>(corr + f * kNR);
+    const I c0 = VV::loadi(cf), c1 = VV::loadi(cf + 4 * W);
+    for (int i = 0; i < MR; ++i) a0[i] = c0, a1[i] = c1;
+    for (const int64_t kend = kq + qpf; kq < kend; ++kq) {
+      const auto* b = reinterpret_cast<const uint8_t*>(Bq + kq * kNR);
+      const I b0 = VV::loadi(b), b1 = VV::loadi(b + 4 * W);
+      for (int i = 0; i < MR; ++i) {
+        const I x = VV::set1i(static_cast<int32_t>(A[kq * kA8MR + i]));
+        a0[i] = VV::dpbusd(a0[i], x, b0);
+        a1[i] = VV::dpbusd(a1[i], x, b1);
+      }
+    }
+    const F s0 = VV::load(sw + f * kNR), s1 = VV::load(sw + f * kNR + W);
+    for (int i = 0; i < MR; ++i) {
+      const F sx = VV::set1(sxr[i][f]);
+      t0[i] = VV::fma(VV::cvt(a0[i]), VV::fma(s0, sx, VV::zero()), t0[i]);
+      t1[i] = VV::fma(VV::cvt(a1[i]), VV::fma(s1, sx, VV::zero()), t1[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if (nc == kNR) {
+      if (accumulate) { t0[i] = VV::add(t0[i], VV::load(c)); t1[i] = VV::add(t1[i], VV::load(c + W)); }
+      VV::store(c, t0[i]);
+      VV::store(c + W, t1[i]);
+    } else {
+      float t[kNR];
+      VV::store(t, t0[i]);
+      VV::store(t + W, t1[i]);
+      for (int j = 0; j < nc; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
+    }
+  }
+}
+
+template <class VV = V>
+static void prefill_a8(const QmmArgs& a) {
+  static thread_local A8GemmPlan scratch;  // reused between calls
+  A8GemmPlan& p = scratch;
+  a8_gemm_plan(a, p);
+  const PrefillTiles pt(a, kA8MR);
+  const int64_t nq_all = p.Kq / 4, maxfb = (kKC + p.FU - 1) / p.FU;
+#pragma omp parallel num_threads(threads_for(a))
+  {
+    AlignedVec<uint32_t> Bq(kKC / 4 * kNC);
+    AlignedVec<float> sw(maxfb * kNC), Cbuf(pt.direct ? 0 : pt.mblk * kNC);
+    AlignedVec<int32_t> corr(maxfb * kNC);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < pt.ntiles(); ++t) {
+      const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
+      const int nc = pt.nc(t), mrows = pt.mrows(t);
+      float* C = pt.direct ? static_cast<float*>(a.y) + mb0 * a.ldy + n0 : Cbuf.data();
+      const int64_t ldc = pt.direct ? a.ldy : kNC;
+      for (int64_t k0 = 0; k0 < p.Kq; k0 += kKC) {
+        const A8Slab sl(p, k0, std::min(kKC, p.Kq - k0));
+        const int64_t nq = sl.nq, nfb = sl.nfb, qpf = sl.qpf, f0 = sl.f0;
+        a8_pack_b(a, p, n0, nc, sl, Bq.data(), sw.data(), corr.data());
+        for (int i0 = 0; i0 < mrows; i0 += kA8MR) {
+          const int mr = std::min(kA8MR, mrows - i0);
+          const float* sxr[kA8MR];
+          for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (mb0 + i0 + std::min(i, mr - 1)) * p.nf + f0;
+          const uint32_t* A = p.xq.data() + ((mb0 + i0) / kA8MR * nq_all + k0 / 4) * kA8MR;
+          for (int j0 = 0; j0 < nc; j0 += kNR) {
+            const int64_t j = j0 / kNR;
+            auto run = [&](auto MR) {
+              a8_micro<decltype(MR)::value>(A, Bq.data() + j * nq * kNR, nq, qpf, sw.data() + j * nfb * kNR,
+                                            corr.data() + j * nfb * kNR, sxr, C + i0 * ldc + j0, ldc,
+                                            std::min(kNR, nc - j0), k0 > 0);
+            };
+            switch (mr) {
+              case 6: run(std::integral_constant<int, 6>{}); break;
+              case 5: run(std::integral_constant<int, 5>{}); break;
+              case 4: run(std::integral_constant<int, 4>{}); break;
+              case 3: run(std::integral_constant<int, 3>{}); break;
+              case 2: run(std::integral_constant<int, 2>{}); break;
+              default: run(std::integral_constant<int, 1>{}); break;
+            }
+          }
+        }
+      }
+      pt.epilogue(a, C, ldc, t, p.bad.data());
+    }
+  }
+}
