@@ -12,7 +12,7 @@
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
-// Decode (M <= 8): GEMV-like, several W rows per pass share each x load. INT4 bytes are read as
+// Decode (M <= 8, or 24 when K >= 1024; decode_max_m): GEMV-like, several W rows per pass share each x load. INT4 bytes are read as
 // 32-bit lanes: lane l of a 4W-byte block holds codes 8l..8l+7, nibble S of every lane is
 // isolated with one AND (no shuffles), and x is permuted (and scaled by 2^-4S) once per call so
 // that the matching x values sit in one vector. Per group (or per block when G < 8W):
@@ -45,7 +45,7 @@
 //              For 2 to 8 rows of x: on Zen 4 (2 threads, 16 layers of 4096 x 4096 from memory)
 //              1.09x, 1.24-1.29x and 1.32x the fp32 path at M = 2, 4 and 8, but at M = 1 0.99-1.02x
 //              there and 0.93-0.94x at 1536 x 576 (bench/RESULTS.md, fourteenth session).
-// Prefill (M > 8): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
+// Prefill (more rows): blocked GEMM; "packing B" is the dequantization of a KC x NC slab into an
 // fp32 panel (NR = 2W columns wide) that stays in cache, then an MR x NR FMA micro-kernel. x is
 // converted to fp32 and packed once per call into MR-row panels, k-major, so the micro-kernel's
 // broadcasts read one sequential stream (rows of x K apart alias in L1): about 7% faster at
@@ -251,6 +251,14 @@ constexpr int kPrefetchLocality = 2;
 static inline void prefetch_tile_ahead(const uint8_t* p, int64_t n) {
   for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o + kPrefetchTileBytes, 0, kPrefetchLocality);
 }
+
+// The most rows of x the decode kernels take; more go to the blocked prefill GEMM. 8, and 24 when
+// K >= 1024: there the decode kernels, reading W once for all rows, beat the GEMM (which
+// dequantizes W into fp32 panels) up to 24-32 rows (4096 x 4096 from memory, INT4 fp32 x: 1.66x
+// at M = 9, 1.28x at 16, 1.08x at 24, 1.02x at 32; bf16 x and INT8 more), but at K = 576 only up
+// to 9 (Zen 4, bench/RESULTS.md, sixteenth session).
+constexpr int64_t kDecodeMaxM = 24;
+static inline int64_t decode_max_m(int64_t K) { return K >= 1024 ? kDecodeMaxM : 8; }
 
 struct Int4Plan {
   int64_t G, ng, ngp, Kp, nblocks;  // ngp: ng rounded up to W; nblocks full 8W-code blocks per row
@@ -520,7 +528,7 @@ static void decode_int4(const QmmArgs& a) {
     NoDaz no_daz;
     static thread_local std::vector<float> sbuf;  // this thread's own
     sbuf.assign(8 * p.ngp, 0.f);  // 4 rows' scales, then their s * z; zero padding to ngp
-    float yrow[8 * 4];
+    float yrow[kDecodeMaxM * 4];
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
@@ -655,7 +663,7 @@ static void decode_int8(const QmmArgs& a) {
 #pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
-    float yrow[8 * 4];
+    float yrow[kDecodeMaxM * 4];
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
@@ -905,7 +913,7 @@ void qmatmul_run(const QmmArgs& a) {
     std::vector<float> xh;
     return qmatmul_run(act8_fp32_copy(a, xh));
   }
-  if (a.M <= 8) {
+  if (a.M <= decode_max_m(a.K)) {
     if (a.bits == 4) decode_int4(a);
     else decode_int8(a);
   } else {

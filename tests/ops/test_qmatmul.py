@@ -34,7 +34,8 @@ SPECS = ["int8", "int8-fp16", "int4-g32", "int4-g64", "int4-g128", "int4-g256", 
 # (M, N, K): odd sizes, K from 32 to 8192 with ragged last groups; M <= 8 is the decode path,
 # M > 8 the blocked prefill path (N > 128 and K > 256 cross its N and K blocks).
 SHAPES = [(1, 1, 32), (1, 7, 100), (2, 33, 129), (3, 13, 576), (5, 9, 1000), (8, 31, 4096), (1, 17, 8192),
-          (4, 5, 8191), (9, 21, 300), (13, 40, 64), (37, 45, 1000), (64, 130, 520), (11, 19, 777)]
+          (4, 5, 8191), (9, 21, 300), (13, 40, 64), (37, 45, 1000), (64, 130, 520), (11, 19, 777),
+          (17, 23, 1100), (24, 6, 2050), (25, 11, 1024)]  # the last three: decode and GEMM at K >= 1024
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -257,7 +258,8 @@ def cpu_vnni():
     _C.set_cpu_vnni("auto")
 
 
-DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8]
+# the shapes the CPU decode kernels take: M <= 8, or M <= 24 with K >= 1024 (decode_max_m)
+DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8 or (s[0] <= 24 and s[2] >= 1024)]
 
 
 @needs_cpu
