@@ -14,11 +14,13 @@
 //   scales: fp32 or fp16 (scale_dtype). x, bias and y share x_dtype: fp32, bf16 or fp16.
 //   x rows are ldx elements apart (ldx >= K), y rows ldy apart (ldy >= N); the last dimension
 //   of each is contiguous. Accumulation is in fp32; the full-precision weight is never built
-//   (dequantization happens in registers, or in a small cache-resident panel for M > 8).
+//   (dequantization happens in registers for M <= 8, or <= 24 when K >= 1024, else in a small
+//   cache-resident panel).
 //   num_threads <= 0 uses the OpenMP default.
 //   act_bits == 8 (the -a8 specs): each row of x is first quantized to int8, symmetric, with one
 //   scale per block of G columns (INT4) or per row (INT8): s = max|x| / 127, q = clamp(
-//   rint(x / s), -127, 127), x ~= q * s; INT4 with M <= 8 multiplies codes and q as integers.
+//   rint(x / s), -127, 127), x ~= q * s; INT4 with M <= 8 multiplies codes and q as integers, and so
+//   do INT4 and INT8 with M > 8 where the CPU has AVX512-VNNI.
 //   A row of x holding a NaN or an Inf gives a row of NaN.
 // Returns kOk, or kInvalidArgument / kUnsupported with the reason in last_error().
 #pragma once
