@@ -15,11 +15,16 @@ ms=("$@")
 [ ${#ms[@]} -gt 0 ] || ms=(1)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-git show "$rev:csrc/cpu/qmatmul_kernels.h" | sed 's/#include "qmatmul_a8.h"/#include "base_a8.h"/' > "$tmp/base_kernels.h"
-git show "$rev:csrc/cpu/qmatmul_a8.h" > "$tmp/base_a8.h" 2>/dev/null || true  # revisions before -a8 lack it
+# REV's headers that qmatmul_kernels.h includes, renamed base_*.h (older revisions lack some).
 # GCC's #pragma once takes two files of the same contents and modification time for one: when
 # REV's header equals the working tree's, the base build would skip it. A comment tells them apart.
-echo "// $rev" >> "$tmp/base_a8.h"
+git show "$rev:csrc/cpu/qmatmul_kernels.h" \
+  | sed -e 's/#include "qmatmul_a8.h"/#include "base_a8.h"/' -e 's/#include "qmatmul_a8_prefill.h"/#include "base_a8_prefill.h"/' \
+  > "$tmp/base_kernels.h"
+for h in a8 a8_prefill; do
+  git show "$rev:csrc/cpu/qmatmul_$h.h" > "$tmp/base_$h.h" 2>/dev/null || true
+  echo "// $rev" >> "$tmp/base_$h.h"
+done
 isa=${ISA:-$(grep -qw avx512bw /proc/cpuinfo && echo avx512 || echo avx2)}
 flags=(-mavx2 -mfma -mf16c -mbmi2)
 [ "$isa" = avx512 ] && flags+=(-mavx512f -mavx512bw -mavx512vl -mavx512dq)

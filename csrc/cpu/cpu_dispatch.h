@@ -18,7 +18,7 @@ bool subnormal_codes();
 bool bf16_dot();
 
 // Whether the -a8 kernels use AVX512-VNNI's vpdpbusd: the INT4 decode tile, and the integer GEMM
-// for M > 8 (AVX-512 kernels on a CPU with AVX512-VNNI; PYQUANT_VNNI=0 turns it off,
+// for more rows (AVX-512 kernels on a CPU with AVX512-VNNI; PYQUANT_VNNI=0 turns it off,
 // set_cpu_vnni switches it).
 bool vnni_dot();
 

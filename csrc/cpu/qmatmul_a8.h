@@ -7,7 +7,7 @@
 //   s = max|x_b| / 127,  q = clamp(rint(x / s), -127, 127) (0 when s is not > 0),  x ~= q * s.
 // A row holding a NaN or an Inf gives NaN outputs (the reference's q * s is NaN there).
 //
-// INT4 decode (M <= 8) multiplies codes and q as integers (llama.cpp's Q4 x Q8 dot product):
+// INT4 decode (M <= 8, or <= 16 when K >= 1024) multiplies codes and q as integers (llama.cpp's Q4 x Q8 dot product):
 //   y[n] = sum_g sw[n,g] * s[g] * sum_{k in g} code_k q_k  -  sum_g sw[n,g] z[n,g] * (s[g] * sum_{k in g} q_k).
 // A block of 4W bytes (one vector; 32 at AVX2, 64 at AVX-512) holds 8W codes; one AND gives the
 // low nibbles, a shift and an AND the high ones, each met by 4W bytes of q permuted to match
@@ -73,6 +73,11 @@ static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, flo
   for (int64_t k = K; k < nb * B; ++k) q[k] = 0;
   return row_max < 0x7f800000u;
 }
+
+// The most rows of x the INT4 decode tile takes (within decode_max_m(K)): at 4096 x 4096 with VNNI it
+// beat the integer GEMM at 12 and 16 rows (1.31-1.57x, 1.12-1.36x) and lost at 24 with G = 128
+// (0.91-0.96x; bench/RESULTS.md, sixteenth session).
+constexpr int64_t kA8DecodeMaxM = 16;
 
 struct A8Plan {
   int64_t G, ng, ngp, Kp, Kq;         // Kp = ng * G; Kq: Kp rounded up to kA8Block (q's padded length)
@@ -257,7 +262,7 @@ static void decode_int4_a8(const QmmArgs& a) {
         sw[r] = sbuf.data() + r * p.ngp;
       }
       const auto* q = static_cast<const uint8_t*>(a.qw) + n0 * row_bytes;
-      float yt[4][8];  // [r][m]
+      float yt[4][kA8DecodeMaxM];  // [r][m]
       // Tiles of 4 weight rows x 2 rows of x; more rows of x run as more passes, which read the
       // tile's codes from L1. 2 x 4 against 1 x 4 (the first version): 1.09-1.17x at M = 2..8; 2 x 2,
       // 4 x 2, 4 x 4, 3 x 4 were no faster (bench/decode_ab.sh ACT=8 ACT_BASE=8, Zen 3).

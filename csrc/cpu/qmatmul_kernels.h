@@ -908,7 +908,7 @@ static bool vnni_prefill_a8(const QmmArgs& a) {
 
 void qmatmul_run(const QmmArgs& a) {
   if (a.act_bits == 8) {
-    if (a.bits == 4 && a.M <= 8) return decode_int4_a8(a);
+    if (a.bits == 4 && a.M <= std::min(decode_max_m(a.K), kA8DecodeMaxM)) return decode_int4_a8(a);
     if (vnni_prefill_a8(a)) return;
     std::vector<float> xh;
     return qmatmul_run(act8_fp32_copy(a, xh));

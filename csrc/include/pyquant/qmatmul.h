@@ -19,8 +19,8 @@
 //   num_threads <= 0 uses the OpenMP default.
 //   act_bits == 8 (the -a8 specs): each row of x is first quantized to int8, symmetric, with one
 //   scale per block of G columns (INT4) or per row (INT8): s = max|x| / 127, q = clamp(
-//   rint(x / s), -127, 127), x ~= q * s; INT4 with M <= 8 multiplies codes and q as integers, and so
-//   do INT4 and INT8 with M > 8 where the CPU has AVX512-VNNI.
+//   rint(x / s), -127, 127), x ~= q * s; INT4 with M <= 8 (<= 16 at K >= 1024) multiplies codes
+//   and q as integers, and so do INT4 and INT8 with more rows where the CPU has AVX512-VNNI.
 //   A row of x holding a NaN or an Inf gives a row of NaN.
 // Returns kOk, or kInvalidArgument / kUnsupported with the reason in last_error().
 #pragma once
