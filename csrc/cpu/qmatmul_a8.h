@@ -7,7 +7,8 @@
 //   s = max|x_b| / 127,  q = clamp(rint(x / s), -127, 127) (0 when s is not > 0),  x ~= q * s.
 // A row holding a NaN or an Inf gives NaN outputs (the reference's q * s is NaN there).
 //
-// INT4 decode (M <= 8, or <= 16 when K >= 1024) multiplies codes and q as integers (llama.cpp's Q4 x Q8 dot product):
+// INT4 decode (M <= 8, or <= 16 when K >= 1024) multiplies codes and q as integers (llama.cpp's
+// Q4 x Q8 dot product):
 //   y[n] = sum_g sw[n,g] * s[g] * sum_{k in g} code_k q_k  -  sum_g sw[n,g] z[n,g] * (s[g] * sum_{k in g} q_k).
 // A block of 4W bytes (one vector; 32 at AVX2, 64 at AVX-512) holds 8W codes; one AND gives the
 // low nibbles, a shift and an AND the high ones, each met by 4W bytes of q permuted to match
@@ -24,8 +25,8 @@
 // at 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets
 // the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
 // (AVX512BW) had run the 256-bit code until the fifteenth session (bench/RESULTS.md).
-// M > 8 on AVX512-VNNI (INT4 or INT8 weights) runs an integer GEMM (qmatmul_a8_prefill.h).
-// Everything else (INT8 weights at M <= 8, M > 8 without VNNI) quantizes x into an fp32 copy
+// More rows on AVX512-VNNI (INT4, or INT8 from M = 9) run an integer GEMM (qmatmul_a8_prefill.h).
+// Everything else (INT8 weights at M <= 8, more rows without VNNI) quantizes x into an fp32 copy
 // q * s and runs the weight-only kernels on it.
 #pragma once
 
@@ -74,8 +75,8 @@ static inline bool act8_row(const float* x, int64_t K, int64_t B, int8_t* q, flo
   return row_max < 0x7f800000u;
 }
 
-// The most rows of x the INT4 decode tile takes (within decode_max_m(K)): at 4096 x 4096 with VNNI it
-// beat the integer GEMM at 12 and 16 rows (1.31-1.57x, 1.12-1.36x) and lost at 24 with G = 128
+// The most rows of x the INT4 decode tile takes (within decode_max_m(K)): at 4096 x 4096 with
+// VNNI it beat the integer GEMM at 12 and 16 rows (1.31-1.57x, 1.12-1.36x) and lost at 24 with G = 128
 // (0.91-0.96x; bench/RESULTS.md, sixteenth session).
 constexpr int64_t kA8DecodeMaxM = 16;
 
@@ -166,7 +167,8 @@ __attribute__((noinline)) static void a8_tile(const int8_t* const* xq, const flo
           for (int r = 0; r < R; ++r) dot(q + r * row_bytes + b * BB, b, s16[r], next);
         }
         for (int r = 0; r < R; ++r)
-          for (int m = 0; m < MC; ++m) tot[r][m] = VV::fma(to_float(s16[r][m]), VV::set1(sw[r][g] * sx[m][g]), tot[r][m]);
+          for (int m = 0; m < MC; ++m)
+            tot[r][m] = VV::fma(to_float(s16[r][m]), VV::set1(sw[r][g] * sx[m][g]), tot[r][m]);
       }
     } else {  // BC / G groups per block, G / 8 lanes each
       const int64_t gpb = BC / G, nfull = ng / gpb;

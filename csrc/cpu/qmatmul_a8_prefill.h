@@ -76,8 +76,8 @@ struct A8Slab {
 
 // One column (row n of W; n < 0: a padding column): the plain loop, for the columns past the last
 // full group of W (a8_pack_cols).
-static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst, float* s,
-                        int32_t* cs) {
+static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst,
+                               float* s, int32_t* cs) {
   if (n < 0) {
     for (int64_t kq = 0; kq < sl.nq; ++kq) dst[kq * kNR] = 0;
     for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = 0.f, cs[f * kNR] = 0;
@@ -151,7 +151,8 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
       const I zb = VV::loadi(reinterpret_cast<const uint8_t*>(t)), zc = VV::loadi(reinterpret_cast<const uint8_t*>(tz));
       I sum = VV::zero_i();
       for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 2) {
-        const I u = gather4(q + 2 * kq, row_bytes), lo = spread(VV::band(u, 0xFFFFu)), hi = spread(VV::template srl<16>(u));
+        const I u = gather4(q + 2 * kq, row_bytes);
+        const I lo = spread(VV::band(u, 0xFFFFu)), hi = spread(VV::template srl<16>(u));
         sum = VV::dpbusd(VV::dpbusd(sum, lo, ones), hi, ones);
         store(dst + kq * kNR, VV::flip_bytes(VV::sub32(VV::bor(lo, high), zb)));  // code - z in each byte
         store(dst + (kq + 1) * kNR, VV::flip_bytes(VV::sub32(VV::bor(hi, high), zb)));
@@ -228,19 +229,7 @@ __attribute__((noinline)) static void a8_micro(const uint32_t* A, const uint32_t
       t1[i] = VV::fma(VV::cvt(a1[i]), VV::fma(s1, sx, VV::zero()), t1[i]);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    float* c = C + i * ldc;
-    if (nc == kNR) {
-      if (accumulate) { t0[i] = VV::add(t0[i], VV::load(c)); t1[i] = VV::add(t1[i], VV::load(c + W)); }
-      VV::store(c, t0[i]);
-      VV::store(c + W, t1[i]);
-    } else {
-      float t[kNR];
-      VV::store(t, t0[i]);
-      VV::store(t + W, t1[i]);
-      for (int j = 0; j < nc; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
-    }
-  }
+  store_micro<MR>(t0, t1, C, ldc, nc, accumulate);
 }
 
 template <class VV = V>
@@ -259,8 +248,8 @@ static void prefill_a8(const QmmArgs& a) {
     for (int64_t t = 0; t < pt.ntiles(); ++t) {
       const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
       const int nc = pt.nc(t), mrows = pt.mrows(t);
-      float* C = pt.direct ? static_cast<float*>(a.y) + mb0 * a.ldy + n0 : Cbuf.data();
-      const int64_t ldc = pt.direct ? a.ldy : kNC;
+      float* C = pt.c_of(a, t, Cbuf.data());
+      const int64_t ldc = pt.ldc(a);
       for (int64_t k0 = 0; k0 < p.Kq; k0 += kKC) {
         const A8Slab sl(p, k0, std::min(kKC, p.Kq - k0));
         const int64_t nq = sl.nq, nfb = sl.nfb, qpf = sl.qpf, f0 = sl.f0;

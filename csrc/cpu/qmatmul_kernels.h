@@ -12,10 +12,10 @@
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
-// Decode (M <= 8, or 24 when K >= 1024; decode_max_m): GEMV-like, several W rows per pass share each x load. INT4 bytes are read as
-// 32-bit lanes: lane l of a 4W-byte block holds codes 8l..8l+7, nibble S of every lane is
-// isolated with one AND (no shuffles), and x is permuted (and scaled by 2^-4S) once per call so
-// that the matching x values sit in one vector. Per group (or per block when G < 8W):
+// Decode (M <= 8, or 24 when K >= 1024; decode_max_m): GEMV-like, several W rows per pass share
+// each x load. INT4 bytes are read as 32-bit lanes: lane l of a 4W-byte block holds codes
+// 8l..8l+7, nibble S of every lane is isolated with one AND (no shuffles), and x is permuted (and
+// scaled by 2^-4S) once per call so that the matching x values sit in one vector. Per group (or per block when G < 8W):
 // acc = sum(code * x), then total += acc * scale; the zero-points are applied once per row
 // with precomputed group sums of x: y = sum_g s_g * (sum_k code_k x_k - z_g * sum_k x_k).
 // Codes become floats one of two ways (subnormal_codes() picks one per process):
@@ -688,6 +688,27 @@ constexpr int kNR = 2 * V::W;
 constexpr int64_t kKC = 256;  // a multiple of every group size: a K block never splits a group
 constexpr int64_t kNC = kNR * 8;
 
+// A micro-kernel's MR x kNR result (row i: c0[i], c1[i]) into C (rows ldc apart; its first nc
+// columns), added to what C holds when accumulate. Shared with the -a8 GEMM (qmatmul_a8_prefill.h).
+template <int MR>
+static inline void store_micro(typename V::F (&c0)[MR], typename V::F (&c1)[MR], float* C, int64_t ldc, int nc,
+                               bool accumulate) {
+  constexpr int W = V::W;
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if (nc == kNR) {
+      if (accumulate) { c0[i] = V::add(c0[i], V::load(c)); c1[i] = V::add(c1[i], V::load(c + W)); }
+      V::store(c, c0[i]);
+      V::store(c + W, c1[i]);
+    } else {
+      float t[kNR];
+      V::store(t, c0[i]);
+      V::store(t + W, c1[i]);
+      for (int j = 0; j < nc; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
+    }
+  }
+}
+
 // C[MR x nc] (+)= A[MR x kc] * Bp[kc x NR]; A packed kMR-wide (A[k * kMR + i]), Bp packed
 // NR-wide, C rows ldc apart.
 template <int MR>
@@ -706,19 +727,7 @@ static inline void micro(const float* A, const float* Bp, int64_t kc, float* C, 
       c1[i] = V::fma(av, b1, c1[i]);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    float* c = C + i * ldc;
-    if (nc == kNR) {
-      if (accumulate) { c0[i] = V::add(c0[i], V::load(c)); c1[i] = V::add(c1[i], V::load(c + W)); }
-      V::store(c, c0[i]);
-      V::store(c + W, c1[i]);
-    } else {
-      float t[kNR];
-      V::store(t, c0[i]);
-      V::store(t + W, c1[i]);
-      for (int j = 0; j < nc; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
-    }
-  }
+  store_micro<MR>(c0, c1, C, ldc, nc, accumulate);
 }
 
 static void micro_rows(int mr, const float* A, const float* Bp, int64_t kc, float* C, int64_t ldc, int nc, bool acc) {
@@ -831,6 +840,11 @@ struct PrefillTiles {
   int64_t mb0(int64_t t) const { return (t % nmb) * mblk; }
   int nc(int64_t t) const { return static_cast<int>(std::min(kNC, N - n0(t))); }
   int mrows(int64_t t) const { return static_cast<int>(std::min(mblk, M - mb0(t))); }
+  // Where tile t's results go (rows ldc() apart): into y when it is fp32, else into buf (mblk x kNC).
+  float* c_of(const QmmArgs& a, int64_t t, float* buf) const {
+    return direct ? static_cast<float*>(a.y) + mb0(t) * a.ldy + n0(t) : buf;
+  }
+  int64_t ldc(const QmmArgs& a) const { return direct ? a.ldy : kNC; }
   // Tile t's finished rows C (ldc apart): rows whose nan_row[m] is set become NaN, the bias is
   // added, and y gets them in its dtype when it is not fp32.
   void epilogue(const QmmArgs& a, float* C, int64_t ldc, int64_t t, const uint8_t* nan_row) const {
@@ -874,8 +888,8 @@ static void prefill(const QmmArgs& a) {
     for (int64_t t = 0; t < pt.ntiles(); ++t) {
       const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
       const int nc = pt.nc(t), mrows = pt.mrows(t);
-      float* C = pt.direct ? static_cast<float*>(a.y) + mb0 * a.ldy + n0 : Cbuf.data();
-      const int64_t ldc = pt.direct ? a.ldy : kNC;
+      float* C = pt.c_of(a, t, Cbuf.data());
+      const int64_t ldc = pt.ldc(a);
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kc = std::min(kKC, K - k0);
         dequant_panel(a, n0, nc, k0, kc, Bp.data(), srow.data());

@@ -259,6 +259,17 @@ def cpu_vnni():
 
 
 # the shapes the CPU decode kernels take: M <= 8, or M <= 24 with K >= 1024 (decode_max_m)
+def _modes(setter, needs: str) -> list:
+    """["off"], and "on" where this CPU has what the switch needs (elsewhere "on" must refuse,
+    naming it)."""
+    try:
+        setter("on")
+    except ValueError as e:
+        assert needs in str(e)
+        return ["off"]
+    return ["off", "on"]
+
+
 DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8 or (s[0] <= 24 and s[2] >= 1024)]
 
 
@@ -315,13 +326,7 @@ def test_cpu_bf16_dot(cpu_bf16_dot, spec):
     1 + c/16, two per lane) where this CPU has them, and through fp32 multiply-adds: both against float64, with
     activations from 1e-30 to 1e30 and NaN/inf propagating. Elsewhere "on" must refuse."""
     _C = _native.native()
-    modes = ["off"]
-    try:
-        cpu_bf16_dot("on")
-        modes.append("on")
-    except ValueError as e:
-        assert "AVX512-BF16" in str(e)
-    for mode in modes:
+    for mode in _modes(cpu_bf16_dot, "AVX512-BF16"):
         cpu_bf16_dot(mode)
         assert _C.cpu_bf16_dot() == mode
         for i, (m, n, k) in enumerate(DECODE_SHAPES):
@@ -344,16 +349,12 @@ def test_cpu_bf16_dot(cpu_bf16_dot, spec):
 @pytest.mark.parametrize("spec", A8_SPECS)
 def test_cpu_vnni(cpu_vnni, spec):
     """-a8 through AVX512-VNNI's vpdpbusd (where this CPU has it) and without: the INT4 decode
-    tile (M <= 8, or <= 16 when K >= 1024) must give the same bits either way (its integer sums are exact), and the
-    integer GEMM that VNNI enables for more rows (INT4; INT8 from M = 9) float64's values, as the fp32 path
-    it replaces does, at every shape. Elsewhere "on" must refuse."""
+    tile (M <= 8, or <= 16 when K >= 1024) must give the same bits either way (its integer sums
+    are exact), and the integer GEMM that VNNI enables for more rows (INT4; INT8 from M = 9)
+    float64's values, as the fp32 path it replaces does, at every shape. Elsewhere "on" must
+    refuse."""
     _C = _native.native()
-    modes = ["off"]
-    try:
-        cpu_vnni("on")
-        modes.append("on")
-    except ValueError as e:
-        assert "AVX512-VNNI" in str(e)
+    modes = _modes(cpu_vnni, "AVX512-VNNI")
     for i, (m, n, k) in enumerate(SHAPES):
         qw, w64 = _weight(spec, n, k, seed=i)
         x = randn(m, k, dtype=DTYPES[i % len(DTYPES)], seed=400 + i) * (10.0 ** (i % 5 - 2))
