@@ -14,14 +14,20 @@
 // sums are exact (at most 256 x 255 x 127 a fold); the fold converts them and multiplies by the
 // two scales: no zero-point term is left for it.
 //
-// Layout, per kNC x kKC slab of W (packed by each thread for its tile, as the fp32 prefill's
-// dequant_panel does): panel j (kNR columns) holds quad kq (codes 4kq..4kq+3) of column c at
-// Bq[(j * nq + kq) * kNR + c], one 32-bit lane per column, so one vector load gives W columns.
+// Layout, per slab of W (NC columns by all of K, see kA8SlabBytes; packed by each thread for its
+// tile, as the fp32 prefill's dequant_panel does): panel j (kNR columns) holds quad kq (codes
+// 4kq..4kq+3) of column c at Bq[(j * nq + kq) * kNR + c], one 32-bit lane per column, so one
+// vector load gives W columns. INT8's folds are kKC codes, the last one shorter.
 // x: quads of kA8MR rows interleaved, xq[(p * Kq / 4 + kq) * kA8MR + i], each broadcast to
 // every lane. A micro-kernel keeps kA8MR x kNR s32 sums and as many fp32 totals in registers.
 #pragma once
 
 constexpr int kA8MR = 6;  // prefill_a8's switch covers 1 to 6
+// A tile's slab of W spans all of K and as many columns (a multiple of kNR, at most kNC) as fit
+// in this many packed bytes: 64 columns at K = 4096. Slabs of kKC codes by kNC columns, as the
+// fp32 GEMM has them, ran 1.3-2.0x slower at M = 512 (bench/RESULTS.md, sixteenth session): each
+// tile's C was read and written once per K block, and W was read 256 bytes a row at a time.
+constexpr int64_t kA8SlabBytes = 256 << 10;
 
 struct A8GemmPlan {
   int64_t Kq;                 // K padded: ng * G (INT4), K rounded up to 4 (INT8)
@@ -65,7 +71,7 @@ static inline float scale_at(const QmmArgs& a, int64_t i) {
                              : f16_to_f32(static_cast<const uint16_t*>(a.scales)[i]);
 }
 
-// Packing W[n0:n0+nc, k0:k0+kc] (the slab of one tile and K block) as signed bytes w into Bq
+// Packing W[n0:n0+nc, k0:k0+kc] (the slab of one tile) as signed bytes w into Bq
 // (layout above), and per panel and fold the columns' scales into sw[(j * nfb + f) * kNR + c] and
 // -128 sum w into corr likewise; columns past nc are zero throughout. dst, s, cs below point at a
 // column's first quad, scale and correction (stride kNR).
@@ -109,16 +115,18 @@ static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Sl
     }
   } else {
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
-    int32_t sum = 0;
-    for (int64_t kq = 0; kq < sl.nq; ++kq) {
-      const int64_t k = sl.k0 + 4 * kq;
-      uint32_t u = 0;  // codes past K are 0
-      std::memcpy(&u, q + k, static_cast<size_t>(std::clamp<int64_t>(a.K - k, 0, 4)));
-      dst[kq * kNR] = u;
-      sum += byte_sum(u);
+    for (int64_t f = 0; f < sl.nfb; ++f) {
+      int32_t sum = 0;
+      for (int64_t kq = f * sl.qpf; kq < std::min((f + 1) * sl.qpf, sl.nq); ++kq) {
+        const int64_t k = sl.k0 + 4 * kq;
+        uint32_t u = 0;  // codes past K are 0
+        std::memcpy(&u, q + k, static_cast<size_t>(std::clamp<int64_t>(a.K - k, 0, 4)));
+        dst[kq * kNR] = u;
+        sum += byte_sum(u);
+      }
+      s[f * kNR] = scale_at(a, n);
+      cs[f * kNR] = -128 * sum;
     }
-    s[0] = scale_at(a, n);
-    cs[0] = -128 * sum;
   }
 }
 
@@ -163,24 +171,26 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
     }
   } else {
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
-    I sum = VV::zero_i();
-    for (int64_t kq = 0; kq < sl.nq; ++kq) {
-      const int64_t k = sl.k0 + 4 * kq;
-      I u;
-      if (k + 4 <= a.K) {
-        u = gather4(q + k, a.K);
-      } else {  // the last quad of a K not a multiple of 4: codes past K are 0
-        for (int l = 0; l < W; ++l) {
-          t[l] = 0;
-          std::memcpy(&t[l], q + l * a.K + k, static_cast<size_t>(std::max<int64_t>(a.K - k, 0)));
+    for (int64_t f = 0; f < sl.nfb; ++f) {
+      I sum = VV::zero_i();
+      for (int64_t kq = f * sl.qpf; kq < std::min((f + 1) * sl.qpf, sl.nq); ++kq) {
+        const int64_t k = sl.k0 + 4 * kq;
+        I u;
+        if (k + 4 <= a.K) {
+          u = gather4(q + k, a.K);
+        } else {  // the last quad of a K not a multiple of 4: codes past K are 0
+          for (int l = 0; l < W; ++l) {
+            t[l] = 0;
+            std::memcpy(&t[l], q + l * a.K + k, static_cast<size_t>(std::max<int64_t>(a.K - k, 0)));
+          }
+          u = VV::loadi(reinterpret_cast<const uint8_t*>(t));
         }
-        u = VV::loadi(reinterpret_cast<const uint8_t*>(t));
+        store(dst + kq * kNR, u);
+        sum = VV::dpbusd(sum, ones, u);
       }
-      store(dst + kq * kNR, u);
-      sum = VV::dpbusd(sum, ones, u);
+      store(cs + f * kNR, VV::sub32(VV::zero_i(), VV::template sll<7>(sum)));
+      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, n + l);
     }
-    store(cs, VV::sub32(VV::zero_i(), VV::template sll<7>(sum)));
-    for (int l = 0; l < W; ++l) s[l] = scale_at(a, n + l);
   }
 }
 
@@ -214,7 +224,7 @@ __attribute__((noinline)) static void a8_micro(const uint32_t* A, const uint32_t
     const auto* cf = reinterpret_cast<const uint8_t*>(corr + f * kNR);
     const I c0 = VV::loadi(cf), c1 = VV::loadi(cf + 4 * W);
     for (int i = 0; i < MR; ++i) a0[i] = c0, a1[i] = c1;
-    for (const int64_t kend = kq + qpf; kq < kend; ++kq) {
+    for (const int64_t kend = std::min(kq + qpf, nq); kq < kend; ++kq) {  // INT8's last fold may be short
       const auto* b = reinterpret_cast<const uint8_t*>(Bq + kq * kNR);
       const I b0 = VV::loadi(b), b1 = VV::loadi(b + 4 * W);
       for (int i = 0; i < MR; ++i) {
@@ -238,43 +248,41 @@ static void prefill_a8(const QmmArgs& a) {
   static thread_local A8GemmPlan scratch;  // reused between calls
   A8GemmPlan& p = scratch;
   a8_gemm_plan(a, p);
-  const PrefillTiles pt(a, kA8MR);
-  const int64_t nq_all = p.Kq / 4, maxfb = (kKC + p.FU - 1) / p.FU;
+  const int64_t NC = std::clamp<int64_t>((kA8SlabBytes / p.Kq) / kNR * kNR, kNR, kNC);
+  const PrefillTiles pt(a, kA8MR, NC);
+  const A8Slab sl(p, 0, p.Kq);  // all of K
+  const int64_t nq = sl.nq, nfb = sl.nfb;
 #pragma omp parallel num_threads(threads_for(a))
   {
-    AlignedVec<uint32_t> Bq(kKC / 4 * kNC);
-    AlignedVec<float> sw(maxfb * kNC), Cbuf(pt.direct ? 0 : pt.mblk * kNC);
-    AlignedVec<int32_t> corr(maxfb * kNC);
+    AlignedVec<uint32_t> Bq(nq * NC);
+    AlignedVec<float> sw(nfb * NC), Cbuf(pt.direct ? 0 : pt.mblk * NC);
+    AlignedVec<int32_t> corr(nfb * NC);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < pt.ntiles(); ++t) {
       const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
       const int nc = pt.nc(t), mrows = pt.mrows(t);
       float* C = pt.c_of(a, t, Cbuf.data());
       const int64_t ldc = pt.ldc(a);
-      for (int64_t k0 = 0; k0 < p.Kq; k0 += kKC) {
-        const A8Slab sl(p, k0, std::min(kKC, p.Kq - k0));
-        const int64_t nq = sl.nq, nfb = sl.nfb, qpf = sl.qpf, f0 = sl.f0;
-        a8_pack_b(a, p, n0, nc, sl, Bq.data(), sw.data(), corr.data());
-        for (int i0 = 0; i0 < mrows; i0 += kA8MR) {
-          const int mr = std::min(kA8MR, mrows - i0);
-          const float* sxr[kA8MR];
-          for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (mb0 + i0 + std::min(i, mr - 1)) * p.nf + f0;
-          const uint32_t* A = p.xq.data() + ((mb0 + i0) / kA8MR * nq_all + k0 / 4) * kA8MR;
-          for (int j0 = 0; j0 < nc; j0 += kNR) {
-            const int64_t j = j0 / kNR;
-            auto run = [&](auto MR) {
-              a8_micro<decltype(MR)::value>(A, Bq.data() + j * nq * kNR, nq, qpf, sw.data() + j * nfb * kNR,
-                                            corr.data() + j * nfb * kNR, sxr, C + i0 * ldc + j0, ldc,
-                                            std::min(kNR, nc - j0), k0 > 0);
-            };
-            switch (mr) {
-              case 6: run(std::integral_constant<int, 6>{}); break;
-              case 5: run(std::integral_constant<int, 5>{}); break;
-              case 4: run(std::integral_constant<int, 4>{}); break;
-              case 3: run(std::integral_constant<int, 3>{}); break;
-              case 2: run(std::integral_constant<int, 2>{}); break;
-              default: run(std::integral_constant<int, 1>{}); break;
-            }
+      a8_pack_b(a, p, n0, nc, sl, Bq.data(), sw.data(), corr.data());
+      for (int i0 = 0; i0 < mrows; i0 += kA8MR) {
+        const int mr = std::min(kA8MR, mrows - i0);
+        const float* sxr[kA8MR];
+        for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (mb0 + i0 + std::min(i, mr - 1)) * p.nf;
+        const uint32_t* A = p.xq.data() + (mb0 + i0) / kA8MR * nq * kA8MR;
+        for (int j0 = 0; j0 < nc; j0 += kNR) {
+          const int64_t j = j0 / kNR;
+          auto run = [&](auto MR) {
+            a8_micro<decltype(MR)::value>(A, Bq.data() + j * nq * kNR, nq, sl.qpf, sw.data() + j * nfb * kNR,
+                                          corr.data() + j * nfb * kNR, sxr, C + i0 * ldc + j0, ldc,
+                                          std::min(kNR, nc - j0), false);
+          };
+          switch (mr) {
+            case 6: run(std::integral_constant<int, 6>{}); break;
+            case 5: run(std::integral_constant<int, 5>{}); break;
+            case 4: run(std::integral_constant<int, 4>{}); break;
+            case 3: run(std::integral_constant<int, 3>{}); break;
+            case 2: run(std::integral_constant<int, 2>{}); break;
+            default: run(std::integral_constant<int, 1>{}); break;
           }
         }
       }

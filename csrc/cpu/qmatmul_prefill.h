@@ -149,12 +149,13 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
   }
 }
 
-// The prefill kernels' work split: tiles of kNC columns of y by mblk rows (a multiple of MR), and
+// The prefill kernels' work split: tiles of NC columns of y by mblk rows (a multiple of MR), and
 // what they do after the K loop.
 struct PrefillTiles {
-  int64_t M, N, nnb, nmb = 1, mblk;
-  bool direct;  // y is fp32: written in place by the micro-kernel, else through a kNC-wide buffer
-  PrefillTiles(const QmmArgs& a, int MR) : M(a.M), N(a.N), nnb((a.N + kNC - 1) / kNC), direct(a.ydt == DType::F32) {
+  int64_t M, N, NC, nnb, nmb = 1, mblk;  // NC: columns a tile (kNC unless the caller says)
+  bool direct;  // y is fp32: written in place by the micro-kernel, else through an NC-wide buffer
+  PrefillTiles(const QmmArgs& a, int MR, int64_t nc_ = kNC)
+      : M(a.M), N(a.N), NC(nc_), nnb((a.N + nc_ - 1) / nc_), direct(a.ydt == DType::F32) {
     // Split M too when there are too few N blocks to keep every thread busy.
     const int nt = threads_for(a);
     if (nnb < 2 * nt) nmb = std::min<int64_t>((2 * nt + nnb - 1) / nnb, (M + 47) / 48);
@@ -162,15 +163,15 @@ struct PrefillTiles {
     nmb = (M + mblk - 1) / mblk;
   }
   int64_t ntiles() const { return nnb * nmb; }
-  int64_t n0(int64_t t) const { return (t / nmb) * kNC; }
+  int64_t n0(int64_t t) const { return (t / nmb) * NC; }
   int64_t mb0(int64_t t) const { return (t % nmb) * mblk; }
-  int nc(int64_t t) const { return static_cast<int>(std::min(kNC, N - n0(t))); }
+  int nc(int64_t t) const { return static_cast<int>(std::min(NC, N - n0(t))); }
   int mrows(int64_t t) const { return static_cast<int>(std::min(mblk, M - mb0(t))); }
-  // Where tile t's results go (rows ldc() apart): into y when it is fp32, else into buf (mblk x kNC).
+  // Where tile t's results go (rows ldc() apart): into y when it is fp32, else into buf (mblk x NC).
   float* c_of(const QmmArgs& a, int64_t t, float* buf) const {
     return direct ? static_cast<float*>(a.y) + mb0(t) * a.ldy + n0(t) : buf;
   }
-  int64_t ldc(const QmmArgs& a) const { return direct ? a.ldy : kNC; }
+  int64_t ldc(const QmmArgs& a) const { return direct ? a.ldy : NC; }
   // Tile t's finished rows C (ldc apart): rows whose nan_row[m] is set become NaN, the bias is
   // added, and y gets them in its dtype when it is not fp32.
   void epilogue(const QmmArgs& a, float* C, int64_t ldc, int64_t t, const uint8_t* nan_row) const {
