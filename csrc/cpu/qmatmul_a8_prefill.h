@@ -7,7 +7,7 @@
 // y[m, n] = sum_f sw[n,f] sx[m,f] sum_{k in f} w[n,k] q[m,k]
 //          = sum_f sw[n,f] sx[m,f] (sum_{k in f} w[n,k] (q[m,k] + 128) - 128 sum_{k in f} w[n,k])
 // over scale folds f of FU codes: an INT4 group (FU = G; w = code - zero-point, in [-15, 15]), or
-// for INT8 a K block (FU = kKC; w = the int8 code, sw the row's scale). vpdpbusd multiplies 4
+// for INT8 kKC codes (FU = kKC, the last fold shorter; w = the int8 code, sw the row's scale). vpdpbusd multiplies 4
 // unsigned bytes by 4 signed ones and adds them to an s32 lane (64 products an instruction, where
 // an fp32 FMA does 16): x's codes go in as q + 128 (unsigned), the weights' as w (signed), and each
 // fold's sums start from -128 sum w (a per-column constant, computed when W is packed). The s32
@@ -207,9 +207,9 @@ static void a8_pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc,
   for (; c < npan * kNR; ++c) a8_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c), cs(c));
 }
 
-// C[MR x nc] (+)= this K block's share: A = kA8MR-interleaved x quads from the block's first,
-// Bq one panel (nq quads), qpf quads per fold; sw / corr the panel's per-fold column scales and
-// -128 sum w; sxr[i] x row i's scales from the block's first fold.
+// C[MR x nc] (+)= the slab's share: A = kA8MR-interleaved x quads from the slab's first, Bq one
+// panel (nq quads), qpf quads per fold (the last fold may be shorter); sw / corr the panel's
+// per-fold column scales and -128 sum w; sxr[i] x row i's scales from the slab's first fold.
 template <int MR, class VV = V>
 __attribute__((noinline)) static void a8_micro(const uint32_t* A, const uint32_t* Bq, int64_t nq, int64_t qpf,
                                                const float* sw, const int32_t* corr, const float* const* sxr,
