@@ -35,6 +35,9 @@ struct V {
   static I srl(I v) { return v >> N; }
   static F asf(I v) { F f; std::memcpy(&f, &v, 4); return f; }
   static I flip_bytes(I v) { return v ^ 0x80808080u; }
+  static void gather16(const uint8_t* p, int64_t, I out[4]) {  // one row: its 4 quads
+    for (int j = 0; j < 4; ++j) out[j] = loadi(p + 4 * j);
+  }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }
   static F load_f16(const uint16_t* p);  // defined below, from the shared f16_to_f32

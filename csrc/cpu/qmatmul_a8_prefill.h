@@ -159,12 +159,15 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
       }
       const I zb = VV::loadi(reinterpret_cast<const uint8_t*>(t)), zc = VV::loadi(reinterpret_cast<const uint8_t*>(tz));
       I sum = VV::zero_i();
-      for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 2) {
-        const I u = gather4(q + 2 * kq, row_bytes);
-        const I lo = spread(VV::band(u, 0xFFFFu)), hi = spread(VV::template srl<16>(u));
-        sum = VV::dpbusd(VV::dpbusd(sum, lo, ones), hi, ones);
-        store(dst + kq * kNR, VV::flip_bytes(VV::sub32(VV::bor(lo, high), zb)));  // code - z in each byte
-        store(dst + (kq + 1) * kNR, VV::flip_bytes(VV::sub32(VV::bor(hi, high), zb)));
+      for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 8) {  // 32 codes (16 bytes) a row; G % 32 == 0
+        I u[4];  // 8 codes a lane, to two quads
+        VV::gather16(q + 2 * kq, row_bytes, u);
+        for (int j = 0; j < 4; ++j) {
+          const I lo = spread(VV::band(u[j], 0xFFFFu)), hi = spread(VV::template srl<16>(u[j]));
+          sum = VV::dpbusd(VV::dpbusd(sum, lo, ones), hi, ones);
+          store(dst + (kq + 2 * j) * kNR, VV::flip_bytes(VV::sub32(VV::bor(lo, high), zb)));  // code - z in each byte
+          store(dst + (kq + 2 * j + 1) * kNR, VV::flip_bytes(VV::sub32(VV::bor(hi, high), zb)));
+        }
       }
       store(cs + f * kNR, VV::template sll<7>(VV::sub32(zc, sum)));  // -128 (sum c - 4 qpf z)
       for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + g);
@@ -173,7 +176,17 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
     for (int64_t f = 0; f < sl.nfb; ++f) {
       I sum = VV::zero_i();
-      for (int64_t kq = f * sl.qpf; kq < std::min((f + 1) * sl.qpf, sl.nq); ++kq) {
+      const int64_t kend = std::min((f + 1) * sl.qpf, sl.nq);
+      int64_t kq = f * sl.qpf;
+      for (; kq + 4 <= kend && sl.k0 + 4 * kq + 16 <= a.K; kq += 4) {  // 16 codes a row
+        I u[4];
+        VV::gather16(q + sl.k0 + 4 * kq, a.K, u);
+        for (int j = 0; j < 4; ++j) {
+          store(dst + (kq + j) * kNR, u[j]);
+          sum = VV::dpbusd(sum, ones, u[j]);
+        }
+      }
+      for (; kq < kend; ++kq) {  // the fold's last quads
         const int64_t k = sl.k0 + 4 * kq;
         I u;
         if (k + 4 <= a.K) {

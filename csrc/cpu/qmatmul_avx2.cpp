@@ -30,6 +30,19 @@ struct V {
   static I srl(I v) { return _mm256_srli_epi32(v, N); }
   static F asf(I v) { return _mm256_castsi256_ps(v); }
   static I flip_bytes(I v) { return _mm256_xor_si256(v, _mm256_set1_epi32(static_cast<int>(0x80808080u))); }
+  // Lane l of out[j]: bytes 4j..4j+3 of row p + l * stride (16 bytes from each of W rows), as in
+  // the AVX-512 traits: two 4 x 4 dword transposes, one per 128-bit lane.
+  static void gather16(const uint8_t* p, int64_t stride, I out[4]) {
+    auto row = [&](int l) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + l * stride)); };
+    I z[4];
+    for (int r = 0; r < 4; ++r) z[r] = _mm256_inserti128_si256(_mm256_castsi128_si256(row(r)), row(r + 4), 1);
+    const I t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const I t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+  }
   static F load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }

@@ -33,6 +33,25 @@ struct V {
   static I srl(I v) { return _mm512_srli_epi32(v, N); }
   static F asf(I v) { return _mm512_castsi512_ps(v); }
   static I flip_bytes(I v) { return _mm512_xor_si512(v, _mm512_set1_epi32(static_cast<int>(0x80808080u))); }
+  // Lane l of out[j]: bytes 4j..4j+3 of row p + l * stride (16 bytes read from each of W rows):
+  // four 4 x 4 dword transposes, one per 128-bit lane. The GEMMs pack W with it; 4-byte loads
+  // through a stack array (gather4) made the -a8 GEMM's INT8 packing 2x slower (bench/RESULTS.md).
+  static void gather16(const uint8_t* p, int64_t stride, I out[4]) {
+    auto row = [&](int l) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + l * stride)); };
+    I z[4];
+    for (int r = 0; r < 4; ++r) {  // z[r]'s 128-bit lane c: row r + 4c
+      I v = _mm512_castsi128_si512(row(r));
+      v = _mm512_inserti32x4(v, row(r + 4), 1);
+      v = _mm512_inserti32x4(v, row(r + 8), 2);
+      z[r] = _mm512_inserti32x4(v, row(r + 12), 3);
+    }
+    const I t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const I t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    out[0] = _mm512_unpacklo_epi64(t0, t2);
+    out[1] = _mm512_unpackhi_epi64(t0, t2);
+    out[2] = _mm512_unpacklo_epi64(t1, t3);
+    out[3] = _mm512_unpackhi_epi64(t1, t3);
+  }
   static F load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }

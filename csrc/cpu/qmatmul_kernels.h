@@ -5,7 +5,8 @@
 //   loadi (4W bytes), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
 //   read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 /
 //   load_u8 (W int8 / uint8 -> float), load_f16 (W fp16 -> float), scale_block(s, lpg) (lane l
-//   gets s[l / lpg]), kBf16Dot, and where it is true nib_bf16<S> and dot_bf16 (below), kI8Dot,
+//   gets s[l / lpg]), gather16(p, stride, out[4]) (lane l of out[j]: bytes 4j..4j+3 of row
+//   p + l * stride), kBf16Dot, and where it is true nib_bf16<S> and dot_bf16 (below), kI8Dot,
 //   and where it is true lo4, hi4, maddubs, add16, sum16 (the -a8 tile, qmatmul_a8.h), kVnni, and
 //   where it is true dpbusd (the same tile on AVX512-VNNI).
 // What is built from those (nib, bits, cvt_and, gather4) is defined once below.

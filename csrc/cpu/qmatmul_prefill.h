@@ -88,9 +88,9 @@ static void dequant_column(const QmmArgs& a, int64_t n, int64_t k0, int64_t k1, 
 }
 
 // Dequantize W[n0:n0+nc, k0:k0+kc] into Bp: panel j (columns j*NR..) is kc x NR, zero-padded.
-// Vectorized across rows: lane l holds row n+l, each row's codes are read 4 bytes at a time
-// (gather4) and peeled off low bits first, so one step gives one k for W rows, one store into
-// the panel. Every value is one fma: code * s - s * z (INT4), or u * s - 128 * s with
+// Vectorized across rows: lane l holds row n+l, each row's codes are read 16 bytes at a time
+// and transposed to 4 bytes a lane (V::gather16; gather4 for the last few) and peeled off low
+// bits first, so one step gives one k for W rows, one store into the panel. Every value is one fma: code * s - s * z (INT4), or u * s - 128 * s with
 // u = q + 128 (INT8: the same rounding as q * s, since 128 * s is exact).
 static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int64_t kc, float* Bp, float* srow) {
   using F = typename V::F;
@@ -112,14 +112,20 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
         const auto* q = reinterpret_cast<const uint8_t*>(static_cast<const int8_t*>(a.qw) + n * a.K);
         for (int l = 0; l < W; ++l) { st[l] = srow[l * ng]; zt[l] = -128.f * st[l]; }
         const F s = V::load(st), off = V::load(zt);
-        for (; kv + 4 <= kend; kv += 4) {
-          I v = V::flip_bytes(gather4(q + kv, a.K));
-          float* d = dst + (kv - k0) * kNR;
+        auto four = [&](I v, int64_t k) {  // codes k..k+3, 4 bytes a lane
+          v = V::flip_bytes(v);
+          float* d = dst + (k - k0) * kNR;
           V::store(d, V::fma(cvt_and(v, 255), s, off));
           V::store(d + kNR, V::fma(cvt_and(V::template srl<8>(v), 255), s, off));
           V::store(d + 2 * kNR, V::fma(cvt_and(V::template srl<16>(v), 255), s, off));
           V::store(d + 3 * kNR, V::fma(cvt_and(V::template srl<24>(v), 255), s, off));
+        };
+        for (; kv + 16 <= kend; kv += 16) {
+          I u[4];
+          V::gather16(q + kv, a.K, u);
+          for (int j = 0; j < 4; ++j) four(u[j], kv + 4 * j);
         }
+        for (; kv + 4 <= kend; kv += 4) four(gather4(q + kv, a.K), kv);
       } else {
         const int64_t row_bytes = ng * G / 2;
         const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
@@ -130,16 +136,21 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
             zt[l] = -(st[l] * static_cast<float>(a.zeros ? a.zeros[(n + l) * ng + g] : 8));
           }
           const F s = V::load(st), off = V::load(zt);
-          const int64_t gend = std::min(kv + G, kend);
-          int64_t k = kv;
-          for (; k + 8 <= gend; k += 8) {
-            I v = gather4(q + k / 2, row_bytes);
+          auto eight = [&](I v, int64_t k) {  // codes k..k+7, 4 bytes a lane
             float* d = dst + (k - k0) * kNR;
             for (int c = 0; c < 8; ++c, d += kNR) {
               V::store(d, V::fma(cvt_and(v, 15), s, off));
               v = V::template srl<4>(v);
             }
+          };
+          const int64_t gend = std::min(kv + G, kend);
+          int64_t k = kv;
+          for (; k + 32 <= gend; k += 32) {
+            I u[4];
+            V::gather16(q + k / 2, row_bytes, u);
+            for (int j = 0; j < 4; ++j) eight(u[j], k + 8 * j);
           }
+          for (; k + 8 <= gend; k += 8) eight(gather4(q + k / 2, row_bytes), k);
           if (k < gend) { kv = k; break; }  // the K block's last few codes (K not a multiple of 8)
         }
       }

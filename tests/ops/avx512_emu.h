@@ -160,6 +160,36 @@ inline emu_m512i emu_slli_epi32(emu_m512i a, unsigned n) {
 }
 inline emu_m512i emu_or_si512(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] |= b.u[l]; return a; }
 inline emu_m512i emu_sub_epi32(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] -= b.u[l]; return a; }
+// and its transposing gather (V::gather16)
+inline emu_m512i emu_castsi128_si512(emu_m128i a) {  // the upper lanes are undefined: zero here
+  emu_m512i r{};
+  std::memcpy(r.u, a.b, 16);
+  return r;
+}
+inline emu_m512i emu_inserti32x4(emu_m512i a, emu_m128i b, int lane) {
+  std::memcpy(a.u + 4 * (lane & 3), b.b, 16);
+  return a;
+}
+// unpack{lo,hi}: in each 128-bit lane, interleave the low (hi: high) halves' elements of a and b
+template <int Elem, bool Hi>
+inline emu_m512i emu_unpack(emu_m512i a, emu_m512i b) {
+  constexpr int per = Elem == 32 ? 1 : 2, half = 2 / per;  // dwords an element; elements a half lane
+  emu_m512i r;
+  for (int c = 0; c < 4; ++c)
+    for (int e = 0; e < half; ++e)
+      for (int d = 0; d < per; ++d) {
+        const int from = 4 * c + (Hi ? 2 : 0) + e * per + d;
+        r.u[4 * c + 2 * e * per + d] = a.u[from];
+        r.u[4 * c + (2 * e + 1) * per + d] = b.u[from];
+      }
+  return r;
+}
+#define _mm512_castsi128_si512 emu_castsi128_si512
+#define _mm512_inserti32x4 emu_inserti32x4
+#define _mm512_unpacklo_epi32 emu_unpack<32, false>
+#define _mm512_unpackhi_epi32 emu_unpack<32, true>
+#define _mm512_unpacklo_epi64 emu_unpack<64, false>
+#define _mm512_unpackhi_epi64 emu_unpack<64, true>
 #define _mm512_storeu_si512 emu_storeu_si512
 #define _mm512_slli_epi32 emu_slli_epi32
 #define _mm512_or_si512 emu_or_si512
