@@ -22,7 +22,7 @@ the weight's scales (the group of G columns for INT4, the whole row for INT8):
     s = max_k |x_k| / 127,  q_k = clamp(round_half_even(x_k / s), -127, 127)  (0 when s is not > 0),
     x_k ~= q_k * s  (a row with a NaN or Inf gives NaN outputs).
 ``pyquant.ops.reference.quantize_activations`` is the definition; the CPU kernels then multiply
-INT4 codes (and, for M > 8 on AVX512-VNNI, INT8 codes) by int8 activations with exact integer
+INT4 codes (and, on AVX512-VNNI, INT8 codes) by int8 activations with exact integer
 dot products per scale group (llama.cpp's Q4 x Q8 scheme).
 
 Ragged last group: when K is not a multiple of G, the last group's scale and zero-point come

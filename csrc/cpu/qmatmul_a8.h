@@ -25,9 +25,9 @@
 // at 4096 x 4096, M = 1, 1.08-1.21x the weight-only kernel (the tile's access pattern then sets
 // the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
 // (AVX512BW) had run the 256-bit code until the fifteenth session (bench/RESULTS.md).
-// More rows on AVX512-VNNI (INT4, or INT8 from M = 9) run an integer GEMM (qmatmul_a8_prefill.h).
-// Everything else (INT8 weights at M <= 8, more rows without VNNI) quantizes x into an fp32 copy
-// q * s and runs the weight-only kernels on it.
+// INT8 weights at as many rows, on AVX512-VNNI: decode_int8_a8 below. More rows on AVX512-VNNI
+// run an integer GEMM (qmatmul_a8_prefill.h). Everything else (INT8 weights without VNNI, more rows
+// without VNNI) quantizes x into an fp32 copy q * s and runs the weight-only kernels on it.
 #pragma once
 
 // Row x[0..K) (fp32) into q[0..) (zero from K to the end of the last block) and s[0..nb):
@@ -298,6 +298,116 @@ static void decode_int4_a8(const QmmArgs& a) {
         for (int64_t r = 0; r < nr; ++r) {
           const float v = yt[r][m] - zero_term(sbuf.data() + (4 + r) * p.ngp, p.qsum.data() + m * p.ngp, p.ngp);
           vals[r] = p.finite[m] ? v + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f) : NAN;
+        }
+        store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
+      }
+    }
+  }
+}
+
+// ---- INT8 weights, few rows, on AVX512-VNNI -------------------------------------------------
+// y[m, n] = sw[n] sx[m] sum_k w[n,k] q[m,k]: one scale each (x's block is the row). vpdpbusd takes
+// W's bytes as unsigned, w + 128 (one XOR per 4W bytes, shared by x's rows), and q as signed:
+// sum_k (w_k + 128) q_k - 128 sum_k q_k, exact in s32 lanes (each sums K / W products of at most
+// 255 x 127, so K < 2^20) and in int64 across them. The one rounding is of that sum times the
+// two scales (in double). Tiles of 4 W rows by up to 4 x rows: W comes from memory once a tile,
+// from L1 in its later passes. The fp32 path it replaces (q * s through decode_int8) and the
+// GEMM (which packs W first) were 1.6-2.0x and 1.3-1.8x slower at 4096 x 4096 (bench/RESULTS.md,
+// seventeenth session).
+// The most rows of x decode_int8_a8 takes. Against the GEMM, 4096 x 4096 from memory, it won up to
+// 24 rows (1.06x at 24); at K = 1536 up to 12 (1.05x; 0.96x at 16); at K = 576 it lost from 9 rows
+// (0.74x; Zen 4, bench/decode_ab.sh, seventeenth session).
+static inline int64_t a8_int8_max_m(int64_t K) { return K >= 4096 ? kDecodeMaxM : K >= 1024 ? 12 : 8; }
+
+struct A8Int8Plan {
+  AlignedVec<int8_t> q;         // [M][K]: x's codes
+  std::vector<float> sx;        // [M]
+  std::vector<int64_t> qsum;    // [M]: 128 sum_k q
+  std::vector<uint8_t> finite;  // [M]
+};
+
+template <int MC, int R, class VV>
+__attribute__((noinline)) static void a8_int8_tile(const int8_t* const* xq, const int8_t* w, int64_t K,
+                                                   int64_t out[R][MC]) {
+  using I = typename VV::I;
+  constexpr int B = 4 * VV::W;  // bytes a vector
+  I acc[R][MC];
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero_i();
+  const int64_t kv = K / B * B;
+  for (int64_t k = 0; k < kv; k += B) {
+    I u[R];
+    for (int r = 0; r < R; ++r) {
+      u[r] = VV::flip_bytes(VV::loadi(reinterpret_cast<const uint8_t*>(w + r * K + k)));  // w + 128
+      __builtin_prefetch(w + r * K + k + kPrefetchBytes, 0, kPrefetchLocality);
+    }
+    for (int m = 0; m < MC; ++m) {
+      const I x = VV::loadi(reinterpret_cast<const uint8_t*>(xq[m] + k));
+      for (int r = 0; r < R; ++r) acc[r][m] = VV::dpbusd(acc[r][m], u[r], x);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MC; ++m) {
+      alignas(64) int32_t t[VV::W];
+      VV::storei(reinterpret_cast<uint8_t*>(t), acc[r][m]);
+      int64_t sum = 0;
+      for (int32_t v : t) sum += v;
+      for (int64_t k = kv; k < K; ++k) sum += (int64_t{w[r * K + k]} + 128) * xq[m][k];  // the last K % 4W
+      out[r][m] = sum;
+    }
+}
+
+template <class VV = V>
+static void decode_int8_a8(const QmmArgs& a) {
+  static thread_local A8Int8Plan scratch;  // reused between calls; through a reference (see decode_int4)
+  static thread_local std::vector<float> xr;
+  A8Int8Plan& p = scratch;
+  const int64_t M = a.M, K = a.K, N = a.N, nblk = (N + 3) / 4;
+  p.q.assign(M * K, 0);
+  p.sx.assign(M, 0.f);
+  p.qsum.assign(M, 0);
+  p.finite.assign(M, 1);
+  xr.resize(K);
+  for (int64_t m = 0; m < M; ++m) {
+    load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xr.data());
+    const int8_t* q = p.q.data() + m * K;
+    p.finite[m] = act8_row(xr.data(), K, K, p.q.data() + m * K, &p.sx[m]);
+    for (int64_t k = 0; k < K; ++k) p.qsum[m] += 128 * q[k];
+  }
+  const auto* qw = static_cast<const int8_t*>(a.qw);
+  const int nt = threads_for(a);
+  const int64_t chunk = tile_chunk(nblk, nt);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
+      float sw[4];
+      for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, 1, sw + r);
+      int64_t yt[4][kDecodeMaxM];  // [r][m]
+      constexpr int MCmax = 4;
+      for (int64_t m0 = 0; m0 < M; m0 += MCmax) {
+        const int8_t* xq[MCmax];
+        for (int m = 0; m < MCmax; ++m) xq[m] = p.q.data() + std::min<int64_t>(m0 + m, M - 1) * K;
+        auto run = [&](auto MC) {
+          constexpr int mc = decltype(MC)::value;
+          int64_t o[4][mc];
+          int64_t r = 0;
+          if (nr == 4) a8_int8_tile<mc, 4, VV>(xq, qw + n0 * K, K, o), r = 4;
+          for (; r < nr; ++r) a8_int8_tile<mc, 1, VV>(xq, qw + (n0 + r) * K, K, o + r);
+          for (int64_t rr = 0; rr < nr; ++rr) for (int m = 0; m < mc && m0 + m < M; ++m) yt[rr][m0 + m] = o[rr][m];
+        };
+        switch (std::min<int64_t>(MCmax, M - m0)) {
+          case 4: run(std::integral_constant<int, 4>{}); break;
+          case 3: run(std::integral_constant<int, 3>{}); break;
+          case 2: run(std::integral_constant<int, 2>{}); break;
+          default: run(std::integral_constant<int, 1>{}); break;
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float vals[4];
+        for (int64_t r = 0; r < nr; ++r) {
+          const double v = static_cast<double>(yt[r][m] - p.qsum[m]) * sw[r] * p.sx[m];
+          vals[r] = p.finite[m] ? static_cast<float>(v) + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f) : NAN;
         }
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }

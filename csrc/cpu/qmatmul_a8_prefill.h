@@ -1,4 +1,4 @@
-// -a8 prefill (more rows than the decode tile takes; INT8 from M = 9) as an integer GEMM on
+// -a8 prefill (more rows than the decode tiles take) as an integer GEMM on
 // AVX512-VNNI, included by qmatmul_kernels.h inside the ISA namespace after qmatmul_a8.h (whose
 // act8_row quantizes x).
 // Only builds with V::kVnni compile it, and it runs only where vnni_dot() says the CPU has the

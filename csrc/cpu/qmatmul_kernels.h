@@ -683,12 +683,18 @@ static void decode_int8(const QmmArgs& a) {
 #include "qmatmul_a8.h"
 #include "qmatmul_a8_prefill.h"
 
-// -a8 prefill as an integer GEMM where this build and CPU have AVX512-VNNI; false: not run here.
+// -a8 as integer dot products where this build and CPU have AVX512-VNNI (INT8 weights at
+// decode sizes, or the GEMM for more rows); false: not run here.
 template <class VV = V>
-static bool vnni_prefill_a8(const QmmArgs& a) {
+static bool vnni_a8(const QmmArgs& a) {
   if constexpr (VV::kVnni) {
-    if (a.M > 8 && vnni_dot()) {
-      prefill_a8(a);
+    if (!vnni_dot()) return false;
+    if (a.bits == 8 && a.M <= a8_int8_max_m(a.K) && a.K < (int64_t{1} << 20)) {
+      decode_int8_a8<VV>(a);
+      return true;
+    }
+    if (a.M > 8) {
+      prefill_a8<VV>(a);
       return true;
     }
   }
@@ -698,7 +704,7 @@ static bool vnni_prefill_a8(const QmmArgs& a) {
 void qmatmul_run(const QmmArgs& a) {
   if (a.act_bits == 8) {
     if (a.bits == 4 && a.M <= std::min(decode_max_m(a.K), kA8DecodeMaxM)) return decode_int4_a8(a);
-    if (vnni_prefill_a8(a)) return;
+    if (vnni_a8(a)) return;
     std::vector<float> xh;
     return qmatmul_run(act8_fp32_copy(a, xh));
   }

@@ -35,7 +35,8 @@ SPECS = ["int8", "int8-fp16", "int4-g32", "int4-g64", "int4-g128", "int4-g256", 
 # M > 8 the blocked prefill path (N > 128 and K > 256 cross its N and K blocks).
 SHAPES = [(1, 1, 32), (1, 7, 100), (2, 33, 129), (3, 13, 576), (5, 9, 1000), (8, 31, 4096), (1, 17, 8192),
           (4, 5, 8191), (9, 21, 300), (13, 40, 64), (37, 45, 1000), (64, 130, 520), (11, 19, 777),
-          (13, 23, 1100), (24, 6, 2050), (25, 11, 1024)]  # the last three: decode and GEMM at K >= 1024
+          (13, 23, 1100), (24, 6, 2050), (25, 11, 1024),  # these three: decode and GEMM at K >= 1024
+          (11, 9, 1030), (19, 5, 4100)]  # and INT8 -a8's VNNI decode past 8 rows (a8_int8_max_m)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -350,8 +351,8 @@ def test_cpu_bf16_dot(cpu_bf16_dot, spec):
 def test_cpu_vnni(cpu_vnni, spec):
     """-a8 through AVX512-VNNI's vpdpbusd (where this CPU has it) and without: the INT4 decode
     tile (M <= 8, or <= 16 when K >= 1024) must give the same bits either way (its integer sums
-    are exact), and the integer GEMM that VNNI enables for more rows (INT4; INT8 from M = 9)
-    float64's values, as the fp32 path it replaces does, at every shape. Elsewhere "on" must
+    are exact), and the INT8 decode tile and the integer GEMM that VNNI enables (INT8 at every
+    size, INT4 past the tile's rows) float64's values, as the fp32 path it replaces does, at every shape. Elsewhere "on" must
     refuse."""
     _C = _native.native()
     modes = _modes(cpu_vnni, "AVX512-VNNI")

@@ -32,14 +32,14 @@ const char* cpu_bf16_dot();
 Status set_cpu_bf16_dot(const char* mode);
 
 // Whether the CPU kernels use AVX512-VNNI's vpdpbusd (four u8 x s8 products into an s32 lane) for
-// -a8: in the INT4 decode tile (M <= 8, or <= 16 at K >= 1024) instead of vpmaddubsw and vpmaddwd,
-// and for more rows (INT4; INT8 from M = 9) as an integer GEMM instead of fp32 kernels on x's
-// q * s: "on" or "off".
+// -a8: in the INT4 decode tile (M <= 8, or <= 16 at K >= 1024) instead of vpmaddubsw and vpmaddwd;
+// for INT8 weights at decode sizes (M <= 8, 12 at K >= 1024, 24 at K >= 4096) as a tile of its own,
+// and for more rows as an integer GEMM, instead of fp32 kernels on x's q * s: "on" or "off".
 const char* cpu_vnni();
 // Sets it for the whole process: "on" (kUnsupported where the AVX-512 kernels are not in use or
-// the CPU lacks AVX512-VNNI), "off" or "auto" (on where available, the default). Decode results
-// are identical (the integer sums are exact either way); the GEMM's differ by rounding only
-// (the GEMM sums each scale group exactly, the fp32 kernels round every product's sum).
+// the CPU lacks AVX512-VNNI), "off" or "auto" (on where available, the default). INT4 decode
+// results are identical (the integer sums are exact either way); the rest differ by rounding only
+// (the integer kernels sum each scale group exactly, the fp32 kernels round every product's sum).
 Status set_cpu_vnni(const char* mode);
 
 }  // namespace pyquant
