@@ -7,7 +7,7 @@ weight bytes read, fraction of this machine's measured read bandwidth (the best 
 streaming read timed in the same rounds), fraction of that streaming read's median (decode: the
 same-conditions yardstick), and the ratio to the best alternative timed in the same run
 (candidates are timed interleaved, so the ratios survive a noisy machine). "pyquant a8" rows run
-the same INT4 weights as -a8 (x quantized to int8, integer dot products): a different scheme, so
+the same INT4 or INT8 weights as -a8 (x quantized to int8, integer dot products): a different scheme, so
 the issue's targets are checked on the weight-only rows.
 
     .venv/bin/python bench/qmatmul.py [--quick] [--output bench/qmatmul.json]
@@ -88,6 +88,7 @@ def run(args) -> dict:
     q8 = [random_qweight(i8, n, k, gen) for _ in range(L)]
     # the same INT4 weights as -a8: x quantized to int8, integer dot products (not the targets' rows)
     q4a = [dataclasses.replace(q, spec=i4a) for q in q4]
+    q8a = [dataclasses.replace(q, spec=QuantSpec.parse("int8-a8")) for q in q8]  # likewise
     t4 = [torch_int4pack(q) for q in q4]
     wf = [torch.randn(n, k, generator=gen) for _ in range(L)]
     x = torch.randn(1, k, generator=gen)
@@ -110,6 +111,7 @@ def run(args) -> dict:
          nbytes(*t4b[0]), False),
         ("decode int8", "pyquant cpu int8 (fp32 x)", lambda i: pq.ops.qmatmul(x, q8[i], backend="cpu"), q8[0].nbytes, True),
         ("decode int8", "pyquant cpu int8 (bf16 x)", lambda i: pq.ops.qmatmul(xb, q8[i], backend="cpu"), q8[0].nbytes, True),
+        ("decode int8", "pyquant a8 cpu int8 (fp32 x)", lambda i: pq.ops.qmatmul(x, q8a[i], backend="cpu"), q8[0].nbytes, True),
         ("decode int8", "torch int8pack_mm (fp32 x)", lambda i: torch._weight_int8pack_mm(x, q8[i].qweight, q8[i].scales),
          nbytes(q8[0].qweight, q8[0].scales), False),
         ("decode int8", "torch int8pack_mm (bf16 x)", lambda i: torch._weight_int8pack_mm(xb, q8[i].qweight, s8b[i]),
@@ -140,11 +142,12 @@ def run(args) -> dict:
             "pyquant cpu int4 (bf16 x)": lambda i: pq.ops.qmatmul(xmb, q4[i], backend="cpu"),
             "pyquant a8 cpu int4 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q4a[i], backend="cpu"),
             "pyquant cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8[i], backend="cpu"),
+            "pyquant a8 cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8a[i], backend="cpu"),
             "torch fp32 x @ w.T": lambda i: xm @ wf[i].T,
         }, L, rounds=args.rounds, clock=clock)
         for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant cpu int4 (bf16 x)", q4[0].nbytes),
                          ("pyquant a8 cpu int4 (fp32 x)", q4[0].nbytes),
-                         ("pyquant cpu int8 (fp32 x)", q8[0].nbytes),
+                         ("pyquant cpu int8 (fp32 x)", q8[0].nbytes), ("pyquant a8 cpu int8 (fp32 x)", q8[0].nbytes),
                          ("torch fp32 x @ w.T", nbytes(wf[0]))):
             add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} x{L} layers", name.startswith("pyquant"))
     del wf, t4, t4b, ones
@@ -190,7 +193,6 @@ def run(args) -> dict:
     xp = torch.randn(m, k, generator=gen)
     wfp = [torch.randn(n, k, generator=gen) for _ in range(P)]
     shape = f"M={m} {n}x{k}"
-    q8a = [dataclasses.replace(q, spec=QuantSpec.parse("int8-a8")) for q in q8[:P]]
     pre_c = {
         "pyquant cpu int4": lambda i: pq.ops.qmatmul(xp, q4[i], backend="cpu"),
         "pyquant cpu int8": lambda i: pq.ops.qmatmul(xp, q8[i], backend="cpu"),

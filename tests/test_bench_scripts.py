@@ -46,7 +46,7 @@ def test_qmatmul_bench_tiny(tmp_path):
     other = "convert" if _native.native().cpu_codes() == "subnormal" else "subnormal"
     assert {"pyquant cpu int4 (fp32 x)", "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T",
             f"({other} codes) cpu int4 (fp32 x)", "pyquant cpu int4", "torch fp32 matmul", "stream read (torch.sum)",
-            "pyquant a8 cpu int4 (fp32 x)"} <= names
+            "pyquant a8 cpu int4 (fp32 x)", "pyquant a8 cpu int8 (fp32 x)"} <= names
     assert all(r["us"] > 0 for r in res["rows"]) and len(res["targets"]) == 7
     # the read bandwidth is never below the stream read's best round, and decode rows carry their
     # fraction of the stream read's median
@@ -55,7 +55,7 @@ def test_qmatmul_bench_tiny(tmp_path):
     assert all(r["frac_stream"] > 0 for r in res["rows"] if r["group"].startswith("decode"))
     batch = {r["backend"]: r for r in res["rows"] if r["group"] == "batch"}
     assert set(batch) == {"pyquant cpu int4 (fp32 x)", "pyquant cpu int4 (bf16 x)", "pyquant a8 cpu int4 (fp32 x)",
-                          "pyquant cpu int8 (fp32 x)", "torch fp32 x @ w.T"}
+                          "pyquant cpu int8 (fp32 x)", "pyquant a8 cpu int8 (fp32 x)", "torch fp32 x @ w.T"}
     assert batch["pyquant cpu int4 (fp32 x)"]["best_alt"] == "torch fp32 x @ w.T"
     small = [r for r in res["rows"] if r["group"].startswith("small ")]  # the demo model's shapes, per call
     assert {r["group"] for r in small} == {"small 576x576", "small 192x576", "small 1536x576", "small 576x1536"}
