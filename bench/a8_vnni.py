@@ -3,7 +3,7 @@
 With VNNI the CPU kernels multiply weight codes by int8 activations with vpdpbusd: the INT4 decode
 tile (M <= 8, or <= 16 at K >= 1024; the same bits either way), the INT8 decode tile (M <= 8, 12 at
 K >= 1024, 24 at K >= 4096) and, for more rows, an integer GEMM for INT4 and INT8 weights
-(csrc/cpu/qmatmul_a8_prefill.h), where the fallback runs the fp32 kernels on x's q * s. Each row
+(csrc/cpu/qmatmul_dot_prefill.h), where the fallback runs the fp32 kernels on x's q * s. Each row
 times both ways interleaved (one sweep over the layers each per round, medians), so the ratio
 survives a noisy machine; --layers distinct weights rotate so that at decode sizes they come from
 memory. Needs a CPU with AVX512-VNNI (exits 2 elsewhere).

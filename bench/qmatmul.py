@@ -209,6 +209,21 @@ def run(args) -> dict:
         wb = {"int4": q4[0].nbytes, "int8": q8[0].nbytes}.get(name[-4:], nbytes(wfp[0]))
         add("prefill", name, pre[name], wb, shape, not name.startswith("torch"))
         rows[-1]["gflops"] = flops / pre[name]["median_s"] / 1e9
+    # The same with bf16 x (a group of its own: not the targets' rows): AVX512-BF16 dot products
+    # where the CPU has them, against torch's bf16 matmul and the fp32 GEMM on the same bf16 x.
+    xpb, wfpb = xp.bfloat16(), [w.bfloat16() for w in wfp]
+    preb_c = {
+        "pyquant cpu int4 (bf16 x)": lambda i: pq.ops.qmatmul(xpb, q4[i], backend="cpu"),
+        "pyquant cpu int8 (bf16 x)": lambda i: pq.ops.qmatmul(xpb, q8[i], backend="cpu"),
+        "torch bf16 matmul": lambda i: torch.matmul(xpb, wfpb[i].T),
+    }
+    if _native.native().cpu_bf16_dot() == "on":
+        preb_c["(no bf16 dot) cpu int4 (bf16 x)"] = with_switch("bf16_dot", "off", preb_c["pyquant cpu int4 (bf16 x)"])
+    preb = interleaved_medians(preb_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
+    for name in preb:
+        wb = {"int4": q4[0].nbytes, "int8": q8[0].nbytes}.get(name[-13:-9], nbytes(wfpb[0]))
+        add("prefill bf16", name, preb[name], wb, shape, not name.startswith("torch"))
+        rows[-1]["gflops"] = flops / preb[name]["median_s"] / 1e9
 
     # Read bandwidth: the best of the 512 MiB probe and the stream reads' best round (a probe that
     # caught a busy moment must not make a kernel look faster than memory); and the stream reads'

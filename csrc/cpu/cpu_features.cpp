@@ -3,7 +3,7 @@
 // PYQUANT_CODES=convert|subnormal picks how the decode kernels turn weight codes into floats
 // (see qmatmul_kernels.h); the default is "subnormal" on AMD x86 CPUs, "convert" elsewhere.
 // PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h), and
-// PYQUANT_VNNI=0 the -a8 kernels off AVX512-VNNI's vpdpbusd (qmatmul_a8.h, qmatmul_a8_prefill.h).
+// PYQUANT_VNNI=0 the -a8 kernels off AVX512-VNNI's vpdpbusd (qmatmul_a8.h, qmatmul_dot_prefill.h).
 #include "pyquant/common.h"
 #include "cpu_dispatch.h"
 

@@ -26,7 +26,7 @@
 // the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
 // (AVX512BW) had run the 256-bit code until the fifteenth session (bench/RESULTS.md).
 // INT8 weights at as many rows, on AVX512-VNNI: decode_int8_a8 below. More rows on AVX512-VNNI
-// run an integer GEMM (qmatmul_a8_prefill.h). Everything else (INT8 weights without VNNI, more rows
+// run an integer GEMM (qmatmul_dot_prefill.h). Everything else (INT8 weights without VNNI, more rows
 // without VNNI) quantizes x into an fp32 copy q * s and runs the weight-only kernels on it.
 #pragma once
 

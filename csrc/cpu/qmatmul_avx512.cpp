@@ -32,6 +32,7 @@ struct V {
   template <int N>
   static I srl(I v) { return _mm512_srli_epi32(v, N); }
   static F asf(I v) { return _mm512_castsi512_ps(v); }
+  static I asi(F v) { return _mm512_castps_si512(v); }  // the bf16 GEMM's packing
   static I flip_bytes(I v) { return _mm512_xor_si512(v, _mm512_set1_epi32(static_cast<int>(0x80808080u))); }
   // Lane l of out[j]: bytes 4j..4j+3 of row p + l * stride (16 bytes read from each of W rows):
   // four 4 x 4 dword transposes, one per 128-bit lane. The GEMMs pack W with it; 4-byte loads
@@ -71,7 +72,7 @@ struct V {
   // would need a target attribute, and GCC does not inline such a function into the tile's shared
   // loop (see dec4_tile_bf16); tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBUSD.
   static constexpr bool kVnni = true;
-  // and for its integer GEMM (qmatmul_a8_prefill.h)
+  // and for its integer GEMM (qmatmul_dot_prefill.h)
   static I set1i(int32_t a) { return _mm512_set1_epi32(a); }
   static I zero_i() { return _mm512_set1_epi32(0); }
   static void storei(uint8_t* p, I v) { _mm512_storeu_si512(reinterpret_cast<void*>(p), v); }

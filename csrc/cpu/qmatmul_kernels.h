@@ -46,7 +46,7 @@
 //              For 2 to 8 rows of x: on Zen 4 (2 threads, 16 layers of 4096 x 4096 from memory)
 //              1.09x, 1.24-1.29x and 1.32x the fp32 path at M = 2, 4 and 8, but at M = 1 0.99-1.02x
 //              there and 0.93-0.94x at 1536 x 576 (bench/RESULTS.md, fourteenth session).
-// Prefill (more rows): a blocked GEMM, qmatmul_prefill.h; -a8: qmatmul_a8.h, qmatmul_a8_prefill.h.
+// Prefill (more rows): a blocked GEMM, qmatmul_prefill.h; -a8: qmatmul_a8.h, qmatmul_dot_prefill.h.
 #pragma once
 #include <omp.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -681,7 +681,7 @@ static void decode_int8(const QmmArgs& a) {
 
 #include "qmatmul_prefill.h"
 #include "qmatmul_a8.h"
-#include "qmatmul_a8_prefill.h"
+#include "qmatmul_dot_prefill.h"
 
 // -a8 as integer dot products where this build and CPU have AVX512-VNNI (INT8 weights at
 // decode sizes, or the GEMM for more rows); false: not run here.
@@ -694,11 +694,36 @@ static bool vnni_a8(const QmmArgs& a) {
       return true;
     }
     if (a.M > 8) {
-      prefill_a8<VV>(a);
+      prefill_dot<false, VV>(a);
       return true;
     }
   }
   return false;
+}
+
+// Weight-only prefill with bf16 x on AVX512-BF16 dot products, where this build and CPU have them
+// (and the bf16-dot switch is on); false: not run here.
+template <class VV = V>
+static bool bf16_prefill(const QmmArgs& a) {
+  if constexpr (VV::kBf16Dot) {
+    if (a.xdt == DType::BF16 && bf16_dot()) {
+      prefill_dot<true, VV>(a);
+      return true;
+    }
+  }
+  return false;
+}
+
+// The most rows the weight-only decode kernels take: decode_max_m(K), but fewer where the bf16
+// GEMM runs (bf16 x on AVX512-BF16), which at 4096 x 4096 beat them from 13 rows for INT4 (0.99x
+// at 12, 1.08x at 16, 1.28x at 24) and from 9 for INT8 (1.02x at 9, 1.16x at 12; Zen 4,
+// bench/RESULTS.md, seventeenth session).
+template <class VV = V>
+static int64_t decode_rows(const QmmArgs& a) {
+  const int64_t m = decode_max_m(a.K);
+  if constexpr (VV::kBf16Dot)
+    if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 4 ? 12 : 8);
+  return m;
 }
 
 void qmatmul_run(const QmmArgs& a) {
@@ -708,10 +733,10 @@ void qmatmul_run(const QmmArgs& a) {
     std::vector<float> xh;
     return qmatmul_run(act8_fp32_copy(a, xh));
   }
-  if (a.M <= decode_max_m(a.K)) {
+  if (a.M <= decode_rows(a)) {
     if (a.bits == 4) decode_int4(a);
     else decode_int8(a);
-  } else {
+  } else if (!bf16_prefill(a)) {
     prefill(a);
   }
 }

@@ -6,7 +6,7 @@
 // packed once per call into MR-row panels, k-major, so the micro-kernel's broadcasts read one
 // sequential stream (rows of x K apart alias in L1): about 7% faster at M=512, K=N=4096 on Zen 1,
 // for an fp32 copy of x. PrefillTiles (the work split) and store_micro serve the -a8 GEMM too
-// (qmatmul_a8_prefill.h).
+// (qmatmul_dot_prefill.h).
 #pragma once
 
 constexpr int kMR = 6;
@@ -15,7 +15,7 @@ constexpr int64_t kKC = 256;  // a multiple of every group size: a K block never
 constexpr int64_t kNC = kNR * 8;
 
 // A micro-kernel's MR x kNR result (row i: c0[i], c1[i]) into C (rows ldc apart; its first nc
-// columns), added to what C holds when accumulate. Shared with the -a8 GEMM (qmatmul_a8_prefill.h).
+// columns), added to what C holds when accumulate. Shared with the -a8 GEMM (qmatmul_dot_prefill.h).
 template <int MR>
 static inline void store_micro(typename V::F (&c0)[MR], typename V::F (&c1)[MR], float* C, int64_t ldc, int nc,
                                bool accumulate) {

@@ -184,6 +184,8 @@ inline emu_m512i emu_unpack(emu_m512i a, emu_m512i b) {
       }
   return r;
 }
+inline emu_m512i emu_castps_si512(emu_m512 a) { emu_m512i r; std::memcpy(r.u, a.f, 64); return r; }
+#define _mm512_castps_si512 emu_castps_si512
 #define _mm512_castsi128_si512 emu_castsi128_si512
 #define _mm512_inserti32x4 emu_inserti32x4
 #define _mm512_unpacklo_epi32 emu_unpack<32, false>

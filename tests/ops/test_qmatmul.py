@@ -321,29 +321,33 @@ def test_cpu_subnormal_codes_edge_activations(cpu_codes, spec):
 
 
 @needs_cpu
-@pytest.mark.parametrize("spec", [s for s in SPECS if s.startswith("int4")])
+@pytest.mark.parametrize("spec", SPECS)
 def test_cpu_bf16_dot(cpu_bf16_dot, spec):
-    """INT4 decode with bf16 x (2 to 8 rows) through AVX512-BF16 dot products (codes as bf16
-    1 + c/16, two per lane) where this CPU has them, and through fp32 multiply-adds: both against float64, with
+    """bf16 x through AVX512-BF16 dot products where this CPU has them (INT4 decode of 2 or more
+    rows, codes as bf16 1 + c/16, two per lane; and the prefill GEMM, INT4 and INT8, with code - z
+    as bf16), and through fp32 multiply-adds: both against float64 at every shape, with
     activations from 1e-30 to 1e30 and NaN/inf propagating. Elsewhere "on" must refuse."""
     _C = _native.native()
     for mode in _modes(cpu_bf16_dot, "AVX512-BF16"):
         cpu_bf16_dot(mode)
         assert _C.cpu_bf16_dot() == mode
-        for i, (m, n, k) in enumerate(DECODE_SHAPES):
+        for i, (m, n, k) in enumerate(SHAPES):
             qw, w64 = _weight(spec, n, k, seed=i)
             x = randn(m, k, dtype=torch.bfloat16, seed=200 + i) * (10.0 ** (6 * (i % 11) - 30))
             b = randn(n, dtype=torch.bfloat16, seed=300 + i) if i % 2 else None
             y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
             assert_matmul_close(y, x, w64, b, what=f"bf16 dot {mode} {spec} {m}x{n}x{k}")
         qw, w64 = _weight(spec, 19, 600, seed=3)
-        x = randn(3, 610, dtype=torch.bfloat16, seed=4)[:, 5:605]  # rows further apart than K
-        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"bf16 dot {mode} {spec} strided")
-        x = randn(2, 600, dtype=torch.bfloat16, seed=5)
-        x[0, 17] = float("nan")
-        x[1, 3] = float("inf")
-        y = pq.ops.qmatmul(x, qw, backend="cpu")
-        assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), mode
+        for rows in (3, 30):
+            x = randn(rows, 610, dtype=torch.bfloat16, seed=4)[:, 5:605]  # rows further apart than K
+            assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"bf16 dot {mode} {spec} strided")
+        for rows in (2, 40):  # the decode tile and the GEMM
+            x = randn(rows, 600, dtype=torch.bfloat16, seed=5)
+            x[0, 17] = float("nan")
+            x[1, 3] = float("inf")
+            y = pq.ops.qmatmul(x, qw, backend="cpu")
+            assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), (mode, rows)
+            assert torch.isfinite(y[2:]).all(), (mode, rows)
 
 
 @needs_cpu

@@ -1,9 +1,12 @@
-// -a8 prefill (more rows than the decode tiles take) as an integer GEMM on
-// AVX512-VNNI, included by qmatmul_kernels.h inside the ISA namespace after qmatmul_a8.h (whose
-// act8_row quantizes x).
-// Only builds with V::kVnni compile it, and it runs only where vnni_dot() says the CPU has the
-// instruction; elsewhere -a8 prefill runs the fp32 kernels on q * s (act8_fp32_copy).
+// GEMMs on dot-product instructions, for more rows of x than the decode kernels take, included
+// by qmatmul_kernels.h inside the ISA namespace after qmatmul_a8.h (whose act8_row quantizes x):
+//   -a8 (INT4 and INT8 weights, int8 x) on AVX512-VNNI's vpdpbusd, and
+//   weight-only INT4 and INT8 with bf16 x on AVX512-BF16's vdpbf16ps.
+// Only builds with V::kVnni (V::kBf16Dot) compile them, and they run only where vnni_dot()
+// (bf16_dot()) says the CPU has the instruction; elsewhere the fp32 kernels run (for -a8 on
+// x's q * s, act8_fp32_copy). Both share the layout, the slabs and the driver (prefill_dot).
 //
+// -a8:
 // y[m, n] = sum_f sw[n,f] sx[m,f] sum_{k in f} w[n,k] q[m,k]
 //          = sum_f sw[n,f] sx[m,f] (sum_{k in f} w[n,k] (q[m,k] + 128) - 128 sum_{k in f} w[n,k])
 // over scale folds f of FU codes: an INT4 group (FU = G; w = code - zero-point, in [-15, 15]), or
@@ -20,9 +23,17 @@
 // vector load gives W columns. INT8's folds are kKC codes, the last one shorter.
 // x: quads of kA8MR rows interleaved, xq[(p * Kq / 4 + kq) * kA8MR + i], each broadcast to
 // every lane. A micro-kernel keeps kA8MR x kNR s32 sums and as many fp32 totals in registers.
+//
+// bf16 x:
+// y[m, n] = sum_f sw[n,f] sum_{k in f} x[m,k] w[n,k], w = code - zero-point (INT4) or the int8
+// code: small integers, exact in bf16, so each vdpbf16ps product is exact and only the fp32 sums
+// round (as the fp32 GEMM's FMAs do); each fold (an INT4 group; INT8: the whole row, one scale)
+// scales its sums once. The same layout with pairs of codes (kp: codes 2kp, 2kp+1, as bf16 in the
+// low and high half of a lane) where -a8 has quads; its sums are fp32 from the start, with no
+// correction term.
 #pragma once
 
-constexpr int kA8MR = 6;  // prefill_a8's switch covers 1 to 6
+constexpr int kA8MR = 6;  // prefill_dot's switch covers 1 to 6
 // A tile's slab of W spans all of K and as many columns (a multiple of kNR, at most kNC) as fit
 // in this many packed bytes: 64 columns at K = 4096. Slabs of kKC codes by kNC columns, as the
 // fp32 GEMM has them, ran 1.3-2.0x slower at M = 512 (bench/RESULTS.md, sixteenth session): each
@@ -76,9 +87,10 @@ static inline float scale_at(const QmmArgs& a, int64_t i) {
 // -128 sum w into corr likewise; columns past nc are zero throughout. dst, s, cs below point at a
 // column's first quad, scale and correction (stride kNR).
 struct A8Slab {
-  int64_t k0, kc, nq, nfb, f0, qpf;  // quads in the block, folds in it, its first fold, quads a fold
-  A8Slab(const A8GemmPlan& p, int64_t k0_, int64_t kc_)
-      : k0(k0_), kc(kc_), nq(kc_ / 4), nfb((kc_ + p.FU - 1) / p.FU), f0(k0_ / p.FU), qpf(std::min(p.FU, kc_) / 4) {}
+  // lanes in the block (quads; bf16: pairs), folds in it, its first fold, lanes a fold
+  int64_t k0, kc, nq, nfb, f0, qpf;
+  A8Slab(const A8GemmPlan& p, int64_t k0_, int64_t kc_, int per = 4)  // per: codes a lane
+      : k0(k0_), kc(kc_), nq(kc_ / per), nfb((kc_ + p.FU - 1) / p.FU), f0(k0_ / p.FU), qpf(std::min(p.FU, kc_) / per) {}
 };
 
 // One column (row n of W; n < 0: a padding column): the plain loop, for the columns past the last
@@ -207,17 +219,131 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
   }
 }
 
+// ---- bf16 x ------------------------------------------------------------------------------------
+// x's rows as pairs of bf16 (as given), kA8MR rows interleaved like -a8's quads; zero past K.
+static inline void bf16_gemm_plan(const QmmArgs& a, A8GemmPlan& p) {
+  const int64_t K = a.K, M = a.M;
+  p.Kq = a.bits == 4 ? (K + a.group - 1) / a.group * a.group : (K + 1) / 2 * 2;
+  p.FU = a.bits == 4 ? a.group : p.Kq;  // INT8: one scale a row, one fold
+  p.nf = p.Kq / p.FU;
+  const int64_t np = p.Kq / 2, npanel = (M + kA8MR - 1) / kA8MR;
+  p.xq.assign(npanel * np * kA8MR, 0);
+  p.sx.clear();
+  p.bad.clear();
+#pragma omp parallel for num_threads(threads_for(a)) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const auto* xs = static_cast<const uint16_t*>(row_ptr(a.x, a.xdt, m, a.ldx));
+    uint32_t* dst = p.xq.data() + (m / kA8MR) * np * kA8MR + m % kA8MR;
+    for (int64_t kp = 0; kp < np; ++kp) {
+      const int64_t k = 2 * kp;
+      const uint32_t lo = k < K ? xs[k] : 0, hi = k + 1 < K ? xs[k + 1] : 0;
+      dst[kp * kA8MR] = lo | hi << 16;
+    }
+  }
+}
+
+static inline uint32_t bf16_pair(int32_t lo, int32_t hi) {  // two small integers as bf16 (exact)
+  return uint32_t{f32_to_bf16(static_cast<float>(lo))} | uint32_t{f32_to_bf16(static_cast<float>(hi))} << 16;
+}
+
+// One column as bf16 pairs code - z (INT4) or code (INT8), and its scales (a8_pack_col's twin;
+// n < 0: a padding column).
+static inline void bf16_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst,
+                                 float* s) {
+  if (n < 0) {
+    for (int64_t kp = 0; kp < sl.nq; ++kp) dst[kp * kNR] = 0;
+    for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = 0.f;
+    return;
+  }
+  if (a.bits == 4) {
+    const int64_t ng = p.Kq / a.group;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2) + sl.k0 / 2;
+    for (int64_t kp = 0; kp < sl.nq; ++kp) {
+      const int32_t z = a.zeros ? a.zeros[n * ng + (sl.k0 + 2 * kp) / a.group] : 8;
+      dst[kp * kNR] = bf16_pair((q[kp] & 15) - z, (q[kp] >> 4) - z);
+    }
+    for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = scale_at(a, n * ng + sl.f0 + f);
+  } else {
+    const auto* q = static_cast<const int8_t*>(a.qw) + n * a.K;
+    for (int64_t kp = 0; kp < sl.nq; ++kp) {
+      const int64_t k = sl.k0 + 2 * kp;
+      dst[kp * kNR] = bf16_pair(k < a.K ? q[k] : 0, k + 1 < a.K ? q[k + 1] : 0);
+    }
+    s[0] = scale_at(a, n);
+  }
+}
+
+// W columns at once (rows n..n+W-1 of W), what bf16_pack_col does for one: lane l is row n + l.
 template <class VV = V>
-static void a8_pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc, const A8Slab& sl, uint32_t* Bq,
-                      float* sw, int32_t* corr) {
+static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst,
+                           float* s) {
+  using I = typename VV::I;
+  constexpr int W = VV::W;
+  auto store = [](void* at, I v) { VV::storei(static_cast<uint8_t*>(at), v); };
+  auto pair = [](I lo, I hi) {  // lanes of small integers as bf16, lo's in the low half
+    return VV::bor(VV::template srl<16>(VV::asi(VV::cvt(lo))), VV::band(VV::asi(VV::cvt(hi)), 0xFFFF0000u));
+  };
+  if (a.bits == 4) {
+    const int64_t ng = p.Kq / a.group, row_bytes = p.Kq / 2;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes + sl.k0 / 2;
+    alignas(64) int32_t t[W];
+    for (int64_t f = 0; f < sl.nfb; ++f) {
+      const int64_t g = sl.f0 + f;
+      for (int l = 0; l < W; ++l) t[l] = a.zeros ? a.zeros[(n + l) * ng + g] : 8;
+      const I z = VV::loadi(reinterpret_cast<const uint8_t*>(t));
+      for (int64_t kp = f * sl.qpf; kp < (f + 1) * sl.qpf; kp += 16) {  // 32 codes (16 bytes) a row; G % 32 == 0
+        I u[4];
+        VV::gather16(q + kp, row_bytes, u);
+        for (int j = 0; j < 4; ++j)
+          for (int b = 0; b < 4; ++b, u[j] = VV::template srl<8>(u[j]))  // byte b: pair kp + 4j + b
+            store(dst + (kp + 4 * j + b) * kNR,
+                  pair(VV::sub32(VV::band(u[j], 15u), z), VV::sub32(VV::band(VV::template srl<4>(u[j]), 15u), z)));
+      }
+      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + g);
+    }
+  } else {
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
+    const I c128 = VV::set1i(128);
+    int64_t kp = 0;
+    for (; kp + 8 <= sl.nq && sl.k0 + 2 * kp + 16 <= a.K; kp += 8) {  // 16 codes a row
+      I u[4];
+      VV::gather16(q + sl.k0 + 2 * kp, a.K, u);
+      for (int j = 0; j < 4; ++j) {
+        I v = VV::flip_bytes(u[j]);  // code + 128 in each byte
+        for (int h = 0; h < 2; ++h, v = VV::template srl<16>(v))
+          store(dst + (kp + 2 * j + h) * kNR,
+                pair(VV::sub32(VV::band(v, 255u), c128), VV::sub32(VV::band(VV::template srl<8>(v), 255u), c128)));
+      }
+    }
+    for (; kp < sl.nq; ++kp)  // the last codes, lane by lane (codes past K are 0)
+      for (int l = 0; l < W; ++l) {
+        const int64_t k = sl.k0 + 2 * kp;
+        const auto* r = reinterpret_cast<const int8_t*>(q + l * a.K);
+        dst[kp * kNR + l] = bf16_pair(k < a.K ? r[k] : 0, k + 1 < a.K ? r[k + 1] : 0);
+      }
+    for (int l = 0; l < W; ++l) s[l] = scale_at(a, n + l);
+  }
+}
+
+// The slab's W columns n0..n0+nc-1 (padded to whole panels) into Bq, with their scales into sw
+// and (-a8) their corrections into corr: W columns at a time, then one by one.
+template <bool Bf, class VV = V>
+static void pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc, const A8Slab& sl, uint32_t* Bq,
+                   float* sw, int32_t* corr) {
   const int npan = (nc + kNR - 1) / kNR;
-  // column c's first quad, scale and correction
+  // column c's first lane, scale and correction
   auto dst = [&](int c) { return Bq + (c / kNR) * sl.nq * kNR + c % kNR; };
   auto s = [&](int c) { return sw + (c / kNR) * sl.nfb * kNR + c % kNR; };
   auto cs = [&](int c) { return corr + (c / kNR) * sl.nfb * kNR + c % kNR; };
   int c = 0;
-  for (; c + VV::W <= nc; c += VV::W) a8_pack_cols<VV>(a, p, sl, n0 + c, dst(c), s(c), cs(c));
-  for (; c < npan * kNR; ++c) a8_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c), cs(c));
+  for (; c + VV::W <= nc; c += VV::W) {
+    if constexpr (Bf) bf16_pack_cols<VV>(a, p, sl, n0 + c, dst(c), s(c));
+    else a8_pack_cols<VV>(a, p, sl, n0 + c, dst(c), s(c), cs(c));
+  }
+  for (; c < npan * kNR; ++c) {
+    if constexpr (Bf) bf16_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c));
+    else a8_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c), cs(c));
+  }
 }
 
 // C[MR x nc] (+)= the slab's share: A = kA8MR-interleaved x quads from the slab's first, Bq one
@@ -256,38 +382,78 @@ __attribute__((noinline)) static void a8_micro(const uint32_t* A, const uint32_t
   store_micro<MR>(t0, t1, C, ldc, nc, accumulate);
 }
 
-template <class VV = V>
-static void prefill_a8(const QmmArgs& a) {
+// a8_micro's twin for bf16 x: A holds pairs of x, Bq pairs of w; the sums are fp32 from the start.
+template <int MR, class VV = V>
+PQ_TARGET_BF16 __attribute__((noinline)) static void bf16_micro(const uint32_t* A, const uint32_t* Bq, int64_t nq,
+                                                                int64_t qpf, const float* sw, float* C, int64_t ldc,
+                                                                int nc) {
+  using F = typename VV::F;
+  using I = typename VV::I;
+  constexpr int W = VV::W;
+  F t0[MR], t1[MR];
+  for (int i = 0; i < MR; ++i) t0[i] = t1[i] = VV::zero();
+  for (int64_t f = 0, kq = 0; kq < nq; ++f) {
+    F a0[MR], a1[MR];
+    for (int i = 0; i < MR; ++i) a0[i] = a1[i] = VV::zero();
+    for (const int64_t kend = std::min(kq + qpf, nq); kq < kend; ++kq) {
+      const auto* b = reinterpret_cast<const uint8_t*>(Bq + kq * kNR);
+      const I b0 = VV::loadi(b), b1 = VV::loadi(b + 4 * W);
+      for (int i = 0; i < MR; ++i) {
+        const I x = VV::set1i(static_cast<int32_t>(A[kq * kA8MR + i]));
+        a0[i] = VV::dot_bf16(a0[i], x, b0);
+        a1[i] = VV::dot_bf16(a1[i], x, b1);
+      }
+    }
+    const F s0 = VV::load(sw + f * kNR), s1 = VV::load(sw + f * kNR + W);
+    for (int i = 0; i < MR; ++i) {
+      t0[i] = VV::fma(a0[i], s0, t0[i]);
+      t1[i] = VV::fma(a1[i], s1, t1[i]);
+    }
+  }
+  store_micro<MR>(t0, t1, C, ldc, nc, false);
+}
+
+// The GEMM: -a8 (Bf false) or bf16 x (Bf true). Tiles as the fp32 GEMM's (PrefillTiles), each
+// packing its slab of W (all of K) once and running the micro-kernel over its rows.
+template <bool Bf, class VV = V>
+static void prefill_dot(const QmmArgs& a) {
   static thread_local A8GemmPlan scratch;  // reused between calls
   A8GemmPlan& p = scratch;
-  a8_gemm_plan(a, p);
-  const int64_t NC = std::clamp<int64_t>((kA8SlabBytes / p.Kq) / kNR * kNR, kNR, kNC);
+  constexpr int per = Bf ? 2 : 4;  // codes a 32-bit lane
+  if constexpr (Bf) bf16_gemm_plan(a, p);
+  else a8_gemm_plan(a, p);
+  const int64_t col_bytes = p.Kq * 4 / per;  // a packed column
+  const int64_t NC = std::clamp<int64_t>((kA8SlabBytes / col_bytes) / kNR * kNR, kNR, kNC);
   const PrefillTiles pt(a, kA8MR, NC);
-  const A8Slab sl(p, 0, p.Kq);  // all of K
+  const A8Slab sl(p, 0, p.Kq, per);  // all of K
   const int64_t nq = sl.nq, nfb = sl.nfb;
 #pragma omp parallel num_threads(threads_for(a))
   {
     AlignedVec<uint32_t> Bq(nq * NC);
     AlignedVec<float> sw(nfb * NC), Cbuf(pt.direct ? 0 : pt.mblk * NC);
-    AlignedVec<int32_t> corr(nfb * NC);
+    AlignedVec<int32_t> corr(Bf ? 0 : nfb * NC);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < pt.ntiles(); ++t) {
       const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
       const int nc = pt.nc(t), mrows = pt.mrows(t);
       float* C = pt.c_of(a, t, Cbuf.data());
       const int64_t ldc = pt.ldc(a);
-      a8_pack_b(a, p, n0, nc, sl, Bq.data(), sw.data(), corr.data());
+      pack_b<Bf, VV>(a, p, n0, nc, sl, Bq.data(), sw.data(), corr.data());
       for (int i0 = 0; i0 < mrows; i0 += kA8MR) {
         const int mr = std::min(kA8MR, mrows - i0);
-        const float* sxr[kA8MR];
-        for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (mb0 + i0 + std::min(i, mr - 1)) * p.nf;
+        const float* sxr[kA8MR] = {};
+        if constexpr (!Bf)
+          for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (mb0 + i0 + std::min(i, mr - 1)) * p.nf;
         const uint32_t* A = p.xq.data() + (mb0 + i0) / kA8MR * nq * kA8MR;
         for (int j0 = 0; j0 < nc; j0 += kNR) {
           const int64_t j = j0 / kNR;
           auto run = [&](auto MR) {
-            a8_micro<decltype(MR)::value>(A, Bq.data() + j * nq * kNR, nq, sl.qpf, sw.data() + j * nfb * kNR,
-                                          corr.data() + j * nfb * kNR, sxr, C + i0 * ldc + j0, ldc,
-                                          std::min(kNR, nc - j0), false);
+            constexpr int R = decltype(MR)::value;
+            const uint32_t* B = Bq.data() + j * nq * kNR;
+            const float* s = sw.data() + j * nfb * kNR;
+            const int w = std::min(kNR, nc - j0);
+            if constexpr (Bf) bf16_micro<R, VV>(A, B, nq, sl.qpf, s, C + i0 * ldc + j0, ldc, w);
+            else a8_micro<R, VV>(A, B, nq, sl.qpf, s, corr.data() + j * nfb * kNR, sxr, C + i0 * ldc + j0, ldc, w, false);
           };
           switch (mr) {
             case 6: run(std::integral_constant<int, 6>{}); break;
@@ -299,7 +465,7 @@ static void prefill_a8(const QmmArgs& a) {
           }
         }
       }
-      pt.epilogue(a, C, ldc, t, p.bad.data());
+      pt.epilogue(a, C, ldc, t, Bf ? nullptr : p.bad.data());
     }
   }
 }
