@@ -22,9 +22,9 @@ const char* cpu_codes();
 // Results are identical for INT4; the choice is a speed knob (and lets a benchmark time both).
 Status set_cpu_codes(const char* mode);
 
-// Whether the CPU decode kernels take INT4 weights with 2 to 8 rows of bf16 x through bf16 dot
-// products (AVX512-BF16's vdpbf16ps: two codes per fp32 lane) instead of fp32 multiply-adds: "on"
-// or "off".
+// Whether the CPU kernels take bf16 x through bf16 dot products (AVX512-BF16's vdpbf16ps: two
+// codes per fp32 lane) instead of fp32 multiply-adds: INT4 decode from 2 rows, and the prefill
+// GEMM (INT4 from 13 rows, INT8 from 9): "on" or "off".
 const char* cpu_bf16_dot();
 // Sets it for the whole process: "on" (kUnsupported where the AVX-512 kernels are not in use or
 // the CPU lacks AVX512-BF16), "off" or "auto" (on where available, the default). Results differ
