@@ -1,13 +1,8 @@
 // qmatmul kernels for AVX-512 (16 fp32 lanes): the AVX2 traits widened. Compiled with
 // -mavx512f/bw/vl/dq; picked at run time only on CPUs that report those flags. The bf16 dot
-// products (INT4 decode with bf16 x) are compiled for AVX512-BF16 function by function
-// (PQ_TARGET_BF16) and run only where the CPU reports it too (bf16_dot()); likewise the -a8
-// tile's vpdpbusd (AVX512-VNNI, vnni_dot()).
+// products (bf16 x: INT4 decode, the prefill GEMM) and the -a8 kernels' vpdpbusd are inline
+// assembly, run only where the CPU reports AVX512-BF16 (bf16_dot()) or AVX512-VNNI (vnni_dot()).
 #include <immintrin.h>
-
-#ifndef PQ_TARGET_BF16
-#define PQ_TARGET_BF16 __attribute__((target("avx512bf16")))
-#endif
 
 #include <cstdint>
 
@@ -107,8 +102,17 @@ struct V {
     const I t = S == 0 ? _mm512_slli_epi16(v, 3) : _mm512_srli_epi16(v, 4 * S - 3);
     return _mm512_ternarylogic_epi32(t, _mm512_set1_epi16(0x78), _mm512_set1_epi16(0x3f80), 0xEA);
   }
-  // acc lane l += a[2l] * b[2l] + a[2l+1] * b[2l+1] (bf16 pairs; products exact in fp32)
-  PQ_TARGET_BF16 static F dot_bf16(F acc, I a, I b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+  // acc lane l += a[2l] * b[2l] + a[2l+1] * b[2l+1] (bf16 pairs; products exact in fp32). Inline
+  // assembly, as dpbusd: the intrinsic needs a target attribute, which the GEMM's micro-kernel,
+  // shared with -a8, cannot carry; tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBF16.
+  static F dot_bf16(F acc, I a, I b) {
+#ifdef PQ_DPBF16
+    return PQ_DPBF16(acc, a, b);
+#else
+    asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
+    return acc;
+#endif
+  }
 };
 
 }  // namespace isa_avx512

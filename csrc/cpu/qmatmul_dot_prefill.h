@@ -346,68 +346,53 @@ static void pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc, co
   }
 }
 
-// C[MR x nc] (+)= the slab's share: A = kA8MR-interleaved x quads from the slab's first, Bq one
-// panel (nq quads), qpf quads per fold (the last fold may be shorter); sw / corr the panel's
-// per-fold column scales and -128 sum w; sxr[i] x row i's scales from the slab's first fold.
-template <int MR, class VV = V>
-__attribute__((noinline)) static void a8_micro(const uint32_t* A, const uint32_t* Bq, int64_t nq, int64_t qpf,
-                                               const float* sw, const int32_t* corr, const float* const* sxr,
-                                               float* C, int64_t ldc, int nc, bool accumulate) {
+// C[MR x nc] = the slab's share: A = kA8MR-interleaved x lanes (-a8: quads of q + 128; bf16: pairs
+// of x), Bq one panel (nq lanes), qpf lanes per fold (the last fold may be shorter); sw the
+// panel's per-fold column scales. -a8 only: corr its -128 sum w per fold, sxr[i] x row i's scales.
+// The -a8 sums are s32 from -128 sum w, converted at each fold; the bf16 ones fp32 from zero.
+template <int MR, bool Bf, class VV = V>
+__attribute__((noinline)) static void dot_micro(const uint32_t* A, const uint32_t* Bq, int64_t nq, int64_t qpf,
+                                                const float* sw, const int32_t* corr, const float* const* sxr,
+                                                float* C, int64_t ldc, int nc) {
   using F = typename VV::F;
   using I = typename VV::I;
+  using Acc = std::conditional_t<Bf, F, I>;
   constexpr int W = VV::W;
   F t0[MR], t1[MR];
   for (int i = 0; i < MR; ++i) t0[i] = t1[i] = VV::zero();
   for (int64_t f = 0, kq = 0; kq < nq; ++f) {
-    I a0[MR], a1[MR];
-    const auto* cf = reinterpret_cast<const uint8_t*>(corr + f * kNR);
-    const I c0 = VV::loadi(cf), c1 = VV::loadi(cf + 4 * W);
-    for (int i = 0; i < MR; ++i) a0[i] = c0, a1[i] = c1;
-    for (const int64_t kend = std::min(kq + qpf, nq); kq < kend; ++kq) {  // INT8's last fold may be short
+    Acc a0[MR], a1[MR];
+    if constexpr (Bf) {
+      for (int i = 0; i < MR; ++i) a0[i] = a1[i] = VV::zero();
+    } else {
+      const auto* cf = reinterpret_cast<const uint8_t*>(corr + f * kNR);
+      const I c0 = VV::loadi(cf), c1 = VV::loadi(cf + 4 * W);
+      for (int i = 0; i < MR; ++i) a0[i] = c0, a1[i] = c1;
+    }
+    for (const int64_t kend = std::min(kq + qpf, nq); kq < kend; ++kq) {  // INT8's last -a8 fold may be short
       const auto* b = reinterpret_cast<const uint8_t*>(Bq + kq * kNR);
       const I b0 = VV::loadi(b), b1 = VV::loadi(b + 4 * W);
       for (int i = 0; i < MR; ++i) {
         const I x = VV::set1i(static_cast<int32_t>(A[kq * kA8MR + i]));
-        a0[i] = VV::dpbusd(a0[i], x, b0);
-        a1[i] = VV::dpbusd(a1[i], x, b1);
+        if constexpr (Bf) {
+          a0[i] = VV::dot_bf16(a0[i], x, b0);
+          a1[i] = VV::dot_bf16(a1[i], x, b1);
+        } else {
+          a0[i] = VV::dpbusd(a0[i], x, b0);
+          a1[i] = VV::dpbusd(a1[i], x, b1);
+        }
       }
     }
     const F s0 = VV::load(sw + f * kNR), s1 = VV::load(sw + f * kNR + W);
     for (int i = 0; i < MR; ++i) {
-      const F sx = VV::set1(sxr[i][f]);
-      t0[i] = VV::fma(VV::cvt(a0[i]), VV::fma(s0, sx, VV::zero()), t0[i]);
-      t1[i] = VV::fma(VV::cvt(a1[i]), VV::fma(s1, sx, VV::zero()), t1[i]);
-    }
-  }
-  store_micro<MR>(t0, t1, C, ldc, nc, accumulate);
-}
-
-// a8_micro's twin for bf16 x: A holds pairs of x, Bq pairs of w; the sums are fp32 from the start.
-template <int MR, class VV = V>
-PQ_TARGET_BF16 __attribute__((noinline)) static void bf16_micro(const uint32_t* A, const uint32_t* Bq, int64_t nq,
-                                                                int64_t qpf, const float* sw, float* C, int64_t ldc,
-                                                                int nc) {
-  using F = typename VV::F;
-  using I = typename VV::I;
-  constexpr int W = VV::W;
-  F t0[MR], t1[MR];
-  for (int i = 0; i < MR; ++i) t0[i] = t1[i] = VV::zero();
-  for (int64_t f = 0, kq = 0; kq < nq; ++f) {
-    F a0[MR], a1[MR];
-    for (int i = 0; i < MR; ++i) a0[i] = a1[i] = VV::zero();
-    for (const int64_t kend = std::min(kq + qpf, nq); kq < kend; ++kq) {
-      const auto* b = reinterpret_cast<const uint8_t*>(Bq + kq * kNR);
-      const I b0 = VV::loadi(b), b1 = VV::loadi(b + 4 * W);
-      for (int i = 0; i < MR; ++i) {
-        const I x = VV::set1i(static_cast<int32_t>(A[kq * kA8MR + i]));
-        a0[i] = VV::dot_bf16(a0[i], x, b0);
-        a1[i] = VV::dot_bf16(a1[i], x, b1);
+      if constexpr (Bf) {
+        t0[i] = VV::fma(a0[i], s0, t0[i]);
+        t1[i] = VV::fma(a1[i], s1, t1[i]);
+      } else {
+        const F sx = VV::set1(sxr[i][f]);
+        t0[i] = VV::fma(VV::cvt(a0[i]), VV::fma(s0, sx, VV::zero()), t0[i]);
+        t1[i] = VV::fma(VV::cvt(a1[i]), VV::fma(s1, sx, VV::zero()), t1[i]);
       }
-    }
-    const F s0 = VV::load(sw + f * kNR), s1 = VV::load(sw + f * kNR + W);
-    for (int i = 0; i < MR; ++i) {
-      t0[i] = VV::fma(a0[i], s0, t0[i]);
-      t1[i] = VV::fma(a1[i], s1, t1[i]);
     }
   }
   store_micro<MR>(t0, t1, C, ldc, nc, false);
@@ -452,8 +437,8 @@ static void prefill_dot(const QmmArgs& a) {
             const uint32_t* B = Bq.data() + j * nq * kNR;
             const float* s = sw.data() + j * nfb * kNR;
             const int w = std::min(kNR, nc - j0);
-            if constexpr (Bf) bf16_micro<R, VV>(A, B, nq, sl.qpf, s, C + i0 * ldc + j0, ldc, w);
-            else a8_micro<R, VV>(A, B, nq, sl.qpf, s, corr.data() + j * nfb * kNR, sxr, C + i0 * ldc + j0, ldc, w, false);
+            dot_micro<R, Bf, VV>(A, B, nq, sl.qpf, s, Bf ? nullptr : corr.data() + j * nfb * kNR, sxr,
+                                 C + i0 * ldc + j0, ldc, w);
           };
           switch (mr) {
             case 6: run(std::integral_constant<int, 6>{}); break;

@@ -66,10 +66,6 @@
 #include "cpu_dispatch.h"
 #include "qmatmul_impl.h"
 
-#ifndef PQ_TARGET_BF16  // the AVX-512 build sets it: the bf16 tile's target attribute
-#define PQ_TARGET_BF16
-#endif
-
 namespace pyquant {
 namespace PQ_ISA_NS {
 
@@ -342,13 +338,11 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
 
 // The bf16-dot twin of dec4_tile (see the top of this file): xb[m] is x row m in bf16, permuted.
 // VV: V, named so that only the AVX-512 build, where it is called, compiles the body. Its loop
-// is dec4_tile's, written again: shared through an always-inline template taking the block as a
-// lambda, GCC refuses to inline the lambda (target avx512bf16) into the shared loop (no such
-// target), and giving the fp32 tile that target too would compile it for CPUs it must not assume.
+// is dec4_tile's in four steps of two codes a lane (bf16 pairs, x as bf16 pairs) where dec4_tile
+// takes eight steps of one.
 template <int MC, int R, class VV = V>
-PQ_TARGET_BF16 __attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q,
-                                                                    int64_t row_bytes, const float* const* srow,
-                                                                    const Int4Plan& p, float out[R][MC]) {
+__attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q, int64_t row_bytes,
+                                                     const float* const* srow, const Int4Plan& p, float out[R][MC]) {
   using F = typename VV::F;
   using I = typename VV::I;
   constexpr int W = VV::W;

@@ -235,13 +235,11 @@ inline emu_m512 emu_permutexvar_ps(emu_m512i idx, emu_m512 a) {
 #define _mm512_permutexvar_ps emu_permutexvar_ps
 #define PQ_DPBUSD emu_dpbusd_epi32
 
-#define PQ_TARGET_BF16  // no target attribute: the stand-ins are plain C++
-#define __m512bh emu_m512i
 #define _mm512_set1_epi16 emu_set1_epi16
 #define _mm512_slli_epi16 emu_shift_epi16<true>
 #define _mm512_srli_epi16 emu_shift_epi16<false>
 #define _mm512_ternarylogic_epi32 emu_ternarylogic_epi32
-#define _mm512_dpbf16_ps emu_dpbf16_ps
+#define PQ_DPBF16 emu_dpbf16_ps
 
 #define __m512 emu_m512
 #define __m512i emu_m512i
