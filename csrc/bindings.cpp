@@ -14,14 +14,14 @@ PYBIND11_MODULE(_C, m) {
     if (pyquant::set_cpu_codes(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
   }, "Set how the CPU decode kernels read weight codes: convert, subnormal or auto (process-wide)");
   m.def("cpu_bf16_dot", &pyquant::cpu_bf16_dot,
-        "Whether INT4 decode with bf16 x uses AVX512-BF16 dot products here: on or off");
+        "Whether bf16 x (INT4 decode, the prefill GEMM) uses AVX512-BF16 dot products here: on or off");
   m.def("set_cpu_bf16_dot", [](const std::string& mode) {
     if (pyquant::set_cpu_bf16_dot(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
-  }, "Set whether INT4 decode with bf16 x uses AVX512-BF16 dot products: on, off or auto (process-wide)");
-  m.def("cpu_vnni", &pyquant::cpu_vnni, "Whether the -a8 kernels (INT4 decode, M > 8) use AVX512-VNNI here: on or off");
+  }, "Set whether bf16 x (INT4 decode, the prefill GEMM) uses AVX512-BF16 dot products: on, off or auto (process-wide)");
+  m.def("cpu_vnni", &pyquant::cpu_vnni, "Whether the -a8 kernels (INT4 decode, INT8 decode, the GEMM) use AVX512-VNNI here: on or off");
   m.def("set_cpu_vnni", [](const std::string& mode) {
     if (pyquant::set_cpu_vnni(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
-  }, "Set whether the -a8 kernels (INT4 decode, M > 8) use AVX512-VNNI: on, off or auto (process-wide)");
+  }, "Set whether the -a8 kernels (INT4 decode, INT8 decode, the GEMM) use AVX512-VNNI: on, off or auto (process-wide)");
   m.def("built_with_cuda", []() {
 #ifdef PYQUANT_WITH_CUDA
     return true;

@@ -369,8 +369,8 @@ static void decode_int8_a8(const QmmArgs& a) {
   xr.resize(K);
   for (int64_t m = 0; m < M; ++m) {
     load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, K, xr.data());
-    const int8_t* q = p.q.data() + m * K;
-    p.finite[m] = act8_row(xr.data(), K, K, p.q.data() + m * K, &p.sx[m]);
+    int8_t* q = p.q.data() + m * K;
+    p.finite[m] = act8_row(xr.data(), K, K, q, &p.sx[m]);
     for (int64_t k = 0; k < K; ++k) p.qsum[m] += 128 * q[k];
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
@@ -394,7 +394,7 @@ static void decode_int8_a8(const QmmArgs& a) {
           int64_t r = 0;
           if (nr == 4) a8_int8_tile<mc, 4, VV>(xq, qw + n0 * K, K, o), r = 4;
           for (; r < nr; ++r) a8_int8_tile<mc, 1, VV>(xq, qw + (n0 + r) * K, K, o + r);
-          for (int64_t rr = 0; rr < nr; ++rr) for (int m = 0; m < mc && m0 + m < M; ++m) yt[rr][m0 + m] = o[rr][m];
+          for (int64_t rr = 0; rr < nr; ++rr) for (int m = 0; m < mc; ++m) yt[rr][m0 + m] = o[rr][m];
         };
         switch (std::min<int64_t>(MCmax, M - m0)) {
           case 4: run(std::integral_constant<int, 4>{}); break;

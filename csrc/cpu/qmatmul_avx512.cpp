@@ -63,9 +63,9 @@ struct V {
   static I add16(I a, I b) { return _mm512_add_epi16(a, b); }
   static F sum16(I v) { return _mm512_cvtepi32_ps(_mm512_madd_epi16(v, _mm512_set1_epi16(1))); }
   // vpdpbusd (AVX512-VNNI): acc lane l += the 4 products of its u8 and s8 bytes, in s32. The
-  // -a8 tile runs it only where vnni_dot() says the CPU has it. Inline assembly: an intrinsic
-  // would need a target attribute, and GCC does not inline such a function into the tile's shared
-  // loop (see dec4_tile_bf16); tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBUSD.
+  // -a8 kernels run it only where vnni_dot() says the CPU has it. Inline assembly: an intrinsic
+  // would need a target attribute, and GCC does not inline such a function into a kernel without
+  // it; tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBUSD.
   static constexpr bool kVnni = true;
   // and for its integer GEMM (qmatmul_dot_prefill.h)
   static I set1i(int32_t a) { return _mm512_set1_epi32(a); }
@@ -104,7 +104,8 @@ struct V {
   }
   // acc lane l += a[2l] * b[2l] + a[2l+1] * b[2l+1] (bf16 pairs; products exact in fp32). Inline
   // assembly, as dpbusd: the intrinsic needs a target attribute, which the GEMM's micro-kernel,
-  // shared with -a8, cannot carry; tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBF16.
+  // shared with -a8, cannot carry (b may come from memory: 0.96x at decode with registers only);
+  // tests/ops/avx512_emu.h puts its stand-in here through PQ_DPBF16.
   static F dot_bf16(F acc, I a, I b) {
 #ifdef PQ_DPBF16
     return PQ_DPBF16(acc, a, b);

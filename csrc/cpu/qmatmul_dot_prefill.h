@@ -40,20 +40,30 @@ constexpr int kA8MR = 6;  // prefill_dot's switch covers 1 to 6
 // tile's C was read and written once per K block, and W was read 256 bytes a row at a time.
 constexpr int64_t kA8SlabBytes = 256 << 10;
 
+// The plan of either GEMM (-a8, or bf16 x: see each field); a slab spans all of K, so a packed
+// column holds a row of W: nq lanes in nf folds of qpf lanes (the last fold may be shorter).
 struct A8GemmPlan {
-  int64_t Kq;                 // K padded: ng * G (INT4), K rounded up to 4 (INT8)
-  int64_t FU, nf;             // codes per scale fold (G, or kKC for INT8) and folds per row
-  AlignedVec<uint32_t> xq;    // [ceil(M / kA8MR)][Kq / 4][kA8MR]: x's int8 codes + 128, 4 to a lane
-  std::vector<float> sx;      // [M][nf]: x's scale in fold f
-  std::vector<uint8_t> bad;   // [M]: x's row holds a NaN or an Inf (its outputs are NaN)
+  int64_t Kq;                 // K padded: ng * G (INT4), K rounded up to 4 (INT8; bf16: to 2)
+  int64_t FU, nf;             // codes per scale fold (G; INT8: kKC, bf16: Kq) and folds per row
+  int64_t nq, qpf;            // 32-bit lanes per row (Kq / 4 quads; bf16: Kq / 2 pairs) and per fold
+  AlignedVec<uint32_t> xq;    // [ceil(M / kA8MR)][nq][kA8MR]: x's lanes (-a8: its int8 codes + 128)
+  std::vector<float> sx;      // [M][nf]: x's scale in fold f (-a8 only)
+  std::vector<uint8_t> bad;   // [M]: x's row holds a NaN or an Inf (its outputs are NaN; -a8 only)
 };
+
+// Lanes of per codes each (4: -a8's quads, 2: bf16 pairs) for p.Kq and p.FU.
+static inline void plan_lanes(A8GemmPlan& p, int per) {
+  p.nq = p.Kq / per;
+  p.qpf = std::min(p.FU, p.Kq) / per;
+}
 
 static inline void a8_gemm_plan(const QmmArgs& a, A8GemmPlan& p) {
   const int64_t K = a.K, M = a.M, B = a.bits == 4 ? a.group : K;  // x's block: the weight's group, or the row
   p.Kq = a.bits == 4 ? (K + B - 1) / B * B : (K + 3) / 4 * 4;
   p.FU = a.bits == 4 ? B : kKC;
   p.nf = (p.Kq + p.FU - 1) / p.FU;
-  const int64_t nq = p.Kq / 4, npanel = (M + kA8MR - 1) / kA8MR;
+  plan_lanes(p, 4);
+  const int64_t nq = p.nq, npanel = (M + kA8MR - 1) / kA8MR;
   p.xq.assign(npanel * nq * kA8MR, 0);
   p.sx.assign(M * p.nf, 0.f);
   p.bad.assign(M, 0);
@@ -82,35 +92,28 @@ static inline float scale_at(const QmmArgs& a, int64_t i) {
                              : f16_to_f32(static_cast<const uint16_t*>(a.scales)[i]);
 }
 
-// Packing W[n0:n0+nc, k0:k0+kc] (the slab of one tile) as signed bytes w into Bq
-// (layout above), and per panel and fold the columns' scales into sw[(j * nfb + f) * kNR + c] and
-// -128 sum w into corr likewise; columns past nc are zero throughout. dst, s, cs below point at a
-// column's first quad, scale and correction (stride kNR).
-struct A8Slab {
-  // lanes in the block (quads; bf16: pairs), folds in it, its first fold, lanes a fold
-  int64_t k0, kc, nq, nfb, f0, qpf;
-  A8Slab(const A8GemmPlan& p, int64_t k0_, int64_t kc_, int per = 4)  // per: codes a lane
-      : k0(k0_), kc(kc_), nq(kc_ / per), nfb((kc_ + p.FU - 1) / p.FU), f0(k0_ / p.FU), qpf(std::min(p.FU, kc_) / per) {}
-};
+// Packing a tile's slab of W (its columns, all of K) into Bq (layout above), and per panel and
+// fold the columns' scales into sw[(j * nf + f) * kNR + c] and (-a8) -128 sum w into corr
+// likewise; columns past nc are zero throughout. dst, s, cs below point at a column's first lane,
+// scale and correction (stride kNR).
 
 // One column (row n of W; n < 0: a padding column): the plain loop, for the columns past the last
 // full group of W (a8_pack_cols).
-static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst,
+static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint32_t* dst,
                                float* s, int32_t* cs) {
   if (n < 0) {
-    for (int64_t kq = 0; kq < sl.nq; ++kq) dst[kq * kNR] = 0;
-    for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = 0.f, cs[f * kNR] = 0;
+    for (int64_t kq = 0; kq < p.nq; ++kq) dst[kq * kNR] = 0;
+    for (int64_t f = 0; f < p.nf; ++f) s[f * kNR] = 0.f, cs[f * kNR] = 0;
     return;
   }
   auto byte_sum = [](uint32_t u) { return int32_t{int8_t(u)} + int8_t(u >> 8) + int8_t(u >> 16) + int8_t(u >> 24); };
   if (a.bits == 4) {
     const int64_t ng = p.Kq / a.group;
-    const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2) + sl.k0 / 2;
-    for (int64_t f = 0; f < sl.nfb; ++f) {
-      const int64_t g = sl.f0 + f;
-      const uint64_t z = (a.zeros ? a.zeros[n * ng + g] : 8) * 0x0101010101010101ull;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2);
+    for (int64_t f = 0; f < p.nf; ++f) {
+      const uint64_t z = (a.zeros ? a.zeros[n * ng + f] : 8) * 0x0101010101010101ull;
       int32_t sum = 0;
-      for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 2) {  // 8 codes (4 bytes) to two quads
+      for (int64_t kq = f * p.qpf; kq < (f + 1) * p.qpf; kq += 2) {  // 8 codes (4 bytes) to two quads
         uint32_t u;
         std::memcpy(&u, q + 2 * kq, 4);
         uint64_t v = u;  // nibble i to byte i
@@ -122,15 +125,15 @@ static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Sl
         dst[(kq + 1) * kNR] = static_cast<uint32_t>(v >> 32);
         sum += byte_sum(static_cast<uint32_t>(v)) + byte_sum(static_cast<uint32_t>(v >> 32));
       }
-      s[f * kNR] = scale_at(a, n * ng + g);
+      s[f * kNR] = scale_at(a, n * ng + f);
       cs[f * kNR] = -128 * sum;
     }
   } else {
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
-    for (int64_t f = 0; f < sl.nfb; ++f) {
+    for (int64_t f = 0; f < p.nf; ++f) {
       int32_t sum = 0;
-      for (int64_t kq = f * sl.qpf; kq < std::min((f + 1) * sl.qpf, sl.nq); ++kq) {
-        const int64_t k = sl.k0 + 4 * kq;
+      for (int64_t kq = f * p.qpf; kq < std::min((f + 1) * p.qpf, p.nq); ++kq) {
+        const int64_t k = 4 * kq;
         uint32_t u = 0;  // codes past K are 0
         std::memcpy(&u, q + k, static_cast<size_t>(std::clamp<int64_t>(a.K - k, 0, 4)));
         dst[kq * kNR] = u;
@@ -146,7 +149,7 @@ static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Sl
 // is row n + l, so each store writes a quad of W columns. The byte sums come from vpdpbusd by
 // ones. The plain loop took longer than the GEMM itself at M < 32 (bench/RESULTS.md).
 template <class VV = V>
-static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst, float* s,
+static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint32_t* dst, float* s,
                          int32_t* cs) {
   using I = typename VV::I;
   constexpr int W = VV::W;
@@ -155,23 +158,22 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
   alignas(64) int32_t t[W], tz[W];
   if (a.bits == 4) {
     const int64_t ng = p.Kq / a.group, row_bytes = p.Kq / 2;
-    const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes + sl.k0 / 2;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
     // nibble i of a lane's low 16 bits to its byte i
     auto spread = [](I v) {
       v = VV::band(VV::bor(v, VV::template sll<8>(v)), 0x00FF00FFu);
       return VV::band(VV::bor(v, VV::template sll<4>(v)), 0x0F0F0F0Fu);
     };
     const I high = VV::set1i(static_cast<int32_t>(0x80808080u));
-    for (int64_t f = 0; f < sl.nfb; ++f) {
-      const int64_t g = sl.f0 + f;
+    for (int64_t f = 0; f < p.nf; ++f) {
       for (int l = 0; l < W; ++l) {
-        const int32_t z = a.zeros ? a.zeros[(n + l) * ng + g] : 8;
+        const int32_t z = a.zeros ? a.zeros[(n + l) * ng + f] : 8;
         t[l] = z * 0x01010101;        // in each byte
-        tz[l] = 4 * sl.qpf * z;       // times the fold's codes
+        tz[l] = 4 * p.qpf * z;       // times the fold's codes
       }
       const I zb = VV::loadi(reinterpret_cast<const uint8_t*>(t)), zc = VV::loadi(reinterpret_cast<const uint8_t*>(tz));
       I sum = VV::zero_i();
-      for (int64_t kq = f * sl.qpf; kq < (f + 1) * sl.qpf; kq += 8) {  // 32 codes (16 bytes) a row; G % 32 == 0
+      for (int64_t kq = f * p.qpf; kq < (f + 1) * p.qpf; kq += 8) {  // 32 codes (16 bytes) a row; G % 32 == 0
         I u[4];  // 8 codes a lane, to two quads
         VV::gather16(q + 2 * kq, row_bytes, u);
         for (int j = 0; j < 4; ++j) {
@@ -182,24 +184,24 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl
         }
       }
       store(cs + f * kNR, VV::template sll<7>(VV::sub32(zc, sum)));  // -128 (sum c - 4 qpf z)
-      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + g);
+      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + f);
     }
   } else {
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
-    for (int64_t f = 0; f < sl.nfb; ++f) {
+    for (int64_t f = 0; f < p.nf; ++f) {
       I sum = VV::zero_i();
-      const int64_t kend = std::min((f + 1) * sl.qpf, sl.nq);
-      int64_t kq = f * sl.qpf;
-      for (; kq + 4 <= kend && sl.k0 + 4 * kq + 16 <= a.K; kq += 4) {  // 16 codes a row
+      const int64_t kend = std::min((f + 1) * p.qpf, p.nq);
+      int64_t kq = f * p.qpf;
+      for (; kq + 4 <= kend && 4 * kq + 16 <= a.K; kq += 4) {  // 16 codes a row
         I u[4];
-        VV::gather16(q + sl.k0 + 4 * kq, a.K, u);
+        VV::gather16(q + 4 * kq, a.K, u);
         for (int j = 0; j < 4; ++j) {
           store(dst + (kq + j) * kNR, u[j]);
           sum = VV::dpbusd(sum, ones, u[j]);
         }
       }
       for (; kq < kend; ++kq) {  // the fold's last quads
-        const int64_t k = sl.k0 + 4 * kq;
+        const int64_t k = 4 * kq;
         I u;
         if (k + 4 <= a.K) {
           u = gather4(q + k, a.K);
@@ -226,7 +228,8 @@ static inline void bf16_gemm_plan(const QmmArgs& a, A8GemmPlan& p) {
   p.Kq = a.bits == 4 ? (K + a.group - 1) / a.group * a.group : (K + 1) / 2 * 2;
   p.FU = a.bits == 4 ? a.group : p.Kq;  // INT8: one scale a row, one fold
   p.nf = p.Kq / p.FU;
-  const int64_t np = p.Kq / 2, npanel = (M + kA8MR - 1) / kA8MR;
+  plan_lanes(p, 2);
+  const int64_t np = p.nq, npanel = (M + kA8MR - 1) / kA8MR;
   p.xq.assign(npanel * np * kA8MR, 0);
   p.sx.clear();
   p.bad.clear();
@@ -248,25 +251,25 @@ static inline uint32_t bf16_pair(int32_t lo, int32_t hi) {  // two small integer
 
 // One column as bf16 pairs code - z (INT4) or code (INT8), and its scales (a8_pack_col's twin;
 // n < 0: a padding column).
-static inline void bf16_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst,
+static inline void bf16_pack_col(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint32_t* dst,
                                  float* s) {
   if (n < 0) {
-    for (int64_t kp = 0; kp < sl.nq; ++kp) dst[kp * kNR] = 0;
-    for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = 0.f;
+    for (int64_t kp = 0; kp < p.nq; ++kp) dst[kp * kNR] = 0;
+    for (int64_t f = 0; f < p.nf; ++f) s[f * kNR] = 0.f;
     return;
   }
   if (a.bits == 4) {
     const int64_t ng = p.Kq / a.group;
-    const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2) + sl.k0 / 2;
-    for (int64_t kp = 0; kp < sl.nq; ++kp) {
-      const int32_t z = a.zeros ? a.zeros[n * ng + (sl.k0 + 2 * kp) / a.group] : 8;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2);
+    for (int64_t kp = 0; kp < p.nq; ++kp) {
+      const int32_t z = a.zeros ? a.zeros[n * ng + (2 * kp) / a.group] : 8;
       dst[kp * kNR] = bf16_pair((q[kp] & 15) - z, (q[kp] >> 4) - z);
     }
-    for (int64_t f = 0; f < sl.nfb; ++f) s[f * kNR] = scale_at(a, n * ng + sl.f0 + f);
+    for (int64_t f = 0; f < p.nf; ++f) s[f * kNR] = scale_at(a, n * ng + f);
   } else {
     const auto* q = static_cast<const int8_t*>(a.qw) + n * a.K;
-    for (int64_t kp = 0; kp < sl.nq; ++kp) {
-      const int64_t k = sl.k0 + 2 * kp;
+    for (int64_t kp = 0; kp < p.nq; ++kp) {
+      const int64_t k = 2 * kp;
       dst[kp * kNR] = bf16_pair(k < a.K ? q[k] : 0, k + 1 < a.K ? q[k + 1] : 0);
     }
     s[0] = scale_at(a, n);
@@ -275,7 +278,7 @@ static inline void bf16_pack_col(const QmmArgs& a, const A8GemmPlan& p, const A8
 
 // W columns at once (rows n..n+W-1 of W), what bf16_pack_col does for one: lane l is row n + l.
 template <class VV = V>
-static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& sl, int64_t n, uint32_t* dst,
+static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint32_t* dst,
                            float* s) {
   using I = typename VV::I;
   constexpr int W = VV::W;
@@ -285,13 +288,12 @@ static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& 
   };
   if (a.bits == 4) {
     const int64_t ng = p.Kq / a.group, row_bytes = p.Kq / 2;
-    const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes + sl.k0 / 2;
+    const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
     alignas(64) int32_t t[W];
-    for (int64_t f = 0; f < sl.nfb; ++f) {
-      const int64_t g = sl.f0 + f;
-      for (int l = 0; l < W; ++l) t[l] = a.zeros ? a.zeros[(n + l) * ng + g] : 8;
+    for (int64_t f = 0; f < p.nf; ++f) {
+      for (int l = 0; l < W; ++l) t[l] = a.zeros ? a.zeros[(n + l) * ng + f] : 8;
       const I z = VV::loadi(reinterpret_cast<const uint8_t*>(t));
-      for (int64_t kp = f * sl.qpf; kp < (f + 1) * sl.qpf; kp += 16) {  // 32 codes (16 bytes) a row; G % 32 == 0
+      for (int64_t kp = f * p.qpf; kp < (f + 1) * p.qpf; kp += 16) {  // 32 codes (16 bytes) a row; G % 32 == 0
         I u[4];
         VV::gather16(q + kp, row_bytes, u);
         for (int j = 0; j < 4; ++j)
@@ -299,15 +301,15 @@ static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& 
             store(dst + (kp + 4 * j + b) * kNR,
                   pair(VV::sub32(VV::band(u[j], 15u), z), VV::sub32(VV::band(VV::template srl<4>(u[j]), 15u), z)));
       }
-      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + g);
+      for (int l = 0; l < W; ++l) s[f * kNR + l] = scale_at(a, (n + l) * ng + f);
     }
   } else {
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * a.K;
     const I c128 = VV::set1i(128);
     int64_t kp = 0;
-    for (; kp + 8 <= sl.nq && sl.k0 + 2 * kp + 16 <= a.K; kp += 8) {  // 16 codes a row
+    for (; kp + 8 <= p.nq && 2 * kp + 16 <= a.K; kp += 8) {  // 16 codes a row
       I u[4];
-      VV::gather16(q + sl.k0 + 2 * kp, a.K, u);
+      VV::gather16(q + 2 * kp, a.K, u);
       for (int j = 0; j < 4; ++j) {
         I v = VV::flip_bytes(u[j]);  // code + 128 in each byte
         for (int h = 0; h < 2; ++h, v = VV::template srl<16>(v))
@@ -315,9 +317,9 @@ static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& 
                 pair(VV::sub32(VV::band(v, 255u), c128), VV::sub32(VV::band(VV::template srl<8>(v), 255u), c128)));
       }
     }
-    for (; kp < sl.nq; ++kp)  // the last codes, lane by lane (codes past K are 0)
+    for (; kp < p.nq; ++kp)  // the last codes, lane by lane (codes past K are 0)
       for (int l = 0; l < W; ++l) {
-        const int64_t k = sl.k0 + 2 * kp;
+        const int64_t k = 2 * kp;
         const auto* r = reinterpret_cast<const int8_t*>(q + l * a.K);
         dst[kp * kNR + l] = bf16_pair(k < a.K ? r[k] : 0, k + 1 < a.K ? r[k + 1] : 0);
       }
@@ -328,21 +330,21 @@ static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, const A8Slab& 
 // The slab's W columns n0..n0+nc-1 (padded to whole panels) into Bq, with their scales into sw
 // and (-a8) their corrections into corr: W columns at a time, then one by one.
 template <bool Bf, class VV = V>
-static void pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc, const A8Slab& sl, uint32_t* Bq,
+static void pack_b(const QmmArgs& a, const A8GemmPlan& p, int64_t n0, int nc, uint32_t* Bq,
                    float* sw, int32_t* corr) {
   const int npan = (nc + kNR - 1) / kNR;
   // column c's first lane, scale and correction
-  auto dst = [&](int c) { return Bq + (c / kNR) * sl.nq * kNR + c % kNR; };
-  auto s = [&](int c) { return sw + (c / kNR) * sl.nfb * kNR + c % kNR; };
-  auto cs = [&](int c) { return corr + (c / kNR) * sl.nfb * kNR + c % kNR; };
+  auto dst = [&](int c) { return Bq + (c / kNR) * p.nq * kNR + c % kNR; };
+  auto s = [&](int c) { return sw + (c / kNR) * p.nf * kNR + c % kNR; };
+  auto cs = [&](int c) { return corr + (c / kNR) * p.nf * kNR + c % kNR; };
   int c = 0;
   for (; c + VV::W <= nc; c += VV::W) {
-    if constexpr (Bf) bf16_pack_cols<VV>(a, p, sl, n0 + c, dst(c), s(c));
-    else a8_pack_cols<VV>(a, p, sl, n0 + c, dst(c), s(c), cs(c));
+    if constexpr (Bf) bf16_pack_cols<VV>(a, p, n0 + c, dst(c), s(c));
+    else a8_pack_cols<VV>(a, p, n0 + c, dst(c), s(c), cs(c));
   }
   for (; c < npan * kNR; ++c) {
-    if constexpr (Bf) bf16_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c));
-    else a8_pack_col(a, p, sl, c < nc ? n0 + c : -1, dst(c), s(c), cs(c));
+    if constexpr (Bf) bf16_pack_col(a, p, c < nc ? n0 + c : -1, dst(c), s(c));
+    else a8_pack_col(a, p, c < nc ? n0 + c : -1, dst(c), s(c), cs(c));
   }
 }
 
@@ -404,14 +406,11 @@ template <bool Bf, class VV = V>
 static void prefill_dot(const QmmArgs& a) {
   static thread_local A8GemmPlan scratch;  // reused between calls
   A8GemmPlan& p = scratch;
-  constexpr int per = Bf ? 2 : 4;  // codes a 32-bit lane
   if constexpr (Bf) bf16_gemm_plan(a, p);
   else a8_gemm_plan(a, p);
-  const int64_t col_bytes = p.Kq * 4 / per;  // a packed column
-  const int64_t NC = std::clamp<int64_t>((kA8SlabBytes / col_bytes) / kNR * kNR, kNR, kNC);
+  const int64_t nq = p.nq, nfb = p.nf;  // a packed column: nq 4-byte lanes
+  const int64_t NC = std::clamp<int64_t>((kA8SlabBytes / (4 * nq)) / kNR * kNR, kNR, kNC);
   const PrefillTiles pt(a, kA8MR, NC);
-  const A8Slab sl(p, 0, p.Kq, per);  // all of K
-  const int64_t nq = sl.nq, nfb = sl.nfb;
 #pragma omp parallel num_threads(threads_for(a))
   {
     AlignedVec<uint32_t> Bq(nq * NC);
@@ -419,26 +418,23 @@ static void prefill_dot(const QmmArgs& a) {
     AlignedVec<int32_t> corr(Bf ? 0 : nfb * NC);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < pt.ntiles(); ++t) {
-      const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
-      const int nc = pt.nc(t), mrows = pt.mrows(t);
-      float* C = pt.c_of(a, t, Cbuf.data());
-      const int64_t ldc = pt.ldc(a);
-      pack_b<Bf, VV>(a, p, n0, nc, sl, Bq.data(), sw.data(), corr.data());
-      for (int i0 = 0; i0 < mrows; i0 += kA8MR) {
-        const int mr = std::min(kA8MR, mrows - i0);
+      const PrefillTiles::Tile tl = pt.tile(a, t, Cbuf.data());
+      pack_b<Bf, VV>(a, p, tl.n0, tl.nc, Bq.data(), sw.data(), corr.data());
+      for (int i0 = 0; i0 < tl.mrows; i0 += kA8MR) {
+        const int mr = std::min(kA8MR, tl.mrows - i0);
         const float* sxr[kA8MR] = {};
         if constexpr (!Bf)
-          for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (mb0 + i0 + std::min(i, mr - 1)) * p.nf;
-        const uint32_t* A = p.xq.data() + (mb0 + i0) / kA8MR * nq * kA8MR;
-        for (int j0 = 0; j0 < nc; j0 += kNR) {
+          for (int i = 0; i < kA8MR; ++i) sxr[i] = p.sx.data() + (tl.mb0 + i0 + std::min(i, mr - 1)) * p.nf;
+        const uint32_t* A = p.xq.data() + (tl.mb0 + i0) / kA8MR * nq * kA8MR;
+        for (int j0 = 0; j0 < tl.nc; j0 += kNR) {
           const int64_t j = j0 / kNR;
           auto run = [&](auto MR) {
             constexpr int R = decltype(MR)::value;
             const uint32_t* B = Bq.data() + j * nq * kNR;
             const float* s = sw.data() + j * nfb * kNR;
-            const int w = std::min(kNR, nc - j0);
-            dot_micro<R, Bf, VV>(A, B, nq, sl.qpf, s, Bf ? nullptr : corr.data() + j * nfb * kNR, sxr,
-                                 C + i0 * ldc + j0, ldc, w);
+            const int w = std::min(kNR, tl.nc - j0);
+            dot_micro<R, Bf, VV>(A, B, nq, p.qpf, s, Bf ? nullptr : corr.data() + j * nfb * kNR, sxr,
+                                 tl.C + i0 * tl.ldc + j0, tl.ldc, w);
           };
           switch (mr) {
             case 6: run(std::integral_constant<int, 6>{}); break;
@@ -450,7 +446,7 @@ static void prefill_dot(const QmmArgs& a) {
           }
         }
       }
-      pt.epilogue(a, C, ldc, t, Bf ? nullptr : p.bad.data());
+      pt.epilogue(a, tl.C, tl.ldc, t, Bf ? nullptr : p.bad.data());
     }
   }
 }

@@ -90,8 +90,9 @@ static void dequant_column(const QmmArgs& a, int64_t n, int64_t k0, int64_t k1, 
 // Dequantize W[n0:n0+nc, k0:k0+kc] into Bp: panel j (columns j*NR..) is kc x NR, zero-padded.
 // Vectorized across rows: lane l holds row n+l, each row's codes are read 16 bytes at a time
 // and transposed to 4 bytes a lane (V::gather16; gather4 for the last few) and peeled off low
-// bits first, so one step gives one k for W rows, one store into the panel. Every value is one fma: code * s - s * z (INT4), or u * s - 128 * s with
-// u = q + 128 (INT8: the same rounding as q * s, since 128 * s is exact).
+// bits first, so one step gives one k for W rows, one store into the panel. Every value is one
+// fma: code * s - s * z (INT4), or u * s - 128 * s with u = q + 128 (INT8: the same rounding as
+// q * s, since 128 * s is exact).
 static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int64_t kc, float* Bp, float* srow) {
   using F = typename V::F;
   using I = typename V::I;
@@ -183,6 +184,16 @@ struct PrefillTiles {
     return direct ? static_cast<float*>(a.y) + mb0(t) * a.ldy + n0(t) : buf;
   }
   int64_t ldc(const QmmArgs& a) const { return direct ? a.ldy : NC; }
+  // Tile t whole: its first column and row, its columns and rows, and where its results go.
+  struct Tile {
+    int64_t n0, mb0;
+    int nc, mrows;
+    float* C;
+    int64_t ldc;
+  };
+  Tile tile(const QmmArgs& a, int64_t t, float* buf) const {
+    return {n0(t), mb0(t), nc(t), mrows(t), c_of(a, t, buf), ldc(a)};
+  }
   // Tile t's finished rows C (ldc apart): rows whose nan_row[m] is set become NaN, the bias is
   // added, and y gets them in its dtype when it is not fp32.
   void epilogue(const QmmArgs& a, float* C, int64_t ldc, int64_t t, const uint8_t* nan_row) const {
@@ -224,21 +235,18 @@ static void prefill(const QmmArgs& a) {
     AlignedVec<float> Bp(kKC * kNC), srow(V::W * ng), Cbuf(pt.direct ? 0 : pt.mblk * kNC);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < pt.ntiles(); ++t) {
-      const int64_t n0 = pt.n0(t), mb0 = pt.mb0(t);
-      const int nc = pt.nc(t), mrows = pt.mrows(t);
-      float* C = pt.c_of(a, t, Cbuf.data());
-      const int64_t ldc = pt.ldc(a);
+      const PrefillTiles::Tile tl = pt.tile(a, t, Cbuf.data());
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kc = std::min(kKC, K - k0);
-        dequant_panel(a, n0, nc, k0, kc, Bp.data(), srow.data());
-        for (int64_t i0 = 0; i0 < mrows; i0 += kMR) {
-          const int mr = static_cast<int>(std::min<int64_t>(kMR, mrows - i0));
-          for (int j0 = 0; j0 < nc; j0 += kNR)
-            micro_rows(mr, xpk.data() + ((mb0 + i0) / kMR * K + k0) * kMR, Bp.data() + (j0 / kNR) * kc * kNR, kc,
-                       C + i0 * ldc + j0, ldc, std::min(kNR, nc - j0), k0 > 0);
+        dequant_panel(a, tl.n0, tl.nc, k0, kc, Bp.data(), srow.data());
+        for (int64_t i0 = 0; i0 < tl.mrows; i0 += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, tl.mrows - i0));
+          for (int j0 = 0; j0 < tl.nc; j0 += kNR)
+            micro_rows(mr, xpk.data() + ((tl.mb0 + i0) / kMR * K + k0) * kMR, Bp.data() + (j0 / kNR) * kc * kNR, kc,
+                       tl.C + i0 * tl.ldc + j0, tl.ldc, std::min(kNR, tl.nc - j0), k0 > 0);
         }
       }
-      pt.epilogue(a, C, ldc, t, nullptr);
+      pt.epilogue(a, tl.C, tl.ldc, t, nullptr);
     }
   }
 }

@@ -259,7 +259,6 @@ def cpu_vnni():
     _C.set_cpu_vnni("auto")
 
 
-# the shapes the CPU decode kernels take: M <= 8, or M <= 24 with K >= 1024 (decode_max_m)
 def _modes(setter, needs: str) -> list:
     """["off"], and "on" where this CPU has what the switch needs (elsewhere "on" must refuse,
     naming it)."""
@@ -271,6 +270,7 @@ def _modes(setter, needs: str) -> list:
     return ["off", "on"]
 
 
+# the shapes the CPU decode kernels take: M <= 8, or M <= 24 with K >= 1024 (decode_max_m)
 DECODE_SHAPES = [s for s in SHAPES if s[0] <= 8 or (s[0] <= 24 and s[2] >= 1024)]
 
 
@@ -356,8 +356,8 @@ def test_cpu_vnni(cpu_vnni, spec):
     """-a8 through AVX512-VNNI's vpdpbusd (where this CPU has it) and without: the INT4 decode
     tile (M <= 8, or <= 16 when K >= 1024) must give the same bits either way (its integer sums
     are exact), and the INT8 decode tile and the integer GEMM that VNNI enables (INT8 at every
-    size, INT4 past the tile's rows) float64's values, as the fp32 path it replaces does, at every shape. Elsewhere "on" must
-    refuse."""
+    size, INT4 past the tile's rows) float64's values, as the fp32 path they replace does, at
+    every shape. Elsewhere "on" must refuse."""
     _C = _native.native()
     modes = _modes(cpu_vnni, "AVX512-VNNI")
     for i, (m, n, k) in enumerate(SHAPES):

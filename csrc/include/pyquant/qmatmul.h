@@ -15,12 +15,14 @@
 //   x rows are ldx elements apart (ldx >= K), y rows ldy apart (ldy >= N); the last dimension
 //   of each is contiguous. Accumulation is in fp32; the full-precision weight is never built
 //   (dequantization happens in registers for M <= 8, or <= 24 when K >= 1024, else in a small
-//   cache-resident panel).
+//   cache-resident panel; bf16 x on AVX512-BF16 goes to that panel, as bf16, from 13 rows for
+//   INT4 and from 9 for INT8).
 //   num_threads <= 0 uses the OpenMP default.
 //   act_bits == 8 (the -a8 specs): each row of x is first quantized to int8, symmetric, with one
 //   scale per block of G columns (INT4) or per row (INT8): s = max|x| / 127, q = clamp(
 //   rint(x / s), -127, 127), x ~= q * s; INT4 with M <= 8 (<= 16 at K >= 1024) multiplies codes
-//   and q as integers, and so do INT4 and INT8 with more rows where the CPU has AVX512-VNNI.
+//   and q as integers, and so do INT8 at any M and INT4 with more rows where the CPU has
+//   AVX512-VNNI.
 //   A row of x holding a NaN or an Inf gives a row of NaN.
 // Returns kOk, or kInvalidArgument / kUnsupported with the reason in last_error().
 #pragma once
