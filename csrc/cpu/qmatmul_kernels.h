@@ -289,67 +289,26 @@ static inline __attribute__((always_inline)) void fold_scales(const float* const
     for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
 }
 
-// The per-(row, m) integer-code dot products over the full blocks, times the group scales.
-// The scale is folded once per group when a group spans whole blocks (G >= 8W), else once per
-// block with a per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the
-// nibble decoding (AND, or AND + conversion), not the FMA latency, sets the pace; two chains
-// per row measured 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4,
-// v/acc/tot stay in registers (fold_scales says how). Never inlined: inlined into the parallel
-// region (GCC 12 does when fewer tile shapes are instantiated) it ran 0.94-0.98x at M = 1
-// (Zen 3), its registers shared with the caller's state.
-template <int MC, int R, bool Sub>
-__attribute__((noinline)) static void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
-                                                const float* const* srow, const Int4Plan& p, float out[R][MC]) {
-  using F = typename V::F;
-  using I = typename V::I;
-  constexpr int W = V::W;
-  F tot[R][MC];
-  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = V::zero();
-  const int G = static_cast<int>(p.G), gshift = p.gshift;
-  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;  // blocks per scale fold
-  for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
-    F acc[R][MC];
-    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = V::zero();
-    const int64_t bend = std::min(b0 + bpg, p.nblocks);
-    for (int64_t b = b0; b < bend; ++b) {
-      const int64_t k0 = b * 8 * W;
-      I v[R];
-      for (int r = 0; r < R; ++r) v[r] = V::loadi(q + r * row_bytes + b * 4 * W);
-      if constexpr (W > 1) prefetch_tile_ahead(q + b * R * 4 * W, R * 4 * W);  // from memory
-#define PQ_NIB_STEP(S)                                                               \
-      {                                                                              \
-        F xs[MC];                                                                    \
-        for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);          \
-        for (int r = 0; r < R; ++r) {                                                \
-          F c = Sub ? bits(v[r], 15u << (4 * ((S) & 3))) : nib<S>(v[r]);            \
-          for (int m = 0; m < MC; ++m) acc[r][m] = V::fma(c, xs[m], acc[r][m]);      \
-        }                                                                            \
-      }
-      PQ_NIB_STEP(0) PQ_NIB_STEP(1) PQ_NIB_STEP(2) PQ_NIB_STEP(3)
-      if constexpr (Sub)  // nibbles 4-7 to the low half (in place: fewer live registers)
-        for (int r = 0; r < R; ++r) v[r] = V::template srl<16>(v[r]);
-      PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
-#undef PQ_NIB_STEP
-    }
-    fold_scales<MC, R>(srow, (b0 * 8 * W) >> gshift, G, acc, tot);
-  }
-  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = V::hsum(tot[r][m]);
-}
-
-// The bf16-dot twin of dec4_tile (see the top of this file): xb[m] is x row m in bf16, permuted.
-// VV: V, named so that only the AVX-512 build, where it is called, compiles the body. Its loop
-// is dec4_tile's in four steps of two codes a lane (bf16 pairs, x as bf16 pairs) where dec4_tile
-// takes eight steps of one.
-template <int MC, int R, class VV = V>
-__attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q, int64_t row_bytes,
-                                                     const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+// The INT4 decode tiles' loop: the per-(row, m) dot products of the codes with x over the full
+// blocks, times the group scales. Per block, the R rows' 4W code bytes (the next tile's
+// prefetched) go to step(b, v, acc), which adds the block's products to acc; the scale is folded
+// into tot once per group when a group spans whole blocks (G >= 8W), else once per block with a
+// per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the nibble decoding
+// (AND, or AND + conversion), not the FMA latency, sets the pace; two chains per row measured
+// 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4, v/acc/tot stay in registers
+// (fold_scales says how). VV: V (a template parameter so that dec4_tile_bf16's body is compiled
+// only where it is called).
+template <int MC, int R, class VV, class Step>
+static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, int64_t row_bytes,
+                                                            const float* const* srow, const Int4Plan& p,
+                                                            float out[R][MC], Step&& step) {
   using F = typename VV::F;
   using I = typename VV::I;
   constexpr int W = VV::W;
   F tot[R][MC];
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = VV::zero();
   const int G = static_cast<int>(p.G), gshift = p.gshift;
-  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;
+  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;  // blocks per scale fold
   for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
     F acc[R][MC];
     for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
@@ -357,23 +316,64 @@ __attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, 
     for (int64_t b = b0; b < bend; ++b) {
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
-      prefetch_tile_ahead(q + b * R * 4 * W, R * 4 * W);
-#define PQ_BF16_STEP(S)                                                                              \
-      {                                                                                              \
-        I xs[MC];                                                                                    \
-        for (int m = 0; m < MC; ++m)                                                                 \
-          xs[m] = VV::loadi(reinterpret_cast<const uint8_t*>(xb[m] + b * 8 * W + (S) * 2 * W));      \
-        for (int r = 0; r < R; ++r) {                                                                \
-          const I c = VV::template nib_bf16<S>(v[r]);                                                \
-          for (int m = 0; m < MC; ++m) acc[r][m] = VV::dot_bf16(acc[r][m], c, xs[m]);               \
-        }                                                                                            \
-      }
-      PQ_BF16_STEP(0) PQ_BF16_STEP(1) PQ_BF16_STEP(2) PQ_BF16_STEP(3)
-#undef PQ_BF16_STEP
+      if constexpr (W > 1) prefetch_tile_ahead(q + b * R * 4 * W, R * 4 * W);  // from memory
+      step(b, v, acc);
     }
     fold_scales<MC, R>(srow, (b0 * 8 * W) >> gshift, G, acc, tot);
   }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
+}
+
+// dec4_loop with fp32 x (xp[m]: x row m permuted, see decode_int4): eight steps of one code a
+// lane. Never inlined: inlined into the parallel region (GCC 12 does when fewer tile shapes are
+// instantiated) it ran 0.94-0.98x at M = 1 (Zen 3), its registers shared with the caller's state.
+template <int MC, int R, bool Sub>
+__attribute__((noinline)) static void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
+                                                const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int W = V::W;
+  dec4_loop<MC, R, V>(q, row_bytes, srow, p, out, [&](int64_t b, I (&v)[R], F (&acc)[R][MC]) __attribute__((always_inline)) {
+    const int64_t k0 = b * 8 * W;
+#define PQ_NIB_STEP(S)                                                             \
+    {                                                                              \
+      F xs[MC];                                                                    \
+      for (int m = 0; m < MC; ++m) xs[m] = V::load(xp[m] + k0 + (S) * W);          \
+      for (int r = 0; r < R; ++r) {                                                \
+        F c = Sub ? bits(v[r], 15u << (4 * ((S) & 3))) : nib<S>(v[r]);            \
+        for (int m = 0; m < MC; ++m) acc[r][m] = V::fma(c, xs[m], acc[r][m]);      \
+      }                                                                            \
+    }
+    PQ_NIB_STEP(0) PQ_NIB_STEP(1) PQ_NIB_STEP(2) PQ_NIB_STEP(3)
+    if constexpr (Sub)  // nibbles 4-7 to the low half (in place: fewer live registers)
+      for (int r = 0; r < R; ++r) v[r] = V::template srl<16>(v[r]);
+    PQ_NIB_STEP(4) PQ_NIB_STEP(5) PQ_NIB_STEP(6) PQ_NIB_STEP(7)
+#undef PQ_NIB_STEP
+  });
+}
+
+// dec4_loop with bf16 dot products (see the top of this file): xb[m] is x row m in bf16,
+// permuted; four steps of two codes a lane (bf16 pairs, x as bf16 pairs).
+template <int MC, int R, class VV = V>
+__attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q, int64_t row_bytes,
+                                                     const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+  using F = typename VV::F;
+  using I = typename VV::I;
+  constexpr int W = VV::W;
+  dec4_loop<MC, R, VV>(q, row_bytes, srow, p, out, [&](int64_t b, I (&v)[R], F (&acc)[R][MC]) __attribute__((always_inline)) {
+#define PQ_BF16_STEP(S)                                                                            \
+    {                                                                                              \
+      I xs[MC];                                                                                    \
+      for (int m = 0; m < MC; ++m)                                                                 \
+        xs[m] = VV::loadi(reinterpret_cast<const uint8_t*>(xb[m] + b * 8 * W + (S) * 2 * W));      \
+      for (int r = 0; r < R; ++r) {                                                                \
+        const I c = VV::template nib_bf16<S>(v[r]);                                                \
+        for (int m = 0; m < MC; ++m) acc[r][m] = VV::dot_bf16(acc[r][m], c, xs[m]);               \
+      }                                                                                            \
+    }
+    PQ_BF16_STEP(0) PQ_BF16_STEP(1) PQ_BF16_STEP(2) PQ_BF16_STEP(3)
+#undef PQ_BF16_STEP
+  });
 }
 
 // Row n's scales as fp32 into s[0..ng), and s_g * z_g (s_g * 8 when symmetric) into sz[0..ng)
