@@ -4,6 +4,7 @@
   shapes, whatever tiling the default heuristic would pick; bad input raises ValueError through
   the public op.
 * CUDA binding: rejects host arrays with a ValueError (runs wherever the extension has CUDA).
+* CUDA backend's prepared runner: a bad weight fails at prepare, each x is checked per call.
 * CUDA kernel, simulated: csrc/cuda/qmatmul_kernel.cuh compiled for the host with a warp
   simulator (32 threads per warp, shuffles through a barrier), so its indexing, nibble order,
   ragged K, tails, alignment fallbacks and M slicing are checked on machines without a GPU.
@@ -157,6 +158,29 @@ def test_cuda_binding_rejects_host_arrays():
     y = torch.empty(1, 8)
     with pytest.raises(ValueError, match="CUDA"):
         C.qmatmul_cuda(x, qw.qweight, qw.scales, qw.zeros, None, y, 4, 32, 64, 0)
+
+
+@pytest.mark.skipif(not built_with_cuda, reason="pyquant._C was built without CUDA")
+def test_cuda_prepare_checks_the_weight_once_and_x_per_call():
+    """The cuda backend's prepared runner (what QuantLinear calls): a bad weight fails at prepare,
+    before any x; the runner then checks each x (on the CPU, where it must refuse host tensors)."""
+    from pyquant.ops.backends import qmatmul_cuda as backend
+
+    x, qw, _ = _case("int4-g64", 2, 8, 128, torch.float32)
+    with pytest.raises(ValueError, match="group size 48"):
+        backend.prepare(qw.qweight, qw.scales, qw.zeros, 4, 48, 128)
+    with pytest.raises(ValueError, match="zeros"):
+        backend.prepare(qw.qweight, qw.scales, qw.zeros[:, :1], 4, 64, 128)
+    run = backend.prepare(qw.qweight, qw.scales, qw.zeros, 4, 64, 128)
+    with pytest.raises(ValueError, match="2-D"):
+        run(x[0], None)
+    with pytest.raises(ValueError, match="in_features"):
+        run(x[:, :64], None)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        run(x, None)
+    from pyquant.ops._registry import _REGISTRY
+
+    assert _REGISTRY["qmatmul"]["cuda"].prepare is backend.prepare  # the op caches this runner per weight
 
 
 needs_cuda = pytest.mark.skipif(not (HAS_GPU and _native.cuda_available()[0]),

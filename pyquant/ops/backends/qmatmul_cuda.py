@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .._registry import register
-from .qmatmul_triton import _unit_last_stride, check_backend_args
+from .._registry import register, register_prepare
+from .qmatmul_triton import _unit_last_stride, check_call_args, check_weight_args
 
 #: Largest M the CUDA GEMV kernel serves; larger M (prefill) goes to the Triton kernel if it can run.
 MAX_DECODE_M = 8
@@ -33,26 +33,39 @@ def qmatmul_cuda(x, qweight, scales, zeros, bias, bits: int, group_size: int, in
     Triton is available, else it runs the CUDA kernel over slices of 8 rows (correct, but it
     re-reads the weights once per slice). Raises ValueError on bad input.
     """
-    check_backend_args(x, qweight, scales, zeros, bias, bits, group_size, in_features, "qmatmul[cuda]")
-    if x.device.type != "cuda":
-        raise ValueError(f"qmatmul[cuda]: x is on {x.device}; the cuda backend needs CUDA tensors")
-    if x.shape[0] > MAX_DECODE_M:
-        prefill = _prefill_backend(x)
-        if prefill is not None:
-            return prefill(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    return prepare(qweight, scales, zeros, bits, group_size, in_features)(x, bias)
+
+
+@register_prepare("qmatmul", "cuda")
+def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int):
+    """``run(x, bias) -> y``: the weight checked once (a decode call's Python costs as much as the
+    kernel); each call checks x and bias. As in the Triton backend, a weight without unit last
+    strides is copied per call, not here, so in-place changes to it are always seen."""
+    who = "qmatmul[cuda]"
+    check_weight_args(qweight, scales, zeros, bits, group_size, in_features, who)
     C = _native.native()
     if C is None or not hasattr(C, "qmatmul_cuda"):
-        raise ValueError(f"qmatmul[cuda]: unavailable: {_native.cuda_available()[1]}")
-    x, qweight, scales, zeros = (None if t is None else _unit_last_stride(t.detach()) for t in (x, qweight, scales, zeros))
-    if bias is not None:
-        bias = bias.detach().to(x.dtype).contiguous()
-    if bits == 8:
-        scales = scales.contiguous()
-    y = torch.empty((x.shape[0], qweight.shape[0]), dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
+        raise ValueError(f"{who}: unavailable: {_native.cuda_available()[1]}")
+    n, g = qweight.shape[0], group_size if bits == 4 else 0
+
+    def run(x: torch.Tensor, bias):
+        check_call_args(x, bias, qweight, in_features, who)
+        if x.device.type != "cuda":
+            raise ValueError(f"{who}: x is on {x.device}; the cuda backend needs CUDA tensors")
+        if x.shape[0] > MAX_DECODE_M:
+            prefill = _prefill_backend(x)
+            if prefill is not None:
+                return prefill(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+        x_, q, s, z = (None if t is None else _unit_last_stride(t.detach()) for t in (x, qweight, scales, zeros))
+        if bits == 8:
+            s = s.contiguous()
+        b = None if bias is None else bias.detach().to(x.dtype).contiguous()
+        y = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+        if y.numel() == 0:
+            return y
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.current_stream(x.device).cuda_stream
+            C.qmatmul_cuda(x_, q, s, z, b, y, bits, g, in_features, stream)
         return y
-    with torch.cuda.device(x.device):
-        stream = torch.cuda.current_stream(x.device).cuda_stream
-        C.qmatmul_cuda(x, qweight, scales, zeros, bias, y,
-                       bits, group_size if bits == 4 else 0, in_features, stream)
-    return y
+
+    return run

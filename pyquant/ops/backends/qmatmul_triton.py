@@ -17,17 +17,10 @@ from .._registry import register, register_prepare
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def check_backend_args(x, qweight, scales, zeros, bias, bits: int, group_size: int, in_features: int, who: str) -> None:
-    """Raise ValueError naming the problem unless the raw tensors form a valid qmatmul call.
-
-    Shared by the GPU backends (triton, cuda): they receive raw tensors, not a QuantizedWeight.
-    """
-    check_weight_args(qweight, scales, zeros, bits, group_size, in_features, who)
-    check_call_args(x, bias, qweight, in_features, who)
-
-
 def check_weight_args(qweight, scales, zeros, bits: int, group_size: int, in_features: int, who: str) -> None:
-    """The weight's half of check_backend_args: formats, shapes, and one device for all of it."""
+    """Raise ValueError naming the problem unless the raw weight tensors form a valid qmatmul weight:
+    formats, shapes, and one device for all of it. Shared by the GPU backends (triton, cuda), whose
+    prepare checks a weight once; they receive raw tensors, not a QuantizedWeight."""
     if scales.dtype not in (torch.float32, torch.float16):
         raise ValueError(f"{who}: scales must be float32 or float16, got {scales.dtype}")
     n = qweight.shape[0] if qweight.dim() == 2 else -1
@@ -57,7 +50,7 @@ def check_weight_args(qweight, scales, zeros, bits: int, group_size: int, in_fea
 
 
 def check_call_args(x, bias, qweight, in_features: int, who: str) -> None:
-    """The per-call half of check_backend_args: x and bias against a weight already checked."""
+    """Raise ValueError naming the problem unless x and bias fit a weight already checked (per call)."""
     if x.dim() != 2:
         raise ValueError(f"{who}: x must be 2-D [M, K], got shape {list(x.shape)}")
     if x.dtype not in _X_DTYPES:
