@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from typing import Optional
 
 import torch
@@ -240,7 +241,7 @@ def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
 
 def _check_plain_lm_head(model: nn.Module) -> None:
     cfg = getattr(model, "config", None)
-    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
         v = getattr(cfg, key, None)
         if v not in (None, 1, 1.0):
             raise ValueError(f"{type(model).__name__} post-processes its logits ({key}={v}): "
@@ -248,6 +249,40 @@ def _check_plain_lm_head(model: nn.Module) -> None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if getattr(head, "bias", None) is not None:
         raise ValueError(f"{type(model).__name__}'s LM head has a bias: hidden @ lm_head.T would not give its logits")
+
+
+# Models whose own logits matched their LM head applied to their final hidden states (a weak
+# reference each: the check runs once per model object, as long as it lives).
+_LOGITS_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CHECK_TOKENS = 8
+
+
+def _check_logits_are_head_of_hidden(model: nn.Module, base: nn.Module) -> None:
+    """Once per model (in eval mode): its logits for a few tokens against its LM head applied to the
+    base model's last hidden states, which is how pyquant scores it without building [T, V] logits.
+    Catches what no config key names (a scaled hidden state before the head, a logit multiplier
+    under another name, a final norm outside the base model) instead of scoring the wrong
+    distribution; raises ValueError."""
+    if model.training or model in _LOGITS_CHECKED:
+        return
+    head = model.get_output_embeddings()
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    ids = torch.arange(_CHECK_TOKENS, device=dev)[None] % max(int(getattr(head, "out_features", 0) or 1), 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        mine = head(base(input_ids=ids, use_cache=False, return_dict=True).last_hidden_state).float()
+    # Non-finite logits (a broken model, or one whose weights were damaged on purpose) are compared
+    # by where they are; their values are scored as they come.
+    fin = torch.isfinite(logits)
+    if logits.shape != mine.shape or not torch.equal(fin, torch.isfinite(mine)):
+        err = float("inf")
+    else:
+        err = (logits - mine)[fin].abs().max().item() if fin.any() else 0.0
+    if not err <= 1e-3 * max(1.0, logits[fin].abs().max().item() if fin.any() else 0.0):
+        raise ValueError(f"{type(model).__name__}'s logits are not its LM head applied to its final hidden states "
+                         f"(largest difference {err:.3g} over {_CHECK_TOKENS} tokens): it post-processes them, "
+                         "which pyquant's streamed log-probs (hidden @ lm_head.T) do not reproduce")
+    _LOGITS_CHECKED[model] = True
 
 
 def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -264,6 +299,7 @@ def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mas
         raise ValueError(f"cannot find the base model of {type(model).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [B, L], got {getattr(input_ids, 'shape', type(input_ids))}")
+    _check_logits_are_head_of_hidden(model, base)
     kw = {cache_kwarg(base): past_key_values} if past_key_values is not None else {}
     if position_ids is not None:
         kw["position_ids"] = position_ids

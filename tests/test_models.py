@@ -148,3 +148,53 @@ def test_demo_load_cache_quantize_generate(tmp_path, monkeypatch):
     text = tok.decode(out[0, ids.input_ids.shape[1]:])
     print("int4-g128:", repr(text))
     assert "Paris" in text
+
+
+def _tiny(config_cls, model_cls, **kw):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = getattr(transformers, config_cls)(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, initializer_range=0.2, **kw)
+    return getattr(transformers, model_cls)(cfg).eval()
+
+
+def test_final_hidden_states_refuses_heads_it_cannot_reproduce():
+    """Scores come from hidden @ lm_head.T: a model whose logits are anything else is refused, by
+    its config (a known post-processing key, a head bias) or, for what no key names, by comparing
+    its own logits with its head applied to its hidden states once."""
+    from transformers import LlamaForCausalLM
+
+    ids = random_ids(2, 9, 300)
+    with pytest.raises(ValueError, match="logits_scaling=4.0"):  # Granite divides its logits
+        final_hidden_states(_tiny("GraniteConfig", "GraniteForCausalLM", logits_scaling=4.0), ids)
+    with pytest.raises(ValueError, match="has a bias"):
+        final_hidden_states(_tiny("PhiConfig", "PhiForCausalLM"), ids)
+
+    class Scaled(LlamaForCausalLM):  # e.g. a remote-code model scaling its logits under another name
+        def forward(self, *a, **kw):
+            out = super().forward(*a, **kw)
+            out.logits = out.logits * 0.5
+            return out
+
+    scaled = Scaled(tiny_llama(seed=1).config).eval()
+    with pytest.raises(ValueError, match="not its LM head applied to its final hidden states"):
+        final_hidden_states(scaled, ids)
+
+
+def test_final_hidden_states_checks_the_head_once_per_model(monkeypatch):
+    model = tiny_llama(seed=2)
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **kw: calls.append(1) or forward(self, *a, **kw))
+    ids = random_ids(2, 9, 300)
+    h1, _ = final_hidden_states(model, ids)
+    h2, _ = final_hidden_states(model, ids)
+    assert len(calls) == 1 and torch.equal(h1, h2)
+    other = tiny_llama(seed=3)
+    final_hidden_states(other, ids)
+    assert len(calls) == 2  # a new model object is checked again
+    other.train()
+    del pq.models._LOGITS_CHECKED[other]
+    final_hidden_states(other, ids)
+    assert len(calls) == 2  # training mode (dropout) cannot be compared: not checked

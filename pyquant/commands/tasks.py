@@ -37,7 +37,8 @@ def add_arguments(p):
     p.add_argument("--max-length", type=int, help="tokens the model sees per choice, cut from the left (default: its context length)")
     p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
                    help="run every choice whole; by default the tokens an item's choices share (the context) run "
-                        "once and their KV cache serves every choice (same scores to rounding)")
+                        "once and their KV cache serves every choice (same scores to rounding), for the "
+                        "architectures where that was checked (pyquant.eval.tasks.SHARED_PREFIX_MODEL_TYPES)")
     add_variant_argument(p)
 
 

@@ -312,6 +312,26 @@ def _sum_logprobs(weight, rows: "list[torch.Tensor]", targets: "list[int]", reqs
 # Shared prefixes shorter than this run in the padded batch (a prefix pass costs a call).
 MIN_SHARED_PREFIX = 8
 
+# Architectures (config.model_type) whose shared-prefix scores were checked to equal whole-sequence
+# scores (tests/eval/test_tasks.py runs a tiny random model of each): their attention honours the
+# position ids and the holes a padded prefix leaves. Others take the padded batch: MPT's ALiBi
+# biases by key index and Gemma 3's sliding-window layers mask by it, so a shared prefix scored
+# them 1.2 and 5.2 nats off (tiny random models; the padded batch matched the unpadded oracle).
+SHARED_PREFIX_MODEL_TYPES = frozenset({
+    "bloom", "falcon", "gemma", "glm", "gpt2", "gpt_bigcode", "gpt_neox", "granite", "llama", "mistral",
+    "mixtral", "olmo", "olmo2", "opt", "persimmon", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3",
+    "qwen3_moe", "smollm3", "stablelm", "starcoder2",
+})
+
+
+def shares_prefixes(model) -> bool:
+    """Whether ``evaluate_tasks(share_prefix=True)`` runs this model's shared prefixes once: a checked
+    architecture (SHARED_PREFIX_MODEL_TYPES), not through flash attention (whose unpadding path
+    was not checked with the holes a padded prefix leaves)."""
+    cfg = getattr(model, "config", None)
+    attn = str(getattr(cfg, "_attn_implementation", "") or "")
+    return getattr(cfg, "model_type", None) in SHARED_PREFIX_MODEL_TYPES and not attn.startswith("flash")
+
 
 def _score_items(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]]",
                  share: bool) -> "tuple[list[float], int]":
@@ -320,10 +340,7 @@ def _score_items(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]
     (_score_shared); the other items go through one padded batch (_score_batch)."""
     out: "list[list[float] | None]" = [None] * len(reqs_per_item)
     run = sum(len(full) - 1 for reqs in reqs_per_item for full, _ in reqs)
-    # Not verified with flash-attention implementations (the holes a padded prefix leaves before
-    # the choices' tokens, through their unpadding path): those take the padded batch.
-    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
-    if share and not attn.startswith("flash"):
+    if share and shares_prefixes(model):
         prefixes = [_shared_prefix([full[:-1] for full, _ in reqs]) for reqs in reqs_per_item]
         some = [i for i, p in enumerate(prefixes) if p >= MIN_SHARED_PREFIX]
         lls = _score_shared(model, weight, [reqs_per_item[i] for i in some], [prefixes[i] for i in some]) if some else None
@@ -390,7 +407,8 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
     items only. With ``checkpoint`` (a directory), each finished batch is appended there and a
     rerun with the same settings resumes. share_prefix: the leading tokens an item's choices have
     in common (its context, usually) run once and their KV cache serves every choice (the same
-    log-likelihoods to rounding; False: every choice runs whole, in one padded batch).
+    log-likelihoods to rounding), for the architectures where that was checked (``shares_prefixes``;
+    others run whole); False: every choice runs whole, in one padded batch.
     progress(items, input tokens run) after each batch.
     Returns a TaskResult (no flips; see ``TaskResult.compare_with``).
     """

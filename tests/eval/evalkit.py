@@ -48,3 +48,56 @@ def full_logprobs(model, tokens):
     with torch.no_grad():
         logits = model(torch.as_tensor(tokens)[None]).logits[0]
     return torch.log_softmax(logits.double(), dim=-1)
+
+
+# Tiny configurations of Hugging Face causal-LM architectures (model_type -> config class, model
+# class, config keywords): 64 wide, 2 layers, 4 heads (2 KV heads where the architecture has them).
+_LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2)
+_GPT2_LIKE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+TINY_ARCHS = {
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=64, n_layer=2, n_head=4)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(_LLAMA_LIKE, head_dim=16)),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(_LLAMA_LIKE, head_dim=16, sliding_window=16)),
+    "glm": ("GlmConfig", "GlmForCausalLM", dict(_LLAMA_LIKE, head_dim=16)),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", _GPT2_LIKE),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", _GPT2_LIKE),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
+                 dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", _LLAMA_LIKE),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _LLAMA_LIKE),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _LLAMA_LIKE),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2)),
+    "mpt": ("MptConfig", "MptForCausalLM", dict(d_model=64, n_layers=2, n_heads=4)),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", _LLAMA_LIKE),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _LLAMA_LIKE),
+    "opt": ("OPTConfig", "OPTForCausalLM",
+            dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64)),
+    "persimmon": ("PersimmonConfig", "PersimmonForCausalLM",
+                  dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", _LLAMA_LIKE),
+    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(_LLAMA_LIKE, num_local_experts=4)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _LLAMA_LIKE),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(_LLAMA_LIKE, **_MOE, shared_expert_intermediate_size=64)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(_LLAMA_LIKE, head_dim=16)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(_LLAMA_LIKE, **_MOE, head_dim=16)),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(_LLAMA_LIKE, num_hidden_layers=4)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", _LLAMA_LIKE),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", _LLAMA_LIKE),
+}
+
+
+def make_arch_model(model_type: str, tokenizer, seed: int = 0, std: float = 0.2, **overrides):
+    """A tiny random model of architecture ``model_type`` (TINY_ARCHS) over ``tokenizer``'s
+    vocabulary, float32, eval mode; ``overrides`` go to its config."""
+    import transformers
+
+    cfg_name, model_name, kw = TINY_ARCHS[model_type]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_name)(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+                                          **{**kw, **overrides})
+    cfg.initializer_range = std
+    return getattr(transformers, model_name)(cfg).eval()

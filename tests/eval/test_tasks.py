@@ -11,7 +11,7 @@ import torch
 import pyquant as pq
 from pyquant.eval.tasks import (TaskResult, encode_choice, evaluate_tasks, mcnemar_exact_p, read_tasks,
                                 wilson_ci)
-from evalkit import full_logprobs, make_model, make_tokenizer
+from evalkit import TINY_ARCHS, full_logprobs, make_arch_model, make_model, make_tokenizer
 
 WORDS = ["the", "quick", "brown", "fox", "model", "hello", "world", "tokens", "lazy", "dog", "small", "ship"]
 
@@ -251,3 +251,64 @@ def test_shared_prefix_runs_once_and_scores_the_same(model, tok, monkeypatch):
         assert a["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4)
     for a, b in zip(cut.items, cut_whole.items):
         assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-5, abs=1e-4)
+
+
+def _long_context_items(rng, n=5):
+    """Items whose choices share long contexts of different lengths (all take the shared path
+    where the architecture allows it), one with choices that share a word past the context."""
+    items = random_items(n, rng)
+    for i, it in enumerate(items):
+        it["context"] = " ".join(rng.choice(WORDS) for _ in range(10 + 3 * i))
+    items[1]["choices"], items[1]["answer"] = ["lazy dog", "lazy fox", "lazy ship"], 0
+    return items
+
+
+def _spy_shared(monkeypatch):
+    import pyquant.eval.tasks as tasks
+
+    calls = []
+    real = tasks._score_shared
+    monkeypatch.setattr(tasks, "_score_shared", lambda *a: calls.append(a[3]) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("model_type", sorted(pq.eval.tasks.SHARED_PREFIX_MODEL_TYPES))
+def test_shared_prefix_architectures_score_as_whole(model_type, tok, monkeypatch):
+    """Every architecture allowed to share prefixes (a tiny random model of each) takes the shared
+    path and scores what running every choice whole scores, and the unpadded float64 oracle."""
+    model = make_arch_model(model_type, tok)
+    items = _long_context_items(random.Random(len(model_type)))
+    calls = _spy_shared(monkeypatch)
+    shared = evaluate_tasks(model, tok, items, batch_size=3)
+    assert calls, f"{model_type}: the shared path was not taken"
+    whole = evaluate_tasks(model, tok, items, batch_size=3, share_prefix=False)
+    for it, a, b in zip(items, shared.items, whole.items):
+        assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-5, abs=1e-4), model_type
+    it = items[-1]
+    want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
+    assert shared.items[-1]["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
+
+
+@pytest.mark.parametrize("model_type", ["mpt", "gemma3_text"])
+def test_architectures_outside_the_list_run_whole(model_type, tok, monkeypatch):
+    """MPT (ALiBi by key index) and Gemma 3 (sliding-window masks by key index) mis-score a shared,
+    padded prefix; they run every choice whole, which matches the unpadded oracle. (Forcing the
+    shared path on them shows why: whole nats off.)"""
+    import pyquant.eval.tasks as tasks
+
+    model = make_arch_model(model_type, tok)
+    assert not tasks.shares_prefixes(model)
+    items = _long_context_items(random.Random(7))
+    calls = _spy_shared(monkeypatch)
+    res = evaluate_tasks(model, tok, items, batch_size=3)
+    assert not calls
+    for it, got in zip(items, res.items):
+        want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
+        assert got["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
+    monkeypatch.setattr(tasks, "shares_prefixes", lambda m: True)
+    forced = evaluate_tasks(model, tok, items, batch_size=3)
+    assert max(abs(a - b) for x, y in zip(forced.items, res.items) for a, b in zip(x["loglik"], y["loglik"])) > 0.1
+
+
+def test_tiny_architectures_cover_the_shared_list():
+    assert pq.eval.tasks.SHARED_PREFIX_MODEL_TYPES <= set(TINY_ARCHS)
