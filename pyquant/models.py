@@ -240,71 +240,95 @@ def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
 
 
 def _check_plain_lm_head(model: nn.Module) -> None:
-    cfg = getattr(model, "config", None)
-    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
-        v = getattr(cfg, key, None)
-        if v not in (None, 1, 1.0):
-            raise ValueError(f"{type(model).__name__} post-processes its logits ({key}={v}): "
-                             "hidden @ lm_head.T would not give its logits")
+    """The LM-head set-ups no scaling of hidden states reproduces: a soft cap, a bias."""
+    v = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if v not in (None, 0, 0.0):
+        raise ValueError(f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={v}): "
+                         "hidden @ lm_head.T would not give its logits")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if getattr(head, "bias", None) is not None:
         raise ValueError(f"{type(model).__name__}'s LM head has a bias: hidden @ lm_head.T would not give its logits")
 
 
-# Models whose own logits matched their LM head applied to their final hidden states (a weak
-# reference each: the check runs once per model object, as long as it lives).
-_LOGITS_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Per model object (a weak reference each, so the check runs once while the model lives): the
+# factor c with which its logits are c * (hidden @ lm_head.T); 1 for most models.
+_LOGIT_SCALES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CHECK_TOKENS = 8
+# Config values that scale logits, and how (Granite divides by logits_scaling, HyperCLOVA X
+# multiplies by it, Cohere multiplies by logit_scale): the exact factor when one fits the logits.
+_SCALE_KEYS = ("logits_scaling", "logit_scale", "output_multiplier_scale")
 
 
-def _check_logits_are_head_of_hidden(model: nn.Module, base: nn.Module) -> None:
-    """Once per model (in eval mode): its logits for a few tokens against its LM head applied to the
-    base model's last hidden states, which is how pyquant scores it without building [T, V] logits.
-    Catches what no config key names (a scaled hidden state before the head, a logit multiplier
-    under another name, a final norm outside the base model) instead of scoring the wrong
-    distribution; raises ValueError."""
-    if model.training or model in _LOGITS_CHECKED:
-        return
+def logit_scale(model: nn.Module, base: "nn.Module | None" = None) -> float:
+    """c such that ``model``'s logits are c * (hidden @ lm_head.T), hidden its base model's last
+    hidden states: measured once per model object on a few tokens (a least-squares fit, then the
+    exact config value among _SCALE_KEYS or their inverses when one matches it), so scaled heads
+    (Granite's logits_scaling, Cohere's logit_scale) are scored right, and anything no single
+    factor reproduces (a final norm outside the base model, a non-linear cap) raises ValueError
+    instead of being scored as the wrong distribution. 1.0 in training mode (not measured)."""
+    if model.training:
+        return 1.0
+    hit = _LOGIT_SCALES.get(model)
+    if hit is not None:
+        return hit
+    _check_plain_lm_head(model)
+    base = _base_model(model) if base is None else base
     head = model.get_output_embeddings()
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     ids = torch.arange(_CHECK_TOKENS, device=dev)[None] % max(int(getattr(head, "out_features", 0) or 1), 1)
     with torch.no_grad():
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        mine = head(base(input_ids=ids, use_cache=False, return_dict=True).last_hidden_state).float()
+        logits = model(input_ids=ids, use_cache=False).logits.double()
+        mine = head(base(input_ids=ids, use_cache=False, return_dict=True).last_hidden_state).double()
     # Non-finite logits (a broken model, or one whose weights were damaged on purpose) are compared
     # by where they are; their values are scored as they come.
     fin = torch.isfinite(logits)
-    if logits.shape != mine.shape or not torch.equal(fin, torch.isfinite(mine)):
-        err = float("inf")
-    else:
-        err = (logits - mine)[fin].abs().max().item() if fin.any() else 0.0
-    if not err <= 1e-3 * max(1.0, logits[fin].abs().max().item() if fin.any() else 0.0):
-        raise ValueError(f"{type(model).__name__}'s logits are not its LM head applied to its final hidden states "
-                         f"(largest difference {err:.3g} over {_CHECK_TOKENS} tokens): it post-processes them, "
-                         "which pyquant's streamed log-probs (hidden @ lm_head.T) do not reproduce")
-    _LOGITS_CHECKED[model] = True
+    c, err, tol = 1.0, float("inf"), 0.0
+    if logits.shape == mine.shape and torch.equal(fin, torch.isfinite(mine)):
+        a, b = logits[fin], mine[fin]
+        if a.numel() and float(b.square().sum()) > 0:
+            fit = float((a * b).sum() / b.square().sum())
+            cfg = getattr(model, "config", None)
+            known = [float(v) for k in _SCALE_KEYS for v in [getattr(cfg, k, None)] if isinstance(v, (int, float)) and v]
+            exact = [v for v in [1.0] + known + [1.0 / v for v in known] if abs(v - fit) <= 1e-3 * abs(fit)]
+            c = min(exact, key=lambda v: abs(v - fit)) if exact else fit
+        err = float((a - c * b).abs().max()) if a.numel() else 0.0
+        tol = 1e-3 * max(1.0, float(a.abs().max()) if a.numel() else 0.0)
+    if not err <= tol:
+        raise ValueError(f"{type(model).__name__}'s logits are not its LM head applied to its final hidden states, "
+                         f"scaled or not (largest difference {err:.3g} over {_CHECK_TOKENS} tokens): it post-processes "
+                         "them in a way pyquant's streamed log-probs (c * hidden @ lm_head.T) do not reproduce")
+    _LOGIT_SCALES[model] = c
+    return c
 
 
-def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                        past_key_values=None, use_cache: bool = False, position_ids: Optional[torch.Tensor] = None):
-    """Returns (hidden [B, L, H] after the final norm, i.e. what the LM head consumes, and the
-    past_key_values (None unless use_cache)), computed by the base model without the LM head, so the
-    [B, L, V] logits are never built. Raises ValueError for models whose logits are not hidden @ W.T.
-    position_ids [B, L]: where rows do not continue at the cache's length (padded caches)."""
-    _check_plain_lm_head(model)
+def _base_model(model: nn.Module) -> nn.Module:
     base = model.get_decoder() if hasattr(model, "get_decoder") else None
     if base is None or base is model:
         base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     if base is None:
         raise ValueError(f"cannot find the base model of {type(model).__name__}")
+    return base
+
+
+def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                        past_key_values=None, use_cache: bool = False, position_ids: Optional[torch.Tensor] = None):
+    """Returns (hidden [B, L, H], such that the logits are hidden @ lm_head.T: the base model's last
+    hidden states (after the final norm), times the model's ``logit_scale`` where it scales its
+    logits; and the past_key_values (None unless use_cache)), computed by the base model without
+    the LM head, so the [B, L, V] logits are never built. Raises ValueError for models whose logits
+    are not so (a soft cap, a head bias, ...). position_ids [B, L]: where rows do not continue at
+    the cache's length (padded caches)."""
+    _check_plain_lm_head(model)
+    base = _base_model(model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [B, L], got {getattr(input_ids, 'shape', type(input_ids))}")
-    _check_logits_are_head_of_hidden(model, base)
+    c = logit_scale(model, base)
     kw = {cache_kwarg(base): past_key_values} if past_key_values is not None else {}
     if position_ids is not None:
         kw["position_ids"] = position_ids
     out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, return_dict=True, **kw)
-    return out.last_hidden_state, (output_cache(out) if use_cache else None)
+    hidden = out.last_hidden_state if c == 1.0 else out.last_hidden_state * c
+    return hidden, (output_cache(out) if use_cache else None)
 
 
 @functools.lru_cache(maxsize=None)

@@ -155,31 +155,51 @@ def _tiny(config_cls, model_cls, **kw):
 
     torch.manual_seed(0)
     cfg = getattr(transformers, config_cls)(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                            num_attention_heads=4, initializer_range=0.2, **kw)
+                                            num_attention_heads=4, initializer_range=0.2,
+                                            bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
     return getattr(transformers, model_cls)(cfg).eval()
 
 
 def test_final_hidden_states_refuses_heads_it_cannot_reproduce():
-    """Scores come from hidden @ lm_head.T: a model whose logits are anything else is refused, by
-    its config (a known post-processing key, a head bias) or, for what no key names, by comparing
-    its own logits with its head applied to its hidden states once."""
+    """Scores come from hidden @ lm_head.T: a model whose logits are not that (scaled or not) is
+    refused, by its config (a soft cap, a head bias) or by comparing its own logits with its head
+    applied to its hidden states once."""
     from transformers import LlamaForCausalLM
 
     ids = random_ids(2, 9, 300)
-    with pytest.raises(ValueError, match="logits_scaling=4.0"):  # Granite divides its logits
-        final_hidden_states(_tiny("GraniteConfig", "GraniteForCausalLM", logits_scaling=4.0), ids)
+    with pytest.raises(ValueError, match="final_logit_softcapping=30"):
+        final_hidden_states(_tiny("Gemma2Config", "Gemma2ForCausalLM", num_key_value_heads=2, head_dim=16), ids)
     with pytest.raises(ValueError, match="has a bias"):
         final_hidden_states(_tiny("PhiConfig", "PhiForCausalLM"), ids)
 
-    class Scaled(LlamaForCausalLM):  # e.g. a remote-code model scaling its logits under another name
+    class Shifted(LlamaForCausalLM):  # e.g. a remote-code model post-processing its logits
         def forward(self, *a, **kw):
             out = super().forward(*a, **kw)
-            out.logits = out.logits * 0.5
+            out.logits = out.logits * 0.5 + 1.0
             return out
 
-    scaled = Scaled(tiny_llama(seed=1).config).eval()
     with pytest.raises(ValueError, match="not its LM head applied to its final hidden states"):
-        final_hidden_states(scaled, ids)
+        final_hidden_states(Shifted(tiny_llama(seed=1).config).eval(), ids)
+
+
+@pytest.mark.parametrize("arch,key,value,scale", [
+    ("Granite", "logits_scaling", 8.0, 1 / 8),   # divides its logits by logits_scaling
+    ("Granite", "logits_scaling", 3.0, 1 / 3),
+    ("Cohere", "logit_scale", 0.0625, 0.0625),   # multiplies them by logit_scale
+])
+def test_scaled_logits_are_scored_with_their_scale(arch, key, value, scale):
+    """A model that scales its logits gets hidden states scaled to match (the exact config value):
+    hidden @ lm_head.T equals its own logits, and the streamed log-probs its log-softmax."""
+    model = _tiny(f"{arch}Config", f"{arch}ForCausalLM", num_key_value_heads=2, **{key: value})
+    ids = random_ids(2, 9, 300)
+    assert pq.models.logit_scale(model) == scale
+    with torch.no_grad():
+        hidden, _ = final_hidden_states(model, ids)
+        want = model(ids).logits.double()
+        got = hidden.double() @ lm_head_weight(model).double().T
+        lp = pq.ops.stream_logprobs(hidden.reshape(-1, 64), lm_head_weight(model), top_n=3).top_logprobs
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(lp.double(), torch.log_softmax(want.reshape(-1, 300), -1).topk(3).values, atol=1e-4)
 
 
 def test_final_hidden_states_checks_the_head_once_per_model(monkeypatch):
@@ -195,6 +215,6 @@ def test_final_hidden_states_checks_the_head_once_per_model(monkeypatch):
     final_hidden_states(other, ids)
     assert len(calls) == 2  # a new model object is checked again
     other.train()
-    del pq.models._LOGITS_CHECKED[other]
+    del pq.models._LOGIT_SCALES[other]
     final_hidden_states(other, ids)
     assert len(calls) == 2  # training mode (dropout) cannot be compared: not checked
