@@ -14,14 +14,14 @@ from .qmatmul_triton import _unit_last_stride, check_call_args, check_weight_arg
 MAX_DECODE_M = 8
 
 
-def _prefill_backend(x):
-    """The Triton backend function when it can run on x's device, else None."""
+def _prefill_runner(qweight, scales, zeros, bits: int, group_size: int, in_features: int):
+    """The Triton backend's prepared runner for this weight when Triton can run, else None."""
     ok, _ = _native.triton_available()
     if not ok:
         return None
-    from .qmatmul_triton import qmatmul_triton
+    from .qmatmul_triton import prepare as triton_prepare
 
-    return qmatmul_triton
+    return triton_prepare(qweight, scales, zeros, bits, group_size, in_features)
 
 
 @register("qmatmul", "cuda", devices=("cuda",), available=_native.cuda_available)
@@ -47,15 +47,14 @@ def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int
     if C is None or not hasattr(C, "qmatmul_cuda"):
         raise ValueError(f"{who}: unavailable: {_native.cuda_available()[1]}")
     n, g = qweight.shape[0], group_size if bits == 4 else 0
+    prefill = _prefill_runner(qweight, scales, zeros, bits, group_size, in_features)  # M > 8
 
     def run(x: torch.Tensor, bias):
         check_call_args(x, bias, qweight, in_features, who)
         if x.device.type != "cuda":
             raise ValueError(f"{who}: x is on {x.device}; the cuda backend needs CUDA tensors")
-        if x.shape[0] > MAX_DECODE_M:
-            prefill = _prefill_backend(x)
-            if prefill is not None:
-                return prefill(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+        if x.shape[0] > MAX_DECODE_M and prefill is not None:
+            return prefill(x, bias)
         x_, q, s, z = (None if t is None else _unit_last_stride(t.detach()) for t in (x, qweight, scales, zeros))
         if bits == 8:
             s = s.contiguous()
