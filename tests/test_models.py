@@ -160,17 +160,40 @@ def _tiny(config_cls, model_cls, **kw):
     return getattr(transformers, model_cls)(cfg).eval()
 
 
+@pytest.mark.parametrize("config_cls,model_cls,kw", [
+    ("Gemma2Config", "Gemma2ForCausalLM", dict(num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0)),
+    ("PhiConfig", "PhiForCausalLM", {}),
+])
+def test_lm_head_carries_the_bias_and_the_soft_cap(config_cls, model_cls, kw):
+    """Gemma 2 soft-caps its logits, Phi's head has a bias: ``lm_head`` carries them, and its
+    weight, bias and cap applied to ``final_hidden_states`` give the model's own logits."""
+    from pyquant.models import lm_head
+    from pyquant.ops import reference
+
+    model = _tiny(config_cls, model_cls, **kw)
+    head = lm_head(model)
+    if head.bias is not None:
+        torch.manual_seed(1)
+        model.lm_head.bias.data.normal_(0.0, 1.0)
+        assert head.bias.data_ptr() == model.lm_head.bias.data_ptr()
+    assert head.softcap == kw.get("final_logit_softcapping")
+    ids = random_ids(2, 9, 300)
+    with torch.no_grad():
+        hidden, _ = final_hidden_states(model, ids)
+        want = model(ids).logits.double().reshape(-1, 300)
+        got = reference.stream_logits(hidden.reshape(-1, 64), head)
+        bare = reference.stream_logits(hidden.reshape(-1, 64), head.weight)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert float((bare - want).abs().max()) > 0.5  # the cap or the bias matters here
+
+
 def test_final_hidden_states_refuses_heads_it_cannot_reproduce():
-    """Scores come from hidden @ lm_head.T: a model whose logits are not that (scaled or not) is
-    refused, by its config (a soft cap, a head bias) or by comparing its own logits with its head
-    applied to its hidden states once."""
+    """Scores come from the LM head applied to the final hidden states: a model whose logits are
+    not that (scaled or not) is refused, found by comparing its own logits with its head applied to
+    its hidden states once."""
     from transformers import LlamaForCausalLM
 
     ids = random_ids(2, 9, 300)
-    with pytest.raises(ValueError, match="final_logit_softcapping=30"):
-        final_hidden_states(_tiny("Gemma2Config", "Gemma2ForCausalLM", num_key_value_heads=2, head_dim=16), ids)
-    with pytest.raises(ValueError, match="has a bias"):
-        final_hidden_states(_tiny("PhiConfig", "PhiForCausalLM"), ids)
 
     class Shifted(LlamaForCausalLM):  # e.g. a remote-code model post-processing its logits
         def forward(self, *a, **kw):

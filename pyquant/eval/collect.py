@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..models import final_hidden_states, lm_head_weight, model_fingerprint, tokenizer_fingerprint
+from ..models import final_hidden_states, lm_head, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_logprobs
 from ..results import changed_settings
 from .prompts import Prompt, encode_prompt
@@ -88,7 +88,7 @@ def record_sequences(model, seqs: "list[list[int]]", prompt_lens: "list[int]", t
     """One forced forward pass over ``seqs`` (right-padded) and the streamed top-N record of each.
 
     Returns one ReferenceSequence per input (top_ids int32, log-probs float32 nats)."""
-    weight = lm_head_weight(model) if weight is None else weight
+    weight = lm_head(model) if weight is None else weight
     hidden, ids = forced_hidden(model, seqs)
     out = []
     for b, s in enumerate(seqs):
@@ -144,7 +144,7 @@ def collect_reference(model, tokenizer, prompts: Sequence[Prompt], max_new_token
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     if max_new_tokens == 0 and min(len(e) for e in encoded) < 2:
         raise ValueError("with max_new_tokens=0 every prompt needs at least 2 tokens")
-    weight = lm_head_weight(model)
+    weight = lm_head(model)
     vocab = weight.shape[0]
     if top_n > vocab:
         raise ValueError(f"top_n={top_n} is larger than the vocabulary ({vocab})")

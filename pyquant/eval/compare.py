@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..models import lm_head_weight, model_fingerprint, tokenizer_fingerprint
+from ..models import lm_head, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_kl_exact, stream_logprobs
 from . import stats as st
 from .collect import forced_hidden
@@ -152,12 +152,12 @@ def compare(candidate, store, *, tokenizer=None, batch_size: int = 8, reference_
         want = (store.meta.get("model") or {}).get("fingerprint")
         if want and model_fingerprint(reference_model) != want:
             raise ValueError("the reference model given for exact KL is not the model this store was made with")
-    weight = lm_head_weight(candidate)
+    weight = lm_head(candidate)
     v = _vocab(weight)
     top_max = int(store._t["top_ids"].max()) if store.num_rows else 0
     if max(int(store._t["tokens"].max()), top_max) >= v:
         raise ValueError(f"the store holds token ids >= the candidate's vocabulary size {v}: different tokenizer?")
-    w_ref = lm_head_weight(reference_model) if exact else None
+    w_ref = lm_head(reference_model) if exact else None
 
     cols: dict = {k: [] for k in (*METRICS, "nll_ref", "seq", "pos", "prefill", *(("kl_exact",) if exact else ()))}
     backend = ""

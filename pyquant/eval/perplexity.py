@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..models import lm_head_weight
+from ..models import lm_head
 from ..ops.stream import stream_logprobs
 from .collect import forced_hidden
 
@@ -166,7 +166,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], context: int = 2048, mode
         w = rolling_windows(toks, prefix, context) if mode == "rolling" else strided_windows(toks, prefix, context, stride)
         windows += [(d, win, k) for win, k in w]
         docs.append(PerplexityResult(0.0, len(toks), count_words(text), count_bytes(text)))
-    weight = lm_head_weight(model)
+    weight = lm_head(model)
     ll = [0.0] * len(texts)
     model.eval()
     with torch.inference_mode():

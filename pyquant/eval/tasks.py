@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import data
-from ..models import final_hidden_states, lm_head_weight, model_fingerprint, tokenizer_fingerprint
+from ..models import final_hidden_states, lm_head, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_logprobs
 from ..results import changed_settings
 from .collect import forced_hidden, right_padded
@@ -315,12 +315,13 @@ MIN_SHARED_PREFIX = 8
 # Architectures (config.model_type) whose shared-prefix scores were checked to equal whole-sequence
 # scores (tests/eval/test_tasks.py runs a tiny random model of each): their attention honours the
 # position ids and the holes a padded prefix leaves. Others take the padded batch: MPT's ALiBi
-# biases by key index and Gemma 3's sliding-window layers mask by it, so a shared prefix scored
-# them 1.2 and 5.2 nats off (tiny random models; the padded batch matched the unpadded oracle).
+# biases by key index and Gemma 2's and 3's sliding-window layers mask by it, so a shared prefix
+# scored them 1.2, 1.5 and 5.2 nats off (tiny random models; the padded batch matched the unpadded
+# oracle).
 SHARED_PREFIX_MODEL_TYPES = frozenset({
-    "bloom", "falcon", "gemma", "glm", "gpt2", "gpt_bigcode", "gpt_neox", "granite", "llama", "mistral",
-    "mixtral", "olmo", "olmo2", "opt", "persimmon", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3",
-    "qwen3_moe", "smollm3", "stablelm", "starcoder2",
+    "bloom", "codegen", "falcon", "gemma", "glm", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "granite", "llama",
+    "mistral", "mixtral", "olmo", "olmo2", "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe",
+    "qwen3", "qwen3_moe", "smollm3", "stablelm", "starcoder2",
 })
 
 
@@ -425,7 +426,7 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
     items = items[:limit] if limit else items
     max_length = max_length or _default_max_length(model)
     prefix = prefix_token(tokenizer)
-    weight = lm_head_weight(model)
+    weight = lm_head(model)
     settings = {"model_fingerprint": model_fingerprint(model), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
                 "items_sha256": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest(),
                 "items": len(items), "delimiter": delimiter, "max_length": max_length, "prefix_token": prefix,

@@ -4,9 +4,11 @@ Backends register themselves on import (reference everywhere; cpu from pyquant._
 triton on GPUs). ``backend_info()`` says which are built/available and which each op would use.
 """
 from ._registry import available_backends, backend_info
+from .head import LMHead
 from .qmatmul import qmatmul
 
-__all__ = ["available_backends", "backend_info", "qmatmul", "stream_logprobs", "stream_kl_exact", "StreamOutput"]
+__all__ = ["available_backends", "backend_info", "qmatmul", "stream_logprobs", "stream_kl_exact", "StreamOutput",
+           "LMHead"]
 
 
 def __getattr__(name):  # stream ops live in ops/stream.py

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from ..formats import unpack_int4
+from .head import as_head, bare_weight
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
@@ -59,15 +60,17 @@ def qmatmul(x: torch.Tensor, qweight, scales, zeros, bias, bits: int, group_size
 # ---- stream_logprobs / stream_kl_exact (materialized: the [T, V] logits exist; tests only) ----
 
 def lm_head_weight(weight, dtype=torch.float64) -> torch.Tensor:
-    """The LM head [V, H] as a dense tensor in ``dtype`` (a QuantizedWeight is dequantized)."""
+    """The LM head's weight [V, H] as a dense tensor in ``dtype`` (a QuantizedWeight is dequantized)."""
+    weight = bare_weight(weight)
     if isinstance(weight, torch.Tensor):
         return weight.to(dtype)
     return weight.dequantize(dtype)
 
 
 def stream_logits(hidden: torch.Tensor, weight) -> torch.Tensor:
-    """The full logits [T, V] = hidden @ weight.T, in float64 (the oracle's precision)."""
-    return hidden.to(torch.float64) @ lm_head_weight(weight, torch.float64).T
+    """The full logits [T, V] = hidden @ weight.T (then an LMHead's bias and soft cap), in float64
+    (the oracle's precision)."""
+    return as_head(weight).finish_(hidden.to(torch.float64) @ lm_head_weight(weight, torch.float64).T)
 
 
 def stream_logprobs(hidden: torch.Tensor, weight, top_n: int, targets=None, ref_ids=None, vocab_tile: int = 0) -> dict:

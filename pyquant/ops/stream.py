@@ -4,9 +4,10 @@ Public entry points: ``stream_logprobs`` (log-sum-exp, top-N, target and referen
 top-N KL estimator, rejection rate, top-1 agreement) and ``stream_kl_exact`` (full-vocabulary
 KL and total variation). Definitions: DESIGN.md "Top-N KL estimator" and "Token rejection rate".
 
-Backends register ``fn(hidden[T,H], weight, top_n, targets, ref_ids, vocab_tile) -> dict`` with
-"logsumexp" [T], "top_ids" [T,N] int64, "top_logits" [T,N] (RAW logits, sorted descending, ties:
-lower id first), "target_logits" [T] (if targets), "ref_logits" [T,Nr] (if ref_ids). This module
+Backends register ``fn(hidden[T,H], weight, top_n, targets, ref_ids, vocab_tile) -> dict`` (weight:
+a bare Tensor / QuantizedWeight, or an LMHead with a bias or a soft cap, ops/head.py) with
+"logsumexp" [T], "top_ids" [T,N] int64, "top_logits" [T,N] (RAW logits: the head's output before
+the log-softmax; sorted descending, ties: lower id first), "target_logits" [T] (if targets), "ref_logits" [T,Nr] (if ref_ids). This module
 validates the inputs once, turns raw logits into log-probs and computes every statistic in
 float64 from those O(T*N) arrays, so no backend re-implements a formula.
 """
@@ -22,6 +23,7 @@ import torch
 from ..formats import QuantizedWeight
 from . import reference
 from ._registry import register, resolve
+from .head import LMHead, check_head_extras
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DEFAULT_VOCAB_TILE = 4096  # vocabulary rows per tile (see ops/stream_driver.py)
@@ -71,7 +73,11 @@ class KLExactOutput:
 # ---- validation --------------------------------------------------------------------------------
 
 def _check_head(hidden, weight, what: str) -> "tuple[int, int, int]":
-    """Validate hidden [T, H] against weight [V, H]; return (T, H, V)."""
+    """Validate hidden [T, H] against weight [V, H] (or an LMHead's weight, bias and cap); return (T, H, V)."""
+    if isinstance(weight, LMHead):
+        t, h, v = _check_head(hidden, weight.weight, what)
+        check_head_extras(weight, v, hidden.device, what)
+        return t, h, v
     if not isinstance(hidden, torch.Tensor):
         raise ValueError(f"{what}: hidden must be a torch.Tensor, got {type(hidden).__name__}")
     if hidden.dim() != 2:
@@ -87,7 +93,8 @@ def _check_head(hidden, weight, what: str) -> "tuple[int, int, int]":
             raise ValueError(f"{what}: unsupported weight dtype {weight.dtype} (use float32, bfloat16 or float16)")
         (v, h), dev = weight.shape, weight.device
     else:
-        raise ValueError(f"{what}: weight must be a Tensor [V, H] or a QuantizedWeight, got {type(weight).__name__}")
+        raise ValueError(f"{what}: weight must be a Tensor [V, H], a QuantizedWeight or an LMHead, got "
+                         f"{type(weight).__name__}")
     if hidden.shape[1] != h:
         raise ValueError(f"{what}: hidden has H={hidden.shape[1]} but the weight has H={h}")
     if hidden.device != dev:
@@ -199,7 +206,8 @@ def stream_logprobs(hidden: torch.Tensor, weight, top_n: int = 16, targets: Opti
                     vocab_tile: Optional[int] = None, backend: str = "auto") -> StreamOutput:
     """Per-token log-softmax statistics of ``logits = hidden @ weight.T`` without materializing [T, V].
 
-    hidden [T, H] (fp32/bf16/fp16); weight [V, H] Tensor or QuantizedWeight; top_n N in [1, V];
+    hidden [T, H] (fp32/bf16/fp16); weight [V, H] Tensor or QuantizedWeight, or an ``LMHead``
+    (ops/head.py: a weight with a bias [V] and/or a soft cap after the product); top_n N in [1, V];
     targets [T] int64 (next tokens); ref_ids [T, Nr] int64 and ref_logprobs [T, Nr] (a stored
     reference top-N: full-softmax log-probs). Returns a StreamOutput (log-probs in nats).
     ``backend``: "auto" or a name from ``pq.ops.available_backends("stream_logprobs", device)``.
@@ -239,6 +247,12 @@ def _check_tile(vocab_tile, what: str) -> int:
 
 
 def _contiguous(weight):
+    """What backends get: a bare weight, or an LMHead when its logits have a bias or a cap; contiguous."""
+    if isinstance(weight, LMHead):
+        if weight.plain:
+            return _contiguous(weight.weight)
+        bias = None if weight.bias is None else weight.bias.contiguous()
+        return LMHead(_contiguous(weight.weight), bias, None if weight.softcap is None else float(weight.softcap))
     return weight.contiguous() if isinstance(weight, torch.Tensor) else weight
 
 
@@ -269,7 +283,7 @@ def stream_kl_exact(h_ref: torch.Tensor, w_ref, h_cand: torch.Tensor, w_cand, vo
                     backend: str = "auto") -> KLExactOutput:
     """Full-vocabulary KL(ref || cand) per token (nats) and total variation, streamed over the vocabulary.
 
-    h_ref [T, Hr] with w_ref [V, Hr]; h_cand [T, Hc] with w_cand [V, Hc] (Tensor or QuantizedWeight).
+    h_ref [T, Hr] with w_ref [V, Hr]; h_cand [T, Hc] with w_cand [V, Hc] (Tensor, QuantizedWeight or LMHead).
     Returns a KLExactOutput with kl [T] and tv [T] (float64).
     """
     t, _, v = _check_head(h_ref, w_ref, "stream_kl_exact (reference)")

@@ -2,7 +2,8 @@
 
 For each vocabulary tile [v0, v1) and each block of tokens, the logits tile is computed with
 ``torch.matmul(hidden_blk, W[v0:v1].T)`` (or ``qmatmul`` on ``qw.rows(v0, v1)`` for a quantized
-head) into one reused buffer and handed to a backend's *tile reducer*, which folds it into the
+head) into one reused buffer, finished in place by an LMHead's bias and soft cap (ops/head.py),
+and handed to a backend's *tile reducer*, which folds it into the
 running state (online log-sum-exp, top-N, target/reference gathers; see
 csrc/include/pyquant/stream.h). Extra memory: the [t_block, vocab_tile] buffer, one dequantized
 or up-cast weight tile, and the O(T * N) state.
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..formats import QuantizedWeight
+from .head import as_head, bare_weight
 
 # Chosen on the shared 2-core AVX2 machine (bench/stream_topn.py): with the default vocab_tile of
 # 4096 the logits buffer is at most 1024 * 4096 * 4 B = 16 MiB (well inside the 64 MiB budget) and
@@ -28,25 +30,32 @@ KL_T_BLOCK = 256  # stream_kl_exact holds ~6 float32 temporaries of [t_block, vo
 
 
 def weight_rows(weight) -> int:
-    """V: the number of rows (vocabulary entries) of a Tensor or QuantizedWeight LM head."""
+    """V: the number of rows (vocabulary entries) of a Tensor, QuantizedWeight or LMHead LM head."""
+    weight = bare_weight(weight)
     return weight.out_features if isinstance(weight, QuantizedWeight) else weight.shape[0]
 
 
 def logits_tile(h_blk: torch.Tensor, weight, v0: int, v1: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """float32 logits [rows, v1 - v0] = h_blk @ weight[v0:v1].T (h_blk float32; ``out`` reused when given)."""
+    """float32 logits [rows, v1 - v0] of the head's vocabulary rows v0..v1 (h_blk float32; ``out``
+    reused when given): h_blk @ weight[v0:v1].T, then an LMHead's bias and soft cap."""
+    head = as_head(weight)
+    weight = head.weight
     if isinstance(weight, QuantizedWeight):
         from .qmatmul import qmatmul
 
         y = qmatmul(h_blk, weight.rows(v0, v1))
-        return y if out is None else out.copy_(y)
-    w = weight[v0:v1]
-    if w.dtype != torch.float32:
-        w = w.to(torch.float32)
-    return torch.matmul(h_blk, w.T, out=out)
+        y = y if out is None else out.copy_(y)
+    else:
+        w = weight[v0:v1]
+        if w.dtype != torch.float32:
+            w = w.to(torch.float32)
+        y = torch.matmul(h_blk, w.T, out=out)
+    return head.finish_(y, v0, v1)
 
 
 def vocab_tile_for(weight, vocab_tile: int) -> int:
     """The vocabulary tile the driver uses: ``vocab_tile``, capped for heads that need a float32 copy."""
+    weight = bare_weight(weight)
     if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
         return vocab_tile
     h = weight.in_features if isinstance(weight, QuantizedWeight) else weight.shape[1]

@@ -57,12 +57,15 @@ _LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, n
 _GPT2_LIKE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)
 _MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 TINY_ARCHS = {
+    "codegen": ("CodeGenConfig", "CodeGenForCausalLM", dict(_GPT2_LIKE, n_ctx=256, rotary_dim=8)),
     "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=64, n_layer=2, n_head=4)),
     "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(_LLAMA_LIKE, head_dim=16)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(_LLAMA_LIKE, head_dim=16, sliding_window=16)),
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(_LLAMA_LIKE, head_dim=16, sliding_window=16)),
     "glm": ("GlmConfig", "GlmForCausalLM", dict(_LLAMA_LIKE, head_dim=16)),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", _GPT2_LIKE),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(_GPT2_LIKE, rotary_dim=8)),
     "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", _GPT2_LIKE),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
                  dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)),
@@ -77,6 +80,7 @@ TINY_ARCHS = {
             dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64)),
     "persimmon": ("PersimmonConfig", "PersimmonForCausalLM",
                   dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(_LLAMA_LIKE, num_key_value_heads=4)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", _LLAMA_LIKE),
     "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(_LLAMA_LIKE, num_local_experts=4)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _LLAMA_LIKE),

@@ -126,3 +126,40 @@ def test_results_json_round_trip(tmp_path, perturbed, tok, store):
     assert len(back["per_token"]["kl"]) == store.num_rows
     assert back["kl_quantiles"]["kl"][100] == pytest.approx(r.stats["all"]["kl_max"])
     assert "KL mean" in r.table()
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "phi"])
+def test_heads_with_a_soft_cap_or_a_bias_end_to_end(model_type, tok, prompts):
+    """Gemma 2's soft cap (at 3, where it bends the logits) and Phi's LM-head bias (random): the
+    recorded reference, the comparison with an INT8 copy and the perplexity all match float64
+    oracles built from the models' own logits."""
+    import copy
+
+    from pyquant.eval.collect import collect_reference
+    from evalkit import make_arch_model
+
+    model = make_arch_model(model_type, tok, **({"final_logit_softcapping": 3.0} if model_type == "gemma2" else {}))
+    if model.lm_head.bias is not None:
+        torch.manual_seed(1)
+        model.lm_head.bias.data.normal_(0.0, 1.0)
+    cand = pq.quantize_model(copy.deepcopy(model), "int8", skip=())  # the head too: a QuantLinear with its bias
+    store = collect_reference(model, tok, prompts[:2], max_new_tokens=4, top_n=8, batch_size=2)
+    r = pq.compare(cand, store, tokenizer=tok, reference_model=model, exact=True, batch_size=2)
+    off = 0
+    for i in range(len(store)):
+        s = store[i]
+        n = len(s) - 1
+        lp = full_logprobs(model, s.tokens)[:-1]
+        lq = full_logprobs(cand, s.tokens)[:-1]
+        top = lp.topk(8)
+        np.testing.assert_allclose(s.top_logprobs.double().numpy(), top.values.numpy(), atol=2e-5)
+        exact = (lp.exp() * (lp - lq)).sum(-1)
+        np.testing.assert_allclose(r.per_token["kl_exact"][off:off + n], exact.numpy(), rtol=1e-3, atol=1e-6)
+        nxt = s.tokens[1:, None]
+        np.testing.assert_allclose(r.per_token["nll"][off:off + n], -lq.gather(1, nxt).squeeze(1).numpy(), atol=1e-5)
+        off += n
+    assert r.stats["all"]["kl_exact_mean"] > 1e-6
+    text = prompts[2] + " " + prompts[3]
+    toks = tok(text, add_special_tokens=False)["input_ids"]
+    want = float(full_logprobs(model, [tok.eos_token_id] + toks)[:-1].gather(1, torch.tensor(toks)[:, None]).sum())
+    assert pq.perplexity(model, tok, [text], context=len(toks) + 4).loglikelihood == pytest.approx(want, rel=1e-5)

@@ -289,11 +289,11 @@ def test_shared_prefix_architectures_score_as_whole(model_type, tok, monkeypatch
     assert shared.items[-1]["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
 
 
-@pytest.mark.parametrize("model_type", ["mpt", "gemma3_text"])
+@pytest.mark.parametrize("model_type", ["mpt", "gemma2", "gemma3_text"])
 def test_architectures_outside_the_list_run_whole(model_type, tok, monkeypatch):
-    """MPT (ALiBi by key index) and Gemma 3 (sliding-window masks by key index) mis-score a shared,
-    padded prefix; they run every choice whole, which matches the unpadded oracle. (Forcing the
-    shared path on them shows why: whole nats off.)"""
+    """MPT (ALiBi by key index) and Gemma 2 and 3 (sliding-window masks by key index) mis-score a
+    shared, padded prefix; they run every choice whole, which matches the unpadded oracle. (Forcing
+    the shared path on them shows why: whole nats off.)"""
     import pyquant.eval.tasks as tasks
 
     model = make_arch_model(model_type, tok)
@@ -308,6 +308,28 @@ def test_architectures_outside_the_list_run_whole(model_type, tok, monkeypatch):
     monkeypatch.setattr(tasks, "shares_prefixes", lambda m: True)
     forced = evaluate_tasks(model, tok, items, batch_size=3)
     assert max(abs(a - b) for x, y in zip(forced.items, res.items) for a, b in zip(x["loglik"], y["loglik"])) > 0.1
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "phi", "gptj", "codegen"])
+def test_heads_with_a_bias_or_a_soft_cap_score_as_the_model(model_type, tok, monkeypatch):
+    """Gemma 2 soft-caps its logits (here at 3, where the cap bends them) and Phi, GPT-J and CodeGen
+    add an LM-head bias (here random): the streamed scores match the model's own log-softmax (the
+    unpadded float64 oracle), and scoring the bare head instead misses by far."""
+    import pyquant.models
+
+    model = make_arch_model(model_type, tok, **({"final_logit_softcapping": 3.0} if model_type == "gemma2" else {}))
+    head = model.get_output_embeddings()
+    if head.bias is not None:
+        torch.manual_seed(1)
+        head.bias.data.normal_(0.0, 1.0)
+    items = _long_context_items(random.Random(3))[:2]
+    res = evaluate_tasks(model, tok, items)
+    for it, got in zip(items, res.items):
+        want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
+        assert got["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
+    monkeypatch.setattr(pyquant.eval.tasks, "lm_head", lambda m: pyquant.models.lm_head(m).weight)
+    bare = evaluate_tasks(model, tok, items)
+    assert max(abs(a - b) for x, y in zip(bare.items, res.items) for a, b in zip(x["loglik"], y["loglik"])) > 0.5
 
 
 def test_tiny_architectures_cover_the_shared_list():

@@ -197,6 +197,44 @@ def test_quantized_head(backend, device, spec):
     _check_against_reference(out, hidden, qw, n, targets)  # reference: the dequantized weight in float64
 
 
+def _head_logits64(hidden, head):
+    """The oracle of an LMHead's logits, written out here (not ops/head.py): float64
+    cap * tanh((hidden @ W.T + b) / cap)."""
+    w = head.weight.dequantize(torch.float64) if isinstance(head.weight, pq.QuantizedWeight) else head.weight.double()
+    z = hidden.double() @ w.T
+    if head.bias is not None:
+        z = z + head.bias.double()[None, :]
+    return z if head.softcap is None else head.softcap * torch.tanh(z / head.softcap)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("spec,bias,cap", [(None, True, None), (None, False, 2.5), (None, True, 4.0),
+                                           ("int4-g32", True, 4.0), ("int8", True, None)])
+def test_head_bias_and_soft_cap(backend, device, spec, bias, cap):
+    """An LMHead's bias and soft cap (Phi / GPT-J heads, Gemma 2's final_logit_softcapping) against
+    the float64 oracle: the cap is small enough to bend the larger logits."""
+    from pyquant.ops.head import LMHead
+
+    t, h, v, n = 37, 48, 1003, 16
+    hidden, weight = _model(t, h, v, device, scale=2.0)
+    w = pq.quantize_weight(weight, spec) if spec else weight
+    b = torch.randn(v, dtype=torch.float64).mul(2).to(device=device, dtype=torch.float32) if bias else None
+    head = LMHead(w, b, cap)
+    targets = torch.randint(0, v, (t,), device=device)
+    out = pq.ops.stream_logprobs(hidden, head, top_n=n, targets=targets, vocab_tile=200, backend=backend)
+    logits = _head_logits64(hidden, head).cpu()
+    lse = torch.logsumexp(logits, -1)
+    tol = 2 * _tol(hidden, w) if cap is None else 1e-4  # tanh bounds every logit by the cap
+    torch.testing.assert_close(out.logsumexp.double().cpu(), lse, atol=tol, rtol=0)
+    torch.testing.assert_close(out.top_logprobs.double().cpu(), (logits.topk(n).values - lse[:, None]), atol=2 * tol, rtol=0)
+    torch.testing.assert_close(logits.gather(1, out.top_ids.cpu()) - lse[:, None], out.top_logprobs.double().cpu(),
+                               atol=2 * tol, rtol=0)
+    torch.testing.assert_close(out.target_logprobs.double().cpu(), logits.gather(1, targets.cpu()[:, None])[:, 0] - lse,
+                               atol=2 * tol, rtol=0)
+    bare = torch.log_softmax(hidden.double().cpu() @ pq.ops.reference.lm_head_weight(w).cpu().T, -1)
+    assert float((bare.topk(n).values - out.top_logprobs.double().cpu()).abs().max()) > 0.1  # the steps matter
+
+
 # ---- the statistics: top-N KL vs exact KL ------------------------------------------------------
 
 def _kl_backends():
@@ -217,6 +255,23 @@ def test_kl_exact_matches_float64(backend, device):
     assert got.kl.shape == (t,) and got.tv.shape == (t,)
     torch.testing.assert_close(got.kl, kl, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got.tv, tv, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend,device", _kl_backends())
+def test_kl_exact_with_head_bias_and_soft_cap(backend, device):
+    from pyquant.ops.head import LMHead
+
+    t, h, v = 19, 32, 2001
+    h_ref, w_ref = _model(t, h, v, device, scale=2.0)
+    bias = torch.randn(v, device=device)
+    ref = LMHead(w_ref, bias, 3.0)
+    cand = LMHead(pq.quantize_weight(w_ref, "int4-g32"), bias, 3.0)
+    h_cand = h_ref + 0.2 * torch.randn_like(h_ref)
+    got = pq.ops.stream_kl_exact(h_ref, ref, h_cand, cand, vocab_tile=500, backend=backend)
+    lp = torch.log_softmax(_head_logits64(h_ref, ref), -1)
+    lq = torch.log_softmax(_head_logits64(h_cand, cand), -1)
+    torch.testing.assert_close(got.kl, (lp.exp() * (lp - lq)).sum(-1), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got.tv, 0.5 * (lp.exp() - lq.exp()).abs().sum(-1), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -366,6 +421,19 @@ def test_bad_inputs_raise_value_error():
         pq.ops.stream_kl_exact(hidden, weight, hidden, torch.randn(21, h))
     with pytest.raises(ValueError, match="T=4 tokens but the candidate has T=3"):
         pq.ops.stream_kl_exact(hidden, weight, hidden[:3], weight)
+    from pyquant.ops.head import LMHead
+
+    with pytest.raises(ValueError, match=r"bias must be a floating-point tensor of shape \[20\]"):
+        f(hidden, LMHead(weight, torch.zeros(19)))
+    with pytest.raises(ValueError, match="bias must be a floating-point"):
+        f(hidden, LMHead(weight, torch.zeros(20, dtype=torch.int64)))
+    with pytest.raises(ValueError, match="bias is on meta"):
+        f(hidden, LMHead(weight, torch.zeros(20, device="meta")))
+    for cap in (0.0, -1.0, math.inf, True, "30"):
+        with pytest.raises(ValueError, match="softcap must be a finite number > 0"):
+            f(hidden, LMHead(weight, None, cap))
+    with pytest.raises(ValueError, match="softcap"):
+        pq.ops.stream_kl_exact(hidden, weight, hidden, LMHead(weight, None, math.nan))
 
 
 def test_cpu_tile_reducer_scalar_isa(tmp_path):

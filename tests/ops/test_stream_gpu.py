@@ -144,7 +144,9 @@ arch, case = int(sys.argv[1]), sys.argv[2]
 dtype, wfmt, n, wptr = {"bf16-dense-n64": (torch.bfloat16, WFMT_DENSE, 64, "bf16"),
                         "fp16-int4-zeros": (torch.float16, WFMT_INT4, 16, "u8"),
                         "fp32-int8": (torch.float32, WFMT_INT8, 16, "i8")}[case]
-meta = kernel_meta(2048, 576, n, 2048, dtype, wfmt, wfmt == WFMT_INT4, True, n, interp=False)
+# the default case also builds the head's bias and soft cap (an LMHead's steps after the product)
+meta = kernel_meta(2048, 576, n, 2048, dtype, wfmt, wfmt == WFMT_INT4, True, n, interp=False,
+                   has_bias=case == "bf16-dense-n64", has_softcap=case == "bf16-dense-n64")
 assert meta["BLOCK_V"] == 128 and meta["BLOCK_T"] == 64, meta
 ptr = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...formats import QuantizedWeight
+from ..head import LMHead
 from .. import _native
 from .._registry import register
 
@@ -20,6 +21,15 @@ def _check(hidden, weight, top_n, targets, ref_ids) -> None:
     """ValueError naming the problem unless the raw arguments fit this backend (the public API
     validates values; this guards direct calls and the kernel's own limits)."""
     who = "stream_logprobs[triton]"
+    if isinstance(weight, LMHead):
+        bias = weight.bias
+        if bias is not None and (bias.dim() != 1 or not bias.is_contiguous() or bias.dtype not in _DTYPES
+                                 or bias.device != hidden.device):
+            raise ValueError(f"{who}: the head's bias must be a contiguous 1-D float32/float16/bfloat16 tensor on "
+                             f"{hidden.device}, got {bias.dtype} {list(bias.shape)} on {bias.device}")
+        weight = weight.weight
+        if bias is not None and bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{who}: the head's bias has {bias.shape[0]} entries but the weight has V={weight.shape[0]}")
     if hidden.dim() != 2 or not hidden.is_contiguous() or hidden.dtype not in _DTYPES:
         raise ValueError(f"{who}: hidden must be a contiguous 2-D float32/float16/bfloat16 tensor, "
                          f"got {hidden.dtype} {list(hidden.shape)}")
