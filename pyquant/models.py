@@ -318,12 +318,14 @@ def logit_scale(model: nn.Module, base: "nn.Module | None" = None) -> float:
 
 
 def _base_model(model: nn.Module) -> nn.Module:
-    base = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if base is None or base is model:
-        base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    if base is None:
-        raise ValueError(f"cannot find the base model of {type(model).__name__}")
-    return base
+    """The decoder under the LM head: get_decoder(), else the base_model_prefix attribute, else
+    ``.model`` (Llama 4's causal LM answers get_decoder() with itself and names a prefix it lacks)."""
+    cands = [model.get_decoder() if hasattr(model, "get_decoder") else None,
+             getattr(model, getattr(model, "base_model_prefix", "model") or "model", None), getattr(model, "model", None)]
+    for base in cands:
+        if isinstance(base, nn.Module) and base is not model:
+            return base
+    raise ValueError(f"cannot find the base model of {type(model).__name__}")
 
 
 def final_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,

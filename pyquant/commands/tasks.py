@@ -38,7 +38,8 @@ def add_arguments(p):
     p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
                    help="run every choice whole; by default the tokens an item's choices share (the context) run "
                         "once and their KV cache serves every choice (same scores to rounding), for the "
-                        "architectures where that was checked (pyquant.eval.tasks.SHARED_PREFIX_MODEL_TYPES)")
+                        "architectures where that was checked (pyquant.eval.tasks.SHARED_PREFIX_MODEL_TYPES) and batches "
+                        "that fit in the model's sliding window")
     add_variant_argument(p)
 
 

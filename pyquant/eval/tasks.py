@@ -315,14 +315,30 @@ MIN_SHARED_PREFIX = 8
 # Architectures (config.model_type) whose shared-prefix scores were checked to equal whole-sequence
 # scores (tests/eval/test_tasks.py runs a tiny random model of each): their attention honours the
 # position ids and the holes a padded prefix leaves. Others take the padded batch: MPT's ALiBi
-# biases by key index and Gemma 2's and 3's sliding-window layers mask by it, so a shared prefix
-# scored them 1.2, 1.5 and 5.2 nats off (tiny random models; the padded batch matched the unpadded
-# oracle).
+# biases by key index, so a shared prefix scored it 1.2 nats off (a tiny random model; the padded
+# batch matched the unpadded oracle). Sliding windows and attention chunks also mask by key index:
+# see index_window.
 SHARED_PREFIX_MODEL_TYPES = frozenset({
-    "bloom", "codegen", "falcon", "gemma", "glm", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "granite", "llama",
-    "mistral", "mixtral", "olmo", "olmo2", "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe",
-    "qwen3", "qwen3_moe", "smollm3", "stablelm", "starcoder2",
+    "apertus", "arcee", "bitnet", "bloom", "codegen", "cohere", "cohere2", "deepseek_v2", "deepseek_v3",
+    "dots1", "ernie4_5", "exaone4", "falcon", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe",
+    "gpt2", "gpt_bigcode", "gpt_neox", "gpt_oss", "gptj", "granite", "granitemoe", "granitemoeshared",
+    "helium", "hunyuan_v1_dense", "jetmoe", "llama", "llama4_text", "minicpm3", "ministral", "mistral",
+    "mixtral", "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "opt", "persimmon", "phi", "phi3", "phimoe",
+    "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3", "stablelm", "starcoder2", "vaultgemma",
 })
+
+
+def index_window(model) -> "int | None":
+    """The shortest span of keys any of the model's attention layers masks by key index (a sliding
+    window, an attention chunk), or None. A shared, padded prefix shifts key indices, so a batch
+    whose padded length passes it scored 1.5-6 nats off (Mistral, Qwen2/3, Phi-3, Starcoder2,
+    Gemma 2/3 with a window of 16 tokens; tiny random models): the shared path runs only batches
+    that fit in it, where every key is in every window."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    spans = [getattr(cfg, k, None) for k in ("sliding_window", "attention_chunk_size")]
+    spans = [int(v) for v in spans if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(spans) if spans else None
 
 
 def shares_prefixes(model) -> bool:
@@ -344,6 +360,11 @@ def _score_items(model, weight, reqs_per_item: "list[list[tuple[list[int], int]]
     if share and shares_prefixes(model):
         prefixes = [_shared_prefix([full[:-1] for full, _ in reqs]) for reqs in reqs_per_item]
         some = [i for i, p in enumerate(prefixes) if p >= MIN_SHARED_PREFIX]
+        window = index_window(model)
+        if some and window is not None:  # the padded prefix plus the longest rest must fit the window
+            rest_len = max(len(full) - 1 - prefixes[i] for i in some for full, _ in reqs_per_item[i])
+            if max(prefixes[i] for i in some) + rest_len > window:
+                some = []
         lls = _score_shared(model, weight, [reqs_per_item[i] for i in some], [prefixes[i] for i in some]) if some else None
         if lls is not None:
             for i, ll in zip(some, _split(lls, [len(reqs_per_item[i]) for i in some])):
@@ -409,7 +430,8 @@ def evaluate_tasks(model, tokenizer, items: "Sequence[dict] | str", *, delimiter
     rerun with the same settings resumes. share_prefix: the leading tokens an item's choices have
     in common (its context, usually) run once and their KV cache serves every choice (the same
     log-likelihoods to rounding), for the architectures where that was checked (``shares_prefixes``;
-    others run whole); False: every choice runs whole, in one padded batch.
+    others run whole) and batches that fit in the model's sliding window (``index_window``); False:
+    every choice runs whole, in one padded batch.
     progress(items, input tokens run) after each batch.
     Returns a TaskResult (no flips; see ``TaskResult.compare_with``).
     """

@@ -289,11 +289,36 @@ def test_shared_prefix_architectures_score_as_whole(model_type, tok, monkeypatch
     assert shared.items[-1]["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
 
 
-@pytest.mark.parametrize("model_type", ["mpt", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("model_type,span", [("mistral", "sliding_window"), ("phi3", "sliding_window"),
+                                             ("gemma2", "sliding_window"), ("gemma3_text", "sliding_window"),
+                                             ("cohere2", "sliding_window"), ("gpt_oss", "sliding_window"),
+                                             ("llama4_text", "attention_chunk_size")])
+def test_windowed_architectures_share_only_batches_inside_the_window(model_type, span, tok, monkeypatch):
+    """Sliding windows and attention chunks mask by key index, which a padded shared prefix shifts:
+    with a 16-token span (shorter than these items) the items run whole and match the unpadded
+    oracle; forcing the shared path shows why (whole nats off). With the architecture's own span
+    (longer than the items) the shared path runs: test_shared_prefix_architectures_score_as_whole."""
+    import pyquant.eval.tasks as tasks
+
+    model = make_arch_model(model_type, tok, **{span: 16})
+    assert tasks.shares_prefixes(model) and tasks.index_window(model) == 16
+    items = _long_context_items(random.Random(7))
+    calls = _spy_shared(monkeypatch)
+    res = evaluate_tasks(model, tok, items, batch_size=3)
+    assert not calls
+    for it, got in zip(items, res.items):
+        want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
+        assert got["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
+    monkeypatch.setattr(tasks, "index_window", lambda m: None)
+    forced = evaluate_tasks(model, tok, items, batch_size=3)
+    assert calls
+    assert max(abs(a - b) for x, y in zip(forced.items, res.items) for a, b in zip(x["loglik"], y["loglik"])) > 0.1
+
+
+@pytest.mark.parametrize("model_type", ["mpt"])
 def test_architectures_outside_the_list_run_whole(model_type, tok, monkeypatch):
-    """MPT (ALiBi by key index) and Gemma 2 and 3 (sliding-window masks by key index) mis-score a
-    shared, padded prefix; they run every choice whole, which matches the unpadded oracle. (Forcing
-    the shared path on them shows why: whole nats off.)"""
+    """MPT (ALiBi by key index) mis-scores a shared, padded prefix; it runs every choice whole,
+    which matches the unpadded oracle. (Forcing the shared path on it shows why: a nat off.)"""
     import pyquant.eval.tasks as tasks
 
     model = make_arch_model(model_type, tok)
