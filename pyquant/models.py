@@ -241,12 +241,18 @@ def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
                      f"{type(head).__name__}")
 
 
+# Config keys of a final logit soft cap, cap * tanh(logits / cap) (RecurrentGemma's is logits_soft_cap).
+_SOFTCAP_KEYS = ("final_logit_softcapping", "logits_soft_cap")
+
+
 def lm_head(model: nn.Module) -> LMHead:
     """The model's LM head as the streamed ops take it: its weight [V, H] (a Tensor or a
     QuantizedWeight), its bias [V] if it has one (Phi-1/2, GPT-J, CodeGen) and the soft cap of
-    its logits if it has one (Gemma 2's ``final_logit_softcapping``)."""
+    its logits if it has one (Gemma 2's ``final_logit_softcapping``, _SOFTCAP_KEYS)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    cfg = getattr(model, "config", None)
+    cfgs = [cfg] + ([cfg.get_text_config()] if hasattr(cfg, "get_text_config") else [])
+    cap = next((v for c in cfgs for k in _SOFTCAP_KEYS for v in [getattr(c, k, None)] if v), None)
     bias = getattr(head, "bias", None)
     return LMHead(lm_head_weight(model), None if bias is None else bias.detach(), float(cap) if cap else None)
 

@@ -154,19 +154,22 @@ def _tiny(config_cls, model_cls, **kw):
     import transformers
 
     torch.manual_seed(0)
-    cfg = getattr(transformers, config_cls)(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                            num_attention_heads=4, initializer_range=0.2,
-                                            bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
+    kw = dict(dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0), **kw)
+    cfg = getattr(transformers, config_cls)(**kw)
     return getattr(transformers, model_cls)(cfg).eval()
 
 
 @pytest.mark.parametrize("config_cls,model_cls,kw", [
     ("Gemma2Config", "Gemma2ForCausalLM", dict(num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0)),
+    ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM", dict(num_key_value_heads=2, logits_soft_cap=2.0,
+                                                                          num_hidden_layers=3)),  # its 3rd: attention
     ("PhiConfig", "PhiForCausalLM", {}),
 ])
 def test_lm_head_carries_the_bias_and_the_soft_cap(config_cls, model_cls, kw):
-    """Gemma 2 soft-caps its logits, Phi's head has a bias: ``lm_head`` carries them, and its
-    weight, bias and cap applied to ``final_hidden_states`` give the model's own logits."""
+    """Gemma 2 and RecurrentGemma soft-cap their logits (each under its own config key), Phi's head
+    has a bias: ``lm_head`` carries them, and its weight, bias and cap applied to
+    ``final_hidden_states`` give the model's own logits."""
     from pyquant.models import lm_head
     from pyquant.ops import reference
 
@@ -176,7 +179,7 @@ def test_lm_head_carries_the_bias_and_the_soft_cap(config_cls, model_cls, kw):
         torch.manual_seed(1)
         model.lm_head.bias.data.normal_(0.0, 1.0)
         assert head.bias.data_ptr() == model.lm_head.bias.data_ptr()
-    assert head.softcap == kw.get("final_logit_softcapping")
+    assert head.softcap == kw.get("final_logit_softcapping", kw.get("logits_soft_cap"))
     ids = random_ids(2, 9, 300)
     with torch.no_grad():
         hidden, _ = final_hidden_states(model, ids)
