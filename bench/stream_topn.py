@@ -4,6 +4,8 @@ Paths (same inputs, same outputs: log-sum-exp, top-N, target and reference gathe
   materialized  log_softmax(h @ W.T) + topk + gathers + KL (the [T, V] logits exist, twice)
   stream        pq.ops.stream_logprobs(..., backend="cpu"): tiled GEMM + C++ tile reducer
   stream-gemm   the same tile walk with a no-op reducer: the GEMM floor of the streaming path
+  stream-capped (only with --paths) stream through an LMHead with a bias and a soft cap of 30 (Gemma 2's),
+                the two steps applied to every logits tile
 
 Each (path, shape) runs in a fresh subprocess. Time: median (and min) of --reps runs after
 --warmup untimed runs (default 1). Memory: peak RSS minus the RSS after the inputs are allocated (the high-water mark is
@@ -29,6 +31,7 @@ import time
 FULL_SHAPES = [(2048, 576, 49152), (2048, 4096, 128256)]
 QUICK_SHAPES = [(256, 576, 8192), (256, 1024, 16384)]
 PATHS = ("materialized", "stream", "stream-gemm")
+EXTRA_PATHS = ("stream-capped",)
 TOP_N = 16
 
 
@@ -76,6 +79,12 @@ def stream(hidden, weight, targets, ref_ids, ref_lp, n, vocab_tile=None, t_block
     return {"kl": o.kl, "top_ids": o.top_ids, "target": o.target_logprobs}
 
 
+def stream_capped(hidden, weight, targets, ref_ids, ref_lp, n, vocab_tile=None, t_block=None, bias=None):
+    from pyquant.ops import LMHead
+
+    return stream(hidden, LMHead(weight, bias, 30.0), targets, ref_ids, ref_lp, n, vocab_tile, t_block)
+
+
 def stream_gemm(hidden, weight, targets, ref_ids, ref_lp, n, vocab_tile=None, t_block=None):
     from pyquant.ops import stream, stream_driver
 
@@ -90,12 +99,13 @@ def worker(path, t, h, v, n, reps, vocab_tile, t_block, threads, warmup) -> dict
     if threads:
         torch.set_num_threads(threads)
     gemm_reps = max(1, min(2, reps))
-    fn = {"materialized": materialized, "stream": stream, "stream-gemm": stream_gemm}[path]
+    fn = {"materialized": materialized, "stream": stream, "stream-gemm": stream_gemm, "stream-capped": stream_capped}[path]
     inputs = _inputs(t, h, v, n)
+    extra = {"bias": torch.randn(v, generator=torch.Generator().manual_seed(1))} if path == "stream-capped" else {}
     base = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS high-water mark
-    kw = dict(vocab_tile=vocab_tile, t_block=t_block) if path != "materialized" else {}
+    kw = dict(vocab_tile=vocab_tile, t_block=t_block, **extra) if path != "materialized" else {}
     out = None
     for _ in range(warmup):
         out = fn(*inputs, n, **kw)
@@ -175,8 +185,8 @@ def main(argv=None):
         shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape]
     paths = [p for p in args.paths.split(",") if p]
     for p in paths:
-        if p not in PATHS:
-            raise SystemExit(f"unknown path {p!r}: choose from {PATHS}")
+        if p not in PATHS + EXTRA_PATHS:
+            raise SystemExit(f"unknown path {p!r}: choose from {PATHS + EXTRA_PATHS}")
     rows = []
     for shape in shapes:
         group = [run_worker(p, shape, args) for p in paths]

@@ -69,11 +69,12 @@ def test_qmatmul_bench_tiny(tmp_path):
 def test_stream_topn_bench_tiny(tmp_path):
     out = tmp_path / "s.json"
     _run([sys.executable, "bench/stream_topn.py", "--quick", "--shape", "64,32,1000", "--reps", "1", "--warmup", "0",
-          "--paths", "materialized,stream", "--json", str(out)])
+          "--paths", "materialized,stream,stream-capped", "--json", str(out)])
     rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
     mat, stream = rows["materialized"], rows["stream"]
     assert mat["top1_ids_checksum"] == stream["top1_ids_checksum"]
     assert stream["kl_mean"] == pytest.approx(mat["kl_mean"], rel=1e-4, abs=1e-7)
+    assert "error" not in rows["stream-capped"] and rows["stream-capped"]["kl_mean"] != stream["kl_mean"]
 
 
 @needs_cpu
