@@ -18,6 +18,11 @@ calibration text (--calibration, default: the built-in text of about 9,600 token
 are done one at a time, each calibrated on the outputs of the layers already quantized. Both
 write the same formats, so every kernel and tool runs either.
 
+Mixture-of-experts models whose experts transformers stores as 3-D parameters (Mixtral, Qwen3-MoE,
+OLMoE, gpt-oss, ...) get every expert quantized too, run through pyquant's kernels; patterns see
+them as '<experts module>.gate_up_proj' / '.down_proj' (e.g. '*experts.down_proj=int8'). GPTQ
+does not calibrate those: they get RTN, with a warning. Routers stay in full precision.
+
 Patterns are globs over full module names when they contain * ? [ (e.g. '*down_proj',
 'model.layers.[0-3].*'), otherwise substrings ('lm_head', 'down_proj'). A --skip or --override
 pattern that matches no linear layer is an error.
@@ -96,9 +101,9 @@ def _check_patterns(model, skip, overrides, user_skip: bool) -> None:
     """UsageError naming the --skip / --override patterns that match no linear layer of ``model``
     (with a few real layer names); a note when the default --skip lm_head matches none."""
     from ..cli import UsageError
-    from ..quant.model import linear_layer_names, unmatched_patterns
+    from ..quant.model import expert_layer_names, linear_layer_names, unmatched_patterns
 
-    names = linear_layer_names(model)
+    names = linear_layer_names(model) + expert_layer_names(model)
     given = [("--skip", p) for p in skip] if user_skip else []
     given += [("--override", p) for p in overrides]
     missing = set(unmatched_patterns(names, [p for _, p in given]))
@@ -176,7 +181,10 @@ def run(args) -> int:
     layers = model.pyquant_config["layers"]
     per_spec = after["quant"]["specs"] if after["quant"] else {}
     disk = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if os.path.isfile(os.path.join(out, f)))
-    print(f"quantized {len(layers)} linear layers ({args.method}): " + ", ".join(f"{n} x {s}" for s, n in sorted(per_spec.items())))
+    stacks = [v["experts"] for v in layers.values() if "experts" in v]
+    moe = f", {len(stacks)} of them mixture-of-experts weights ({sum(stacks)} experts)" if stacks else ""
+    print(f"quantized {len(layers)} linear layers ({args.method}{moe}): "
+          + ", ".join(f"{n} x {s}" for s, n in sorted(per_spec.items())))
     print(f"kept in full precision: skip={skip}")
     ratio = before["weight_bytes"] / max(after["weight_bytes"], 1)
     print(f"weights in memory: {_mib(before['weight_bytes'])} -> {_mib(after['weight_bytes'])} ({ratio:.2f}x smaller)")

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import __version__
 from ..results import make_shareable
+from .experts import expert_param_names, install_empty, is_fused_experts
 from .linear import QuantLinear
 from .model import set_submodule
 
@@ -191,6 +192,14 @@ def _read_tensors(path: str, meta: dict) -> dict:
     return tensors
 
 
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Rebuild a model written by save_quantized: the architecture from config.json
     (AutoModelForCausalLM.from_config), QuantLinear modules where the config says, then the checked
@@ -215,12 +224,18 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
         model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype)
     layers = meta["quant"].get("layers", {})
     for name, info in layers.items():
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"{path}: quantized layer {name!r} does not exist in the {config.model_type} "
-                             "architecture") from None
         out_f, in_f = info["shape"]
+        if "experts" in info:  # a 3-D expert parameter saved as a QuantExpertStack (quant/experts.py)
+            mod_name, _, pname = name.rpartition(".")
+            mod = model.get_submodule(mod_name) if _has_submodule(model, mod_name) else None
+            if mod is None or not is_fused_experts(mod) or pname not in expert_param_names(mod):
+                raise ValueError(f"{path}: quantized experts {name!r} do not exist in the {config.model_type} "
+                                 "architecture")
+            install_empty(mod, pname, int(info["experts"]), out_f, in_f, info["spec"], saved_dtype)
+            continue
+        if not _has_submodule(model, name):
+            raise ValueError(f"{path}: quantized layer {name!r} does not exist in the {config.model_type} "
+                             "architecture")
         # an empty shell on "meta": its tensors are the loaded ones (assign=True below), never allocated twice
         set_submodule(model, name, QuantLinear(in_f, out_f, info["spec"], bias=bool(info.get("bias")),
                                                device="meta", bias_dtype=saved_dtype))

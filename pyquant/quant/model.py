@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 from torch import nn
 
 from ..formats import QuantSpec
+from .experts import QuantExpertStack, expert_param_names, is_fused_experts, quantize_experts
 from .gptq import DEFAULT_BLOCK, DEFAULT_DAMP, gptq_quantize_layers
 from .linear import QuantLinear
 
@@ -43,6 +44,13 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def linear_layer_names(model: nn.Module) -> list:
     """Names of the layers quantize_model considers (``is_quantizable``), in module order."""
     return [n for n, m in model.named_modules() if n and is_quantizable(m)]
+
+
+def expert_layer_names(model: nn.Module) -> list:
+    """Names ("<experts module>.<projection>") of the 3-D expert parameters quantize_model considers
+    (pyquant/quant/experts.py), in module order."""
+    return [f"{n}.{p}" for n, m in model.named_modules() if is_fused_experts(m)
+            for p in expert_param_names(m) if not isinstance(getattr(m, p), QuantExpertStack)]
 
 
 def unmatched_patterns(names, patterns) -> list:
@@ -78,7 +86,9 @@ def _untie_output_embeddings(model: nn.Module, lm_head_names: Iterable[str]) -> 
 def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",), overrides: Optional[dict] = None,
                    progress: Optional[bool] = None, method: str = "rtn", calibration=None,
                    damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK, attention_aware: bool = True) -> nn.Module:
-    """Quantize the model's nn.Linear (and Conv1D) layers in place; returns the model.
+    """Quantize the model's nn.Linear (and Conv1D) layers in place, and the mixture-of-experts
+    weights transformers stores as 3-D parameters (named "<experts module>.gate_up_proj" etc.,
+    pyquant/quant/experts.py); returns the model.
 
     spec: the default scheme ("int4-g128", "int8", ...). skip: name patterns kept in full precision.
     overrides: {pattern: spec} for layers that get another scheme; the first matching pattern (in dict
@@ -91,7 +101,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     instead of the attention-mixed H, see ``pyquant.quant.gptq``). Both write the same formats.
 
     Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
-    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}} (plus "gptq": {"sequences",
+    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}} (expert stacks add "experts":
+    E, the shape being each expert's) (plus "gptq": {"sequences",
     "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}), used by
     save_quantized and reports.
     A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
@@ -112,16 +123,22 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
         over[p] = QuantSpec.parse(s)
 
     candidates = [(n, model.get_submodule(n)) for n in linear_layer_names(model)]
-    plan = []
-    for name, _ in candidates:
+    expert_names = expert_layer_names(model)
+
+    def chosen_spec(name):
         if any(name_matches(name, p) for p in skip):
-            continue
-        chosen = next((s for p, s in over.items() if name_matches(name, p)), default)
-        plan.append((name, chosen))
+            return None
+        return next((s for p, s in over.items() if name_matches(name, p)), default)
+
+    plan = [(n, s) for n, _ in candidates for s in [chosen_spec(n)] if s is not None]
+    expert_plan = [(n, s) for n in expert_names for s in [chosen_spec(n)] if s is not None]
     # an override shadowed by an earlier one still matches layers: only patterns matching none warn
-    unused = unmatched_patterns([n for n, _ in candidates], list(skip) + list(over))
+    unused = unmatched_patterns([n for n, _ in candidates] + expert_names, list(skip) + list(over))
     if unused:
         warnings.warn(f"quantize_model: pattern(s) {unused} matched no linear layer", stacklevel=2)
+    if method == "gptq" and expert_plan:
+        warnings.warn(f"quantize_model: GPTQ does not calibrate mixture-of-experts weights stored as 3-D "
+                      f"parameters ({len(expert_plan)} of them, e.g. {expert_plan[0][0]}): they get RTN", stacklevel=2)
 
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names_of = {id(m): n for n, m in candidates}
@@ -135,20 +152,30 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
                                      block_size=block_size, progress=progress is not False,
                                      attention_aware=attention_aware)
         extra["gptq"] = {**stats, "damp": damp, "block_size": block_size}
-    else:
-        show = progress if progress is not None else len(plan) >= 64
-        it = plan
-        if show:
-            from tqdm.auto import tqdm
+    rtn_plan = (plan if method == "rtn" else []) + expert_plan
+    show = progress if progress is not None else len(rtn_plan) >= 64
+    it = rtn_plan
+    if show and rtn_plan:
+        from tqdm.auto import tqdm
 
-            it = tqdm(plan, desc=f"quantizing to {default}", unit="layer")
-        for name, s in it:
+        it = tqdm(rtn_plan, desc=f"quantizing to {default}", unit="layer")
+    experts = set(n for n, _ in expert_plan)
+    for name, s in it:
+        if name in experts:
+            mod_name, _, pname = name.rpartition(".")
+            quantize_experts(model.get_submodule(mod_name), pname, s)
+        else:
             set_submodule(model, name, QuantLinear.from_linear(model.get_submodule(name), s))
     layers = {}
     for name, s in plan:
         q = model.get_submodule(name)
         layers[name] = {"spec": str(s), "shape": [q.out_features, q.in_features], "bias": q.bias is not None,
                         "method": method}
+    for name, s in expert_plan:  # a QuantExpertStack: "experts" matrices of [out, in] each
+        q = model.get_submodule(name)
+        e0 = q.expert(0)
+        layers[name] = {"spec": str(s), "shape": [e0.out_features, e0.in_features], "experts": len(q),
+                        "bias": False, "method": "rtn"}
 
     cfg = dict(getattr(model, "pyquant_config", None) or {})
     prev_layers = dict(cfg.get("layers", {}))

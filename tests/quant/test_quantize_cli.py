@@ -208,3 +208,26 @@ def test_interrupt_says_nothing_is_saved(hf_dir, tmp_path, monkeypatch, capsys):
     assert main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(tmp_path / "q")]) == 130
     err = capsys.readouterr().err
     assert "interrupted (nothing saved" in err and "resume" not in err
+
+
+def test_moe_experts_quantized_from_the_command_line(tmp_path, tokenizer, capsys):
+    """A mixture-of-experts checkpoint (experts stored as 3-D parameters): patterns reach the
+    experts, which are quantized and load back as such."""
+    import pyquant as pq
+    from pyquant.quant.experts import QuantExpertStack
+    from test_experts import tiny_moe
+
+    d = tmp_path / "tiny-moe"
+    tiny_moe("mixtral").save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    out = tmp_path / "q"
+    rc = main(["quantize", "--model", str(d), "--scheme", "int4-g32", "--override", "*experts.down_proj=int8",
+               "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "quantized 12 linear layers (rtn, 4 of them mixture-of-experts weights (16 experts)): " \
+           "10 x int4-g32, 2 x int8" in text
+    model, _ = pq.load_model(str(out))
+    experts = model.model.layers[0].mlp.experts
+    assert isinstance(experts.gate_up_proj, QuantExpertStack) and isinstance(experts.down_proj, QuantExpertStack)
+    assert str(experts.down_proj.expert(3).spec) == "int8" and str(experts.gate_up_proj.expert(0).spec) == "int4-g32"

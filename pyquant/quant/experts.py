@@ -1,0 +1,162 @@
+"""Mixture-of-experts layers whose experts are 3-D parameters, not nn.Linear modules.
+
+transformers 5 stores the experts of Mixtral, Qwen2/3-MoE, OLMoE, gpt-oss and others as one
+parameter per projection, ``gate_up_proj [E, 2I, H]`` (or ``up_proj``) and ``down_proj [E, H, I]``
+(``[E, in, out]`` where the class is ``is_transposed``), in a module that
+``transformers.integrations.use_experts_implementation`` decorates (attributes ``has_gate``,
+``has_bias``, ``is_transposed``, ``_apply_gate``, ``act_fn``; the forward is picked by
+``config._experts_implementation``). Without this module quantize_model would leave those
+parameters, most of such a model's weights, in full precision.
+
+``QuantExpertStack`` replaces one such parameter: E QuantLinear children ("0", "1", ...), each
+expert's matrix in nn.Linear orientation [out, in]. ``experts_forward`` is registered as the
+"pyquant" experts implementation: each routed expert's projections run through qmatmul, then the
+module's own gate (``_apply_gate`` or ``act_fn``), bias and post-expert norm. It also runs
+experts left in full precision, so one model may mix both. Indexing a stack (``stack[e]``) gives
+the expert's dequantized weight in the parameter's layout, for code that reads it directly.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .linear import QuantLinear
+from .rtn import quantize_weight
+
+IMPLEMENTATION = "pyquant"
+
+
+def is_fused_experts(module: nn.Module) -> bool:
+    """True for a transformers experts module with 3-D expert parameters (see the module docstring)."""
+    return hasattr(module, "has_gate") and hasattr(module, "is_transposed") and bool(expert_param_names(module))
+
+
+def expert_param_names(module: nn.Module) -> "list[str]":
+    """The module's expert projections stored as 3-D parameters or already quantized stacks, in order."""
+    out = []
+    for name in ("gate_up_proj", "up_proj", "down_proj"):
+        p = getattr(module, name, None)
+        if isinstance(p, QuantExpertStack) or (isinstance(p, torch.Tensor) and p.dim() == 3):
+            out.append(name)
+    return out
+
+
+class QuantExpertStack(nn.Module):
+    """E quantized expert matrices standing in for a 3-D expert parameter [E, out, in] (or [E, in, out]
+    when ``transposed``): child str(e) is expert e's QuantLinear (nn.Linear orientation, no bias)."""
+
+    def __init__(self, experts: "list[QuantLinear]", transposed: bool, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not experts:
+            raise ValueError("QuantExpertStack needs at least one expert")
+        for e, q in enumerate(experts):
+            self.add_module(str(e), q)
+        self.transposed = bool(transposed)
+        self.dtype = dtype  # the parameter's dtype: what indexing returns
+
+    @classmethod
+    def from_parameter(cls, weight: torch.Tensor, spec, transposed: bool) -> "QuantExpertStack":
+        """RTN-quantize every expert of a 3-D parameter (rows: [E, out, in], or [E, in, out] if transposed)."""
+        experts = []
+        for e in range(weight.shape[0]):
+            w = weight[e].detach()
+            experts.append(QuantLinear.from_quantized(quantize_weight(w.t() if transposed else w, spec)))
+        return cls(experts, transposed, weight.dtype)
+
+    @classmethod
+    def empty(cls, num: int, out_features: int, in_features: int, spec, transposed: bool,
+              dtype: torch.dtype) -> "QuantExpertStack":
+        """A shell on "meta" to load a state dict into (save_quantized's layout)."""
+        return cls([QuantLinear(in_features, out_features, spec, bias=False, device="meta") for _ in range(num)],
+                   transposed, dtype)
+
+    def expert(self, e: int) -> QuantLinear:
+        return self._modules[str(int(e))]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    @property
+    def shape(self) -> torch.Size:
+        q = self.expert(0)
+        rows = (q.in_features, q.out_features) if self.transposed else (q.out_features, q.in_features)
+        return torch.Size((len(self), *rows))
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        """Dequantized weight(s) in the parameter's layout: one expert [out, in] (or [in, out]), or
+        a stack of them for a 1-D tensor of expert ids."""
+        if isinstance(idx, torch.Tensor) and idx.dim() > 0:
+            return torch.stack([self[int(e)] for e in idx.reshape(-1).tolist()]).view(*idx.shape, *self.shape[1:])
+        w = self.expert(int(idx)).qw.dequantize(self.dtype)
+        return w.t() if self.transposed else w
+
+    def linear(self, e: int, x: torch.Tensor, bias: "torch.Tensor | None" = None) -> torch.Tensor:
+        """x[..., in] through expert e: x @ W_e.T (+ bias), by qmatmul."""
+        y = self.expert(e)(x)
+        return y if bias is None else y + bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        q = self.expert(0)
+        return f"experts={len(self)}, in_features={q.in_features}, out_features={q.out_features}, spec={q.spec}, " \
+               f"transposed={self.transposed}"
+
+
+def _expert_linear(module: nn.Module, name: str, e: int, x: torch.Tensor) -> torch.Tensor:
+    weight = getattr(module, name)
+    bias = getattr(module, name + "_bias")[e] if getattr(module, "has_bias", False) else None
+    if isinstance(weight, QuantExpertStack):
+        return weight.linear(e, x, bias)
+    w = weight[e]
+    return F.linear(x, w.t() if module.is_transposed else w, bias)
+
+
+def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The "pyquant" experts implementation: hidden_states [T, H], top_k_index / top_k_weights
+    [T, k] -> [T, H], each token's experts' outputs weighted and summed (in float32)."""
+    t, k = hidden_states.shape[0], top_k_index.shape[-1]
+    ids = top_k_index.reshape(-1)
+    weights = top_k_weights.reshape(-1)
+    token = torch.arange(t, device=hidden_states.device).repeat_interleave(k)
+    first = "gate_up_proj" if self.has_gate else "up_proj"
+    num = len(getattr(self, "down_proj"))
+    out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
+    for e in torch.unique(ids).tolist():
+        if not 0 <= e < num:  # expert-parallel sentinels
+            continue
+        sel = (ids == e).nonzero().squeeze(1)
+        rows = token[sel]
+        h = _expert_linear(self, first, e, hidden_states[rows])
+        h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
+        y = _expert_linear(self, "down_proj", e, h)
+        if getattr(self, "has_post_expert_norm", False):
+            y = self.post_expert_norm(y)
+        out.index_add_(0, rows, y.float() * weights[sel, None].float())
+    return out.to(hidden_states.dtype)
+
+
+def use_pyquant_experts(module: nn.Module) -> None:
+    """Route ``module`` (and every experts module sharing its config) through experts_forward."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, experts_forward)
+    module.config._experts_implementation = IMPLEMENTATION
+
+
+def quantize_experts(module: nn.Module, name: str, spec) -> QuantExpertStack:
+    """Replace the 3-D parameter ``module.<name>`` by its RTN-quantized QuantExpertStack; returns it."""
+    stack = QuantExpertStack.from_parameter(getattr(module, name), spec, module.is_transposed)
+    delattr(module, name)
+    module.add_module(name, stack)
+    use_pyquant_experts(module)
+    return stack
+
+
+def install_empty(module: nn.Module, name: str, num: int, out_features: int, in_features: int, spec,
+                  dtype: torch.dtype) -> None:
+    """load_quantized's shell: ``module.<name>`` becomes an empty QuantExpertStack on "meta"."""
+    stack = QuantExpertStack.empty(num, out_features, in_features, spec, module.is_transposed, dtype)
+    delattr(module, name)
+    module.add_module(name, stack)
+    use_pyquant_experts(module)

@@ -1,0 +1,120 @@
+"""Mixture-of-experts weights stored as 3-D parameters (transformers 5's Mixtral, Qwen3-MoE,
+OLMoE, gpt-oss experts): quantize_model quantizes them (QuantExpertStack), the "pyquant" experts
+forward matches transformers' own forward over the dequantized weights, and they save and load."""
+import copy
+
+import pytest
+import torch
+
+import pyquant as pq
+import pyquant.models  # noqa: F401  (pq.models)
+from pyquant.quant.experts import QuantExpertStack, experts_forward
+from pyquant.quant.linear import use_backend
+from tinymodels import random_ids
+
+BACKENDS = ["reference"] + (["cpu"] if "cpu" in pq.ops.available_backends("qmatmul", "cpu") else [])
+ARCHS = {  # model type -> (config class, model class, config keywords)
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16)),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",  # transposed [E, in, out], biases, its own gate
+                dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16)),
+}
+
+
+def tiny_moe(model_type: str):
+    import transformers
+
+    cfg_name, model_name, kw = ARCHS[model_type]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_name)(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                          bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
+    cfg.initializer_range = 0.2
+    model = getattr(transformers, model_name)(cfg).eval()
+    with torch.no_grad():  # biases start at zero: make them count
+        for n, p in model.named_parameters():
+            if n.endswith("_bias"):
+                p.normal_(0.0, 0.2)
+    return model
+
+
+def _stacks(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantExpertStack)}
+
+
+@pytest.mark.parametrize("model_type", list(ARCHS))
+def test_experts_are_quantized_and_match_transformers_forward(model_type):
+    """Every 3-D expert weight becomes a QuantExpertStack; the logits equal those of the float64
+    model whose experts hold the dequantized weights, run by transformers' own experts forward."""
+    model = tiny_moe(model_type)
+    ref = copy.deepcopy(model).double()
+    ref.config._experts_implementation = "eager"  # transformers' own loop (its grouped_mm takes no float64)
+    before = pq.models.model_description(model)["weight_bytes"]
+    pq.quantize_model(model, "int4-g32", skip=("lm_head",), overrides={"*experts.down_proj": "int8"})
+    stacks = _stacks(model)
+    assert len(stacks) == 4  # 2 layers x (gate_up_proj, down_proj)
+    assert not [n for n, p in model.named_parameters() if p.dim() == 3], "a 3-D expert weight stayed full precision"
+    assert all(str(s.expert(0).spec) == ("int8" if n.endswith("down_proj") else "int4-g32") for n, s in stacks.items())
+    assert pq.models.model_description(model)["weight_bytes"] < 0.5 * before
+    layers = model.pyquant_config["layers"]
+    assert all(layers[n]["experts"] == 4 for n in stacks)
+    with torch.no_grad():
+        for name, q in model.named_modules():  # the attention's QuantLinear layers
+            if isinstance(q, pq.QuantLinear) and name.rpartition(".")[0] not in stacks:
+                ref.get_submodule(name).weight.copy_(q.qw.dequantize(torch.float64))
+        for name, stack in stacks.items():
+            mod_name, _, pname = name.rpartition(".")
+            w = torch.stack([stack[e] for e in range(len(stack))]).double()
+            assert w.shape == getattr(ref.get_submodule(mod_name), pname).shape
+            getattr(ref.get_submodule(mod_name), pname).copy_(w)
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = ref(ids).logits
+        for backend in BACKENDS:
+            with use_backend(backend):
+                got = model(ids).logits
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        # the stack indexed by a tensor of ids (batched implementations) gives the same weights
+        stack = next(iter(stacks.values()))
+        torch.testing.assert_close(stack[torch.tensor([2, 0])], torch.stack([stack[2], stack[0]]))
+
+
+def test_full_precision_experts_through_the_pyquant_forward():
+    """The "pyquant" experts forward also runs experts left in full precision (skipped by a pattern)
+    and then equals transformers' eager forward."""
+    model = tiny_moe("mixtral")
+    ref = copy.deepcopy(model)
+    pq.quantize_model(model, "int8", skip=("lm_head", "layers.1.mlp.experts"))
+    assert model.model.layers[1].mlp.experts.config._experts_implementation == "pyquant"
+    assert isinstance(model.model.layers[1].mlp.experts.down_proj, torch.nn.Parameter)
+    ex, rx = model.model.layers[1].mlp.experts, ref.model.layers[1].mlp.experts
+    h = torch.randn(7, 64)
+    idx = torch.randint(0, 4, (7, 2))
+    wts = torch.rand(7, 2)
+    torch.testing.assert_close(experts_forward(ex, h, idx, wts), type(rx).forward.__wrapped__(rx, h, idx, wts),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "gpt_oss"])
+def test_quantized_experts_save_load_and_generate(model_type, tmp_path):
+    model = tiny_moe(model_type)
+    pq.quantize_model(model, "int4-g32")
+    pq.save_quantized(model, tmp_path / "q")
+    loaded = pq.load_quantized(tmp_path / "q")
+    assert set(_stacks(loaded)) == set(_stacks(model))
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+        a = model.generate(ids, max_new_tokens=5, do_sample=False)
+        b = loaded.generate(ids, max_new_tokens=5, do_sample=False)
+    assert torch.equal(a, b) and a.shape[1] == 14
+
+
+def test_gptq_warns_that_experts_get_rtn():
+    model = tiny_moe("mixtral")
+    calib = [torch.randint(3, 300, (32,)) for _ in range(2)]
+    with pytest.warns(UserWarning, match="they get RTN"):
+        pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, progress=False)
+    assert len(_stacks(model)) == 4
+    assert {v["method"] for n, v in model.pyquant_config["layers"].items() if "experts" in v} == {"rtn"}
