@@ -21,7 +21,9 @@ write the same formats, so every kernel and tool runs either.
 Mixture-of-experts models whose experts transformers stores as 3-D parameters (Mixtral, Qwen3-MoE,
 OLMoE, gpt-oss, ...) get every expert quantized too, run through pyquant's kernels; patterns see
 them as '<experts module>.gate_up_proj' / '.down_proj' (e.g. '*experts.down_proj=int8'). GPTQ
-does not calibrate those: they get RTN, with a warning. Routers stay in full precision.
+does not calibrate those: they get RTN, with a warning. Weights of other shapes or modules (most
+routers, nn.Linear subclasses with their own forward) stay in full precision, with a warning for
+3-D ones.
 
 Patterns are globs over full module names when they contain * ? [ (e.g. '*down_proj',
 'model.layers.[0-3].*'), otherwise substrings ('lm_head', 'down_proj'). A --skip or --override

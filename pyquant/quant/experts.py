@@ -28,8 +28,20 @@ IMPLEMENTATION = "pyquant"
 
 
 def is_fused_experts(module: nn.Module) -> bool:
-    """True for a transformers experts module with 3-D expert parameters (see the module docstring)."""
-    return hasattr(module, "has_gate") and hasattr(module, "is_transposed") and bool(expert_param_names(module))
+    """True for a transformers experts module with 3-D expert parameters (see the module docstring)
+    whose forward takes (hidden_states, top_k_index, top_k_weights) as the experts interface does
+    (gpt-oss names them router_indices, routing_weights), the call experts_forward answers (Llama
+    4's experts, called on pre-weighted copies of every token, do not qualify)."""
+    if not (hasattr(module, "has_gate") and hasattr(module, "is_transposed") and expert_param_names(module)):
+        return False
+    fn = getattr(type(module).forward, "__wrapped__", None)  # use_experts_implementation's original forward
+    if fn is None:
+        return False
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 3
 
 
 def expert_param_names(module: nn.Module) -> "list[str]":

@@ -30,8 +30,12 @@ def name_matches(name: str, pattern: str) -> bool:
 
 
 def is_quantizable(module: nn.Module) -> bool:
-    """True for nn.Linear and transformers' Conv1D (GPT-2 style), the layers quantize_model replaces."""
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+    """True for nn.Linear and transformers' Conv1D (GPT-2 style), the layers quantize_model replaces.
+    Not for an nn.Linear subclass with its own forward (PhiMoE's router returns three tensors): a
+    QuantLinear would not answer its callers."""
+    if isinstance(module, nn.Linear):
+        return type(module).forward is nn.Linear.forward
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -136,6 +140,11 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     unused = unmatched_patterns([n for n, _ in candidates] + expert_names, list(skip) + list(over))
     if unused:
         warnings.warn(f"quantize_model: pattern(s) {unused} matched no linear layer", stacklevel=2)
+    odd = [n for n, p in model.named_parameters() if p.dim() >= 3 and p.is_floating_point()
+           and not any(n.startswith(e) for e in expert_names)]
+    if odd:
+        warnings.warn(f"quantize_model: {len(odd)} weight(s) of 3 or more dimensions are neither linear layers nor "
+                      f"expert weights pyquant runs (e.g. {odd[0]}): they stay in full precision", stacklevel=2)
     if method == "gptq" and expert_plan:
         warnings.warn(f"quantize_model: GPTQ does not calibrate mixture-of-experts weights stored as 3-D "
                       f"parameters ({len(expert_plan)} of them, e.g. {expert_plan[0][0]}): they get RTN", stacklevel=2)

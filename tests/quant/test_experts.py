@@ -19,6 +19,10 @@ ARCHS = {  # model type -> (config class, model class, config keywords)
                   dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16)),
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",  # transposed [E, in, out], biases, its own gate
                 dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16)),
+    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM",  # its router is an nn.Linear returning 3 tensors: kept
+               dict(num_local_experts=4, num_experts_per_tok=2)),
+    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM",  # experts called another way: kept, with a warning
+                    dict(num_local_experts=4, head_dim=16, intermediate_size_mlp=128)),
 }
 
 
@@ -43,7 +47,7 @@ def _stacks(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantExpertStack)}
 
 
-@pytest.mark.parametrize("model_type", list(ARCHS))
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gpt_oss", "phimoe"])
 def test_experts_are_quantized_and_match_transformers_forward(model_type):
     """Every 3-D expert weight becomes a QuantExpertStack; the logits equal those of the float64
     model whose experts hold the dequantized weights, run by transformers' own experts forward."""
@@ -118,3 +122,26 @@ def test_gptq_warns_that_experts_get_rtn():
         pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, progress=False)
     assert len(_stacks(model)) == 4
     assert {v["method"] for n, v in model.pyquant_config["layers"].items() if "experts" in v} == {"rtn"}
+
+
+def test_unsupported_3d_weights_stay_full_precision_with_a_warning():
+    """Llama 4's experts take pre-weighted copies of every token, not (index, weights): quantize_model
+    leaves them alone, says so, and the model still runs."""
+    model = tiny_moe("llama4_text")
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = model(ids).logits
+    with pytest.warns(UserWarning, match=r"4 weight\(s\) of 3 or more dimensions .* stay in full precision"):
+        pq.quantize_model(model, "int8")
+    assert not _stacks(model)
+    with torch.no_grad():
+        got = model(ids).logits
+    assert torch.isfinite(got).all() and got.shape == want.shape
+
+
+def test_linear_subclasses_with_their_own_forward_are_not_replaced():
+    model = tiny_moe("phimoe")
+    pq.quantize_model(model, "int8")
+    router = model.model.layers[0].mlp.router
+    assert isinstance(router, torch.nn.Linear) and not isinstance(router, pq.QuantLinear)
+    assert "model.layers.0.mlp.router" not in model.pyquant_config["layers"]
