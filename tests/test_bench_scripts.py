@@ -140,3 +140,11 @@ def test_gptq_quality_bench_quick_on_bundled_model(tmp_path):
     assert [r["method"] for r in res["rows"]] == ["rtn", "gptq-plain", "gptq"]
     assert all(0 < r["kl_all"] < 5 and r["quantize_s"] > 0 for r in res["rows"])
     assert res["rows"][0]["kl_vs_rtn"] == 1.0 and res["meta"]["calibration"]["windows"] == 4
+
+
+@needs_cpu
+def test_moe_experts_bench_tiny():
+    text = _run([sys.executable, "bench/moe_experts.py", "--hidden", "64", "--inter", "64", "--layers", "1",
+                 "--experts", "4", "--tokens", "1,3", "--rounds", "1"])
+    assert "weights: float32" in text and "int4-g128" in text
+    assert len([ln for ln in text.splitlines() if ln.startswith("T=")]) == 2
