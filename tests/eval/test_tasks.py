@@ -302,14 +302,21 @@ def test_windowed_architectures_share_only_batches_inside_the_window(model_type,
 
     model = make_arch_model(model_type, tok, **{span: 16})
     assert tasks.shares_prefixes(model) and tasks.index_window(model) == 16
+    _runs_whole_and_would_miss_shared(model, tok, monkeypatch,
+                                      lambda: monkeypatch.setattr(tasks, "index_window", lambda m: None))
+
+
+def _runs_whole_and_would_miss_shared(model, tok, monkeypatch, force_sharing):
+    """evaluate_tasks runs the long-context items whole, matching the unpadded oracle; after
+    force_sharing() it takes the shared path and misses by more than 0.1 nats."""
     items = _long_context_items(random.Random(7))
     calls = _spy_shared(monkeypatch)
     res = evaluate_tasks(model, tok, items, batch_size=3)
     assert not calls
     for it, got in zip(items, res.items):
         want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
-        assert got["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
-    monkeypatch.setattr(tasks, "index_window", lambda m: None)
+        assert got["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4)
+    force_sharing()
     forced = evaluate_tasks(model, tok, items, batch_size=3)
     assert calls
     assert max(abs(a - b) for x, y in zip(forced.items, res.items) for a, b in zip(x["loglik"], y["loglik"])) > 0.1
@@ -323,16 +330,8 @@ def test_architectures_outside_the_list_run_whole(model_type, tok, monkeypatch):
 
     model = make_arch_model(model_type, tok)
     assert not tasks.shares_prefixes(model)
-    items = _long_context_items(random.Random(7))
-    calls = _spy_shared(monkeypatch)
-    res = evaluate_tasks(model, tok, items, batch_size=3)
-    assert not calls
-    for it, got in zip(items, res.items):
-        want = [oracle_loglik(model, tok, it["context"], c) for c in it["choices"]]
-        assert got["loglik"] == pytest.approx(want, rel=1e-5, abs=1e-4), model_type
-    monkeypatch.setattr(tasks, "shares_prefixes", lambda m: True)
-    forced = evaluate_tasks(model, tok, items, batch_size=3)
-    assert max(abs(a - b) for x, y in zip(forced.items, res.items) for a, b in zip(x["loglik"], y["loglik"])) > 0.1
+    _runs_whole_and_would_miss_shared(model, tok, monkeypatch,
+                                      lambda: monkeypatch.setattr(tasks, "shares_prefixes", lambda m: True))
 
 
 @pytest.mark.parametrize("model_type", ["gemma2", "phi", "gptj", "codegen"])

@@ -9,8 +9,7 @@ import torch
 import pyquant as pq
 import pyquant.models  # noqa: F401  (pq.models)
 from pyquant.quant.experts import QuantExpertStack, experts_forward
-from pyquant.quant.linear import use_backend
-from tinymodels import random_ids
+from tinymodels import assert_logits_match, random_ids
 
 BACKENDS = ["reference"] + (["cpu"] if "cpu" in pq.ops.available_backends("qmatmul", "cpu") else [])
 ARCHS = {  # model type -> (config class, model class, config keywords)
@@ -75,13 +74,10 @@ def test_experts_are_quantized_and_match_transformers_forward(model_type):
     ids = random_ids(2, 9)
     with torch.no_grad():
         want = ref(ids).logits
-        for backend in BACKENDS:
-            with use_backend(backend):
-                got = model(ids).logits
-            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
-        # the stack indexed by a tensor of ids (batched implementations) gives the same weights
-        stack = next(iter(stacks.values()))
-        torch.testing.assert_close(stack[torch.tensor([2, 0])], torch.stack([stack[2], stack[0]]))
+    assert_logits_match(model, ids, want, BACKENDS)
+    # the stack indexed by a tensor of ids (batched implementations) gives the same weights
+    stack = next(iter(stacks.values()))
+    torch.testing.assert_close(stack[torch.tensor([2, 0])], torch.stack([stack[2], stack[0]]))
 
 
 def test_full_precision_experts_through_the_pyquant_forward():

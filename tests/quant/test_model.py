@@ -10,7 +10,7 @@ from torch import nn
 import pyquant as pq
 from pyquant.quant.linear import QuantLinear, use_backend
 from pyquant.quant.model import name_matches
-from tinymodels import random_ids, tiny_llama
+from tinymodels import assert_logits_match, random_ids, tiny_llama
 
 BACKENDS = pq.ops.available_backends("qmatmul", "cpu")
 # Generation runs ~50 small matmuls per token: too slow for the Triton *interpreter* (its kernel is
@@ -65,10 +65,7 @@ def test_logits_match_float64_model_with_dequantized_weights(llama):
     ids = random_ids(2, 9)
     with torch.no_grad():
         want = ref(ids).logits
-        for backend in BACKENDS:
-            with use_backend(backend):
-                got = llama(ids).logits
-            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    assert_logits_match(llama, ids, want, BACKENDS)
 
 
 def test_tied_head_quantized_leaves_embedding_alone(tied_llama):

@@ -20,6 +20,17 @@ def tiny_tokenizer(vocab: int = VOCAB):
                                    pad_token="<unk>")
 
 
+def assert_logits_match(model, ids, want: torch.Tensor, backends) -> None:
+    """model(ids).logits through each qmatmul backend equals ``want`` (float64) to 1e-4 of its largest."""
+    from pyquant.quant.linear import use_backend
+
+    with torch.no_grad():
+        for backend in backends:
+            with use_backend(backend):
+                got = model(ids).logits
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 def random_ids(batch: int = 2, length: int = 7, vocab: int = VOCAB) -> torch.Tensor:
     """Random token ids [batch, length] avoiding the special ids 0..2."""
     return torch.randint(3, vocab, (batch, length))
