@@ -114,6 +114,25 @@ class QuantExpertStack(nn.Module):
                f"transposed={self.transposed}"
 
 
+def routed(module: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor):
+    """For each expert e routed at least one token: (e, sel, rows), sel indexing the flattened [T * k]
+    routing entries that chose e and rows their tokens."""
+    k = top_k_index.shape[-1]
+    ids = top_k_index.reshape(-1)
+    token = torch.arange(hidden_states.shape[0], device=hidden_states.device).repeat_interleave(k)
+    num = len(getattr(module, "down_proj"))
+    for e in torch.unique(ids).tolist():
+        if 0 <= e < num:  # not an expert-parallel sentinel
+            sel = (ids == e).nonzero().squeeze(1)
+            yield e, sel, token[sel]
+
+
+def first_projection(module: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert e's gate-and-up (or up) projection of x, gated: the input of its down_proj."""
+    h = _expert_linear(module, "gate_up_proj" if module.has_gate else "up_proj", e, x)
+    return module._apply_gate(h) if module.has_gate else module.act_fn(h)
+
+
 def _expert_linear(module: nn.Module, name: str, e: int, x: torch.Tensor) -> torch.Tensor:
     weight = getattr(module, name)
     bias = getattr(module, name + "_bias")[e] if getattr(module, "has_bias", False) else None
@@ -127,21 +146,10 @@ def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: t
                     top_k_weights: torch.Tensor) -> torch.Tensor:
     """The "pyquant" experts implementation: hidden_states [T, H], top_k_index / top_k_weights
     [T, k] -> [T, H], each token's experts' outputs weighted and summed (in float32)."""
-    t, k = hidden_states.shape[0], top_k_index.shape[-1]
-    ids = top_k_index.reshape(-1)
     weights = top_k_weights.reshape(-1)
-    token = torch.arange(t, device=hidden_states.device).repeat_interleave(k)
-    first = "gate_up_proj" if self.has_gate else "up_proj"
-    num = len(getattr(self, "down_proj"))
     out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
-    for e in torch.unique(ids).tolist():
-        if not 0 <= e < num:  # expert-parallel sentinels
-            continue
-        sel = (ids == e).nonzero().squeeze(1)
-        rows = token[sel]
-        h = _expert_linear(self, first, e, hidden_states[rows])
-        h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
-        y = _expert_linear(self, "down_proj", e, h)
+    for e, sel, rows in routed(self, hidden_states, top_k_index):
+        y = _expert_linear(self, "down_proj", e, first_projection(self, e, hidden_states[rows]))
         if getattr(self, "has_post_expert_norm", False):
             y = self.post_expert_norm(y)
         out.index_add_(0, rows, y.float() * weights[sel, None].float())
@@ -158,7 +166,23 @@ def use_pyquant_experts(module: nn.Module) -> None:
 
 def quantize_experts(module: nn.Module, name: str, spec) -> QuantExpertStack:
     """Replace the 3-D parameter ``module.<name>`` by its RTN-quantized QuantExpertStack; returns it."""
-    stack = QuantExpertStack.from_parameter(getattr(module, name), spec, module.is_transposed)
+    return _install(module, name, QuantExpertStack.from_parameter(getattr(module, name), spec, module.is_transposed))
+
+
+def expert_weights(module: nn.Module, name: str) -> "list[torch.Tensor]":
+    """Each expert's matrix of the 3-D parameter ``module.<name>`` in nn.Linear orientation [out, in]."""
+    w = getattr(module, name).detach()
+    return [w[e].t() if module.is_transposed else w[e] for e in range(w.shape[0])]
+
+
+def install_quantized(module: nn.Module, name: str, weights: "list") -> QuantExpertStack:
+    """Replace the 3-D parameter ``module.<name>`` by a stack of the given QuantizedWeights (one per expert)."""
+    dtype = getattr(module, name).dtype
+    return _install(module, name, QuantExpertStack([QuantLinear.from_quantized(q) for q in weights],
+                                                   module.is_transposed, dtype))
+
+
+def _install(module: nn.Module, name: str, stack: QuantExpertStack) -> QuantExpertStack:
     delattr(module, name)
     module.add_module(name, stack)
     use_pyquant_experts(module)
@@ -168,7 +192,4 @@ def quantize_experts(module: nn.Module, name: str, spec) -> QuantExpertStack:
 def install_empty(module: nn.Module, name: str, num: int, out_features: int, in_features: int, spec,
                   dtype: torch.dtype) -> None:
     """load_quantized's shell: ``module.<name>`` becomes an empty QuantExpertStack on "meta"."""
-    stack = QuantExpertStack.empty(num, out_features, in_features, spec, module.is_transposed, dtype)
-    delattr(module, name)
-    module.add_module(name, stack)
-    use_pyquant_experts(module)
+    _install(module, name, QuantExpertStack.empty(num, out_features, in_features, spec, module.is_transposed, dtype))

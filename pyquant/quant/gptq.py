@@ -255,11 +255,75 @@ class _Hessians:
         self._inputs.clear()
 
 
+class _ExpertHessians:
+    """Forward pre-hooks on mixture-of-experts modules (quant/experts.py) accumulating, for each
+    named 3-D expert projection and each expert e, H_e = sum x x^T over the inputs e sees: its
+    routed tokens for gate_up_proj / up_proj, their gated activations (full-precision weights) for
+    down_proj. An expert no calibration token reaches gets no H."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        import inspect
+
+        self.h = {n: {} for n in names}
+        by_module = {}
+        for n in names:
+            mod_name, _, pname = n.rpartition(".")
+            by_module.setdefault(mod_name, []).append((n, pname))
+        self._handles = []
+        for mod_name, wanted in by_module.items():
+            mod = model.get_submodule(mod_name)
+            params = list(inspect.signature(type(mod).forward.__wrapped__).parameters)[1:3]
+            self._handles.append(mod.register_forward_pre_hook(self._hook(wanted, params), with_kwargs=True))
+
+    def _hook(self, wanted, params):
+        from .experts import first_projection, routed
+
+        def add(name, e, x):
+            x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+            h = self.h[name]
+            h[e] = x.T @ x if e not in h else h[e].add_(x.T @ x)
+
+        def hook(mod, args, kwargs):
+            got = list(args[:2]) + [kwargs[p] for p in params[len(args[:2]):]]
+            hidden, index = got[0], got[1]
+            for e, _, rows in routed(mod, hidden, index):
+                x = hidden[rows]
+                for name, pname in wanted:
+                    add(name, e, first_projection(mod, e, x) if pname == "down_proj" else x)
+        return hook
+
+    def take(self, name) -> dict:
+        return self.h.pop(name, {})
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class _LayerHessians:
+    """_Hessians for the planned linears among ``names`` and _ExpertHessians for the expert stacks."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], experts: set, values: Optional[dict] = None):
+        self.linear = _Hessians({n: model.get_submodule(n) for n in names if n not in experts}, values)
+        self.experts = _ExpertHessians(model, [n for n in names if n in experts])
+
+    def next_batch(self) -> None:
+        self.linear.next_batch()
+
+    def remove(self) -> None:
+        self.linear.remove()
+        self.experts.remove()
+
+
 def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence[torch.Tensor],
                          make_layer: Callable, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK,
                          progress: bool = False, attention_aware: bool = True) -> dict:
     """Quantize the planned linears [(name, QuantSpec)] of ``model`` in place with GPTQ; returns
-    {"sequences", "tokens", "sequential_layers", "attention_aware_v"}.
+    {"sequences", "tokens", "sequential_layers", "attention_aware_v"} (and "experts_rtn" with experts).
+
+    Planned names that are 3-D expert parameters (quant/experts.py) get GPTQ per expert, each
+    expert's H from the tokens routed to it; an expert no calibration token reaches is rounded to
+    nearest (counted in "experts_rtn").
 
     make_layer(linear, QuantizedWeight) -> the replacement module. Decoder layers (the module list
     that holds most planned linears) are done one at a time: their inputs are recorded once, each
@@ -269,8 +333,10 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
     layers get the attention-aware H (module docstring; attention runs eagerly meanwhile) unless
     ``attention_aware`` is False (plain GPTQ: X^T X everywhere, attention as configured).
     """
+    from .experts import expert_weights, install_quantized
     from .linear import _linear_weight
-    from .model import set_submodule
+    from .model import expert_layer_names, set_submodule
+    from .rtn import quantize_weight
 
     _check_options(damp, block_size)
     seqs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in calibration]
@@ -281,15 +347,40 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
     found = _decoder_layers(model, list(spec_of))
     stats = {"sequences": len(seqs), "tokens": int(sum(len(s) for s in seqs)), "sequential_layers": 0,
              "attention_aware_v": 0}
+    experts = set(expert_layer_names(model)) & set(spec_of)
+    if experts:
+        stats["experts_rtn"] = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(spec_of), desc="GPTQ", unit="linear")
 
-    def quantize(names, hess):
+    def quantize_experts(name, hs):
+        mod_name, _, pname = name.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        qws = []
+        for e, w in enumerate(expert_weights(mod, pname)):
+            h = hs.get(e)
+            check_weight(w, f"gptq ({name}, expert {e})")
+            if h is None:
+                stats["experts_rtn"] += 1
+                qws.append(quantize_weight(w, spec_of[name]))
+                continue
+            if not torch.isfinite(h).all():
+                raise ValueError(f"gptq: the inputs of {name}, expert {e} contain NaN or Inf")
+            qws.append(_gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp)], spec_of[name], block_size))
+        install_quantized(mod, pname, qws)
+        if bar is not None:
+            bar.update(1)
+
+    def quantize(names, layer_hess):
+        hess = layer_hess.linear
         factors = []  # [(H, its inverse factors)]: linears fed the same input share them
         for name in names:
+            if name in experts:
+                quantize_experts(name, layer_hess.experts.take(name))
+                continue
             lin = model.get_submodule(name)
             h = hess.take(name)
             if h is None:
@@ -315,13 +406,13 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
             done = set()
             if found is not None:
                 lname, layers = found
-                values = _value_projections(model, [n for n in spec_of if n.startswith(lname + ".")]) \
-                    if attention_aware else {}
-                done = _sequential(model, lname, layers, seqs, device, spec_of, values, quantize)
+                values = _value_projections(model, [n for n in spec_of if n.startswith(lname + ".")
+                                                    and n not in experts]) if attention_aware else {}
+                done = _sequential(model, lname, layers, seqs, device, spec_of, values, quantize, experts)
                 stats["sequential_layers"] = len(layers)
             rest = [n for n in spec_of if n not in done]
             if rest:
-                hess = _Hessians({n: model.get_submodule(n) for n in rest})
+                hess = _LayerHessians(model, rest, experts)
                 try:
                     for s in seqs:
                         model(input_ids=s[None].to(device), use_cache=False)
@@ -371,7 +462,7 @@ def _value_projections(model: nn.Module, names: Sequence[str]) -> dict:
     return out
 
 
-def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize) -> set:
+def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize, experts) -> set:
     """The layer-by-layer part of gptq_quantize_layers; returns the names it quantized."""
     # One pass of the full-precision model records each layer's call (its arguments besides the
     # hidden states: masks and position embeddings can differ per layer) and layer 0's input.
@@ -418,7 +509,7 @@ def _sequential(model, lname, layers, seqs, device, spec_of, values, quantize) -
         prefix = f"{lname}.{i}."
         names = [n for n in spec_of if n.startswith(prefix)]
         if names:
-            hess = _Hessians({n: model.get_submodule(n) for n in names}, {n: values[n] for n in names if n in values})
+            hess = _LayerHessians(model, names, experts, {n: values[n] for n in names if n in values})
             try:
                 for j in range(len(seqs)):
                     _call(layer, hidden[j], calls[i][j])

@@ -107,7 +107,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
     "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}} (expert stacks add "experts":
     E, the shape being each expert's) (plus "gptq": {"sequences",
-    "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}), used by
+    "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}, and "experts_rtn": experts
+    no calibration token reached, rounded to nearest), used by
     save_quantized and reports.
     A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
     """
@@ -145,9 +146,6 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     if odd:
         warnings.warn(f"quantize_model: {len(odd)} weight(s) of 3 or more dimensions are neither linear layers nor "
                       f"expert weights pyquant runs (e.g. {odd[0]}): they stay in full precision", stacklevel=2)
-    if method == "gptq" and expert_plan:
-        warnings.warn(f"quantize_model: GPTQ does not calibrate mixture-of-experts weights stored as 3-D "
-                      f"parameters ({len(expert_plan)} of them, e.g. {expert_plan[0][0]}): they get RTN", stacklevel=2)
 
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names_of = {id(m): n for n, m in candidates}
@@ -157,11 +155,11 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
 
     extra = {}
     if method == "gptq":
-        stats = gptq_quantize_layers(model, plan, calibration, make_layer=_from_quantized, damp=damp,
+        stats = gptq_quantize_layers(model, plan + expert_plan, calibration, make_layer=_from_quantized, damp=damp,
                                      block_size=block_size, progress=progress is not False,
                                      attention_aware=attention_aware)
         extra["gptq"] = {**stats, "damp": damp, "block_size": block_size}
-    rtn_plan = (plan if method == "rtn" else []) + expert_plan
+    rtn_plan = (plan + expert_plan) if method == "rtn" else []
     show = progress if progress is not None else len(rtn_plan) >= 64
     it = rtn_plan
     if show and rtn_plan:
@@ -184,7 +182,7 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
         q = model.get_submodule(name)
         e0 = q.expert(0)
         layers[name] = {"spec": str(s), "shape": [e0.out_features, e0.in_features], "experts": len(q),
-                        "bias": False, "method": "rtn"}
+                        "bias": False, "method": method}
 
     cfg = dict(getattr(model, "pyquant_config", None) or {})
     prev_layers = dict(cfg.get("layers", {}))
