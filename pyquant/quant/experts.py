@@ -68,15 +68,6 @@ class QuantExpertStack(nn.Module):
         self.dtype = dtype  # the parameter's dtype: what indexing returns
 
     @classmethod
-    def from_parameter(cls, weight: torch.Tensor, spec, transposed: bool) -> "QuantExpertStack":
-        """RTN-quantize every expert of a 3-D parameter (rows: [E, out, in], or [E, in, out] if transposed)."""
-        experts = []
-        for e in range(weight.shape[0]):
-            w = weight[e].detach()
-            experts.append(QuantLinear.from_quantized(quantize_weight(w.t() if transposed else w, spec)))
-        return cls(experts, transposed, weight.dtype)
-
-    @classmethod
     def empty(cls, num: int, out_features: int, in_features: int, spec, transposed: bool,
               dtype: torch.dtype) -> "QuantExpertStack":
         """A shell on "meta" to load a state dict into (save_quantized's layout)."""
@@ -166,7 +157,7 @@ def use_pyquant_experts(module: nn.Module) -> None:
 
 def quantize_experts(module: nn.Module, name: str, spec) -> QuantExpertStack:
     """Replace the 3-D parameter ``module.<name>`` by its RTN-quantized QuantExpertStack; returns it."""
-    return _install(module, name, QuantExpertStack.from_parameter(getattr(module, name), spec, module.is_transposed))
+    return install_quantized(module, name, [quantize_weight(w, spec) for w in expert_weights(module, name)])
 
 
 def expert_weights(module: nn.Module, name: str) -> "list[torch.Tensor]":

@@ -192,12 +192,11 @@ def _read_tensors(path: str, meta: dict) -> dict:
     return tensors
 
 
-def _has_submodule(model: nn.Module, name: str) -> bool:
+def _submodule(model: nn.Module, name: str) -> "nn.Module | None":
     try:
-        model.get_submodule(name)
+        return model.get_submodule(name)
     except AttributeError:
-        return False
-    return True
+        return None
 
 
 def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -227,13 +226,13 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
         out_f, in_f = info["shape"]
         if "experts" in info:  # a 3-D expert parameter saved as a QuantExpertStack (quant/experts.py)
             mod_name, _, pname = name.rpartition(".")
-            mod = model.get_submodule(mod_name) if _has_submodule(model, mod_name) else None
+            mod = _submodule(model, mod_name)
             if mod is None or not is_fused_experts(mod) or pname not in expert_param_names(mod):
                 raise ValueError(f"{path}: quantized experts {name!r} do not exist in the {config.model_type} "
                                  "architecture")
             install_empty(mod, pname, int(info["experts"]), out_f, in_f, info["spec"], saved_dtype)
             continue
-        if not _has_submodule(model, name):
+        if _submodule(model, name) is None:
             raise ValueError(f"{path}: quantized layer {name!r} does not exist in the {config.model_type} "
                              "architecture")
         # an empty shell on "meta": its tensors are the loaded ones (assign=True below), never allocated twice

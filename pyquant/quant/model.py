@@ -159,20 +159,20 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
                                      block_size=block_size, progress=progress is not False,
                                      attention_aware=attention_aware)
         extra["gptq"] = {**stats, "damp": damp, "block_size": block_size}
-    rtn_plan = (plan + expert_plan) if method == "rtn" else []
-    show = progress if progress is not None else len(rtn_plan) >= 64
-    it = rtn_plan
-    if show and rtn_plan:
-        from tqdm.auto import tqdm
+    else:
+        show = progress if progress is not None else len(plan) + len(expert_plan) >= 64
+        it = plan + expert_plan
+        if show:
+            from tqdm.auto import tqdm
 
-        it = tqdm(rtn_plan, desc=f"quantizing to {default}", unit="layer")
-    experts = set(n for n, _ in expert_plan)
-    for name, s in it:
-        if name in experts:
-            mod_name, _, pname = name.rpartition(".")
-            quantize_experts(model.get_submodule(mod_name), pname, s)
-        else:
-            set_submodule(model, name, QuantLinear.from_linear(model.get_submodule(name), s))
+            it = tqdm(it, desc=f"quantizing to {default}", unit="layer")
+        experts = set(n for n, _ in expert_plan)
+        for name, s in it:
+            if name in experts:
+                mod_name, _, pname = name.rpartition(".")
+                quantize_experts(model.get_submodule(mod_name), pname, s)
+            else:
+                set_submodule(model, name, QuantLinear.from_linear(model.get_submodule(name), s))
     layers = {}
     for name, s in plan:
         q = model.get_submodule(name)
