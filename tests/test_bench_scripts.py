@@ -148,3 +148,10 @@ def test_moe_experts_bench_tiny():
                  "--experts", "4", "--tokens", "1,3", "--rounds", "1"])
     assert "weights: float32" in text and "int4-g128" in text
     assert len([ln for ln in text.splitlines() if ln.startswith("T=")]) == 2
+
+
+def test_moe_experts_bench_llama4_tiny():
+    text = _run([sys.executable, "bench/moe_experts.py", "--arch", "llama4", "--hidden", "64", "--inter", "64",
+                 "--layers", "1", "--experts", "4", "--tokens", "1", "--rounds", "1"])
+    diff = float(text.split("max |logit difference| ")[1].split()[0])
+    assert diff < 1e-4 and "float32-routed" in text and "int8" in text

@@ -19,13 +19,16 @@ are done one at a time, each calibrated on the outputs of the layers already qua
 write the same formats, so every kernel and tool runs either.
 
 Mixture-of-experts models whose experts transformers stores as 3-D parameters (Mixtral, Qwen3-MoE,
-OLMoE, gpt-oss, ...) get every expert quantized too, run through pyquant's kernels; patterns see
-them as '<experts module>.gate_up_proj' / '.down_proj' (e.g. '*experts.down_proj=int8'). GPTQ
-calibrates each expert on the calibration tokens routed to it (a layer's experts hold an [in, in]
-H each at once: for Mixtral's down_proj 8 x 14336^2 floats, 6.6 GB); an expert none of them
-reach is rounded to nearest ("experts_rtn" in pyquant_config.json). Weights of other shapes or
-modules (most routers, nn.Linear subclasses with their own forward) stay in full precision, with a
-warning for 3-D ones.
+OLMoE, gpt-oss, Llama 4, ...) get every expert quantized too, run through pyquant's kernels;
+patterns see them as '<experts module>.gate_up_proj' / '.down_proj' (e.g.
+'*experts.down_proj=int8'). GPTQ calibrates each expert on the calibration tokens routed to it (a
+layer's experts hold an [in, in] H each at once: for Mixtral's down_proj 8 x 14336^2 floats,
+6.6 GB); an expert none of them reach is rounded to nearest ("experts_rtn" in
+pyquant_config.json). The routers (linear layers from the hidden size to the number of experts)
+stay in full precision unless --quantize-routers, as llama.cpp keeps ffn_gate_inp: they are small
+and their top-k choice is what rounding would flip. Weights of other shapes or modules (nn.Linear
+subclasses with their own forward, JetMoE's experts) stay in full precision, with a warning for
+3-D ones.
 
 Patterns are globs over full module names when they contain * ? [ (e.g. '*down_proj',
 'model.layers.[0-3].*'), otherwise substrings ('lm_head', 'down_proj'). A --skip or --override
@@ -47,6 +50,8 @@ def add_arguments(p):
                    help="layers kept in full precision (default: lm_head; '--skip' alone skips nothing)")
     p.add_argument("--override", action="append", default=[], metavar="PATTERN=SPEC",
                    help="give matching layers another scheme, e.g. '*down_proj=int8' (repeatable; first match wins)")
+    p.add_argument("--quantize-routers", action="store_true",
+                   help="quantize mixture-of-experts routers as well (default: kept in full precision)")
     p.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     p.add_argument("--overwrite", action="store_true", help="write into DIR even if it holds files (files of the same name are replaced)")
     p.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
@@ -174,7 +179,8 @@ def run(args) -> int:
         gptq = {"method": "gptq", "calibration": calib, "damp": args.damp, "attention_aware": not args.plain_v}
     with warnings.catch_warnings():  # _check_patterns said it in the CLI's words
         warnings.filterwarnings("ignore", message="quantize_model: pattern", category=UserWarning)
-        quantize_model(model, spec, skip=skip, overrides=overrides, progress=True, **gptq)
+        quantize_model(model, spec, skip=skip, overrides=overrides, progress=True,
+                       keep_routers=not args.quantize_routers, **gptq)
     model.to(getattr(torch, args.dtype))  # the kept layers; quantized formats keep their scale dtype
     after = model_description(model)
     t2 = time.perf_counter()
@@ -192,7 +198,9 @@ def run(args) -> int:
     n_rtn = model.pyquant_config.get("gptq", {}).get("experts_rtn")
     if n_rtn:
         print(f"{n_rtn} experts saw no calibration token: rounded to nearest (more --calib-seqs reaches more)")
-    print(f"kept in full precision: skip={skip}")
+    routers = model.pyquant_config.get("routers_kept", [])
+    kept = f", {len(routers)} mixture-of-experts routers (--quantize-routers quantizes them)" if routers else ""
+    print(f"kept in full precision: skip={skip}{kept}")
     ratio = before["weight_bytes"] / max(after["weight_bytes"], 1)
     print(f"weights in memory: {_mib(before['weight_bytes'])} -> {_mib(after['weight_bytes'])} ({ratio:.2f}x smaller)")
     print(f"written: {out} ({_mib(disk)} on disk)")

@@ -14,8 +14,17 @@ expert's matrix in nn.Linear orientation [out, in]. ``experts_forward`` is regis
 module's own gate (``_apply_gate`` or ``act_fn``), bias and post-expert norm. It also runs
 experts left in full precision, so one model may mix both. Indexing a stack (``stack[e]``) gives
 the expert's dequantized weight in the parameter's layout, for code that reads it directly.
+
+Llama 4's experts (``PRE_WEIGHTED``) are called another way: on [E * T, H], every token once per
+expert, already multiplied by its router score (0 where the expert was not routed), parameters
+``[E, in, out]``. Once one of their projections is quantized, the module's forward becomes
+``pre_weighted_forward``, which runs each expert on its nonzero rows only (a zero row gives a zero
+output in both, so the result is the dense one).
 """
 from __future__ import annotations
+
+import inspect
+import types
 
 import torch
 from torch import nn
@@ -27,21 +36,45 @@ from .rtn import quantize_weight
 IMPLEMENTATION = "pyquant"
 
 
+PRE_WEIGHTED = ("Llama4TextExperts",)  # experts classes called on pre-weighted copies of every token
+
+
 def is_fused_experts(module: nn.Module) -> bool:
-    """True for a transformers experts module with 3-D expert parameters (see the module docstring)
-    whose forward takes (hidden_states, top_k_index, top_k_weights) as the experts interface does
-    (gpt-oss names them router_indices, routing_weights), the call experts_forward answers (Llama
-    4's experts, called on pre-weighted copies of every token, do not qualify)."""
-    if not (hasattr(module, "has_gate") and hasattr(module, "is_transposed") and expert_param_names(module)):
+    """True for an experts module with 3-D expert parameters that pyquant can run quantized: a
+    transformers experts module (see the module docstring) whose forward takes (hidden_states,
+    top_k_index, top_k_weights) as the experts interface does (gpt-oss names them router_indices,
+    routing_weights), which experts_forward answers; or a ``PRE_WEIGHTED`` one (Llama 4), which
+    pre_weighted_forward answers."""
+    if not expert_param_names(module):
         return False
+    if is_pre_weighted(module):
+        return True
+    if not (hasattr(module, "has_gate") and hasattr(module, "is_transposed")):
+        return False
+    return len(_routing_params(module)) == 3
+
+
+def is_pre_weighted(module: nn.Module) -> bool:
+    """True for a Llama-4-style experts module (``PRE_WEIGHTED``, module docstring)."""
+    return type(module).__name__ in PRE_WEIGHTED and hasattr(module, "act_fn")
+
+
+def _routing_params(module: nn.Module) -> "list[str]":
+    """The positional parameters of the undecorated experts forward (empty when not decorated)."""
     fn = getattr(type(module).forward, "__wrapped__", None)  # use_experts_implementation's original forward
     if fn is None:
-        return False
-    import inspect
-
+        return []
     params = list(inspect.signature(fn).parameters.values())[1:]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) == 3
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """True when the module stores its expert matrices as [E, in, out]."""
+    return is_pre_weighted(module) or module.is_transposed
+
+
+def _has_gate(module: nn.Module) -> bool:
+    return is_pre_weighted(module) or module.has_gate
 
 
 def expert_param_names(module: nn.Module) -> "list[str]":
@@ -120,8 +153,13 @@ def routed(module: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Te
 
 def first_projection(module: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
     """Expert e's gate-and-up (or up) projection of x, gated: the input of its down_proj."""
-    h = _expert_linear(module, "gate_up_proj" if module.has_gate else "up_proj", e, x)
-    return module._apply_gate(h) if module.has_gate else module.act_fn(h)
+    h = _expert_linear(module, "gate_up_proj" if _has_gate(module) else "up_proj", e, x)
+    if not _has_gate(module):
+        return module.act_fn(h)
+    if hasattr(module, "_apply_gate"):
+        return module._apply_gate(h)
+    gate, up = h.chunk(2, dim=-1)  # Llama 4: [gate; up], as transformers' default gate
+    return module.act_fn(gate) * up
 
 
 def _expert_linear(module: nn.Module, name: str, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +168,7 @@ def _expert_linear(module: nn.Module, name: str, e: int, x: torch.Tensor) -> tor
     if isinstance(weight, QuantExpertStack):
         return weight.linear(e, x, bias)
     w = weight[e]
-    return F.linear(x, w.t() if module.is_transposed else w, bias)
+    return F.linear(x, w.t() if is_transposed(module) else w, bias)
 
 
 def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -147,8 +185,46 @@ def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: t
     return out.to(hidden_states.dtype)
 
 
+def _pre_weighted_rows(module: nn.Module, hidden_states: torch.Tensor):
+    """x [E, T, H] (the pre-weighted input viewed per expert) and, for each expert with a nonzero
+    row, (e, rows)."""
+    x = hidden_states.view(len(getattr(module, "down_proj")), -1, hidden_states.shape[-1])
+    live = x.ne(0).any(-1)  # [E, T]
+    return x, [(e, live[e].nonzero().squeeze(1)) for e in live.any(1).nonzero().squeeze(1).tolist()]
+
+
+def pre_weighted_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """A ``PRE_WEIGHTED`` module's forward once pyquant runs it: hidden_states [E * T, H] -> [E * T, H],
+    each expert on its nonzero rows (the others stay zero, as the dense product gives)."""
+    x, routes = _pre_weighted_rows(self, hidden_states)
+    out = torch.zeros(x.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+    for e, rows in routes:
+        out[e, rows] = _expert_linear(self, "down_proj", e, first_projection(self, e, x[e, rows])).to(out.dtype)
+    return out.view(hidden_states.shape)
+
+
+def routed_inputs(module: nn.Module, args: tuple, kwargs: dict):
+    """From an experts module's call arguments: (e, x) for each expert reached, x the rows of its
+    first projection's input (the routed tokens; pre-weighted for Llama 4)."""
+    if is_pre_weighted(module):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        x, routes = _pre_weighted_rows(module, hidden)
+        for e, rows in routes:
+            yield e, x[e, rows]
+        return
+    names = _routing_params(module)
+    got = list(args[:2]) + [kwargs[p] for p in names[len(args[:2]):2]]
+    hidden, index = got[0], got[1]
+    for e, _, rows in routed(module, hidden, index):
+        yield e, hidden[rows]
+
+
 def use_pyquant_experts(module: nn.Module) -> None:
-    """Route ``module`` (and every experts module sharing its config) through experts_forward."""
+    """Route ``module`` (and every experts module sharing its config) through experts_forward, or a
+    ``PRE_WEIGHTED`` module through pre_weighted_forward."""
+    if is_pre_weighted(module):
+        module.forward = types.MethodType(pre_weighted_forward, module)
+        return
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
     ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, experts_forward)
@@ -163,14 +239,14 @@ def quantize_experts(module: nn.Module, name: str, spec) -> QuantExpertStack:
 def expert_weights(module: nn.Module, name: str) -> "list[torch.Tensor]":
     """Each expert's matrix of the 3-D parameter ``module.<name>`` in nn.Linear orientation [out, in]."""
     w = getattr(module, name).detach()
-    return [w[e].t() if module.is_transposed else w[e] for e in range(w.shape[0])]
+    return [w[e].t() if is_transposed(module) else w[e] for e in range(w.shape[0])]
 
 
 def install_quantized(module: nn.Module, name: str, weights: "list") -> QuantExpertStack:
     """Replace the 3-D parameter ``module.<name>`` by a stack of the given QuantizedWeights (one per expert)."""
     dtype = getattr(module, name).dtype
     return _install(module, name, QuantExpertStack([QuantLinear.from_quantized(q) for q in weights],
-                                                   module.is_transposed, dtype))
+                                                   is_transposed(module), dtype))
 
 
 def _install(module: nn.Module, name: str, stack: QuantExpertStack) -> QuantExpertStack:
@@ -183,4 +259,5 @@ def _install(module: nn.Module, name: str, stack: QuantExpertStack) -> QuantExpe
 def install_empty(module: nn.Module, name: str, num: int, out_features: int, in_features: int, spec,
                   dtype: torch.dtype) -> None:
     """load_quantized's shell: ``module.<name>`` becomes an empty QuantExpertStack on "meta"."""
-    _install(module, name, QuantExpertStack.empty(num, out_features, in_features, spec, module.is_transposed, dtype))
+    _install(module, name, QuantExpertStack.empty(num, out_features, in_features, spec, is_transposed(module),
+                                                         dtype))

@@ -258,25 +258,21 @@ class _Hessians:
 class _ExpertHessians:
     """Forward pre-hooks on mixture-of-experts modules (quant/experts.py) accumulating, for each
     named 3-D expert projection and each expert e, H_e = sum x x^T over the inputs e sees: its
-    routed tokens for gate_up_proj / up_proj, their gated activations (full-precision weights) for
-    down_proj. An expert no calibration token reaches gets no H."""
+    routed tokens for gate_up_proj / up_proj (Llama 4: scaled by their router scores, as its experts
+    see them), their gated activations (full-precision weights) for down_proj. An expert no
+    calibration token reaches gets no H."""
 
     def __init__(self, model: nn.Module, names: Sequence[str]):
-        import inspect
-
         self.h = {n: {} for n in names}
         by_module = {}
         for n in names:
             mod_name, _, pname = n.rpartition(".")
             by_module.setdefault(mod_name, []).append((n, pname))
-        self._handles = []
-        for mod_name, wanted in by_module.items():
-            mod = model.get_submodule(mod_name)
-            params = list(inspect.signature(type(mod).forward.__wrapped__).parameters)[1:3]
-            self._handles.append(mod.register_forward_pre_hook(self._hook(wanted, params), with_kwargs=True))
+        self._handles = [model.get_submodule(mod_name).register_forward_pre_hook(self._hook(wanted), with_kwargs=True)
+                         for mod_name, wanted in by_module.items()]
 
-    def _hook(self, wanted, params):
-        from .experts import first_projection, routed
+    def _hook(self, wanted):
+        from .experts import first_projection, routed_inputs
 
         def add(name, e, x):
             x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
@@ -284,10 +280,7 @@ class _ExpertHessians:
             h[e] = x.T @ x if e not in h else h[e].add_(x.T @ x)
 
         def hook(mod, args, kwargs):
-            got = list(args[:2]) + [kwargs[p] for p in params[len(args[:2]):]]
-            hidden, index = got[0], got[1]
-            for e, _, rows in routed(mod, hidden, index):
-                x = hidden[rows]
+            for e, x in routed_inputs(mod, args, kwargs):
                 for name, pname in wanted:
                     add(name, e, first_projection(mod, e, x) if pname == "down_proj" else x)
         return hook

@@ -145,6 +145,13 @@ class QuantLinear(nn.Module):
                 return qmatmul(x, self.qw, self.bias, backend=backend)
         return qmatmul(x, self.qw, self.bias, backend=backend)
 
+    def __getattr__(self, name: str):
+        if name == "weight":  # say why, for model code that reads a layer's weight directly
+            raise AttributeError("QuantLinear has no .weight: its weight is packed (.qw; .qw.dequantize() gives a "
+                                 "full-precision copy). Model code that reads a layer's .weight itself (HunYuan-MoE's "
+                                 "router does) needs that layer kept in full precision (quantize_model's skip).")
+        return super().__getattr__(name)
+
     def _apply(self, fn, recurse=True):
         # Casting the model (e.g. .to(torch.bfloat16)) must not change the format's scale dtype.
         scales = self.scales

@@ -57,6 +57,24 @@ def expert_layer_names(model: nn.Module) -> list:
             for p in expert_param_names(m) if not isinstance(getattr(m, p), QuantExpertStack)]
 
 
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def router_layer_names(model: nn.Module) -> list:
+    """Names of the mixture-of-experts routers among the layers quantize_model considers: the
+    nn.Linear layers from the hidden size to the config's number of experts (HunYuan-MoE's
+    ``gate.wg``, JetMoE's ``router.layer``, AFMoE's ``router.gate``; most routers in transformers
+    are parameters or Linear subclasses with their own forward, which stay full precision anyway)."""
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    counts = {v for k in _EXPERT_COUNT_KEYS for v in [getattr(text, k, None)] if isinstance(v, int) and v > 1}
+    if not counts:
+        return []
+    hidden = getattr(text, "hidden_size", None)
+    return [n for n, m in model.named_modules() if n and is_quantizable(m) and isinstance(m, nn.Linear)
+            and m.out_features in counts and (hidden is None or m.in_features == hidden)]
+
+
 def unmatched_patterns(names, patterns) -> list:
     """The ``patterns`` (skip or override) that match none of the layer ``names``."""
     return [p for p in patterns if not any(name_matches(n, p) for n in names)]
@@ -89,7 +107,8 @@ def _untie_output_embeddings(model: nn.Module, lm_head_names: Iterable[str]) -> 
 
 def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",), overrides: Optional[dict] = None,
                    progress: Optional[bool] = None, method: str = "rtn", calibration=None,
-                   damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK, attention_aware: bool = True) -> nn.Module:
+                   damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK, attention_aware: bool = True,
+                   keep_routers: bool = True) -> nn.Module:
     """Quantize the model's nn.Linear (and Conv1D) layers in place, and the mixture-of-experts
     weights transformers stores as 3-D parameters (named "<experts module>.gate_up_proj" etc.,
     pyquant/quant/experts.py); returns the model.
@@ -103,9 +122,13 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     1-D token-id tensors such as ``calibration_ids`` makes; damp and block_size as in
     ``gptq_quantize_weight``; attention_aware=False gives value projections the plain X^T X
     instead of the attention-mixed H, see ``pyquant.quant.gptq``). Both write the same formats.
+    keep_routers: keep the mixture-of-experts routers (``router_layer_names``) in full precision
+    whatever the patterns say, as llama.cpp keeps ``ffn_gate_inp``: they are small, their top-k
+    choice is what a rounding error would flip, and some models read their ``.weight`` directly.
 
     Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
-    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}} (expert stacks add "experts":
+    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}, "routers_kept": [names]} (expert
+    stacks add "experts":
     E, the shape being each expert's) (plus "gptq": {"sequences",
     "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}, and "experts_rtn": experts
     no calibration token reached, rounded to nearest), used by
@@ -129,9 +152,10 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
 
     candidates = [(n, model.get_submodule(n)) for n in linear_layer_names(model)]
     expert_names = expert_layer_names(model)
+    routers = router_layer_names(model) if keep_routers else []
 
     def chosen_spec(name):
-        if any(name_matches(name, p) for p in skip):
+        if name in routers or any(name_matches(name, p) for p in skip):
             return None
         return next((s for p, s in over.items() if name_matches(name, p)), default)
 
@@ -141,6 +165,12 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     unused = unmatched_patterns([n for n, _ in candidates] + expert_names, list(skip) + list(over))
     if unused:
         warnings.warn(f"quantize_model: pattern(s) {unused} matched no linear layer", stacklevel=2)
+    kept = set(routers)
+    only_routers = [p for p in unmatched_patterns([n for n, _ in candidates if n not in kept] + expert_names, over)
+                    if p not in unused]
+    if only_routers:
+        warnings.warn(f"quantize_model: override pattern(s) {only_routers} matched only mixture-of-experts routers, "
+                      f"which stay in full precision (keep_routers=False quantizes them)", stacklevel=2)
     odd = [n for n, p in model.named_parameters() if p.dim() >= 3 and p.is_floating_point()
            and not any(n.startswith(e) for e in expert_names)]
     if odd:
@@ -188,7 +218,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     prev_layers = dict(cfg.get("layers", {}))
     prev_layers.update(layers)
     cfg.update({"version": CONFIG_VERSION, "default_spec": str(default), "skip": list(skip),
-                "overrides": {p: str(s) for p, s in over.items()}, "method": method, "layers": prev_layers, **extra})
+                "overrides": {p: str(s) for p, s in over.items()}, "method": method, "layers": prev_layers,
+                "routers_kept": routers, **extra})
     model.pyquant_config = cfg
     return model
 

@@ -20,8 +20,12 @@ ARCHS = {  # model type -> (config class, model class, config keywords)
                 dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16)),
     "phimoe": ("PhimoeConfig", "PhimoeForCausalLM",  # its router is an nn.Linear returning 3 tensors: kept
                dict(num_local_experts=4, num_experts_per_tok=2)),
-    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM",  # experts called another way: kept, with a warning
+    "llama4_text": ("Llama4TextConfig", "Llama4ForCausalLM",  # experts on pre-weighted copies of every token
                     dict(num_local_experts=4, head_dim=16, intermediate_size_mlp=128)),
+    "jetmoe": ("JetMoeConfig", "JetMoeForCausalLM",  # experts called another way: kept, with a warning
+               dict(num_local_experts=4, num_experts_per_tok=2, kv_channels=16)),
+    "hunyuan_v1_moe": ("HunYuanMoEV1Config", "HunYuanMoEV1ForCausalLM",  # an nn.Linear router whose .weight it reads
+                       dict(num_experts=4, moe_topk=2, head_dim=16)),
 }
 
 
@@ -46,7 +50,7 @@ def _stacks(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantExpertStack)}
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gpt_oss", "phimoe"])
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gpt_oss", "phimoe", "llama4_text"])
 def test_experts_are_quantized_and_match_transformers_forward(model_type):
     """Every 3-D expert weight becomes a QuantExpertStack; the logits equal those of the float64
     model whose experts hold the dequantized weights, run by transformers' own experts forward."""
@@ -96,7 +100,7 @@ def test_full_precision_experts_through_the_pyquant_forward():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "gpt_oss"])
+@pytest.mark.parametrize("model_type", ["mixtral", "gpt_oss", "llama4_text"])
 def test_quantized_experts_save_load_and_generate(model_type, tmp_path):
     model = tiny_moe(model_type)
     pq.quantize_model(model, "int4-g32")
@@ -172,19 +176,118 @@ def test_gptq_calibrates_each_expert_on_its_routed_tokens(model_type, monkeypatc
     assert err_gptq < err_rtn
 
 
-def test_unsupported_3d_weights_stay_full_precision_with_a_warning():
-    """Llama 4's experts take pre-weighted copies of every token, not (index, weights): quantize_model
-    leaves them alone, says so, and the model still runs."""
+def test_llama4_experts_run_each_expert_on_its_routed_rows_only():
+    """Llama 4's experts see every token once per expert, scaled by its router score: the quantized
+    forward runs only the nonzero rows, and equals the dense product over the dequantized weights
+    (whose zero rows give zeros) for mixed inputs: all-zero experts, all-zero tokens, live rows."""
     model = tiny_moe("llama4_text")
+    experts = model.model.layers[0].feed_forward.experts
+    ref = copy.deepcopy(experts).double()
+    pq.quantize_model(model, "int4-g32")
+    for pname in ("gate_up_proj", "down_proj"):
+        stack = getattr(experts, pname)
+        assert isinstance(stack, QuantExpertStack) and stack.transposed
+        with torch.no_grad():
+            getattr(ref, pname).copy_(torch.stack([stack[e] for e in range(4)]).double())
+    x = torch.randn(4, 5, 64)
+    x[1] = 0  # an expert no token chose
+    x[:, 3] = 0  # a token routed nowhere
+    x[2, :2] = 0
+    calls = []
+    handle = experts.gate_up_proj.expert(2).register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    with torch.no_grad():
+        got = experts(x.reshape(-1, 64))
+    handle.remove()
+    want = ref(x.reshape(-1, 64).double())
+    assert got.shape == (20, 64) and calls == [2]  # expert 2: tokens 2 and 4 only
+    assert torch.equal(got.view(4, 5, 64)[1], torch.zeros(5, 64)) and not got.view(4, 5, 64)[:, 3].any()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_llama4_gptq_calibrates_each_expert_on_its_scaled_tokens(monkeypatch):
+    """Llama 4: GPTQ's H for each expert is built from the tokens its router chose, scaled by their
+    router scores (what its weights multiply), checked against H built from the router's own scores."""
+    import pyquant.quant.gptq as gptq
+
+    model = tiny_moe("llama4_text")
+    calib = [torch.randint(3, 300, (40,)) for _ in range(2)]
+    seen = {}
+    real = gptq._ExpertHessians.take
+    monkeypatch.setattr(gptq._ExpertHessians, "take",
+                        lambda self, name: seen.setdefault(name, {e: h.clone() for e, h in real(self, name).items()}))
+    moe = model.model.layers[0].feed_forward
+    rec = []
+    h1 = moe.register_forward_pre_hook(lambda m, a: rec.append([a[0].reshape(-1, 64)]))
+    h2 = moe.router.register_forward_hook(lambda m, a, out: rec[-1].append(out[0]))
+    with torch.no_grad():
+        for s in calib:
+            model(s[None], use_cache=False)
+    h1.remove()
+    h2.remove()
+    pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, progress=False)
+    want = {}
+    for x, scores in rec:  # scores [T, E]: sigmoid of the chosen logits, 0 elsewhere
+        for e in range(4):
+            xe = x[scores[:, e] > 0] * scores[scores[:, e] > 0, e, None]
+            if len(xe):
+                want[e] = want.get(e, 0) + xe.T.double() @ xe.double()
+    got = seen["model.layers.0.feed_forward.experts.gate_up_proj"]
+    assert set(got) == set(want) and len(want) >= 2
+    for e in want:
+        torch.testing.assert_close(got[e].double(), want[e], rtol=1e-4, atol=1e-4)
+    assert len(_stacks(model)) == 4
+
+
+def test_unsupported_3d_weights_stay_full_precision_with_a_warning():
+    """JetMoE's experts (3-D weights in its own modules, called another way) are left alone, with a
+    warning, and the model still runs."""
+    model = tiny_moe("jetmoe")
     ids = random_ids(2, 9)
     with torch.no_grad():
         want = model(ids).logits
-    with pytest.warns(UserWarning, match=r"4 weight\(s\) of 3 or more dimensions .* stay in full precision"):
+    with pytest.warns(UserWarning, match=r"weight\(s\) of 3 or more dimensions .* stay in full precision"):
         pq.quantize_model(model, "int8")
     assert not _stacks(model)
     with torch.no_grad():
         got = model(ids).logits
     assert torch.isfinite(got).all() and got.shape == want.shape
+
+
+@pytest.mark.parametrize("model_type, routers", [
+    ("hunyuan_v1_moe", ["model.layers.0.mlp.gate.wg", "model.layers.1.mlp.gate.wg"]),
+    ("jetmoe", ["model.layers.0.self_attention.experts.router.layer", "model.layers.0.mlp.router.layer",
+                "model.layers.1.self_attention.experts.router.layer", "model.layers.1.mlp.router.layer"]),
+    ("mixtral", []),  # its router is a parameter, not an nn.Linear
+])
+def test_routers_stay_full_precision_unless_asked(model_type, routers):
+    from pyquant.quant.model import router_layer_names
+
+    model = tiny_moe(model_type)
+    assert sorted(router_layer_names(model)) == sorted(routers)
+    ids = random_ids(2, 9)
+    quantized = pq.quantize_model(copy.deepcopy(model), "int8", skip=("lm_head",))
+    assert sorted(quantized.pyquant_config["routers_kept"]) == sorted(routers)
+    assert all(type(quantized.get_submodule(n)) is torch.nn.Linear for n in routers)
+    assert not set(routers) & set(quantized.pyquant_config["layers"])
+    with torch.no_grad():
+        assert torch.isfinite(quantized(ids).logits).all()
+    if not routers:
+        return
+    with pytest.warns(UserWarning, match=r"matched only mixture-of-experts routers"):
+        pq.quantize_model(copy.deepcopy(model), "int8", overrides={routers[0]: "int4-g32"})
+    everything = pq.quantize_model(copy.deepcopy(model), "int8", keep_routers=False)
+    assert all(isinstance(everything.get_submodule(n), pq.QuantLinear) for n in routers)
+    assert everything.pyquant_config["routers_kept"] == []
+    if model_type == "hunyuan_v1_moe":  # reads gate.wg.weight: the error says why
+        with pytest.raises(AttributeError, match=r"QuantLinear has no .weight.*kept in full precision"):
+            everything(ids)
+
+
+def test_dense_models_have_no_routers():
+    from pyquant.quant.model import router_layer_names
+    from tinymodels import tiny_llama
+
+    assert router_layer_names(tiny_llama()) == []
 
 
 def test_linear_subclasses_with_their_own_forward_are_not_replaced():

@@ -231,3 +231,29 @@ def test_moe_experts_quantized_from_the_command_line(tmp_path, tokenizer, capsys
     experts = model.model.layers[0].mlp.experts
     assert isinstance(experts.gate_up_proj, QuantExpertStack) and isinstance(experts.down_proj, QuantExpertStack)
     assert str(experts.down_proj.expert(3).spec) == "int8" and str(experts.gate_up_proj.expert(0).spec) == "int4-g32"
+
+
+def test_moe_routers_kept_unless_asked_from_the_command_line(tmp_path, tokenizer, capsys):
+    """HunYuan-MoE's routers (nn.Linear to the number of experts) stay full precision and the CLI
+    says so; --quantize-routers quantizes them."""
+    import torch
+
+    import pyquant as pq
+    from test_experts import tiny_moe
+
+    d = tmp_path / "tiny-hunyuan"
+    tiny_moe("hunyuan_v1_moe").save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    rc = main(["quantize", "--model", str(d), "--scheme", "int8", "--output", str(tmp_path / "q")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "kept in full precision: skip=['lm_head'], 2 mixture-of-experts routers (--quantize-routers" in text
+    model, _ = pq.load_model(str(tmp_path / "q"))
+    assert type(model.model.layers[0].mlp.gate.wg) is torch.nn.Linear
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
+    rc = main(["quantize", "--model", str(d), "--scheme", "int8", "--quantize-routers", "--output", str(tmp_path / "r")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "mixture-of-experts routers" not in text, text
+    model, _ = pq.load_model(str(tmp_path / "r"))
+    assert isinstance(model.model.layers[0].mlp.gate.wg, pq.QuantLinear)
