@@ -22,7 +22,8 @@ def variant_label(desc: dict, spec: str) -> str:
     return _SHORT_DTYPES.get(dtype, dtype) or os.path.basename(str(spec).rstrip("/"))
 
 
-MODEL_HELP = "HF model directory, pyquant quantized directory, .gguf file, or 'demo' (the bundled SmolLM2-135M)"
+MODEL_HELP = ("HF model directory (GPTQ-format ones run on pyquant's kernels), pyquant quantized directory, .gguf "
+              "file, or 'demo' (the bundled SmolLM2-135M)")
 
 
 def add_model_argument(parser, role: str = "", dtype: bool = True) -> None:

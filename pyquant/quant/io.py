@@ -237,7 +237,8 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
                              "architecture")
         # an empty shell on "meta": its tensors are the loaded ones (assign=True below), never allocated twice
         set_submodule(model, name, QuantLinear(in_f, out_f, info["spec"], bias=bool(info.get("bias")),
-                                               device="meta", bias_dtype=saved_dtype))
+                                               device="meta", bias_dtype=saved_dtype,
+                                               in_perm=bool(info.get("in_perm"))))
     aliases = meta.get("aliases", {})
     try:
         result = model.load_state_dict(tensors, strict=False, assign=True)

@@ -71,10 +71,13 @@ class QuantLinear(nn.Module):
     Build one with ``QuantLinear.from_linear(linear, "int4-g128")`` or ``QuantLinear.from_quantized(qw, bias)``;
     ``QuantLinear(in_features, out_features, spec, bias=...)`` makes an empty shell to load a state dict into.
     Input ``x[..., in_features]`` (fp32/bf16/fp16) -> output ``[..., out_features]`` in x's dtype.
+    ``in_perm`` (int32 [in_features], optional): the stored weight's columns are the layer's input
+    columns in this order, and x is gathered the same way first (GPTQ checkpoints quantized with
+    act-order, pyquant/quant/gptq_checkpoint.py).
     """
 
     def __init__(self, in_features: int, out_features: int, spec: "QuantSpec | str", bias: bool = True,
-                 device=None, bias_dtype: torch.dtype = torch.float32):
+                 device=None, bias_dtype: torch.dtype = torch.float32, in_perm: bool = False):
         super().__init__()
         spec = QuantSpec.parse(spec)
         if int(in_features) <= 0 or int(out_features) <= 0:
@@ -92,18 +95,27 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scales", s)
         self.register_buffer("zeros", z)
+        self.register_buffer("in_perm", torch.arange(k, dtype=torch.int32, device=device) if in_perm else None)
         self.bias = nn.Parameter(torch.zeros(n, dtype=bias_dtype, device=device), requires_grad=False) if bias else None
         self.backend: Optional[str] = None
 
     @classmethod
-    def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> "QuantLinear":
-        """A QuantLinear holding ``qw`` (tensors shared, not copied) and an optional bias [out_features]."""
+    def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
+                       in_perm: Optional[torch.Tensor] = None) -> "QuantLinear":
+        """A QuantLinear holding ``qw`` (tensors shared, not copied), an optional bias [out_features]
+        and an optional input permutation (class docstring)."""
         if not isinstance(qw, QuantizedWeight):
             raise ValueError(f"from_quantized needs a QuantizedWeight, got {type(qw).__name__}")
         if bias is not None and tuple(bias.shape) != (qw.out_features,):
             raise ValueError(f"bias must have shape [{qw.out_features}], got {list(bias.shape)}")
         m = cls(qw.in_features, qw.out_features, qw.spec, bias=False, device="meta")
         m.qweight, m.scales, m.zeros = qw.qweight, qw.scales, qw.zeros
+        if in_perm is not None:
+            in_perm = in_perm.to(torch.int32).reshape(-1)
+            if in_perm.numel() != qw.in_features or not torch.equal(in_perm.sort().values.long(),
+                                                                    torch.arange(qw.in_features)):
+                raise ValueError(f"in_perm must be a permutation of {qw.in_features} input columns")
+            m.in_perm = in_perm.to(qw.qweight.device)
         if bias is not None:
             m.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         return m
@@ -139,6 +151,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y[..., out_features] = x[..., in_features] @ W.T (+ bias), in x's dtype, via pq.ops.qmatmul."""
         backend = self.backend or getattr(_STATE, "backend", "auto")
+        if self._buffers["in_perm"] is not None:
+            x = x.index_select(-1, self._buffers["in_perm"])
         if nvtx.enabled():
             m = x.numel() // max(x.shape[-1], 1)
             with nvtx.range(f"pyquant/qmatmul {self.spec} M={m} N={self.out_features} K={self.in_features}"):
@@ -162,5 +176,6 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         b = self.backend or "auto"
+        perm = ", in_perm=True" if self._buffers["in_perm"] is not None else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
-               f"spec={self.spec}, backend={b}"
+               f"spec={self.spec}, backend={b}{perm}"

@@ -1,0 +1,183 @@
+"""GPTQ-format checkpoints (pyquant/quant/gptq_checkpoint.py) load into pyquant's formats exactly.
+
+The checkpoints are written here from random "true" GPTQ tensors (codes, zero-points, fp16 scales,
+groups) with the packing spelled out bit by bit, independently of the reader's vectorized unpacking;
+the expected weight is scales[g_idx[k], n] * (code[k, n] - zero[g_idx[k], n])."""
+import json
+
+import pytest
+import torch
+
+import pyquant as pq
+from pyquant.quant.gptq_checkpoint import convert_gptq_layer
+from tinymodels import random_ids, tiny_llama, tiny_tokenizer
+
+
+def _pack(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """int32 words, 32/bits values each, value i of a word at bits [bits*i, bits*(i+1)), along ``dim``."""
+    per = 32 // bits
+    v = values.to(torch.int64)
+    if dim == 1:
+        v = v.T
+    rows, cols = v.shape
+    words = torch.zeros(-(-rows // per), cols, dtype=torch.int64)
+    for r in range(rows):
+        words[r // per] |= v[r] << (bits * (r % per))
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # the bit pattern as int32
+    return words.T.contiguous() if dim == 1 else words
+
+
+def gptq_layer(k, n, group, bits=4, act_order=False, sym=False, v2=False, seed=0):
+    """Random true tensors of one layer and their GPTQ encoding: (tensors, W [n, k] float64)."""
+    g = torch.Generator().manual_seed(seed)
+    gs = k if group == -1 else group
+    ng = -(-k // gs)
+    g_idx = torch.arange(k) // gs
+    if act_order:
+        g_idx = g_idx[torch.randperm(k, generator=g)]
+    top = (1 << bits) - 1
+    codes = torch.randint(0, top + 1, (k, n), generator=g)
+    zeros = torch.full((ng, n), (top + 1) // 2) if sym else torch.randint(1, top + 1, (ng, n), generator=g)
+    scales = (torch.rand(ng, n, generator=g) * 0.02 + 0.001).half()
+    w = scales.double()[g_idx] * (codes - zeros[g_idx]).double()  # [k, n]
+    stored = zeros if v2 else (zeros - 1).clamp(min=0)
+    tensors = {"qweight": _pack(codes, bits, 0), "qzeros": _pack(stored, bits, 1), "scales": scales,
+               "g_idx": g_idx.to(torch.int32)}
+    return tensors, w.T.contiguous()
+
+
+def _layer(qw, perm):
+    return pq.QuantLinear.from_quantized(qw, in_perm=perm)
+
+
+@pytest.mark.parametrize("k, n, group, act_order, sym, v2, spec", [
+    (256, 24, 128, False, False, False, "int4-g128-fp16"),
+    (256, 24, 32, False, True, False, "int4-g32-sym-fp16"),
+    (256, 24, 64, True, False, False, "int4-g64-fp16"),
+    (256, 16, 128, True, True, True, "int4-g128-sym-fp16"),
+    (384, 8, -1, False, False, True, "int4-g128-fp16"),  # per channel: one scale repeated per 128 columns
+    (1024, 8, 512, True, False, False, "int4-g256-fp16"),
+    (200, 8, 64, False, False, False, "int4-g64-fp16"),  # ragged last group
+])
+def test_gptq_layers_convert_exactly(k, n, group, act_order, sym, v2, spec):
+    tensors, w = gptq_layer(k, n, group, act_order=act_order, sym=sym, v2=v2, seed=k + n)
+    qw, perm = convert_gptq_layer(tensors, 4, group, k, n, v2=v2)
+    assert str(qw.spec) == spec and (perm is not None) == act_order
+    got = qw.dequantize(torch.float64)
+    if perm is not None:  # stored columns are input columns perm[j]
+        got = torch.empty_like(got).index_copy_(1, perm.long(), got)
+    assert torch.equal(got, w)
+    x = torch.randn(3, k, dtype=torch.float64)
+    y = _layer(qw, perm)(x.float())
+    torch.testing.assert_close(y.double(), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_gptq_8bit_per_channel_symmetric_is_int8():
+    tensors, w = gptq_layer(64, 8, -1, bits=8, sym=True)
+    qw, perm = convert_gptq_layer(tensors, 8, -1, 64, 8)
+    assert str(qw.spec) == "int8-fp16" and perm is None
+    assert torch.equal(qw.dequantize(torch.float64), w)
+
+
+@pytest.mark.parametrize("case, match", [
+    (dict(bits=3), "3-bit GPTQ weights have no pyquant format"),
+    (dict(bits=8, group=32), "8-bit GPTQ weights map onto pyquant's int8 only"),
+    (dict(group=48), "not a multiple of a pyquant group size"),
+    (dict(zero16=True), "zero-point of 16 is outside"),
+    (dict(shape=True), "qweight is torch.int32"),
+])
+def test_gptq_layers_refused_with_the_reason(case, match):
+    bits, group = case.get("bits", 4), case.get("group", 64)
+    tensors, _ = gptq_layer(96, 8, group, bits=8 if bits == 8 else 4)
+    if case.get("zero16"):
+        tensors["qzeros"] = _pack(torch.full((2, 8), 15), 4, 1)  # v1: 15 + 1
+    with pytest.raises(ValueError, match=match):
+        convert_gptq_layer(tensors, bits, group, 96 if not case.get("shape") else 128, 8)
+
+
+def _write_gptq_checkpoint(d, act_order: bool, tie: bool = False):
+    """A tiny Llama saved in the GPTQ format (every linear but lm_head) and the float64 model
+    holding the weights it encodes."""
+    from safetensors.torch import save_file
+
+    model = tiny_llama(0, tie=tie)
+    ref = tiny_llama(0, tie=tie).double()
+    state = {k: v.half() for k, v in model.state_dict().items()}
+    for i, (name, m) in enumerate((n, m) for n, m in model.named_modules()
+                                  if isinstance(m, torch.nn.Linear) and n != "lm_head"):
+        tensors, w = gptq_layer(m.in_features, m.out_features, 32, act_order=act_order, seed=i)
+        state.pop(f"{name}.weight")
+        state.update({f"{name}.{s}": t for s, t in tensors.items()})
+        with torch.no_grad():
+            ref.get_submodule(name).weight.copy_(w)
+    with torch.no_grad():  # the other weights as stored: fp16
+        for name, p in ref.named_parameters():
+            if name in state:
+                p.copy_(state[name].double())
+    if tie:
+        state.pop("lm_head.weight", None)
+    d.mkdir()
+    save_file(state, str(d / "model.safetensors"))
+    model.config.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order,
+                                  "sym": False, "checkpoint_format": "gptq"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    tiny_tokenizer().save_pretrained(d)
+    return ref
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_checkpoint_loads_runs_and_saves(tmp_path, act_order):
+    """load_model on a GPTQ-format directory: QuantLinear layers in pyquant's formats whose logits equal
+    the float64 model of the encoded weights; generate() runs; save_quantized / load_quantized keep
+    them (the act-order permutation included)."""
+    ref = _write_gptq_checkpoint(tmp_path / "gptq", act_order)
+    model, tok = pq.load_model(str(tmp_path / "gptq"), dtype="float32")
+    assert tok is not None
+    quant = {n: m for n, m in model.named_modules() if isinstance(m, pq.QuantLinear)}
+    assert len(quant) == 14 and "lm_head" not in quant
+    assert all((m.in_perm is not None) == act_order for m in quant.values())
+    assert model.pyquant_config["method"] == "gptq-checkpoint"
+    assert {v["spec"] for v in model.pyquant_config["layers"].values()} == {"int4-g32-fp16"}
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = ref(ids).logits
+        got = model(ids).logits
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (2, 13)
+    pq.save_quantized(model, tmp_path / "pq", tokenizer=tok)
+    again, _ = pq.load_model(str(tmp_path / "pq"))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, got, rtol=0, atol=0)
+
+
+def test_gptq_checkpoint_with_tied_head(tmp_path):
+    ref = _write_gptq_checkpoint(tmp_path / "gptq", act_order=False, tie=True)
+    model, _ = pq.load_model(str(tmp_path / "gptq"), dtype="float32")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        want = ref(ids).logits
+        torch.testing.assert_close(model(ids).logits.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_gptq_checkpoint_missing_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _write_gptq_checkpoint(tmp_path / "gptq", act_order=False)
+    f = tmp_path / "gptq" / "model.safetensors"
+    state = load_file(str(f))
+    del state["model.layers.1.mlp.up_proj.scales"]
+    save_file(state, str(f))
+    with pytest.raises(ValueError, match=r"model.layers.1.mlp.up_proj.* lacks \['scales'\]"):
+        pq.load_model(str(tmp_path / "gptq"))
+
+
+def test_in_perm_must_be_a_permutation():
+    tensors, _ = gptq_layer(64, 8, 32)
+    qw, _ = convert_gptq_layer(tensors, 4, 32, 64, 8)
+    with pytest.raises(ValueError, match="in_perm must be a permutation"):
+        pq.QuantLinear.from_quantized(qw, in_perm=torch.zeros(64, dtype=torch.int32))
