@@ -124,7 +124,7 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
     """Load a causal LM and its tokenizer; returns (model, tokenizer), the model in eval mode on ``device``.
 
     spec_or_path: "demo" (bundled SmolLM2-135M-Instruct, tokenizer adds no BOS), a ``.gguf`` file, an HF
-    model directory (a GPTQ-format one runs on pyquant's kernels, pyquant/quant/gptq_checkpoint.py),
+    model directory (a GPTQ- or AWQ-format one runs on pyquant's kernels, pyquant/quant/checkpoints.py),
     or a pyquant quantized directory (its tokenizer is None if none was saved).
     dtype: of the full-precision weights (quantized layers keep their format); "auto": as stored (an
     HF checkpoint's own dtype, a pyquant directory's saved one, float32 for GGUF, which is converted
@@ -167,11 +167,11 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
     else:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path} is not a model directory: config.json is missing")
-        from .quant.gptq_checkpoint import gptq_config, load_gptq_checkpoint
+        from .quant.checkpoints import checkpoint_config, load_quantized_checkpoint
 
         try:
-            if gptq_config(path) is not None:  # run by pyquant's kernels (no GPTQ package needed)
-                model = load_gptq_checkpoint(path, dtype=dtype)
+            if checkpoint_config(path) is not None:  # GPTQ / AWQ: run by pyquant's kernels, no other package
+                model = load_quantized_checkpoint(path, dtype=dtype)
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
         except (OSError, ValueError) as e:

@@ -73,7 +73,7 @@ class QuantLinear(nn.Module):
     Input ``x[..., in_features]`` (fp32/bf16/fp16) -> output ``[..., out_features]`` in x's dtype.
     ``in_perm`` (int32 [in_features], optional): the stored weight's columns are the layer's input
     columns in this order, and x is gathered the same way first (GPTQ checkpoints quantized with
-    act-order, pyquant/quant/gptq_checkpoint.py).
+    act-order, pyquant/quant/checkpoints.py).
     """
 
     def __init__(self, in_features: int, out_features: int, spec: "QuantSpec | str", bias: bool = True,

@@ -1,6 +1,6 @@
-"""GPTQ-format checkpoints (pyquant/quant/gptq_checkpoint.py) load into pyquant's formats exactly.
+"""GPTQ- and AWQ-format checkpoints (pyquant/quant/checkpoints.py) load into pyquant's formats exactly.
 
-The checkpoints are written here from random "true" GPTQ tensors (codes, zero-points, fp16 scales,
+The checkpoints are written here from random "true" tensors (codes, zero-points, fp16 scales,
 groups) with the packing spelled out bit by bit, independently of the reader's vectorized unpacking;
 the expected weight is scales[g_idx[k], n] * (code[k, n] - zero[g_idx[k], n])."""
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyquant as pq
-from pyquant.quant.gptq_checkpoint import convert_gptq_layer
+from pyquant.quant.checkpoints import convert_awq_layer, convert_gptq_layer
 from tinymodels import random_ids, tiny_llama, tiny_tokenizer
 
 
@@ -25,6 +25,28 @@ def _pack(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
         words[r // per] |= v[r] << (bits * (r % per))
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # the bit pattern as int32
     return words.T.contiguous() if dim == 1 else words
+
+
+def _pack_awq(values: torch.Tensor) -> torch.Tensor:
+    """AWQ's GEMM packing along the last dimension: nibble i of word c holds column 8c + [0, 2, 4, 6, 1, 3, 5, 7][i]."""
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    v = values.to(torch.int64)
+    words = torch.zeros(v.shape[0], v.shape[1] // 8, dtype=torch.int64)
+    for c in range(v.shape[1] // 8):
+        for i in range(8):
+            words[:, c] |= v[:, 8 * c + order[i]] << (4 * i)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def awq_layer(k, n, group, seed=0):
+    """Random true tensors of one layer in AWQ's GEMM format: (tensors, W [n, k] float64)."""
+    g = torch.Generator().manual_seed(seed)
+    g_idx = torch.arange(k) // group
+    codes = torch.randint(0, 16, (k, n), generator=g)
+    zeros = torch.randint(0, 16, (-(-k // group), n), generator=g)
+    scales = (torch.rand(zeros.shape, generator=g) * 0.02 + 0.001).half()
+    w = scales.double()[g_idx] * (codes - zeros[g_idx]).double()
+    return {"qweight": _pack_awq(codes), "qzeros": _pack_awq(zeros), "scales": scales}, w.T.contiguous()
 
 
 def gptq_layer(k, n, group, bits=4, act_order=False, sym=False, v2=False, seed=0):
@@ -72,6 +94,16 @@ def test_gptq_layers_convert_exactly(k, n, group, act_order, sym, v2, spec):
     torch.testing.assert_close(y.double(), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k, n, group, spec", [(256, 24, 128, "int4-g128-fp16"), (192, 16, 64, "int4-g64-fp16"),
+                                               (200, 8, 32, "int4-g32-fp16")])
+def test_awq_layers_convert_exactly(k, n, group, spec):
+    tensors, w = awq_layer(k, n, group, seed=k)
+    qw = convert_awq_layer(tensors, group, k, n)
+    assert str(qw.spec) == spec and torch.equal(qw.dequantize(torch.float64), w)
+    x = torch.randn(3, k, dtype=torch.float64)
+    torch.testing.assert_close(_layer(qw, None)(x.float()).double(), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
 def test_gptq_8bit_per_channel_symmetric_is_int8():
     tensors, w = gptq_layer(64, 8, -1, bits=8, sym=True)
     qw, perm = convert_gptq_layer(tensors, 8, -1, 64, 8)
@@ -95,9 +127,9 @@ def test_gptq_layers_refused_with_the_reason(case, match):
         convert_gptq_layer(tensors, bits, group, 96 if not case.get("shape") else 128, 8)
 
 
-def _write_gptq_checkpoint(d, act_order: bool, tie: bool = False):
-    """A tiny Llama saved in the GPTQ format (every linear but lm_head) and the float64 model
-    holding the weights it encodes."""
+def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool = False):
+    """A tiny Llama saved in the GPTQ or AWQ format (every linear but lm_head, groups of 32) and the
+    float64 model holding the weights it encodes."""
     from safetensors.torch import save_file
 
     model = tiny_llama(0, tie=tie)
@@ -105,7 +137,10 @@ def _write_gptq_checkpoint(d, act_order: bool, tie: bool = False):
     state = {k: v.half() for k, v in model.state_dict().items()}
     for i, (name, m) in enumerate((n, m) for n, m in model.named_modules()
                                   if isinstance(m, torch.nn.Linear) and n != "lm_head"):
-        tensors, w = gptq_layer(m.in_features, m.out_features, 32, act_order=act_order, seed=i)
+        if kind == "awq":
+            tensors, w = awq_layer(m.in_features, m.out_features, 32, seed=i)
+        else:
+            tensors, w = gptq_layer(m.in_features, m.out_features, 32, act_order=act_order, seed=i)
         state.pop(f"{name}.weight")
         state.update({f"{name}.{s}": t for s, t in tensors.items()})
         with torch.no_grad():
@@ -120,25 +155,27 @@ def _write_gptq_checkpoint(d, act_order: bool, tie: bool = False):
     save_file(state, str(d / "model.safetensors"))
     model.config.save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order,
-                                  "sym": False, "checkpoint_format": "gptq"}
+    cfg["quantization_config"] = (
+        {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"} if kind == "awq"
+        else {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order, "sym": False,
+              "checkpoint_format": "gptq"})
     (d / "config.json").write_text(json.dumps(cfg))
     tiny_tokenizer().save_pretrained(d)
     return ref
 
 
-@pytest.mark.parametrize("act_order", [False, True])
-def test_gptq_checkpoint_loads_runs_and_saves(tmp_path, act_order):
-    """load_model on a GPTQ-format directory: QuantLinear layers in pyquant's formats whose logits equal
-    the float64 model of the encoded weights; generate() runs; save_quantized / load_quantized keep
-    them (the act-order permutation included)."""
-    ref = _write_gptq_checkpoint(tmp_path / "gptq", act_order)
+@pytest.mark.parametrize("kind, act_order", [("gptq", False), ("gptq", True), ("awq", False)])
+def test_checkpoint_loads_runs_and_saves(tmp_path, kind, act_order):
+    """load_model on a GPTQ- or AWQ-format directory: QuantLinear layers in pyquant's formats whose
+    logits equal the float64 model of the encoded weights; generate() runs; save_quantized /
+    load_quantized keep them (the act-order permutation included)."""
+    ref = _write_checkpoint(tmp_path / "gptq", kind, act_order)
     model, tok = pq.load_model(str(tmp_path / "gptq"), dtype="float32")
     assert tok is not None
     quant = {n: m for n, m in model.named_modules() if isinstance(m, pq.QuantLinear)}
     assert len(quant) == 14 and "lm_head" not in quant
     assert all((m.in_perm is not None) == act_order for m in quant.values())
-    assert model.pyquant_config["method"] == "gptq-checkpoint"
+    assert model.pyquant_config["method"] == f"{kind}-checkpoint"
     assert {v["spec"] for v in model.pyquant_config["layers"].values()} == {"int4-g32-fp16"}
     ids = random_ids(2, 9)
     with torch.no_grad():
@@ -155,7 +192,7 @@ def test_gptq_checkpoint_loads_runs_and_saves(tmp_path, act_order):
 
 
 def test_gptq_checkpoint_with_tied_head(tmp_path):
-    ref = _write_gptq_checkpoint(tmp_path / "gptq", act_order=False, tie=True)
+    ref = _write_checkpoint(tmp_path / "gptq", tie=True)
     model, _ = pq.load_model(str(tmp_path / "gptq"), dtype="float32")
     assert model.lm_head.weight is model.model.embed_tokens.weight
     ids = random_ids(1, 6)
@@ -167,7 +204,7 @@ def test_gptq_checkpoint_with_tied_head(tmp_path):
 def test_gptq_checkpoint_missing_tensor_is_named(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    _write_gptq_checkpoint(tmp_path / "gptq", act_order=False)
+    _write_checkpoint(tmp_path / "gptq")
     f = tmp_path / "gptq" / "model.safetensors"
     state = load_file(str(f))
     del state["model.layers.1.mlp.up_proj.scales"]
@@ -181,3 +218,12 @@ def test_in_perm_must_be_a_permutation():
     qw, _ = convert_gptq_layer(tensors, 4, 32, 64, 8)
     with pytest.raises(ValueError, match="in_perm must be a permutation"):
         pq.QuantLinear.from_quantized(qw, in_perm=torch.zeros(64, dtype=torch.int32))
+
+
+def test_awq_other_versions_are_refused(tmp_path):
+    _write_checkpoint(tmp_path / "awq", "awq")
+    cfg = json.loads((tmp_path / "awq" / "config.json").read_text())
+    cfg["quantization_config"]["version"] = "gemv"
+    (tmp_path / "awq" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="pyquant reads AWQ's GEMM format"):
+        pq.load_model(str(tmp_path / "awq"))
