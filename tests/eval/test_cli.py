@@ -149,6 +149,8 @@ def test_variant_label_tells_models_apart():
     assert variant_label({"quant": None, "dtype": "float32"}, "demo") == "fp32"
     assert variant_label({"quant": None, "dtype": "bfloat16"}, "demo") == "bf16"
     assert variant_label({}, "/models/smollm2/") == "smollm2"
+    other = {"default_spec": "int4-g128-fp16", "method": "gptq-checkpoint", "overrides": {}}
+    assert variant_label({"quant": other}, "/hub/Llama-GPTQ/") == "Llama-GPTQ (gptq, int4-g128-fp16)"
 
 
 def _no_model_load(monkeypatch):
