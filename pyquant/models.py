@@ -236,9 +236,16 @@ def model_info(model: nn.Module, tokenizer=None, name: "str | None" = None) -> d
     return info
 
 
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
     """The output projection as [V, H]: a Tensor (nn.Linear) or a QuantizedWeight (QuantLinear)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, QuantLinear) and head.in_perm is not None:  # an act-order GPTQ head: its stored
+        w = head.qw.dequantize(_float_dtype(model))                # columns are permuted; the streamed ops
+        return torch.empty_like(w).index_copy_(1, head.in_perm.long(), w)  # get the plain weight
     if isinstance(head, QuantLinear):
         return head.qw
     if isinstance(head, nn.Linear):

@@ -127,16 +127,16 @@ def test_gptq_layers_refused_with_the_reason(case, match):
         convert_gptq_layer(tensors, bits, group, 96 if not case.get("shape") else 128, 8)
 
 
-def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool = False):
+def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool = False, head: bool = False):
     """A tiny Llama saved in the GPTQ or AWQ format (every linear but lm_head, groups of 32) and the
-    float64 model holding the weights it encodes."""
+    float64 model holding the weights it encodes (``head``: lm_head quantized too)."""
     from safetensors.torch import save_file
 
     model = tiny_llama(0, tie=tie)
     ref = tiny_llama(0, tie=tie).double()
     state = {k: v.half() for k, v in model.state_dict().items()}
     for i, (name, m) in enumerate((n, m) for n, m in model.named_modules()
-                                  if isinstance(m, torch.nn.Linear) and n != "lm_head"):
+                                  if isinstance(m, torch.nn.Linear) and (head or n != "lm_head")):
         if kind == "awq":
             tensors, w = awq_layer(m.in_features, m.out_features, 32, seed=i)
         else:
@@ -199,6 +199,20 @@ def test_gptq_checkpoint_with_tied_head(tmp_path):
     with torch.no_grad():
         want = ref(ids).logits
         torch.testing.assert_close(model(ids).logits.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_act_order_quantized_head_streams_the_model_logits(tmp_path):
+    """An act-order GPTQ lm_head (columns stored permuted): pq.models.lm_head gives the weight whose
+    product with the final hidden states is the model's own logits."""
+    ref = _write_checkpoint(tmp_path / "gptq", act_order=True, head=True)
+    model, _ = pq.load_model(str(tmp_path / "gptq"), dtype="float32")
+    assert isinstance(model.lm_head, pq.QuantLinear) and model.lm_head.in_perm is not None
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        hidden, _ = pq.models.final_hidden_states(model, ids)
+        logits = hidden @ pq.models.lm_head(model).weight.T
+        want = ref(ids).logits
+    torch.testing.assert_close(logits.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
 def test_gptq_checkpoint_missing_tensor_is_named(tmp_path):
