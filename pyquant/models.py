@@ -124,7 +124,7 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
     """Load a causal LM and its tokenizer; returns (model, tokenizer), the model in eval mode on ``device``.
 
     spec_or_path: "demo" (bundled SmolLM2-135M-Instruct, tokenizer adds no BOS), a ``.gguf`` file, an HF
-    model directory (a GPTQ- or AWQ-format one runs on pyquant's kernels, pyquant/quant/checkpoints.py),
+    model directory (a GPTQ, AWQ or compressed-tensors one runs on pyquant's kernels, pyquant/quant/checkpoints.py),
     or a pyquant quantized directory (its tokenizer is None if none was saved).
     dtype: of the full-precision weights (quantized layers keep their format); "auto": as stored (an
     HF checkpoint's own dtype, a pyquant directory's saved one, float32 for GGUF, which is converted
@@ -170,7 +170,7 @@ def load_model(spec_or_path, dtype=torch.float32, device="cpu"):
         from .quant.checkpoints import checkpoint_config, load_quantized_checkpoint
 
         try:
-            if checkpoint_config(path) is not None:  # GPTQ / AWQ: run by pyquant's kernels, no other package
+            if checkpoint_config(path) is not None:  # another tool's: run by pyquant's kernels
                 model = load_quantized_checkpoint(path, dtype=dtype)
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")

@@ -12,8 +12,8 @@ def variant_label(desc: dict, spec: str) -> str:
     """A short label for a model (``desc``: ``model_description``/``model_info``), the one every
     command and the demo give by default: a quantized model's spec, "-gptq" when GPTQ made it, and
     its per-layer overrides (``int4-g128-gptq (*down_proj=int8)``), so that two different models
-    do not share a label in a report; for a GPTQ or AWQ checkpoint read from another tool, the path's
-    last part and what it is (``Llama-GPTQ (gptq, int4-g128-fp16)``); else its dtype (``fp32``);
+    do not share a label in a report; for a checkpoint another tool quantized, the path's
+    last part and what it is (``Llama-GPTQ (gptq, int4-g128-fp16)``; AWQ, compressed-tensors alike); else its dtype (``fp32``);
     else the path's last part."""
     q = desc.get("quant") or {}
     name = os.path.basename(str(spec).rstrip("/"))
@@ -27,8 +27,8 @@ def variant_label(desc: dict, spec: str) -> str:
     return _SHORT_DTYPES.get(dtype, dtype) or name
 
 
-MODEL_HELP = ("HF model directory (GPTQ- and AWQ-format ones run on pyquant's kernels), pyquant quantized directory, "
-              ".gguf file, or 'demo' (the bundled SmolLM2-135M)")
+MODEL_HELP = ("HF model directory (GPTQ, AWQ and compressed-tensors ones run on pyquant's kernels), pyquant quantized "
+              "directory, .gguf file, or 'demo' (the bundled SmolLM2-135M)")
 
 
 def add_model_argument(parser, role: str = "", dtype: bool = True) -> None:

@@ -1,6 +1,6 @@
 """Checkpoints quantized by other tools, in the GPTQ format (AutoGPTQ, GPTQModel, optimum;
-``quantization_config.quant_method`` "gptq" in config.json) or AutoAWQ's GEMM format ("awq"),
-loaded into pyquant's formats so that pyquant's kernels run them: a model quantized by another tool
+``quantization_config.quant_method`` "gptq" in config.json), AutoAWQ's GEMM format ("awq") or
+llm-compressor's compressed-tensors integer formats ("compressed-tensors"), loaded into pyquant's formats so that pyquant's kernels run them: a model quantized by another tool
 is measured for quality and cost like one of pyquant's own.
 
 The GPTQ format, per linear layer ``<name>`` (K in, N out, b bits, groups of G along K):
@@ -29,6 +29,15 @@ AWQ's GEMM format (``version`` "gemm", ``zero_point`` true, 4 bits), per layer:
     qzeros  int32 [ng, N / 8]       the zero-points, packed the same way (stored as they are)
     scales  fp16  [ng, N]           groups of G consecutive input columns
 and maps onto ``int4-g{G'}-fp16`` as above (no act-order).
+
+compressed-tensors (llm-compressor; ``format`` "pack-quantized", or "int-quantized" for int8),
+per layer: ``weight_packed`` int32 [N, K * b / 32] (packed along K, value i of a word at bits
+b*i, each stored as q + 2^(b-1) for the signed code q), or ``weight`` int8 [N, K];
+``weight_scale`` [N, ng]; ``weight_zero_point`` (asymmetric: signed, packed the same way along N,
+or int8 [N, ng] in older files); ``weight_g_idx`` [K] (act-order); w = (q - zp) * scale. Bits,
+groups and symmetry are read from the tensors themselves. Quantized activations are reproduced
+only for int8 weights with int8 dynamic per-token activations (W8A8): pyquant's ``int8-a8``
+quantizes each token by max|x| / 127 as vLLM's kernels do.
 """
 from __future__ import annotations
 
@@ -46,7 +55,8 @@ from .rtn import pack_codes
 
 _SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ word holds column AWQ_ORDER[i] of its 8
-FORMATS = ("gptq", "awq")
+FORMATS = ("gptq", "awq", "compressed-tensors")
+_CT_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")  # compressed-tensors' integer formats
 
 
 def checkpoint_config(path: str) -> "dict | None":
@@ -181,10 +191,118 @@ def _read_checkpoint(path: str) -> dict:
     return tensors
 
 
+def convert_compressed_layer(tensors: dict, in_features: int, out_features: int,
+                             who: str = "layer") -> "tuple[QuantizedWeight, Optional[torch.Tensor]]":
+    """One compressed-tensors layer's tensors {"weight_packed" or "weight", "weight_scale",
+    ["weight_zero_point"], ["weight_g_idx"]} -> (QuantizedWeight, in_perm) (module docstring)."""
+    k, n = int(in_features), int(out_features)
+    shape = tensors.get("weight_shape")
+    if shape is not None and [int(v) for v in shape.reshape(-1)] != [n, k]:
+        raise ValueError(f"{who}: weight_shape {shape.tolist()} is not the layer's [{n}, {k}]")
+    scale = tensors["weight_scale"]
+    if scale.dim() == 1:
+        scale = scale[:, None]
+    ng = scale.shape[1]
+    if scale.dim() != 2 or scale.shape[0] != n:
+        raise ValueError(f"{who}: weight_scale is {list(scale.shape)}, expected [{n}, groups]")
+    if "weight_packed" in tensors:
+        packed = tensors["weight_packed"]
+        words = packed.shape[-1] if packed.dim() == 2 else -1
+        bits = next((b for b in (4, 8) if words == -(-k * b // 32)), None)
+        if packed.dtype != torch.int32 or packed.shape[0] != n or bits is None:
+            raise ValueError(f"{who}: weight_packed is {packed.dtype} {list(packed.shape)}, not int32 "
+                             f"[{n}, K / 8 or K / 4] for {k} inputs")
+        unsigned = _unpack(packed, bits, 1)[:, :k]
+    else:
+        q = tensors["weight"]
+        if q.dtype != torch.int8 or tuple(q.shape) != (n, k):
+            raise ValueError(f"{who}: weight is {q.dtype} {list(q.shape)}, expected int8 [{n}, {k}]")
+        bits, unsigned = 8, q.to(torch.int64) + 128
+    offset = 1 << (bits - 1)
+    zp = tensors.get("weight_zero_point")
+    if zp is None:
+        zeros = torch.full((ng, n), offset)
+    elif zp.dtype == torch.int32 and tuple(zp.shape) == (-(-n * bits // 32), ng):
+        zeros = _unpack(zp, bits, 0)[:n].T  # stored as zp + offset
+    elif tuple(zp.shape) in ((n, ng), (n,)):
+        zeros = zp.reshape(n, ng).to(torch.int64).T + offset
+    else:
+        raise ValueError(f"{who}: weight_zero_point is {zp.dtype} {list(zp.shape)}, which fits neither "
+                         f"[{n}, {ng}] nor its packed form")
+    group = -1 if ng == 1 else -(-k // ng)
+    g_idx = tensors.get("weight_g_idx")
+    g_idx = torch.arange(k) // (k if ng == 1 else group) if g_idx is None else g_idx.to(torch.int64).reshape(-1)
+    return _to_pyquant(unsigned, zeros, scale.T, g_idx, bits, group, who)
+
+
+class _Reader:
+    """One checkpoint format: which layers it quantized and how to convert each."""
+
+    def __init__(self, path: str, qc: dict):
+        self.kind = str(qc["quant_method"]).lower()
+        self.path, self.qc, self.a8 = path, qc, False
+        if self.kind == "compressed-tensors":
+            self._check_compressed()
+            self.marker, self.suffixes, self.required = (
+                "weight_scale", ("weight_packed", "weight", "weight_scale", "weight_zero_point", "weight_g_idx",
+                                 "weight_shape"), ("weight_scale",))
+            return
+        self.bits = int(qc.get("bits", qc.get("w_bit", 4)))
+        self.group = int(qc.get("group_size", qc.get("q_group_size", 128)))
+        self.v2 = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower() == "gptq_v2"
+        self.marker, self.suffixes, self.required = "qweight", _SUFFIXES, _SUFFIXES[:3]
+        if self.kind == "awq":
+            version = str(qc.get("version", "gemm")).lower()
+            if version != "gemm" or not qc.get("zero_point", True) or self.bits != 4:
+                raise ValueError(f"{path}: AWQ version {version!r}, zero_point {qc.get('zero_point', True)}, "
+                                 f"{self.bits} bits: pyquant reads AWQ's GEMM format (4 bits with zero-points)")
+
+    def _check_compressed(self) -> None:
+        fmt = str(self.qc.get("format", "")).lower()
+        if fmt not in _CT_FORMATS:
+            raise ValueError(f"{self.path}: compressed-tensors format {fmt!r}: pyquant reads the integer formats "
+                             f"{list(_CT_FORMATS)}")
+        for name, group in (self.qc.get("config_groups") or {}).items():
+            w, a = group.get("weights") or {}, group.get("input_activations")
+            if w and (w.get("type", "int") != "int" or int(w.get("num_bits", 4)) not in (4, 8)):
+                raise ValueError(f"{self.path}: config group {name!r} has {w.get('num_bits')}-bit {w.get('type')} "
+                                 "weights; pyquant reads 4- and 8-bit integer weights")
+            if a:
+                token_int8 = (a.get("type", "int") == "int" and int(a.get("num_bits", 0)) == 8 and a.get("dynamic")
+                              and a.get("symmetric", True) and a.get("strategy") == "token")
+                if not token_int8 or int(w.get("num_bits", 0)) != 8:
+                    raise ValueError(f"{self.path}: config group {name!r} quantizes activations as {a}; pyquant "
+                                     "reproduces only int8 dynamic per-token activations on int8 weights (W8A8)")
+                self.a8 = True
+
+    def layer_names(self, tensors: dict) -> list:
+        return sorted({n[: -len(self.marker) - 1] for n in tensors if n.endswith("." + self.marker)})
+
+    def convert(self, name: str, parts: dict, k: int, n: int):
+        who = f"{self.path}: {name}"
+        if self.kind == "compressed-tensors":
+            qw, perm = convert_compressed_layer(parts, k, n, who=who)
+            if self.a8:
+                qw = QuantizedWeight(QuantSpec.parse(f"{qw.spec}-a8"), qw.qweight, qw.scales, qw.zeros, qw.shape)
+            return qw, perm
+        if self.kind == "awq":
+            return convert_awq_layer(parts, self.group, k, n, who=who), None
+        return convert_gptq_layer(parts, self.bits, self.group, k, n, v2=self.v2, who=who)
+
+    def source(self) -> dict:
+        if self.kind == "compressed-tensors":
+            return {"quant_method": self.kind, "format": self.qc.get("format"), "activations": "int8" if self.a8 else None}
+        out = {"quant_method": self.kind, "bits": self.bits, "group_size": self.group}
+        if self.kind == "gptq":
+            out.update(desc_act=bool(self.qc.get("desc_act", False)), sym=self.qc.get("sym"),
+                       checkpoint_format="gptq_v2" if self.v2 else "gptq")
+        return out
+
+
 def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """A GPTQ- or AWQ-format HF directory as a model whose quantized layers are pyquant QuantLinear
-    modules (module docstring); the other weights in ``dtype`` (default: as stored). Sets
-    ``model.pyquant_config`` (method "gptq-checkpoint" / "awq-checkpoint") so reports and
+    """A GPTQ-, AWQ- or compressed-tensors-format HF directory as a model whose quantized layers are
+    pyquant QuantLinear modules (module docstring); the other weights in ``dtype`` (default: as
+    stored). Sets ``model.pyquant_config`` (method "<format>-checkpoint") so reports and
     save_quantized see the layers."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -192,21 +310,14 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
 
     qc = checkpoint_config(path)
     if qc is None:
-        raise ValueError(f"{path}: config.json has no GPTQ or AWQ quantization_config")
-    kind = str(qc["quant_method"]).lower()
-    bits = int(qc.get("bits", qc.get("w_bit", 4)))
-    group = int(qc.get("group_size", qc.get("q_group_size", 128)))
-    v2 = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower() == "gptq_v2"  # GPTQModel: "format"
-    if kind == "awq":
-        version = str(qc.get("version", "gemm")).lower()
-        if version != "gemm" or not qc.get("zero_point", True) or bits != 4:
-            raise ValueError(f"{path}: AWQ version {version!r}, zero_point {qc.get('zero_point', True)}, "
-                             f"{bits} bits: pyquant reads AWQ's GEMM format (4 bits with zero-points)")
+        raise ValueError(f"{path}: config.json has no GPTQ, AWQ or compressed-tensors quantization_config")
+    reader = _Reader(path, qc)
+    what = reader.kind.upper() if reader.kind != "compressed-tensors" else "compressed-tensors"
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     tensors = _read_checkpoint(path)
-    stored = next((t.dtype for n, t in tensors.items() if t.is_floating_point() and not n.endswith("scales")),
+    stored = next((t.dtype for n, t in tensors.items() if t.is_floating_point() and "scale" not in n.rpartition(".")[2]),
                   torch.float16)
     try:
         from transformers.initialization import no_init_weights
@@ -214,15 +325,15 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
         from transformers.modeling_utils import no_init_weights
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or stored)
-    layer_names = sorted({n[: -len(".qweight")] for n in tensors if n.endswith(".qweight")})
+    layer_names = reader.layer_names(tensors)
     if not layer_names:
-        raise ValueError(f"{path}: a {kind.upper()} config but no '<layer>.qweight' tensors")
+        raise ValueError(f"{path}: a {what} config but no '<layer>.{reader.marker}' tensors")
     layers = {}
     for name in layer_names:
         try:
             mod = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"{path}: {kind.upper()} layer {name!r} does not exist in transformers' {config.model_type} "
+            raise ValueError(f"{path}: {what} layer {name!r} does not exist in transformers' {config.model_type} "
                              "model (mixture-of-experts checkpoints with one layer per expert are not read: "
                              "transformers fuses the experts)") from None
         if isinstance(mod, nn.Linear):
@@ -230,26 +341,22 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
         elif type(mod).__name__ == "Conv1D":
             k, n = mod.weight.shape
         else:
-            raise ValueError(f"{path}: {kind.upper()} layer {name!r} is a {type(mod).__name__}, not a linear layer")
-        parts = {s: tensors.pop(f"{name}.{s}") for s in _SUFFIXES if f"{name}.{s}" in tensors}
-        missing = [s for s in _SUFFIXES[:3] if s not in parts]
+            raise ValueError(f"{path}: {what} layer {name!r} is a {type(mod).__name__}, not a linear layer")
+        parts = {s: tensors.pop(f"{name}.{s}") for s in reader.suffixes if f"{name}.{s}" in tensors}
+        missing = [s for s in reader.required if s not in parts]
         if missing:
-            raise ValueError(f"{path}: {kind.upper()} layer {name!r} lacks {missing}")
-        who = f"{path}: {name}"
-        if kind == "awq":
-            qw, perm = convert_awq_layer(parts, group, k, n, who=who), None
-        else:
-            qw, perm = convert_gptq_layer(parts, bits, group, k, n, v2=v2, who=who)
+            raise ValueError(f"{path}: {what} layer {name!r} lacks {missing}")
+        qw, perm = reader.convert(name, parts, k, n)
         bias = tensors.pop(f"{name}.bias", None)
         q = QuantLinear.from_quantized(qw, None if bias is None else bias.to(dtype or stored), in_perm=perm)
         set_submodule(model, name, q)
         layers[name] = {"spec": str(qw.spec), "shape": [n, k], "bias": bias is not None,
-                        "method": f"{kind}-checkpoint", **({"in_perm": True} if perm is not None else {})}
+                        "method": f"{reader.kind}-checkpoint", **({"in_perm": True} if perm is not None else {})}
     result = model.load_state_dict({k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
                                     for k, v in tensors.items()}, strict=False, assign=True)
-    if getattr(config.get_text_config(), "tie_word_embeddings", False):
-        model.tie_weights()  # the head shares the loaded input embedding
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
+    if tied:
+        model.tie_weights()  # the head shares the loaded input embedding
     left = [n for n in result.missing_keys if n.rpartition(".")[0] not in layers
             and not (tied and n.endswith("lm_head.weight"))]
     if left:
@@ -258,9 +365,6 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     if unexpected:
         raise ValueError(f"{path}: tensors that fit no module: {unexpected[:5]}")
     model.pyquant_config = {"version": CONFIG_VERSION, "default_spec": next(iter(layers.values()))["spec"],
-                            "skip": [], "overrides": {}, "method": f"{kind}-checkpoint", "layers": layers,
-                            "source": {"quant_method": kind, "bits": bits, "group_size": group,
-                                       **({"desc_act": bool(qc.get("desc_act", False)), "sym": qc.get("sym"),
-                                           "checkpoint_format": "gptq_v2" if v2 else "gptq"} if kind == "gptq"
-                                          else {"version": "gemm"})}}
+                            "skip": [], "overrides": {}, "method": f"{reader.kind}-checkpoint", "layers": layers,
+                            "source": reader.source()}
     return model.eval()

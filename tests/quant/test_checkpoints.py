@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyquant as pq
-from pyquant.quant.checkpoints import convert_awq_layer, convert_gptq_layer
+from pyquant.quant.checkpoints import convert_awq_layer, convert_compressed_layer, convert_gptq_layer
 from tinymodels import random_ids, tiny_llama, tiny_tokenizer
 
 
@@ -47,6 +47,34 @@ def awq_layer(k, n, group, seed=0):
     scales = (torch.rand(zeros.shape, generator=g) * 0.02 + 0.001).half()
     w = scales.double()[g_idx] * (codes - zeros[g_idx]).double()
     return {"qweight": _pack_awq(codes), "qzeros": _pack_awq(zeros), "scales": scales}, w.T.contiguous()
+
+
+def ct_layer(k, n, group, bits=4, sym=True, act_order=False, packed_zp=True, seed=0):
+    """Random true tensors of one layer in compressed-tensors' pack-quantized format (int8 "weight"
+    for ``bits`` "int8"): (tensors, W [n, k] float64). Codes and zero-points are signed; packed
+    values are stored as value + 2^(bits-1), value i of a word at bits*i."""
+    g = torch.Generator().manual_seed(seed)
+    nbits = 8 if bits == "int8" else bits
+    half = 1 << (nbits - 1)
+    gs = k if group == -1 else group
+    ng = -(-k // gs)
+    g_idx = torch.arange(k) // gs
+    if act_order:
+        g_idx = g_idx[torch.randperm(k, generator=g)]
+    q = torch.randint(-half, half, (n, k), generator=g)
+    zp = torch.zeros(n, ng, dtype=torch.int64) if sym else torch.randint(-half, half, (n, ng), generator=g)
+    scale = (torch.rand(n, ng, generator=g) * 0.02 + 0.001).half()
+    w = scale.double()[:, g_idx] * (q - zp[:, g_idx]).double()
+    t = {"weight_scale": scale, "weight_shape": torch.tensor([n, k], dtype=torch.int32)}
+    if bits == "int8":
+        t["weight"] = q.to(torch.int8)
+    else:
+        t["weight_packed"] = _pack((q + half).T, nbits, 0).T.contiguous()  # along K: the GPTQ word order, transposed
+    if not sym:
+        t["weight_zero_point"] = _pack(zp + half, nbits, 0) if packed_zp else zp.to(torch.int8)
+    if act_order:
+        t["weight_g_idx"] = g_idx.to(torch.int32)
+    return t, w
 
 
 def gptq_layer(k, n, group, bits=4, act_order=False, sym=False, v2=False, seed=0):
@@ -104,6 +132,25 @@ def test_awq_layers_convert_exactly(k, n, group, spec):
     torch.testing.assert_close(_layer(qw, None)(x.float()).double(), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k, n, group, bits, sym, act_order, packed_zp, spec", [
+    (256, 24, 128, 4, True, False, True, "int4-g128-sym-fp16"),
+    (256, 24, 32, 4, False, False, True, "int4-g32-fp16"),
+    (256, 16, 64, 4, False, False, False, "int4-g64-fp16"),  # an older file: zero-points as int8 [N, ng]
+    (256, 16, 64, 4, True, True, True, "int4-g64-sym-fp16"),
+    (384, 8, -1, 4, False, False, True, "int4-g128-fp16"),  # per channel
+    (256, 8, -1, 8, True, False, True, "int8-fp16"),  # W8A16 packed four to a word
+    (96, 8, -1, "int8", True, False, True, "int8-fp16"),  # int-quantized: an int8 "weight"
+])
+def test_compressed_tensors_layers_convert_exactly(k, n, group, bits, sym, act_order, packed_zp, spec):
+    tensors, w = ct_layer(k, n, group, bits, sym=sym, act_order=act_order, packed_zp=packed_zp, seed=k + n)
+    qw, perm = convert_compressed_layer(tensors, k, n)
+    assert str(qw.spec) == spec and (perm is not None) == act_order
+    got = qw.dequantize(torch.float64)
+    if perm is not None:
+        got = torch.empty_like(got).index_copy_(1, perm.long(), got)
+    assert torch.equal(got, w)
+
+
 def test_gptq_8bit_per_channel_symmetric_is_int8():
     tensors, w = gptq_layer(64, 8, -1, bits=8, sym=True)
     qw, perm = convert_gptq_layer(tensors, 8, -1, 64, 8)
@@ -139,6 +186,10 @@ def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool 
                                   if isinstance(m, torch.nn.Linear) and (head or n != "lm_head")):
         if kind == "awq":
             tensors, w = awq_layer(m.in_features, m.out_features, 32, seed=i)
+        elif kind == "compressed-tensors":
+            tensors, w = ct_layer(m.in_features, m.out_features, 32, 4, sym=False, act_order=act_order, seed=i)
+        elif kind == "w8a8":
+            tensors, w = ct_layer(m.in_features, m.out_features, -1, "int8", seed=i)
         else:
             tensors, w = gptq_layer(m.in_features, m.out_features, 32, act_order=act_order, seed=i)
         state.pop(f"{name}.weight")
@@ -155,16 +206,26 @@ def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool 
     save_file(state, str(d / "model.safetensors"))
     model.config.save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = (
-        {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"} if kind == "awq"
-        else {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order, "sym": False,
-              "checkpoint_format": "gptq"})
+    cfg["quantization_config"] = {
+        "awq": {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"},
+        "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order, "sym": False,
+                 "checkpoint_format": "gptq"},
+        "compressed-tensors": {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {
+            "group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": False,
+                                                           "strategy": "group", "group_size": 32}}}},
+        "w8a8": {"quant_method": "compressed-tensors", "format": "int-quantized", "config_groups": {
+            "group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "int", "symmetric": True,
+                                                           "strategy": "channel"},
+                        "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": True,
+                                              "strategy": "token"}}}},
+    }[kind]
     (d / "config.json").write_text(json.dumps(cfg))
     tiny_tokenizer().save_pretrained(d)
     return ref
 
 
-@pytest.mark.parametrize("kind, act_order", [("gptq", False), ("gptq", True), ("awq", False)])
+@pytest.mark.parametrize("kind, act_order", [("gptq", False), ("gptq", True), ("awq", False),
+                                             ("compressed-tensors", False), ("compressed-tensors", True)])
 def test_checkpoint_loads_runs_and_saves(tmp_path, kind, act_order):
     """load_model on a GPTQ- or AWQ-format directory: QuantLinear layers in pyquant's formats whose
     logits equal the float64 model of the encoded weights; generate() runs; save_quantized /
@@ -177,6 +238,7 @@ def test_checkpoint_loads_runs_and_saves(tmp_path, kind, act_order):
     assert all((m.in_perm is not None) == act_order for m in quant.values())
     assert model.pyquant_config["method"] == f"{kind}-checkpoint"
     assert {v["spec"] for v in model.pyquant_config["layers"].values()} == {"int4-g32-fp16"}
+    assert model.pyquant_config["source"]["quant_method"] == kind
     ids = random_ids(2, 9)
     with torch.no_grad():
         want = ref(ids).logits
@@ -241,3 +303,33 @@ def test_awq_other_versions_are_refused(tmp_path):
     (tmp_path / "awq" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="pyquant reads AWQ's GEMM format"):
         pq.load_model(str(tmp_path / "awq"))
+
+
+def test_w8a8_checkpoint_runs_int8_activations(tmp_path):
+    """compressed-tensors W8A8 (int8 weights, int8 dynamic per-token activations): the layers are
+    int8-a8: each token quantized by max|x| / 127, then the int8 weights."""
+    from pyquant.ops.reference import quantize_activations
+
+    _write_checkpoint(tmp_path / "w8a8", "w8a8")
+    model, _ = pq.load_model(str(tmp_path / "w8a8"), dtype="float32")
+    assert {v["spec"] for v in model.pyquant_config["layers"].values()} == {"int8-fp16-a8"}
+    layer = model.model.layers[0].mlp.down_proj
+    x = torch.randn(3, layer.in_features)
+    want = quantize_activations(x, layer.in_features).double() @ layer.qw.dequantize(torch.float64).T
+    torch.testing.assert_close(layer(x).double(), want, rtol=1e-5, atol=1e-5)
+    assert (layer(x).double() - x.double() @ layer.qw.dequantize(torch.float64).T).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda qc: qc.update(format="float-quantized"), "pyquant reads the integer formats"),
+    (lambda qc: qc["config_groups"]["group_0"]["input_activations"].update(strategy="group"),
+     "reproduces only int8 dynamic per-token activations"),
+    (lambda qc: qc["config_groups"]["group_0"]["weights"].update(num_bits=2), "pyquant reads 4- and 8-bit"),
+])
+def test_compressed_tensors_refused_with_the_reason(tmp_path, change, match):
+    _write_checkpoint(tmp_path / "ct", "w8a8")
+    cfg = json.loads((tmp_path / "ct" / "config.json").read_text())
+    change(cfg["quantization_config"])
+    (tmp_path / "ct" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=match):
+        pq.load_model(str(tmp_path / "ct"))
