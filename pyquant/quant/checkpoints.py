@@ -1,7 +1,8 @@
 """Checkpoints quantized by other tools, in the GPTQ format (AutoGPTQ, GPTQModel, optimum;
 ``quantization_config.quant_method`` "gptq" in config.json), AutoAWQ's GEMM format ("awq") or
-llm-compressor's compressed-tensors integer formats ("compressed-tensors"), loaded into pyquant's formats so that pyquant's kernels run them: a model quantized by another tool
-is measured for quality and cost like one of pyquant's own.
+llm-compressor's compressed-tensors integer formats ("compressed-tensors"), loaded into pyquant's
+formats so that pyquant's kernels run them: a model quantized by another tool is measured for
+quality and cost like one of pyquant's own.
 
 The GPTQ format, per linear layer ``<name>`` (K in, N out, b bits, groups of G along K):
     qweight int32 [K * b / 32, N]   code of (k, n): bits b*(k % (32/b)) .. of qweight[k // (32/b), n]
@@ -179,16 +180,40 @@ def _to_pyquant(codes, zeros, scales, g_idx, bits, group_size, who):
     return pack_codes(spec, padded, s, z, (n, k)), in_perm
 
 
-def _read_checkpoint(path: str) -> dict:
-    from safetensors.torch import load_file
+_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise ValueError(f"{path}: no .safetensors files (GPTQ checkpoints in .bin files are not read)")
-    tensors = {}
-    for f in files:
-        tensors.update(load_file(f))
-    return tensors
+
+class _Checkpoint:
+    """A directory's safetensors files, read a tensor at a time (``pop``), so that converting a
+    model holds one layer's packed tensors beside the converted ones, not the whole checkpoint twice."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        if not files:
+            raise ValueError(f"{path}: no .safetensors files (checkpoints in .bin files are not read)")
+        self._where = {}
+        for f in files:
+            h = safe_open(f, framework="pt")
+            self._where.update((name, h) for name in h.keys())
+
+    def __iter__(self):
+        return iter(list(self._where))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def dtype(self, name: str) -> "torch.dtype | None":
+        return _ST_DTYPES.get(self._where[name].get_slice(name).get_dtype())
+
+    def pop(self, name: str, default=None):
+        h = self._where.pop(name, None)
+        return default if h is None else h.get_tensor(name)
+
+    def rest(self) -> dict:
+        """Every tensor not popped yet."""
+        return {name: self.pop(name) for name in list(self._where)}
 
 
 def convert_compressed_layer(tensors: dict, in_features: int, out_features: int,
@@ -291,7 +316,8 @@ class _Reader:
 
     def source(self) -> dict:
         if self.kind == "compressed-tensors":
-            return {"quant_method": self.kind, "format": self.qc.get("format"), "activations": "int8" if self.a8 else None}
+            return {"quant_method": self.kind, "format": self.qc.get("format"),
+                    "activations": "int8" if self.a8 else None}
         out = {"quant_method": self.kind, "bits": self.bits, "group_size": self.group}
         if self.kind == "gptq":
             out.update(desc_act=bool(self.qc.get("desc_act", False)), sym=self.qc.get("sym"),
@@ -316,9 +342,9 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    tensors = _read_checkpoint(path)
-    stored = next((t.dtype for n, t in tensors.items() if t.is_floating_point() and "scale" not in n.rpartition(".")[2]),
-                  torch.float16)
+    tensors = _Checkpoint(path)
+    stored = next((d for n in tensors for d in [tensors.dtype(n)]
+                   if d is not None and "scale" not in n.rpartition(".")[2]), torch.float16)
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers
@@ -353,7 +379,7 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
         layers[name] = {"spec": str(qw.spec), "shape": [n, k], "bias": bias is not None,
                         "method": f"{reader.kind}-checkpoint", **({"in_perm": True} if perm is not None else {})}
     result = model.load_state_dict({k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
-                                    for k, v in tensors.items()}, strict=False, assign=True)
+                                    for k, v in tensors.rest().items()}, strict=False, assign=True)
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
     if tied:
         model.tie_weights()  # the head shares the loaded input embedding
