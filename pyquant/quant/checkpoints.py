@@ -72,11 +72,12 @@ def checkpoint_config(path: str) -> "dict | None":
 
 
 def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
-    """int32 words holding 32/bits codes each, lowest bits first, unpacked along ``dim`` (int64 codes)."""
+    """int32 words holding 32/bits codes each, lowest bits first, unpacked along ``dim`` (uint8 codes:
+    a layer's transient is 5 bytes a code, not the 24 of int64 steps)."""
     per = 32 // bits
-    shifts = torch.arange(0, 32, bits, dtype=torch.int64)
-    words = packed.to(torch.int64) & 0xFFFFFFFF  # the int32 words as unsigned
-    codes = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [..., per] along a new last axis
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    # an arithmetic shift of a negative word fills with ones above bit 31 - bits, which the mask drops
+    codes = ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).to(torch.uint8)  # [..., per] on a new axis
     if dim == 0:  # [R, C, per] -> [R * per, C]
         return codes.permute(0, 2, 1).reshape(packed.shape[0] * per, packed.shape[1])
     return codes.reshape(packed.shape[0], packed.shape[1] * per)
@@ -160,7 +161,7 @@ def _to_pyquant(codes, zeros, scales, g_idx, bits, group_size, who):
             raise ValueError(f"{who}: 8-bit GPTQ weights map onto pyquant's int8 only when symmetric with one "
                              f"group per row (zero-point 128); this one has {ng} group(s)")
         spec = QuantSpec.parse(f"int8-{scale_dtype}")
-        q = (codes - 128).to(torch.int8).contiguous()
+        q = (codes.to(torch.int16) - 128).to(torch.int8).contiguous()
         return QuantizedWeight(spec, q, scales[0].to(spec.torch_scale_dtype).contiguous(), None, (n, k)), in_perm
     if int(zeros.max()) > 15:
         raise ValueError(f"{who}: a zero-point of {int(zeros.max())} is outside pyquant's INT4 range [0, 15]")
@@ -174,46 +175,24 @@ def _to_pyquant(codes, zeros, scales, g_idx, bits, group_size, who):
     spec = QuantSpec.parse(f"int4-g{g}{'-sym' if sym else ''}-{scale_dtype}")
     s = scales.T[:, starts].to(spec.torch_scale_dtype)  # [N, pg]
     z = zeros.T[:, starts].float()
-    padded = torch.empty(n, pg * g, dtype=torch.float32)
+    padded = torch.empty(n, pg * g, dtype=torch.uint8)
     padded[:, :k] = codes
     padded[:, k:] = z[:, -1:]  # the ragged last group's padding dequantizes to 0
     return pack_codes(spec, padded, s, z, (n, k)), in_perm
 
 
-_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+def _read_checkpoint(path: str) -> dict:
+    """Every tensor of the directory's safetensors files (load_file maps the files: the packed
+    tensors stay file-backed pages, not a second copy in memory)."""
+    from safetensors.torch import load_file
 
-
-class _Checkpoint:
-    """A directory's safetensors files, read a tensor at a time (``pop``), so that converting a
-    model holds one layer's packed tensors beside the converted ones, not the whole checkpoint twice."""
-
-    def __init__(self, path: str):
-        from safetensors import safe_open
-
-        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-        if not files:
-            raise ValueError(f"{path}: no .safetensors files (checkpoints in .bin files are not read)")
-        self._where = {}
-        for f in files:
-            h = safe_open(f, framework="pt")
-            self._where.update((name, h) for name in h.keys())
-
-    def __iter__(self):
-        return iter(list(self._where))
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._where
-
-    def dtype(self, name: str) -> "torch.dtype | None":
-        return _ST_DTYPES.get(self._where[name].get_slice(name).get_dtype())
-
-    def pop(self, name: str, default=None):
-        h = self._where.pop(name, None)
-        return default if h is None else h.get_tensor(name)
-
-    def rest(self) -> dict:
-        """Every tensor not popped yet."""
-        return {name: self.pop(name) for name in list(self._where)}
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise ValueError(f"{path}: no .safetensors files (checkpoints in .bin files are not read)")
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(f))
+    return tensors
 
 
 def convert_compressed_layer(tensors: dict, in_features: int, out_features: int,
@@ -242,7 +221,7 @@ def convert_compressed_layer(tensors: dict, in_features: int, out_features: int,
         q = tensors["weight"]
         if q.dtype != torch.int8 or tuple(q.shape) != (n, k):
             raise ValueError(f"{who}: weight is {q.dtype} {list(q.shape)}, expected int8 [{n}, {k}]")
-        bits, unsigned = 8, q.to(torch.int64) + 128
+        bits, unsigned = 8, (q.to(torch.int16) + 128).to(torch.uint8)
     offset = 1 << (bits - 1)
     zp = tensors.get("weight_zero_point")
     if zp is None:
@@ -342,9 +321,9 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    tensors = _Checkpoint(path)
-    stored = next((d for n in tensors for d in [tensors.dtype(n)]
-                   if d is not None and "scale" not in n.rpartition(".")[2]), torch.float16)
+    tensors = _read_checkpoint(path)
+    stored = next((t.dtype for n, t in tensors.items()
+                   if t.is_floating_point() and "scale" not in n.rpartition(".")[2]), torch.float16)
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers
@@ -379,7 +358,7 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
         layers[name] = {"spec": str(qw.spec), "shape": [n, k], "bias": bias is not None,
                         "method": f"{reader.kind}-checkpoint", **({"in_perm": True} if perm is not None else {})}
     result = model.load_state_dict({k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
-                                    for k, v in tensors.rest().items()}, strict=False, assign=True)
+                                    for k, v in tensors.items()}, strict=False, assign=True)
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
     if tied:
         model.tie_weights()  # the head shares the loaded input embedding
