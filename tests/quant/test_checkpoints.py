@@ -333,3 +333,41 @@ def test_compressed_tensors_refused_with_the_reason(tmp_path, change, match):
     (tmp_path / "ct" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=match):
         pq.load_model(str(tmp_path / "ct"))
+
+
+@pytest.mark.slow
+def test_demo_model_through_the_gptq_format_is_exact(tmp_path):
+    """The bundled SmolLM2-135M (K = 576: a ragged last group at G = 128; a tied head), quantized by
+    pyquant to int4-g128-fp16, written in the GPTQ v1 format (packing as above) and read back:
+    the same logits, bit for bit, and the same weight bytes."""
+    from safetensors.torch import save_file
+
+    model, tok = pq.load_model("demo")
+    q = pq.quantize_model(model, "int4-g128-fp16", skip=("lm_head",))
+    state = {}
+    for name, t in q.state_dict().items():
+        owner = name.rpartition(".")[0]
+        if not isinstance(q.get_submodule(owner), pq.QuantLinear) and name != "lm_head.weight":
+            state[name] = t
+    for name, m in q.named_modules():
+        if isinstance(m, pq.QuantLinear):
+            qw = m.qw
+            zeros = qw.zeros.T.long()
+            assert (zeros >= 1).all()  # v1 stores zero - 1
+            state.update({f"{name}.qweight": _pack(qw.codes()[:, :qw.in_features].T, 4, 0),
+                          f"{name}.qzeros": _pack(zeros - 1, 4, 1), f"{name}.scales": qw.scales.T.contiguous(),
+                          f"{name}.g_idx": (torch.arange(qw.in_features) // 128).to(torch.int32)})
+    d = tmp_path / "smollm2-gptq"
+    d.mkdir()
+    save_file(state, str(d / "model.safetensors"))
+    q.config.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+                                  "sym": False}
+    (d / "config.json").write_text(json.dumps(cfg))
+    tok.save_pretrained(d)
+    back, _ = pq.load_model(str(d))
+    ids = tok("The capital of France is a city that", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, q(ids).logits)
+    assert pq.models.model_description(back)["weight_bytes"] == pq.models.model_description(q)["weight_bytes"]
