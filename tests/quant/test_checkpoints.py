@@ -371,3 +371,55 @@ def test_demo_model_through_the_gptq_format_is_exact(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(ids).logits, q(ids).logits)
     assert pq.models.model_description(back)["weight_bytes"] == pq.models.model_description(q)["weight_bytes"]
+
+
+def _compressed_by_the_library(d, weights: dict, fmt: str, activations: "dict | None" = None):
+    """A tiny Llama quantized and saved by compressed-tensors itself (the library llm-compressor
+    writes with): qparams from each group's min / max by its calculate_qparams, then its
+    ModelCompressor. Returns the logits of its own fake-quantized forward and the input ids."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 QuantizationStatus, apply_quantization_config)
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+
+    model = tiny_llama(0)
+    args = QuantizationArgs(**weights)
+    act = QuantizationArgs(**activations) if activations else None
+    apply_quantization_config(model, QuantizationConfig(config_groups={"g": QuantizationScheme(
+        targets=["Linear"], weights=args, input_activations=act)}, ignore=["lm_head"]))
+    for m in model.modules():
+        if hasattr(m, "weight_scale"):
+            w = m.weight.detach()
+            wg = w.reshape(w.shape[0], -1, weights.get("group_size") or w.shape[1])
+            s, z = calculate_qparams(wg.amin(-1), wg.amax(-1), args)
+            m.weight_scale.data.copy_(s.reshape(m.weight_scale.shape))
+            if hasattr(m, "weight_zero_point"):
+                m.weight_zero_point.data.copy_(z.reshape(m.weight_zero_point.shape))
+            m.quantization_status = QuantizationStatus.FROZEN
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = model(ids).logits
+    comp = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
+    comp.compress_model(model)
+    model.save_pretrained(d)
+    comp.update_config(d)
+    tiny_tokenizer().save_pretrained(d)
+    return want, ids
+
+
+@pytest.mark.parametrize("weights, fmt, spec", [
+    (dict(num_bits=4, symmetric=False, strategy="group", group_size=32), "pack-quantized", "int4-g32"),
+    (dict(num_bits=4, symmetric=True, strategy="group", group_size=64), "pack-quantized", "int4-g64-sym"),
+    (dict(num_bits=8, symmetric=True, strategy="channel"), "pack-quantized", "int8"),
+    (dict(num_bits=8, symmetric=True, strategy="channel"), "int-quantized", "int8"),
+])
+def test_checkpoints_written_by_compressed_tensors(tmp_path, weights, fmt, spec):
+    """Independently of this file's packers: checkpoints compressed-tensors writes load with the
+    logits of its own fake-quantized forward."""
+    pytest.importorskip("compressed_tensors")
+    want, ids = _compressed_by_the_library(tmp_path / "ct", weights, fmt)
+    model, _ = pq.load_model(str(tmp_path / "ct"), dtype="float32")
+    assert model.pyquant_config["layers"]["model.layers.0.mlp.down_proj"]["spec"] == spec  # fp32 scales as stored
+    with torch.no_grad():
+        got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
