@@ -155,3 +155,11 @@ def test_moe_experts_bench_llama4_tiny():
                  "--layers", "1", "--experts", "4", "--tokens", "1", "--rounds", "1"])
     diff = float(text.split("max |logit difference| ")[1].split()[0])
     assert diff < 1e-4 and "float32-routed" in text and "int8" in text
+
+
+@pytest.mark.slow
+def test_crosscheck_packers_against_autogptq_and_autoawq(tmp_path):
+    """scripts/crosscheck_packers.py: weights packed by AutoGPTQ's and AutoAWQ's own code (sources
+    downloaded from the package registry) read back exactly."""
+    text = _run([sys.executable, "scripts/crosscheck_packers.py", "--dir", str(tmp_path)])
+    assert text.count("= 0\n") == 7 and "all exact" in text
