@@ -388,8 +388,9 @@ def output_cache(out):
 def model_description(model: nn.Module) -> dict:
     """{"name", "architecture", "dtype", "parameters" (count; a quantized [N, K] layer counts N*K),
     "weight_bytes" (in memory, bytes: full-precision params and buffers, QuantizedWeight.nbytes
-    for quantized layers, shared tensors once), "quantized_layers", "quant" (specs), "vocab_size",
-    "hidden_size", "num_layers", "tied_embeddings"}."""
+    for quantized layers, shared tensors once), "quantized_layers", "quant" (specs, method; GPTQ's
+    statistics, the source format of another tool's checkpoint, the MoE routers kept, where there
+    are any), "vocab_size", "hidden_size", "num_layers", "tied_embeddings"}."""
     cfg = getattr(model, "config", None)
     text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
     seen, params, nbytes = set(), 0, 0
@@ -422,7 +423,7 @@ def model_description(model: nn.Module) -> dict:
         "quantized_layers": len(qlayers),
         "quant": {"default_spec": qcfg.get("default_spec"), "skip": qcfg.get("skip"),
                   "overrides": qcfg.get("overrides"), "specs": specs, "method": qcfg.get("method", "rtn"),
-                  **({"gptq": qcfg["gptq"]} if "gptq" in qcfg else {})} if qlayers else None,
+                  **{k: qcfg[k] for k in ("gptq", "source", "routers_kept") if qcfg.get(k)}} if qlayers else None,
         "vocab_size": getattr(text, "vocab_size", None),
         "hidden_size": getattr(text, "hidden_size", None),
         "num_layers": getattr(text, "num_hidden_layers", None),

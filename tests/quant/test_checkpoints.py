@@ -239,6 +239,7 @@ def test_checkpoint_loads_runs_and_saves(tmp_path, kind, act_order):
     assert model.pyquant_config["method"] == f"{kind}-checkpoint"
     assert {v["spec"] for v in model.pyquant_config["layers"].values()} == {"int4-g32-fp16"}
     assert model.pyquant_config["source"]["quant_method"] == kind
+    assert pq.models.model_description(model)["quant"]["source"] == model.pyquant_config["source"]
     ids = random_ids(2, 9)
     with torch.no_grad():
         want = ref(ids).logits

@@ -267,6 +267,7 @@ def test_routers_stay_full_precision_unless_asked(model_type, routers):
     ids = random_ids(2, 9)
     quantized = pq.quantize_model(copy.deepcopy(model), "int8", skip=("lm_head",))
     assert sorted(quantized.pyquant_config["routers_kept"]) == sorted(routers)
+    assert sorted(pq.models.model_description(quantized)["quant"].get("routers_kept", [])) == sorted(routers)
     assert all(type(quantized.get_submodule(n)) is torch.nn.Linear for n in routers)
     assert not set(routers) & set(quantized.pyquant_config["layers"])
     with torch.no_grad():
