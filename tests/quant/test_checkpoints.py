@@ -424,3 +424,36 @@ def test_checkpoints_written_by_compressed_tensors(tmp_path, weights, fmt, spec)
     with torch.no_grad():
         got = model(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_gptq_checkpoint_of_a_conv1d_model(tmp_path):
+    """GPT-2's projections are transformers Conv1D (weight stored [in, out]): its GPTQ layers are
+    read with K = in, N = out, and the logits match the float64 model of the encoded weights."""
+    from safetensors.torch import save_file
+    from tinymodels import tiny_gpt2
+
+    model, ref = tiny_gpt2(), tiny_gpt2().double()
+    ref.load_state_dict(model.state_dict())
+    state = dict(model.state_dict())
+    for i, (name, m) in enumerate((n, m) for n, m in model.named_modules() if type(m).__name__ == "Conv1D"):
+        k, n = m.weight.shape
+        tensors, w = gptq_layer(k, n, 32, act_order=i % 2 == 1, seed=i)
+        state.pop(f"{name}.weight")
+        state.update({f"{name}.{s}": t for s, t in tensors.items()})
+        with torch.no_grad():
+            ref.get_submodule(name).weight.copy_(w.T)  # Conv1D stores [in, out]
+    state.pop("lm_head.weight", None)  # tied to wte
+    d = tmp_path / "gpt2-gptq"
+    d.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"))
+    model.config.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True}
+    (d / "config.json").write_text(json.dumps(cfg))
+    tiny_tokenizer().save_pretrained(d)
+    got, _ = pq.load_model(str(d))
+    assert sum(isinstance(m, pq.QuantLinear) for m in got.modules()) == 8
+    ids = random_ids(2, 7)
+    with torch.no_grad():
+        want = ref(ids).logits
+        torch.testing.assert_close(got(ids).logits.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
