@@ -21,8 +21,11 @@ Mapping onto pyquant (exact: the same weights, fp16 scales kept as fp16):
 - 8 bits, one group per row and zero-point 128 everywhere (symmetric, per channel) -> ``int8-fp16``.
 - act-order (g_idx not k // G): the input columns are sorted by group (stable), which makes every
   group contiguous, and the QuantLinear permutes x the same way (``in_perm``) before its matmul.
-Anything else (2/3 bits, 8-bit groups, zero-points past 15, experts stored per expert while
-transformers fuses them) is refused with the reason.
+- mixture-of-experts layers stored one per expert ("<experts>.<e>.gate_proj / up_proj / down_proj",
+  Mixtral's "w1 / w3 / w2") become the QuantExpertStacks of transformers' fused experts (gate and
+  up stacked into gate_up_proj, _load_experts).
+Anything else (2/3 bits, 8-bit groups, zero-points past 15, transposed or interleaved experts) is
+refused with the reason.
 
 AWQ's GEMM format (``version`` "gemm", ``zero_point`` true, 4 bits), per layer:
     qweight int32 [K, N / 8]        word c of row k holds the codes of columns 8c + AWQ_ORDER[i] at
@@ -304,6 +307,99 @@ class _Reader:
         return out
 
 
+# Per-expert layers in the checkpoints of models whose experts transformers fuses into 3-D
+# parameters (its conversion_mapping.py): "<experts>.<e>.gate_proj / up_proj / down_proj" (Qwen2/3-MoE,
+# OLMoE, DeepSeek, GLM-4-MoE, ...) or "<experts>.<e>.w1 / w3 / w2" (Mixtral, MiniMax), gate and up
+# concatenated into gate_up_proj in that order; Mixtral's checkpoints name "block_sparse_moe" what
+# the model calls "mlp".
+_EXPERT_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
+_PREFIX_RENAMES = ((".block_sparse_moe.", ".mlp."),)  # (checkpoint, model)
+
+
+def _as_asymmetric(qw: QuantizedWeight) -> QuantizedWeight:
+    """A symmetric INT4 weight in the asymmetric format (zero-points of 8): the same values."""
+    if qw.spec.bits != 4 or not qw.spec.symmetric:
+        return qw
+    spec = QuantSpec.parse(str(qw.spec).replace("-sym", ""))
+    zeros = torch.full(qw.scales.shape, 8, dtype=torch.uint8)
+    return QuantizedWeight(spec, qw.qweight, qw.scales, zeros, qw.shape)
+
+
+def _common_spec(qws: list, who: str) -> list:
+    """The weights in one spec (symmetric ones made asymmetric when the others are), or ValueError."""
+    if len({str(q.spec) for q in qws}) > 1:
+        qws = [_as_asymmetric(q) for q in qws]
+    if len({str(q.spec) for q in qws}) > 1:
+        raise ValueError(f"{who}: its experts come in different formats {sorted({str(q.spec) for q in qws})}")
+    return qws
+
+
+def _stack_rows(a: QuantizedWeight, b: QuantizedWeight) -> QuantizedWeight:
+    """[a; b]: two weights of one spec and in_features as one of a.out + b.out rows."""
+    zeros = None if a.zeros is None else torch.cat([a.zeros, b.zeros])
+    return QuantizedWeight(a.spec, torch.cat([a.qweight, b.qweight]), torch.cat([a.scales, b.scales]), zeros,
+                           (a.out_features + b.out_features, a.in_features))
+
+
+def _load_experts(model: nn.Module, names: set, convert, layers: dict, who: str) -> set:
+    """Install the per-expert checkpoint layers among ``names`` as the QuantExpertStacks of the
+    model's fused experts modules; ``convert(name, k, n)`` -> (QuantizedWeight, perm). Returns the
+    names used."""
+    from .experts import install_quantized, is_fused_experts, is_pre_weighted
+
+    used = set()
+    for path, mod in list(model.named_modules()):
+        if not is_fused_experts(mod) or is_pre_weighted(mod) or not hasattr(mod, "gate_up_proj"):
+            continue
+        prefixes = [path] + [(path + ".").replace(m, c)[:-1] for c, m in _PREFIX_RENAMES if m in path + "."]
+        found = next(((p, ns) for p in prefixes for ns in _EXPERT_NAMES if f"{p}.0.{ns[2]}" in names), None)
+        if found is None:
+            continue
+        prefix, (gate, up, down) = found
+        if mod.is_transposed or not getattr(mod, "is_concatenated", True) or getattr(mod, "has_bias", False):
+            raise ValueError(f"{who}: {path} stores its experts transposed, interleaved or with biases: "
+                             "per-expert checkpoint layers are not mapped onto it")
+        num, two_i, hidden = mod.gate_up_proj.shape
+        want = [f"{prefix}.{e}.{p}" for e in range(num) for p in (gate, up, down)]
+        missing = [n for n in want if n not in names]
+        if missing:
+            raise ValueError(f"{who}: expert layers {missing[:3]} are missing")
+        gate_up, down_w, perms_gu, perms_d = [], [], [], []
+        for e in range(num):
+            (g, pg), (u, pu) = (convert(f"{prefix}.{e}.{p}", hidden, two_i // 2) for p in (gate, up))
+            if (pg is None) != (pu is None) or (pg is not None and not torch.equal(pg, pu)):
+                raise ValueError(f"{who}: expert {e}'s {gate} and {up} were reordered differently (act-order)")
+            g, u = _common_spec([g, u], f"{who}: {prefix}.{e}")
+            gate_up.append(_stack_rows(g, u))
+            perms_gu.append(pg)
+            d, pd = convert(f"{prefix}.{e}.{down}", two_i // 2, hidden)
+            down_w.append(d)
+            perms_d.append(pd)
+        for pname, qws, perms, shape in (("gate_up_proj", gate_up, perms_gu, [two_i, hidden]),
+                                         ("down_proj", down_w, perms_d, [hidden, two_i // 2])):
+            qws = _common_spec(qws, f"{who}: {path}.{pname}")
+            permuted = any(p is not None for p in perms)
+            if permuted:  # a stack's experts all carry a permutation (identity where none)
+                perms = [p if p is not None else torch.arange(shape[1], dtype=torch.int32) for p in perms]
+            install_quantized(mod, pname, qws, perms if permuted else None)
+            layers[f"{path}.{pname}"] = {"spec": str(qws[0].spec), "shape": shape, "experts": num, "bias": False,
+                                         **({"in_perm": True} if permuted else {})}
+        used.update(want)
+    return used
+
+
+def _rename_for(model: nn.Module, tensors: dict) -> dict:
+    """The remaining checkpoint tensors under the model's own names (_PREFIX_RENAMES where the
+    checkpoint's name is not the model's)."""
+    keys = set(model.state_dict())
+    out = {}
+    for name, t in tensors.items():
+        if name not in keys:
+            name = next((alt for c, m in _PREFIX_RENAMES for alt in [name.replace(c, m)] if alt in keys), name)
+        out[name] = t
+    return out
+
+
 def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) -> nn.Module:
     """A GPTQ-, AWQ- or compressed-tensors-format HF directory as a model whose quantized layers are
     pyquant QuantLinear modules (module docstring); the other weights in ``dtype`` (default: as
@@ -334,35 +430,42 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     if not layer_names:
         raise ValueError(f"{path}: a {what} config but no '<layer>.{reader.marker}' tensors")
     layers = {}
-    for name in layer_names:
+
+    def convert(name: str, k: int, n: int):
+        parts = {sfx: tensors.pop(f"{name}.{sfx}") for sfx in reader.suffixes if f"{name}.{sfx}" in tensors}
+        missing = [sfx for sfx in reader.required if sfx not in parts]
+        if missing:
+            raise ValueError(f"{path}: {what} layer {name!r} lacks {missing}")
+        return reader.convert(name, parts, k, n)
+
+    used = _load_experts(model, set(layer_names), convert, layers, path)
+    for name in [n for n in layer_names if n not in used]:
         try:
             mod = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"{path}: {what} layer {name!r} does not exist in transformers' {config.model_type} "
-                             "model (mixture-of-experts checkpoints with one layer per expert are not read: "
-                             "transformers fuses the experts)") from None
+                             "model") from None
         if isinstance(mod, nn.Linear):
             k, n = mod.in_features, mod.out_features
         elif type(mod).__name__ == "Conv1D":
             k, n = mod.weight.shape
         else:
             raise ValueError(f"{path}: {what} layer {name!r} is a {type(mod).__name__}, not a linear layer")
-        parts = {s: tensors.pop(f"{name}.{s}") for s in reader.suffixes if f"{name}.{s}" in tensors}
-        missing = [s for s in reader.required if s not in parts]
-        if missing:
-            raise ValueError(f"{path}: {what} layer {name!r} lacks {missing}")
-        qw, perm = reader.convert(name, parts, k, n)
+        qw, perm = convert(name, k, n)
         bias = tensors.pop(f"{name}.bias", None)
         q = QuantLinear.from_quantized(qw, None if bias is None else bias.to(dtype or stored), in_perm=perm)
         set_submodule(model, name, q)
         layers[name] = {"spec": str(qw.spec), "shape": [n, k], "bias": bias is not None,
-                        "method": f"{reader.kind}-checkpoint", **({"in_perm": True} if perm is not None else {})}
+                        **({"in_perm": True} if perm is not None else {})}
+    for info in layers.values():
+        info["method"] = f"{reader.kind}-checkpoint"
     result = model.load_state_dict({k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
-                                    for k, v in tensors.items()}, strict=False, assign=True)
+                                    for k, v in _rename_for(model, tensors).items()}, strict=False, assign=True)
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
     if tied:
         model.tie_weights()  # the head shares the loaded input embedding
     left = [n for n in result.missing_keys if n.rpartition(".")[0] not in layers
+            and not any(n.startswith(stack + ".") for stack in layers)
             and not (tied and n.endswith("lm_head.weight"))]
     if left:
         raise ValueError(f"{path}: no tensor for {left[:5]}{' ...' if len(left) > 5 else ''}")

@@ -102,10 +102,10 @@ class QuantExpertStack(nn.Module):
 
     @classmethod
     def empty(cls, num: int, out_features: int, in_features: int, spec, transposed: bool,
-              dtype: torch.dtype) -> "QuantExpertStack":
+              dtype: torch.dtype, in_perm: bool = False) -> "QuantExpertStack":
         """A shell on "meta" to load a state dict into (save_quantized's layout)."""
-        return cls([QuantLinear(in_features, out_features, spec, bias=False, device="meta") for _ in range(num)],
-                   transposed, dtype)
+        return cls([QuantLinear(in_features, out_features, spec, bias=False, device="meta", in_perm=in_perm)
+                    for _ in range(num)], transposed, dtype)
 
     def expert(self, e: int) -> QuantLinear:
         return self._modules[str(int(e))]
@@ -242,11 +242,13 @@ def expert_weights(module: nn.Module, name: str) -> "list[torch.Tensor]":
     return [w[e].t() if is_transposed(module) else w[e] for e in range(w.shape[0])]
 
 
-def install_quantized(module: nn.Module, name: str, weights: "list") -> QuantExpertStack:
-    """Replace the 3-D parameter ``module.<name>`` by a stack of the given QuantizedWeights (one per expert)."""
+def install_quantized(module: nn.Module, name: str, weights: "list", perms: "list | None" = None) -> QuantExpertStack:
+    """Replace the 3-D parameter ``module.<name>`` by a stack of the given QuantizedWeights (one per
+    expert), each with its input permutation if ``perms`` (GPTQ act-order; QuantLinear.in_perm)."""
     dtype = getattr(module, name).dtype
-    return _install(module, name, QuantExpertStack([QuantLinear.from_quantized(q) for q in weights],
-                                                   is_transposed(module), dtype))
+    perms = perms or [None] * len(weights)
+    return _install(module, name, QuantExpertStack([QuantLinear.from_quantized(q, in_perm=p)
+                                                    for q, p in zip(weights, perms)], is_transposed(module), dtype))
 
 
 def _install(module: nn.Module, name: str, stack: QuantExpertStack) -> QuantExpertStack:
@@ -257,7 +259,7 @@ def _install(module: nn.Module, name: str, stack: QuantExpertStack) -> QuantExpe
 
 
 def install_empty(module: nn.Module, name: str, num: int, out_features: int, in_features: int, spec,
-                  dtype: torch.dtype) -> None:
+                  dtype: torch.dtype, in_perm: bool = False) -> None:
     """load_quantized's shell: ``module.<name>`` becomes an empty QuantExpertStack on "meta"."""
     _install(module, name, QuantExpertStack.empty(num, out_features, in_features, spec, is_transposed(module),
-                                                         dtype))
+                                                  dtype, in_perm=in_perm))

@@ -230,7 +230,8 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
             if mod is None or not is_fused_experts(mod) or pname not in expert_param_names(mod):
                 raise ValueError(f"{path}: quantized experts {name!r} do not exist in the {config.model_type} "
                                  "architecture")
-            install_empty(mod, pname, int(info["experts"]), out_f, in_f, info["spec"], saved_dtype)
+            install_empty(mod, pname, int(info["experts"]), out_f, in_f, info["spec"], saved_dtype,
+                          in_perm=bool(info.get("in_perm")))
             continue
         if _submodule(model, name) is None:
             raise ValueError(f"{path}: quantized layer {name!r} does not exist in the {config.model_type} "

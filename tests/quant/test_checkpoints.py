@@ -77,14 +77,16 @@ def ct_layer(k, n, group, bits=4, sym=True, act_order=False, packed_zp=True, see
     return t, w
 
 
-def gptq_layer(k, n, group, bits=4, act_order=False, sym=False, v2=False, seed=0):
-    """Random true tensors of one layer and their GPTQ encoding: (tensors, W [n, k] float64)."""
+def gptq_layer(k, n, group, bits=4, act_order=False, sym=False, v2=False, seed=0, g_idx=None):
+    """Random true tensors of one layer and their GPTQ encoding: (tensors, W [n, k] float64).
+    ``g_idx``: the input columns' groups (default: k // group, shuffled when ``act_order``)."""
     g = torch.Generator().manual_seed(seed)
     gs = k if group == -1 else group
     ng = -(-k // gs)
-    g_idx = torch.arange(k) // gs
-    if act_order:
-        g_idx = g_idx[torch.randperm(k, generator=g)]
+    if g_idx is None:
+        g_idx = torch.arange(k) // gs
+        if act_order:
+            g_idx = g_idx[torch.randperm(k, generator=g)]
     top = (1 << bits) - 1
     codes = torch.randint(0, top + 1, (k, n), generator=g)
     zeros = torch.full((ng, n), (top + 1) // 2) if sym else torch.randint(1, top + 1, (ng, n), generator=g)
@@ -457,3 +459,79 @@ def test_gptq_checkpoint_of_a_conv1d_model(tmp_path):
     with torch.no_grad():
         want = ref(ids).logits
         torch.testing.assert_close(got(ids).logits.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def _write_moe_gptq(d, model_type: str, act_order: bool):
+    """A tiny MoE model saved as a GPTQ checkpoint the way the tools write one: every linear and every
+    expert's gate / up / down projection a layer of its own (Mixtral: w1 / w3 / w2 under
+    "block_sparse_moe"); the float64 model of the encoded weights (transformers' eager experts)."""
+    import copy
+
+    from safetensors.torch import save_file
+    from test_experts import tiny_moe
+
+    model = tiny_moe(model_type)
+    ref = copy.deepcopy(model).double()
+    ref.config._experts_implementation = "eager"
+    state = dict(model.state_dict())
+    seed = iter(range(10_000))
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and name != "lm_head" and not name.endswith("mlp.gate"):
+            tensors, w = gptq_layer(m.in_features, m.out_features, 32, act_order=act_order, seed=next(seed))
+            state.pop(f"{name}.weight")
+            state.update({f"{name}.{sfx}": t for sfx, t in tensors.items()})
+            with torch.no_grad():
+                ref.get_submodule(name).weight.copy_(w)
+    names = ("w1", "w3", "w2") if model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    for path, m in model.named_modules():
+        if not (hasattr(m, "gate_up_proj") and m.gate_up_proj.dim() == 3):
+            continue
+        num, two_i, hidden = m.gate_up_proj.shape
+        state.pop(f"{path}.gate_up_proj")
+        state.pop(f"{path}.down_proj")
+        r = ref.get_submodule(path)
+        for e in range(num):
+            g_idx = torch.arange(hidden) // 32
+            if act_order:
+                g_idx = g_idx[torch.randperm(hidden)]
+            for proj, (k, n, rows) in zip(names, [(hidden, two_i // 2, slice(0, two_i // 2)),
+                                                  (hidden, two_i // 2, slice(two_i // 2, two_i)),
+                                                  (two_i // 2, hidden, None)]):
+                tensors, w = gptq_layer(k, n, 32, seed=next(seed), g_idx=g_idx if rows is not None else None,
+                                        act_order=act_order)
+                state.update({f"{path}.{e}.{proj}.{sfx}": t for sfx, t in tensors.items()})
+                with torch.no_grad():
+                    (r.gate_up_proj[e, rows] if rows is not None else r.down_proj[e]).copy_(w)
+    if model_type == "mixtral":  # the checkpoint's names for the block
+        state = {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in state.items()}
+    d.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"))
+    model.config.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order}
+    (d / "config.json").write_text(json.dumps(cfg))
+    tiny_tokenizer().save_pretrained(d)
+    return ref
+
+
+@pytest.mark.parametrize("model_type, act_order", [("qwen3_moe", False), ("qwen3_moe", True), ("mixtral", True)])
+def test_moe_checkpoint_with_one_layer_per_expert(tmp_path, model_type, act_order):
+    """Per-expert GPTQ layers become the QuantExpertStacks of transformers' fused experts (gate and
+    up stacked as gate_up_proj; Mixtral's block_sparse_moe names mapped); the logits equal the
+    float64 model's; save_quantized / load_quantized keep them."""
+    from pyquant.quant.experts import QuantExpertStack
+
+    ref = _write_moe_gptq(tmp_path / "moe", model_type, act_order)
+    model, tok = pq.load_model(str(tmp_path / "moe"), dtype="float32")
+    stacks = {n: m for n, m in model.named_modules() if isinstance(m, QuantExpertStack)}
+    assert len(stacks) == 4 and all(len(st) == 4 for st in stacks.values())
+    assert all((st.expert(1).in_perm is not None) == act_order for n, st in stacks.items() if "gate_up" in n)
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = ref(ids).logits
+        got = model(ids).logits
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    pq.save_quantized(model, tmp_path / "pq", tokenizer=tok)
+    again, _ = pq.load_model(str(tmp_path / "pq"))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, got, rtol=0, atol=0)
