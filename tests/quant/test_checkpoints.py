@@ -102,6 +102,20 @@ def _layer(qw, perm):
     return pq.QuantLinear.from_quantized(qw, in_perm=perm)
 
 
+def _save_checkpoint(d, state: dict, config, quantization_config: dict, tokenizer=None) -> None:
+    """A checkpoint directory as the tools write one: the tensors, config.json with its
+    quantization_config, and a tokenizer."""
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"))
+    config.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = quantization_config
+    (d / "config.json").write_text(json.dumps(cfg))
+    (tokenizer or tiny_tokenizer()).save_pretrained(d)
+
+
 @pytest.mark.parametrize("k, n, group, act_order, sym, v2, spec", [
     (256, 24, 128, False, False, False, "int4-g128-fp16"),
     (256, 24, 32, False, True, False, "int4-g32-sym-fp16"),
@@ -179,8 +193,6 @@ def test_gptq_layers_refused_with_the_reason(case, match):
 def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool = False, head: bool = False):
     """A tiny Llama saved in the GPTQ or AWQ format (every linear but lm_head, groups of 32) and the
     float64 model holding the weights it encodes (``head``: lm_head quantized too)."""
-    from safetensors.torch import save_file
-
     model = tiny_llama(0, tie=tie)
     ref = tiny_llama(0, tie=tie).double()
     state = {k: v.half() for k, v in model.state_dict().items()}
@@ -204,11 +216,7 @@ def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool 
                 p.copy_(state[name].double())
     if tie:
         state.pop("lm_head.weight", None)
-    d.mkdir()
-    save_file(state, str(d / "model.safetensors"))
-    model.config.save_pretrained(d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = {
+    _save_checkpoint(d, state, model.config, {
         "awq": {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"},
         "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order, "sym": False,
                  "checkpoint_format": "gptq"},
@@ -220,9 +228,7 @@ def _write_checkpoint(d, kind: str = "gptq", act_order: bool = False, tie: bool 
                                                            "strategy": "channel"},
                         "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": True,
                                               "strategy": "token"}}}},
-    }[kind]
-    (d / "config.json").write_text(json.dumps(cfg))
-    tiny_tokenizer().save_pretrained(d)
+    }[kind])
     return ref
 
 
@@ -343,8 +349,6 @@ def test_demo_model_through_the_gptq_format_is_exact(tmp_path):
     """The bundled SmolLM2-135M (K = 576: a ragged last group at G = 128; a tied head), quantized by
     pyquant to int4-g128-fp16, written in the GPTQ v1 format (packing as above) and read back:
     the same logits, bit for bit, and the same weight bytes."""
-    from safetensors.torch import save_file
-
     model, tok = pq.load_model("demo")
     q = pq.quantize_model(model, "int4-g128-fp16", skip=("lm_head",))
     state = {}
@@ -361,14 +365,8 @@ def test_demo_model_through_the_gptq_format_is_exact(tmp_path):
                           f"{name}.qzeros": _pack(zeros - 1, 4, 1), f"{name}.scales": qw.scales.T.contiguous(),
                           f"{name}.g_idx": (torch.arange(qw.in_features) // 128).to(torch.int32)})
     d = tmp_path / "smollm2-gptq"
-    d.mkdir()
-    save_file(state, str(d / "model.safetensors"))
-    q.config.save_pretrained(d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
-                                  "sym": False}
-    (d / "config.json").write_text(json.dumps(cfg))
-    tok.save_pretrained(d)
+    _save_checkpoint(d, state, q.config, {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+                                          "sym": False}, tok)
     back, _ = pq.load_model(str(d))
     ids = tok("The capital of France is a city that", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -431,7 +429,6 @@ def test_checkpoints_written_by_compressed_tensors(tmp_path, weights, fmt, spec)
 def test_gptq_checkpoint_of_a_conv1d_model(tmp_path):
     """GPT-2's projections are transformers Conv1D (weight stored [in, out]): its GPTQ layers are
     read with K = in, N = out, and the logits match the float64 model of the encoded weights."""
-    from safetensors.torch import save_file
     from tinymodels import tiny_gpt2
 
     model, ref = tiny_gpt2(), tiny_gpt2().double()
@@ -446,13 +443,7 @@ def test_gptq_checkpoint_of_a_conv1d_model(tmp_path):
             ref.get_submodule(name).weight.copy_(w.T)  # Conv1D stores [in, out]
     state.pop("lm_head.weight", None)  # tied to wte
     d = tmp_path / "gpt2-gptq"
-    d.mkdir()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"))
-    model.config.save_pretrained(d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True}
-    (d / "config.json").write_text(json.dumps(cfg))
-    tiny_tokenizer().save_pretrained(d)
+    _save_checkpoint(d, state, model.config, {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True})
     got, _ = pq.load_model(str(d))
     assert sum(isinstance(m, pq.QuantLinear) for m in got.modules()) == 8
     ids = random_ids(2, 7)
@@ -467,7 +458,6 @@ def _write_moe_gptq(d, model_type: str, act_order: bool):
     "block_sparse_moe"); the float64 model of the encoded weights (transformers' eager experts)."""
     import copy
 
-    from safetensors.torch import save_file
     from test_experts import tiny_moe
 
     model = tiny_moe(model_type)
@@ -504,13 +494,8 @@ def _write_moe_gptq(d, model_type: str, act_order: bool):
                     (r.gate_up_proj[e, rows] if rows is not None else r.down_proj[e]).copy_(w)
     if model_type == "mixtral":  # the checkpoint's names for the block
         state = {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in state.items()}
-    d.mkdir()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"))
-    model.config.save_pretrained(d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": act_order}
-    (d / "config.json").write_text(json.dumps(cfg))
-    tiny_tokenizer().save_pretrained(d)
+    _save_checkpoint(d, state, model.config, {"quant_method": "gptq", "bits": 4, "group_size": 32,
+                                              "desc_act": act_order})
     return ref
 
 
