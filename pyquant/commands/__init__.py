@@ -12,9 +12,9 @@ def variant_label(desc: dict, spec: str) -> str:
     """A short label for a model (``desc``: ``model_description``/``model_info``), the one every
     command and the demo give by default: a quantized model's spec, "-gptq" when GPTQ made it, and
     its per-layer overrides (``int4-g128-gptq (*down_proj=int8)``), so that two different models
-    do not share a label in a report; for a checkpoint another tool quantized, the path's
-    last part and what it is (``Llama-GPTQ (gptq, int4-g128-fp16)``; AWQ, compressed-tensors alike); else its dtype (``fp32``);
-    else the path's last part."""
+    do not share a label in a report; for a checkpoint another tool quantized, the path's last
+    part and what it is (``Llama-GPTQ (gptq, int4-g128-fp16)``); else its dtype (``fp32``); else
+    the path's last part."""
     q = desc.get("quant") or {}
     name = os.path.basename(str(spec).rstrip("/"))
     if str(q.get("method", "")).endswith("-checkpoint"):

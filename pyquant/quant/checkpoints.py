@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from ..formats import SUPPORTED_GROUP_SIZES, QuantizedWeight, QuantSpec
-from .linear import QuantLinear
+from .linear import QuantLinear, _linear_weight
 from .rtn import pack_codes
 
 _SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
@@ -405,8 +405,9 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     pyquant QuantLinear modules (module docstring); the other weights in ``dtype`` (default: as
     stored). Sets ``model.pyquant_config`` (method "<format>-checkpoint") so reports and
     save_quantized see the layers."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
+    from .io import uninitialized_model
     from .model import CONFIG_VERSION, set_submodule
 
     qc = checkpoint_config(path)
@@ -420,12 +421,7 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     tensors = _read_checkpoint(path)
     stored = next((t.dtype for n, t in tensors.items()
                    if t.is_floating_point() and "scale" not in n.rpartition(".")[2]), torch.float16)
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or stored)
+    model = uninitialized_model(config, dtype or stored)
     layer_names = reader.layer_names(tensors)
     if not layer_names:
         raise ValueError(f"{path}: a {what} config but no '<layer>.{reader.marker}' tensors")
@@ -441,16 +437,12 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     used = _load_experts(model, set(layer_names), convert, layers, path)
     for name in [n for n in layer_names if n not in used]:
         try:
-            mod = model.get_submodule(name)
+            n, k = _linear_weight(model.get_submodule(name)).shape
         except AttributeError:
             raise ValueError(f"{path}: {what} layer {name!r} does not exist in transformers' {config.model_type} "
                              "model") from None
-        if isinstance(mod, nn.Linear):
-            k, n = mod.in_features, mod.out_features
-        elif type(mod).__name__ == "Conv1D":
-            k, n = mod.weight.shape
-        else:
-            raise ValueError(f"{path}: {what} layer {name!r} is a {type(mod).__name__}, not a linear layer")
+        except ValueError as e:  # neither nn.Linear nor Conv1D
+            raise ValueError(f"{path}: {what} layer {name!r}: {e}") from None
         qw, perm = convert(name, k, n)
         bias = tensors.pop(f"{name}.bias", None)
         q = QuantLinear.from_quantized(qw, None if bias is None else bias.to(dtype or stored), in_perm=perm)
@@ -464,8 +456,7 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
     if tied:
         model.tie_weights()  # the head shares the loaded input embedding
-    left = [n for n in result.missing_keys if n.rpartition(".")[0] not in layers
-            and not any(n.startswith(stack + ".") for stack in layers)
+    left = [n for n in result.missing_keys if not any(n.startswith(layer + ".") for layer in layers)
             and not (tied and n.endswith("lm_head.weight"))]
     if left:
         raise ValueError(f"{path}: no tensor for {left[:5]}{' ...' if len(left) > 5 else ''}")

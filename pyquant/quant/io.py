@@ -199,13 +199,26 @@ def _submodule(model: nn.Module, name: str) -> "nn.Module | None":
         return None
 
 
+def uninitialized_model(config, dtype: torch.dtype) -> nn.Module:
+    """The causal LM of ``config`` (AutoModelForCausalLM.from_config) with its weights allocated but
+    not initialized: a shell whose tensors are about to be loaded or replaced."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
 def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Rebuild a model written by save_quantized: the architecture from config.json
     (AutoModelForCausalLM.from_config), QuantLinear modules where the config says, then the checked
     tensors. Returns the model in eval mode on ``device``; full-precision parameters in ``dtype``
     (default: the dtype they were saved in). The tokenizer: ``pq.load_model(path)``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     path = str(path)
     meta = read_quantized_config(path)
@@ -215,12 +228,7 @@ def load_quantized(path, device="cpu", dtype: Optional[torch.dtype] = None) -> n
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read the Hugging Face config.json ({e})") from None
     saved_dtype = getattr(torch, meta.get("dtype", "float32"), torch.float32)
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype)
+    model = uninitialized_model(config, saved_dtype)
     layers = meta["quant"].get("layers", {})
     for name, info in layers.items():
         out_f, in_f = info["shape"]

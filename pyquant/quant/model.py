@@ -127,12 +127,10 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     choice is what a rounding error would flip, and some models read their ``.weight`` directly.
 
     Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
-    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}, "routers_kept": [names]} (expert
-    stacks add "experts":
-    E, the shape being each expert's) (plus "gptq": {"sequences",
-    "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}, and "experts_rtn": experts
-    no calibration token reached, rounded to nearest), used by
-    save_quantized and reports.
+    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}, "routers_kept": [names]}
+    (expert stacks add "experts": E, the shape being each expert's) (plus "gptq": {"sequences",
+    "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}, and "experts_rtn":
+    experts no calibration token reached, rounded to nearest), used by save_quantized and reports.
     A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
     """
     if not isinstance(model, nn.Module):
@@ -153,9 +151,10 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     candidates = [(n, model.get_submodule(n)) for n in linear_layer_names(model)]
     expert_names = expert_layer_names(model)
     routers = router_layer_names(model) if keep_routers else []
+    kept = set(routers)
 
     def chosen_spec(name):
-        if name in routers or any(name_matches(name, p) for p in skip):
+        if name in kept or any(name_matches(name, p) for p in skip):
             return None
         return next((s for p, s in over.items() if name_matches(name, p)), default)
 
@@ -165,7 +164,6 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     unused = unmatched_patterns([n for n, _ in candidates] + expert_names, list(skip) + list(over))
     if unused:
         warnings.warn(f"quantize_model: pattern(s) {unused} matched no linear layer", stacklevel=2)
-    kept = set(routers)
     only_routers = [p for p in unmatched_patterns([n for n, _ in candidates if n not in kept] + expert_names, over)
                     if p not in unused]
     if only_routers:
