@@ -26,4 +26,5 @@ def test_no_top_level_kernels_module_from_pyquant():
     spec = importlib.util.find_spec("kernels")
     found.append(spec.origin if spec is not None and spec.origin else "")
     for origin in filter(None, found):
-        assert pathlib.Path(origin).resolve().parent.parent != SOURCE_ROOT, f"pyquant's source tree shadows `kernels`: {origin}"
+        shadowed_by = pathlib.Path(origin).resolve().parent.parent
+        assert shadowed_by != SOURCE_ROOT, f"pyquant's source tree shadows `kernels`: {origin}"
