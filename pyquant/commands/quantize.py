@@ -37,7 +37,7 @@ pattern that matches no linear layer is an error.
 examples:
   pyquant quantize --model demo --scheme int4-g128 --override '*down_proj=int8' --output smollm2-int4
   pyquant quantize --model demo --scheme int4-g128 --method gptq --output smollm2-int4-gptq
-  pyquant quantize --model my-hf-dir --scheme int4-g128 --method gptq --calibration corpus.txt \
+  pyquant quantize --model my-hf-dir --scheme int4-g128 --method gptq --calibration corpus.txt \\
       --calib-seqs 128 --calib-len 2048 --output my-int4-gptq
 """
 
