@@ -1,8 +1,10 @@
-"""Quality of RTN vs plain GPTQ vs attention-aware GPTQ on the bundled SmolLM2-135M, one run.
+"""Quality of RTN vs plain GPTQ vs attention-aware GPTQ (without and with act-order) on the
+bundled SmolLM2-135M, one run.
 
 For each scheme: quantize fresh copies of the model with round-to-nearest, with GPTQ taking
-X^T X for every linear (``attention_aware=False``), and with pyquant's default GPTQ (value
-projections calibrated on the attention-mixed inputs A_h X, see pyquant/quant/gptq.py); then
+X^T X for every linear (``attention_aware=False``), with pyquant's default GPTQ (value
+projections calibrated on the attention-mixed inputs A_h X, see pyquant/quant/gptq.py), and
+with that GPTQ taking columns by decreasing H diagonal (``act_order=True``); then
 force each through the same reference (the built-in prompts, greedy) and report mean KL (all,
 prefill, generation), top-1 agreement and the quantization time. GPTQ calibrates on the
 built-in calibration text, which shares nothing with the prompts.
@@ -51,7 +53,8 @@ def main() -> None:
         print(f"reference: {len(store)} sequences, {store.num_rows} positions, {time.perf_counter() - t:.0f} s", flush=True)
     calib = pq.calibration_ids(tok, seq_len=args.calib_len, sequences=args.calib_seqs)
     methods = {"rtn": {}, "gptq-plain": {"method": "gptq", "calibration": calib, "attention_aware": False},
-               "gptq": {"method": "gptq", "calibration": calib}}
+               "gptq": {"method": "gptq", "calibration": calib},
+               "gptq-act": {"method": "gptq", "calibration": calib, "act_order": True}}
     rows = []
     print(f"{'scheme':<12} {'method':<11} {'KL all':>8} {'prefill':>8} {'gen':>8} {'top-1':>7} {'quant s':>8}", flush=True)
     for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:

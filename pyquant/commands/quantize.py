@@ -16,7 +16,9 @@ precision, give --override layers another scheme, and write a pyquant quantized 
 column's rounding error in the columns not yet quantized, from the layer inputs seen on
 calibration text (--calibration, default: the built-in text of about 9,600 tokens); decoder layers
 are done one at a time, each calibrated on the outputs of the layers already quantized. Both
-write the same formats, so every kernel and tool runs either.
+write the same formats, so every kernel and tool runs either. --act-order takes each layer's
+columns by decreasing input energy (GPTQ's desc_act); the layer then gathers its input into that
+order (in_perm, a small cost per call). Expert weights keep their column order.
 
 Mixture-of-experts models whose experts transformers stores as 3-D parameters (Mixtral, Qwen3-MoE,
 OLMoE, gpt-oss, Llama 4, ...) get every expert quantized too, run through pyquant's kernels;
@@ -66,6 +68,10 @@ def add_arguments(p):
     p.add_argument("--plain-v", action="store_true",
                    help="GPTQ: calibrate value projections on their inputs alone, not on what the attention makes "
                         "of them (faster, no eager attention; worse on models with attention sinks)")
+    p.add_argument("--act-order", action="store_true",
+                   help="GPTQ: quantize each layer's columns by decreasing input energy (GPTQ's desc_act) instead "
+                        "of left to right; the layer gathers its input into that order (in_perm), as act-order "
+                        "GPTQ checkpoints do")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the layers kept in full precision (default float32; quantization always rounds in "
                         "float32, from the weights as stored)")
@@ -149,6 +155,10 @@ def run(args) -> int:
     for s in overrides.values():
         QuantSpec.parse(s)
     skip = ["lm_head"] if args.skip is None else list(args.skip)
+    gptq_only = [f for f, on in (("--act-order", args.act_order), ("--plain-v", args.plain_v),
+                                 ("--calibration", args.calibration is not None)) if on]
+    if gptq_only and args.method != "gptq":
+        raise UsageError(f"{', '.join(gptq_only)}: GPTQ options, pass --method gptq")
     texts = _calibration_texts(args) if args.method == "gptq" else None
     out = args.output
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
@@ -176,7 +186,8 @@ def run(args) -> int:
         except ValueError as e:
             raise UsageError(f"--calibration: {e}") from None
         print(f"GPTQ: calibrating on {len(calib)} windows of {args.calib_len} tokens", flush=True)
-        gptq = {"method": "gptq", "calibration": calib, "damp": args.damp, "attention_aware": not args.plain_v}
+        gptq = {"method": "gptq", "calibration": calib, "damp": args.damp, "attention_aware": not args.plain_v,
+                "act_order": args.act_order}
     with warnings.catch_warnings():  # _check_patterns said it in the CLI's words
         warnings.filterwarnings("ignore", message="quantize_model: pattern", category=UserWarning)
         quantize_model(model, spec, skip=skip, overrides=overrides, progress=True,

@@ -2,8 +2,11 @@
 columns not yet quantized, using the layer's input statistics H = sum_t x_t x_t^T.
 
 Same formats and grids as RTN (rtn.py); only the codes (and the grids, which are taken from the
-error-corrected weights when each group is reached) differ. No act-order: columns are taken
-left to right, so groups stay contiguous along K and every kernel runs a GPTQ weight unchanged.
+error-corrected weights when each group is reached) differ. Columns are taken left to right, so
+groups stay contiguous along K and every kernel runs a GPTQ weight unchanged. Act-order (GPTQ's
+``desc_act``, opt-in) takes them by decreasing H diagonal instead: the weight is stored with its
+columns in that order, groups contiguous in it, and the QuantLinear gathers x to match
+(``in_perm``), the layout act-order GPTQ checkpoints are read into (checkpoints.py).
 
 ``gptq_quantize_weight`` quantizes one weight given its H. ``gptq_quantize_layers`` walks a
 model: decoder layers one at a time (the inputs of layer i come from layers 0..i-1 already
@@ -34,7 +37,8 @@ DEFAULT_BLOCK = 128
 
 
 def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpec | str",
-                         damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK) -> QuantizedWeight:
+                         damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK,
+                         perm: Optional[torch.Tensor] = None) -> QuantizedWeight:
     """GPTQ quantization of w [N, K] into ``spec``'s format, given hessian [K, K] = sum_t x_t x_t^T over
     the layer's calibration inputs (any positive multiple of it gives the same result), or
     [G, K, K]: one per block of N / G consecutive rows (the KV heads of a value projection).
@@ -45,6 +49,10 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpe
     column of the group is reached. Columns are processed in blocks of ``block_size`` (rounded up
     to a multiple of the group size) with lazy updates of the rest. With a diagonal H the result is
     exactly RTN's. Works in float64 for a float64 w, else in float32. Returns a QuantizedWeight.
+
+    perm: quantize the columns in this order (act-order: ``act_order_perm(hessian)``). The result
+    is then the weight of ``w[:, perm]``, groups contiguous in that order: a QuantLinear runs it
+    with ``in_perm=perm``.
     """
     spec = QuantSpec.parse(spec)
     check_weight(w, "gptq_quantize_weight")
@@ -58,7 +66,27 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpe
         raise ValueError("gptq_quantize_weight: the hessian contains NaN or Inf")
     _check_options(damp, block_size)
     hs = hessian if hessian.dim() == 3 else hessian[None]
-    return _gptq_rows(w.detach().to(_work_dtype(w)), [inverse_factor(h, damp) for h in hs], spec, block_size)
+    w = w.detach()
+    if perm is not None:
+        perm = torch.as_tensor(perm).long().reshape(-1)
+        if perm.numel() != k or not torch.equal(perm.sort().values, torch.arange(k)):
+            raise ValueError(f"gptq_quantize_weight: perm must be a permutation of the {k} columns")
+        w, hs = w[:, perm], _permuted(hs, perm)
+    return _gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp) for h in hs], spec, block_size)
+
+
+def act_order_perm(hessian: torch.Tensor) -> torch.Tensor:
+    """GPTQ's act-order: the columns by decreasing H diagonal (the summed diagonals of a [G, K, K]
+    hessian), ties in column order. The columns whose inputs carry the most energy are quantized
+    first, while the most columns are left to absorb their error."""
+    d = torch.diagonal(hessian, dim1=-2, dim2=-1)
+    d = d.sum(0) if d.dim() == 2 else d
+    return torch.argsort(d.double(), descending=True, stable=True)
+
+
+def _permuted(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """h [..., K, K] with rows and columns in ``perm``'s order."""
+    return h.index_select(-1, perm).index_select(-2, perm)
 
 
 def _work_dtype(w: torch.Tensor) -> torch.dtype:
@@ -310,7 +338,7 @@ class _LayerHessians:
 
 def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence[torch.Tensor],
                          make_layer: Callable, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK,
-                         progress: bool = False, attention_aware: bool = True) -> dict:
+                         progress: bool = False, attention_aware: bool = True, act_order: bool = False) -> dict:
     """Quantize the planned linears [(name, QuantSpec)] of ``model`` in place with GPTQ; returns
     {"sequences", "tokens", "sequential_layers", "attention_aware_v"} (and "experts_rtn" with experts).
 
@@ -318,7 +346,8 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
     expert's H from the tokens routed to it; an expert no calibration token reaches is rounded to
     nearest (counted in "experts_rtn").
 
-    make_layer(linear, QuantizedWeight) -> the replacement module. Decoder layers (the module list
+    make_layer(linear, QuantizedWeight, in_perm) -> the replacement module (in_perm: None, or the
+    act-order column order when ``act_order``; expert stacks keep their column order). Decoder layers (the module list
     that holds most planned linears) are done one at a time: their inputs are recorded once, each
     layer's H is collected from the current inputs, its linears are quantized, and the quantized
     layer's outputs become the next layer's inputs. Planned linears outside that list get their H
@@ -369,7 +398,7 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
 
     def quantize(names, layer_hess):
         hess = layer_hess.linear
-        factors = []  # [(H, its inverse factors)]: linears fed the same input share them
+        factors = []  # [(H, its column order, its inverse factors)]: linears fed the same input share them
         for name in names:
             if name in experts:
                 quantize_experts(name, layer_hess.experts.take(name))
@@ -380,14 +409,19 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
                 raise ValueError(f"gptq: {name} received no input during calibration")
             if not torch.isfinite(h).all():
                 raise ValueError(f"gptq: the inputs of {name} contain NaN or Inf")
-            f = next((f for h0, f in factors if h0.shape == h.shape and torch.equal(h0, h)), None)
+            perm, f = next(((p, f) for h0, p, f in factors if h0.shape == h.shape and torch.equal(h0, h)), (None, None))
             if f is None:
-                f = [inverse_factor(hg, damp) for hg in (h if h.dim() == 3 else h[None])]
-                factors.append((h, f))
+                perm = act_order_perm(h) if act_order else None
+                hp = h if perm is None else _permuted(h, perm)
+                f = [inverse_factor(hg, damp) for hg in (hp if hp.dim() == 3 else hp[None])]
+                factors.append((h, perm, f))
             stats["attention_aware_v"] += h.dim() == 3
             w = _linear_weight(lin).detach()
             check_weight(w, f"gptq ({name})")
-            set_submodule(model, name, make_layer(lin, _gptq_rows(w.to(_work_dtype(w)), f, spec_of[name], block_size)))
+            if perm is not None:
+                w = w[:, perm.to(w.device)]
+            qw = _gptq_rows(w.to(_work_dtype(w)), f, spec_of[name], block_size)
+            set_submodule(model, name, make_layer(lin, qw, perm))
             if bar is not None:
                 bar.update(1)
 

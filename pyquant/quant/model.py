@@ -108,7 +108,7 @@ def _untie_output_embeddings(model: nn.Module, lm_head_names: Iterable[str]) -> 
 def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",), overrides: Optional[dict] = None,
                    progress: Optional[bool] = None, method: str = "rtn", calibration=None,
                    damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK, attention_aware: bool = True,
-                   keep_routers: bool = True) -> nn.Module:
+                   keep_routers: bool = True, act_order: bool = False) -> nn.Module:
     """Quantize the model's nn.Linear (and Conv1D) layers in place, and the mixture-of-experts
     weights transformers stores as 3-D parameters (named "<experts module>.gate_up_proj" etc.,
     pyquant/quant/experts.py); returns the model.
@@ -121,15 +121,19 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     method: "rtn" (round to nearest) or "gptq" (error-correcting; needs ``calibration``, a list of
     1-D token-id tensors such as ``calibration_ids`` makes; damp and block_size as in
     ``gptq_quantize_weight``; attention_aware=False gives value projections the plain X^T X
-    instead of the attention-mixed H, see ``pyquant.quant.gptq``). Both write the same formats.
+    instead of the attention-mixed H, see ``pyquant.quant.gptq``; act_order=True quantizes each
+    linear's columns by decreasing H diagonal, GPTQ's desc_act, and gives it an ``in_perm``; expert
+    stacks keep their column order). Both write the same formats.
     keep_routers: keep the mixture-of-experts routers (``router_layer_names``) in full precision
     whatever the patterns say, as llama.cpp keeps ``ffn_gate_inp``: they are small, their top-k
     choice is what a rounding error would flip, and some models read their ``.weight`` directly.
 
     Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
-    "layers": {name: {"spec", "shape": [out, in], "bias", "method"}}, "routers_kept": [names]}
+    "layers": {name: {"spec", "shape": [out, in], "bias", "method"} (+ "in_perm": True with
+    act-order)}, "routers_kept": [names]}
     (expert stacks add "experts": E, the shape being each expert's) (plus "gptq": {"sequences",
-    "tokens", "damp", "block_size", "sequential_layers", "attention_aware_v"}, and "experts_rtn":
+    "tokens", "damp", "block_size", "act_order", "sequential_layers", "attention_aware_v"}, and
+    "experts_rtn":
     experts no calibration token reached, rounded to nearest), used by save_quantized and reports.
     A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
     """
@@ -137,6 +141,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
         raise ValueError(f"quantize_model needs an nn.Module, got {type(model).__name__}")
     if method not in ("rtn", "gptq"):
         raise ValueError(f"quantize_model: method must be 'rtn' or 'gptq', got {method!r}")
+    if act_order and method != "gptq":
+        raise ValueError("quantize_model: act_order needs method='gptq' (rounding to nearest has no column order)")
     if method == "gptq" and not calibration:
         raise ValueError("quantize_model: method='gptq' needs calibration token ids (see pyquant.quant.calibration_ids)")
     default = QuantSpec.parse(spec)
@@ -185,8 +191,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     if method == "gptq":
         stats = gptq_quantize_layers(model, plan + expert_plan, calibration, make_layer=_from_quantized, damp=damp,
                                      block_size=block_size, progress=progress is not False,
-                                     attention_aware=attention_aware)
-        extra["gptq"] = {**stats, "damp": damp, "block_size": block_size}
+                                     attention_aware=attention_aware, act_order=act_order)
+        extra["gptq"] = {**stats, "damp": damp, "block_size": block_size, "act_order": act_order}
     else:
         show = progress if progress is not None else len(plan) + len(expert_plan) >= 64
         it = plan + expert_plan
@@ -205,7 +211,7 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     for name, s in plan:
         q = model.get_submodule(name)
         layers[name] = {"spec": str(s), "shape": [q.out_features, q.in_features], "bias": q.bias is not None,
-                        "method": method}
+                        "method": method, **({"in_perm": True} if q._buffers.get("in_perm") is not None else {})}
     for name, s in expert_plan:  # a QuantExpertStack: "experts" matrices of [out, in] each
         q = model.get_submodule(name)
         e0 = q.expert(0)
@@ -222,9 +228,9 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     return model
 
 
-def _from_quantized(linear: nn.Module, qw) -> QuantLinear:
+def _from_quantized(linear: nn.Module, qw, in_perm=None) -> QuantLinear:
     b = getattr(linear, "bias", None)
-    return QuantLinear.from_quantized(qw, None if b is None else b.detach())
+    return QuantLinear.from_quantized(qw, None if b is None else b.detach(), in_perm=in_perm)
 
 
 def quantized_layers(model: nn.Module) -> dict:

@@ -9,6 +9,7 @@ import pyquant as pq
 from pyquant.formats import QuantSpec
 from pyquant.quant import gptq as G
 from pyquant.quant.linear import QuantLinear
+from pyquant.quant.model import quantized_layers
 from pyquant.quant.rtn import int4_grid, int8_scales, to_codes
 from tinymodels import random_ids, tiny_gpt2, tiny_llama
 
@@ -228,6 +229,82 @@ def test_value_projection_gets_the_attention_mixed_hessian_per_kv_head(seen_hess
     assert plain_model.pyquant_config["gptq"]["attention_aware_v"] == 0
 
 
+@pytest.mark.parametrize("spec", ["int8", "int4-g32", "int4-g128-sym"])
+def test_act_order_is_gptq_of_the_permuted_columns(spec):
+    gen = torch.Generator().manual_seed(5)
+    k = 150  # ragged last group
+    w = torch.randn(19, k, generator=gen, dtype=torch.float64)
+    X = correlated_inputs(400, k, gen).double() * torch.exp(torch.randn(k, generator=gen, dtype=torch.float64))
+    H = X.T @ X
+    perm = G.act_order_perm(H)
+    assert torch.equal(H.diagonal()[perm], H.diagonal().sort(descending=True).values)
+    got = G.gptq_quantize_weight(w, H, spec, damp=0.01, block_size=32, perm=perm)
+    want = obq_reference(w[:, perm], H[perm][:, perm], QuantSpec.parse(spec), damp=0.01)
+    assert torch.equal(got.codes().double()[:, :k], want)
+    diag, w32 = torch.diag(H.diagonal()).float(), w.float()  # no correlations: RTN of the permuted columns
+    for name, t in pq.quantize_weight(w32[:, perm], spec).tensors().items():
+        assert torch.equal(G.gptq_quantize_weight(w32, diag, spec, perm=perm).tensors()[name], t), name
+
+
+@pytest.mark.parametrize("spec", ["int8", "int4-g32", "int4-g128"])
+def test_act_order_cuts_the_error_when_input_scales_differ(spec):
+    gen = torch.Generator().manual_seed(3)
+    k = 256
+    X = correlated_inputs(2000, k, gen) * torch.exp(torch.randn(k, generator=gen))
+    w = torch.randn(64, k, generator=gen)
+    H = X.T @ X
+    perm = G.act_order_perm(H)
+    layer = QuantLinear.from_quantized(G.gptq_quantize_weight(w, H, spec, perm=perm), in_perm=perm)
+    with torch.no_grad():
+        err_act = ((layer(X) - X @ w.T) ** 2).sum()
+    dq = G.gptq_quantize_weight(w, H, spec).dequantize()
+    err_plain = ((X @ (w - dq).T) ** 2).sum()
+    assert err_act < 0.8 * err_plain, (err_act, err_plain)
+    # the layer's columns are gathered back into the model's order: float64 check of the forward
+    x = torch.randn(5, k, generator=gen)
+    dq_act = torch.empty_like(w, dtype=torch.float64)
+    dq_act[:, perm] = layer.qw.dequantize().double()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).double(), x.double() @ dq_act.T, rtol=1e-5, atol=1e-4)
+
+
+def test_act_order_bad_input():
+    w, H = torch.randn(8, 64), torch.eye(64)
+    with pytest.raises(ValueError, match="permutation"):
+        G.gptq_quantize_weight(w, H, "int8", perm=torch.arange(63))
+    with pytest.raises(ValueError, match="permutation"):
+        G.gptq_quantize_weight(w, H, "int8", perm=torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="act_order needs method='gptq'"):
+        pq.quantize_model(tiny_llama(), "int8", act_order=True)
+
+
+def test_quantize_model_act_order_records_saves_and_loads(tmp_path, tokenizer):
+    model = tiny_llama(seed=6)
+    f64 = copy.deepcopy(model).double()
+    ids = random_ids(2, 9)
+    calib = [random_ids(1, 16)[0] for _ in range(3)]
+    pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, damp=0.05, progress=False, act_order=True)
+    cfg = model.pyquant_config
+    assert cfg["gptq"]["act_order"] is True and cfg["gptq"]["attention_aware_v"] == 2
+    assert all(info.get("in_perm") is True for info in cfg["layers"].values())
+    v = model.model.layers[0].self_attn.v_proj
+    assert v.in_perm is not None and not torch.equal(v.in_perm.long(), torch.arange(v.in_features))
+    for name, q in quantized_layers(model).items():  # the float64 model of the weights, columns in place
+        w = torch.empty(q.out_features, q.in_features, dtype=torch.float64)
+        w[:, q.in_perm.long()] = q.qw.dequantize(torch.float64)
+        f64.get_submodule(name).weight.data = w
+    with torch.no_grad():
+        y, want = model(ids).logits, f64(ids).logits
+    assert (y.double() - want).abs().max() < 1e-4 * want.abs().max()
+    pq.save_quantized(model, tmp_path / "q", tokenizer=tokenizer)
+    loaded = pq.load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, y)
+    assert loaded.pyquant_config["layers"]["model.layers.1.mlp.down_proj"]["in_perm"] is True
+    out = loaded.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
 def test_row_block_hessians_quantize_each_block_with_its_own(spec="int4-g32"):
     gen = torch.Generator().manual_seed(11)
     w = torch.randn(12, 64, generator=gen, dtype=torch.float64)
@@ -249,7 +326,8 @@ def test_quantize_model_gptq_records_saves_and_loads(tmp_path, tokenizer):
                       damp=0.05, progress=False)
     cfg = model.pyquant_config
     assert cfg["method"] == "gptq" and cfg["gptq"] == {"sequences": 3, "tokens": 48, "sequential_layers": 2,
-                                                      "attention_aware_v": 2, "damp": 0.05, "block_size": 128}
+                                                      "attention_aware_v": 2, "damp": 0.05, "block_size": 128,
+                                                      "act_order": False}
     assert cfg["layers"]["model.layers.0.mlp.down_proj"] == {"spec": "int8", "shape": [64, 128], "bias": False,
                                                              "method": "gptq"}
     assert type(model.lm_head).__name__ == "Linear"

@@ -107,12 +107,18 @@ def test_gptq_from_a_calibration_file(hf_dir, tmp_path, capsys):
     assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--method", "gptq", "--calibration",
                  str(calib), "--calib-seqs", "3", "--calib-len", "64", "--plain-v", "--output", str(tmp_path / "p")]) == 0
     assert pq.load_model(str(tmp_path / "p"))[0].pyquant_config["gptq"]["attention_aware_v"] == 0
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--method", "gptq", "--calibration",
+                 str(calib), "--calib-seqs", "3", "--calib-len", "64", "--act-order", "--output",
+                 str(tmp_path / "a")]) == 0
+    act = pq.load_model(str(tmp_path / "a"))[0].pyquant_config
+    assert act["gptq"]["act_order"] is True and all(v.get("in_perm") for v in act["layers"].values())
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--calibration", "/nonexistent.txt"], "cannot read"),
     (["--calib-seqs", "0"], "--calib-seqs"),
     (["--damp", "-1"], "--damp"),
+    (["--method", "rtn", "--act-order"], "--act-order: GPTQ options, pass --method gptq"),
 ])
 def test_gptq_bad_options_exit_2(hf_dir, tmp_path, capsys, extra, message):
     rc = main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--method", "gptq", "--output",
