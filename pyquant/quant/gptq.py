@@ -347,11 +347,11 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
     nearest (counted in "experts_rtn").
 
     make_layer(linear, QuantizedWeight, in_perm) -> the replacement module (in_perm: None, or the
-    act-order column order when ``act_order``; expert stacks keep their column order). Decoder layers (the module list
-    that holds most planned linears) are done one at a time: their inputs are recorded once, each
-    layer's H is collected from the current inputs, its linears are quantized, and the quantized
-    layer's outputs become the next layer's inputs. Planned linears outside that list get their H
-    from one more pass of the whole (by then quantized) model. Value projections of the decoder
+    act-order column order when ``act_order``; expert stacks keep their column order). Decoder
+    layers (the module list that holds most planned linears) are done one at a time: their inputs
+    are recorded once, each layer's H is collected from the current inputs, its linears are
+    quantized, and the quantized layer's outputs become the next layer's inputs. Planned linears
+    outside that list get their H from one more pass of the whole (by then quantized) model. Value projections of the decoder
     layers get the attention-aware H (module docstring; attention runs eagerly meanwhile) unless
     ``attention_aware`` is False (plain GPTQ: X^T X everywhere, attention as configured).
     """

@@ -142,7 +142,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     if method not in ("rtn", "gptq"):
         raise ValueError(f"quantize_model: method must be 'rtn' or 'gptq', got {method!r}")
     if act_order and method != "gptq":
-        raise ValueError("quantize_model: act_order needs method='gptq' (rounding to nearest has no column order)")
+        raise ValueError("quantize_model: act_order needs method='gptq' "
+                         "(rounding to nearest has no column order)")
     if method == "gptq" and not calibration:
         raise ValueError("quantize_model: method='gptq' needs calibration token ids (see pyquant.quant.calibration_ids)")
     default = QuantSpec.parse(spec)
