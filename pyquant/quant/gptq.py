@@ -68,10 +68,10 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpe
     hs = hessian if hessian.dim() == 3 else hessian[None]
     w = w.detach()
     if perm is not None:
-        perm = torch.as_tensor(perm).long().reshape(-1)
-        if perm.numel() != k or not torch.equal(perm.sort().values, torch.arange(k)):
+        perm = torch.as_tensor(perm, device=hs.device).long().reshape(-1)
+        if perm.numel() != k or not torch.equal(perm.sort().values, torch.arange(k, device=perm.device)):
             raise ValueError(f"gptq_quantize_weight: perm must be a permutation of the {k} columns")
-        w, hs = w[:, perm], _permuted(hs, perm)
+        w, hs = w[:, perm.to(w.device)], _permuted(hs, perm)
     return _gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp) for h in hs], spec, block_size)
 
 
@@ -351,9 +351,10 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
     layers (the module list that holds most planned linears) are done one at a time: their inputs
     are recorded once, each layer's H is collected from the current inputs, its linears are
     quantized, and the quantized layer's outputs become the next layer's inputs. Planned linears
-    outside that list get their H from one more pass of the whole (by then quantized) model. Value projections of the decoder
-    layers get the attention-aware H (module docstring; attention runs eagerly meanwhile) unless
-    ``attention_aware`` is False (plain GPTQ: X^T X everywhere, attention as configured).
+    outside that list get their H from one more pass of the whole (by then quantized) model. Value
+    projections of the decoder layers get the attention-aware H (module docstring; attention runs
+    eagerly meanwhile) unless ``attention_aware`` is False (plain GPTQ: X^T X everywhere, attention
+    as configured).
     """
     from .experts import expert_weights, install_quantized
     from .linear import _linear_weight

@@ -62,11 +62,9 @@ def _dedupe_state_dict(model: nn.Module) -> "tuple[dict, dict]":
     return tensors, aliases
 
 
-def _float_dtype(model: nn.Module) -> str:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return str(p.dtype).replace("torch.", "")
-    return "float32"
+def float_dtype(model: nn.Module, default: Optional[torch.dtype] = torch.float32) -> Optional[torch.dtype]:
+    """The dtype of the model's first floating-point parameter (its full-precision layers'), else ``default``."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), default)
 
 
 def save_quantized(model: nn.Module, path, tokenizer=None) -> str:
@@ -117,7 +115,7 @@ def save_quantized(model: nn.Module, path, tokenizer=None) -> str:
         "format_version": FORMAT_VERSION,
         "pyquant_version": __version__,
         "quant": qcfg,
-        "dtype": _float_dtype(model),
+        "dtype": str(float_dtype(model)).replace("torch.", ""),
         "aliases": aliases,
         "file": {"name": WEIGHTS_NAME, "bytes": os.path.getsize(wpath)},
         "tensors": {n: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),

@@ -130,11 +130,10 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
 
     Records ``model.pyquant_config`` = {"version", "default_spec", "skip", "overrides", "method",
     "layers": {name: {"spec", "shape": [out, in], "bias", "method"} (+ "in_perm": True with
-    act-order)}, "routers_kept": [names]}
-    (expert stacks add "experts": E, the shape being each expert's) (plus "gptq": {"sequences",
-    "tokens", "damp", "block_size", "act_order", "sequential_layers", "attention_aware_v"}, and
-    "experts_rtn":
-    experts no calibration token reached, rounded to nearest), used by save_quantized and reports.
+    act-order)}, "routers_kept": [names]} (expert stacks add "experts": E, the shape being each
+    expert's) (plus "gptq": {"sequences", "tokens", "damp", "block_size", "act_order",
+    "sequential_layers", "attention_aware_v"}, and "experts_rtn": experts no calibration token
+    reached, rounded to nearest), used by save_quantized and reports.
     A tied LM head that gets quantized is untied first (the input embedding keeps full precision).
     """
     if not isinstance(model, nn.Module):
@@ -212,7 +211,7 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     for name, s in plan:
         q = model.get_submodule(name)
         layers[name] = {"spec": str(s), "shape": [q.out_features, q.in_features], "bias": q.bias is not None,
-                        "method": method, **({"in_perm": True} if q._buffers.get("in_perm") is not None else {})}
+                        "method": method, **({"in_perm": True} if q.in_perm is not None else {})}
     for name, s in expert_plan:  # a QuantExpertStack: "experts" matrices of [out, in] each
         q = model.get_submodule(name)
         e0 = q.expert(0)
