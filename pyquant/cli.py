@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-COMMANDS = ("quantize", "reference", "compare", "perplexity", "tasks", "bench", "report", "demo")
+COMMANDS = ("quantize", "export", "reference", "compare", "perplexity", "tasks", "bench", "report", "demo")
 
 
 class UsageError(Exception):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Optional
 
 import torch
@@ -84,6 +85,20 @@ def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     if dim == 0:  # [R, C, per] -> [R * per, C]
         return codes.permute(0, 2, 1).reshape(packed.shape[0] * per, packed.shape[1])
     return codes.reshape(packed.shape[0], packed.shape[1] * per)
+
+
+def pack_words(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Inverse of _unpack: integer codes in [0, 2^bits) packed 32/bits to an int32 word along ``dim``,
+    value i of a word at bits [bits*i, bits*(i+1)) (the dimension padded with zeros to whole words)."""
+    per = 32 // bits
+    v = codes.to(torch.int64)
+    if dim == 0:
+        v = v.T
+    rows, cols = v.shape
+    v = torch.nn.functional.pad(v, (0, -cols % per)).reshape(rows, -1, per)
+    words = (v << torch.arange(0, 32, bits, dtype=torch.int64)).sum(-1)  # disjoint bits: the sum is an OR
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # the bit pattern as int32
+    return words.T.contiguous() if dim == 0 else words
 
 
 def _pyquant_group(group: int, in_features: int) -> int:
@@ -247,7 +262,7 @@ class _Reader:
 
     def __init__(self, path: str, qc: dict):
         self.kind = str(qc["quant_method"]).lower()
-        self.path, self.qc, self.a8 = path, qc, False
+        self.path, self.qc, self.a8 = path, qc, set()  # a8: the config groups that quantize activations
         if self.kind == "compressed-tensors":
             self._check_compressed()
             self.marker, self.suffixes, self.required = (
@@ -266,10 +281,13 @@ class _Reader:
 
     def _check_compressed(self) -> None:
         fmt = str(self.qc.get("format", "")).lower()
-        if fmt not in _CT_FORMATS:
-            raise ValueError(f"{self.path}: compressed-tensors format {fmt!r}: pyquant reads the integer formats "
-                             f"{list(_CT_FORMATS)}")
-        for name, group in (self.qc.get("config_groups") or {}).items():
+        groups = self.qc.get("config_groups") or {}
+        # "mixed-precision": each config group names its own format
+        formats = {str(g.get("format", "")).lower() for g in groups.values()} if fmt == "mixed-precision" else {fmt}
+        if not formats <= set(_CT_FORMATS):
+            raise ValueError(f"{self.path}: compressed-tensors format {'/'.join(sorted(formats))!r}: pyquant reads the "
+                             f"integer formats {list(_CT_FORMATS)}")
+        for name, group in groups.items():
             w, a = group.get("weights") or {}, group.get("input_activations")
             if w and (w.get("type", "int") != "int" or int(w.get("num_bits", 4)) not in (4, 8)):
                 raise ValueError(f"{self.path}: config group {name!r} has {w.get('num_bits')}-bit {w.get('type')} "
@@ -280,7 +298,22 @@ class _Reader:
                 if not token_int8 or int(w.get("num_bits", 0)) != 8:
                     raise ValueError(f"{self.path}: config group {name!r} quantizes activations as {a}; pyquant "
                                      "reproduces only int8 dynamic per-token activations on int8 weights (W8A8)")
-                self.a8 = True
+                self.a8.add(name)
+
+    def _group_of(self, layer: str) -> "str | None":
+        """The compressed-tensors config group whose targets match ``layer`` best, as vLLM picks it: its
+        exact name, then a "re:" regex (re.match), then a class name (every layer here is a Linear)."""
+        def rank(target: str) -> int:
+            if target == layer:
+                return 3
+            if target.startswith("re:"):
+                return 2 if re.match(target[3:], layer) else 0
+            return 1 if "." not in target else 0
+
+        ranked = [(max((rank(t) for t in g.get("targets") or []), default=0), name)
+                  for name, g in (self.qc.get("config_groups") or {}).items()]
+        best = max(ranked, default=(0, None))
+        return best[1] if best[0] else None
 
     def layer_names(self, tensors: dict) -> list:
         return sorted({n[: -len(self.marker) - 1] for n in tensors if n.endswith("." + self.marker)})
@@ -289,7 +322,7 @@ class _Reader:
         who = f"{self.path}: {name}"
         if self.kind == "compressed-tensors":
             qw, perm = convert_compressed_layer(parts, k, n, who=who)
-            if self.a8:
+            if self._group_of(name) in self.a8:
                 qw = QuantizedWeight(QuantSpec.parse(f"{qw.spec}-a8"), qw.qweight, qw.scales, qw.zeros, qw.shape)
             return qw, perm
         if self.kind == "awq":

@@ -49,7 +49,7 @@ def is_quantized_dir(path) -> bool:
     return os.path.isfile(os.path.join(str(path), CONFIG_NAME))
 
 
-def _dedupe_state_dict(model: nn.Module) -> "tuple[dict, dict]":
+def dedupe_state_dict(model: nn.Module) -> "tuple[dict, dict]":
     """(tensors to store, aliases {name: stored name}) with tensors sharing storage stored once."""
     tensors, aliases, seen = {}, {}, {}
     for name, t in model.state_dict().items():
@@ -67,6 +67,34 @@ def float_dtype(model: nn.Module, default: Optional[torch.dtype] = torch.float32
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), default)
 
 
+def write_model_files(path: str, tensors: dict, metadata: dict, model: nn.Module, tokenizer=None, *,
+                      last: str, who: str) -> str:
+    """The files of a model directory but its last one: ``tensors`` to path/model.safetensors (through a
+    temporary name), the model's generation config and the tokenizer. ``last``, the file the caller
+    writes at the end, is removed first: the directory is incomplete until it lands. Returns the
+    weights' path."""
+    from safetensors.torch import save_file
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{who}: {path} exists and is not a directory")
+    os.makedirs(path, exist_ok=True)
+    if os.path.exists(os.path.join(path, last)):
+        os.remove(os.path.join(path, last))
+    wpath = os.path.join(path, WEIGHTS_NAME)
+    save_file(tensors, wpath + ".tmp", metadata=metadata)
+    make_shareable(wpath + ".tmp")
+    os.replace(wpath + ".tmp", wpath)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        try:
+            gen.save_pretrained(path)
+        except Exception:  # an invalid generation config is not worth failing the write
+            pass
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return wpath
+
+
 def save_quantized(model: nn.Module, path, tokenizer=None) -> str:
     """Write ``model`` (quantized with quantize_model) to directory ``path``; returns the path.
 
@@ -74,37 +102,19 @@ def save_quantized(model: nn.Module, path, tokenizer=None) -> str:
     pyquant_config.json, the HF config to config.json, and the tokenizer when given. Files are
     written to temporary names and renamed, pyquant_config.json last.
     """
-    from safetensors.torch import save_file
-
     qcfg = getattr(model, "pyquant_config", None)
     if not qcfg or not any(isinstance(m, QuantLinear) for m in model.modules()):
         raise ValueError("save_quantized: the model has no quantized layers (run pq.quantize_model first)")
     if getattr(model, "config", None) is None or not hasattr(model.config, "save_pretrained"):
         raise ValueError("save_quantized: the model has no Hugging Face config (model.config) to rebuild it from")
+    tensors, aliases = dedupe_state_dict(model)
     path = str(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"save_quantized: {path} exists and is not a directory")
-    os.makedirs(path, exist_ok=True)
-    cfg_path = os.path.join(path, CONFIG_NAME)
-    if os.path.exists(cfg_path):
-        os.remove(cfg_path)  # the directory is incomplete until the new config lands
-
-    tensors, aliases = _dedupe_state_dict(model)
-    wpath = os.path.join(path, WEIGHTS_NAME)
-    tmp = wpath + ".tmp"
-    save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    make_shareable(tmp)
-    os.replace(tmp, wpath)
+    wpath = write_model_files(path, tensors, {"format": FORMAT, "format_version": str(FORMAT_VERSION)}, model,
+                              tokenizer, last=CONFIG_NAME, who="save_quantized")
     model.config.save_pretrained(path)
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        try:
-            gen.save_pretrained(path)
-        except Exception:  # an invalid generation config is not worth failing the save
-            pass
+    cfg_path = os.path.join(path, CONFIG_NAME)
     tok_fp = None
     if tokenizer is not None:
-        tokenizer.save_pretrained(path)
         from ..models import tokenizer_fingerprint
 
         tok_fp = tokenizer_fingerprint(tokenizer)
