@@ -156,6 +156,35 @@ def test_mixed_specs_get_one_config_group_each(tmp_path):
         assert torch.equal(back(ids).logits, q(ids).logits)
 
 
+@pytest.mark.parametrize("kind", ["gptq", "awq"])
+def test_another_tools_checkpoint_exports_to_the_same_weights(tmp_path, kind):
+    """A GPTQ or AWQ checkpoint (fp16 scales, fp16 embeddings) re-exported: the library decodes the
+    weights the float64 model of the original encodes, and the fp16 tensors are kept as stored."""
+    pytest.importorskip("compressed_tensors")
+    from test_checkpoints import _write_checkpoint
+
+    ref = _write_checkpoint(tmp_path / kind, kind)
+    model = load_quantized_checkpoint(str(tmp_path / kind))
+    export_compressed_tensors(model, tmp_path / "ct")
+    lib = _library_weights(tmp_path / "ct")
+    assert len(lib) == 14
+    for name, w in lib.items():
+        assert w.dtype == torch.float16 and torch.equal(w, ref.get_submodule(name).weight.half()), name
+    back = load_quantized_checkpoint(str(tmp_path / "ct"))
+    assert back.model.embed_tokens.weight.dtype == torch.float16
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
+
+
+def test_act_order_gptq_checkpoint_is_refused(tmp_path):
+    from test_checkpoints import _write_checkpoint
+
+    _write_checkpoint(tmp_path / "g", "gptq", act_order=True)
+    with pytest.raises(ValueError, match="quantized with act-order"):
+        export_compressed_tensors(load_quantized_checkpoint(str(tmp_path / "g")), tmp_path / "ct")
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: pq.quantize_model(tiny_llama(0), "int4-g32-a8"), "per group of 32 columns"),
     (lambda: tiny_llama(0), "no quantized layers"),
