@@ -54,8 +54,9 @@ def _layer_tensors(name: str, m: QuantLinear, group: Optional[int]) -> "tuple[di
     n, k = qw.shape
     perm = m._buffers["in_perm"]
     if spec.bits == 4 and perm is not None:
-        raise ValueError(f"{name}: quantized with act-order (its columns permuted, in_perm); compressed-tensors has "
-                         "no g_idx to carry that since 2026: quantize without --act-order to export")
+        raise ValueError(f"{name}: quantized with act-order (its columns permuted, in_perm), which needs the g_idx "
+                         "that compressed-tensors removed in 2026-08 (actorder 'group'): quantize without --act-order "
+                         "to export")
     if spec.bits == 4 and spec.act_bits:
         raise ValueError(f"{name}: {spec} quantizes activations per group of {spec.group_size} columns, which "
                          "compressed-tensors cannot express (int8-a8, one scale per token, can)")
@@ -71,8 +72,7 @@ def _layer_tensors(name: str, m: QuantLinear, group: Optional[int]) -> "tuple[di
             return {"weight": codes.to(torch.int8), "weight_scale": scale}, args, "int-quantized"
         return {"weight_packed": pack_words(codes + 128, 8, 1), "weight_scale": scale,
                 "weight_shape": shape}, args, "pack-quantized"
-    g = group
-    repeat = spec.group_size // g
+    g, repeat = group, spec.group_size // group
     t = {"weight_packed": pack_words(codes, 4, 1),
          "weight_scale": qw.scales.repeat_interleave(repeat, 1)[:, : k // g].contiguous(), "weight_shape": shape}
     if qw.zeros is not None:
