@@ -20,6 +20,7 @@ import torch
 
 from ..models import final_hidden_states, lm_head, model_fingerprint, tokenizer_fingerprint
 from ..ops.stream import stream_logprobs
+from ..quant.io import float_dtype
 from ..results import changed_settings
 from .prompts import Prompt, encode_prompt
 from .store import LOGPROB_DTYPES, ReferenceSequence, ReferenceStore
@@ -176,7 +177,7 @@ def collect_reference(model, tokenizer, prompts: Sequence[Prompt], max_new_token
             done.update(zip(idx, seqs))
             if progress:
                 progress(len(seqs), sum(len(s) for s in seqs))
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    dtype = float_dtype(model)
     meta = {"model": {"name": str(getattr(model, "pyquant_source", "") or getattr(model.config, "_name_or_path", "")),
                       "fingerprint": settings["model_fingerprint"], "architecture": type(model).__name__,
                       "dtype": str(dtype).replace("torch.", "")},
