@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -90,8 +91,13 @@ def _check_architecture(model: nn.Module, names: list) -> None:
     nn.Linear (a loader would find no Linear to give the compressed weights)."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(model.config)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model.config)
+    except Exception as e:  # e.g. a config that needs remote code: export without the check
+        warnings.warn(f"export: cannot build transformers' model of this config to check the layer types ({e})",
+                      stacklevel=3)
+        return
     for name in names:
         try:
             mod = skeleton.get_submodule(name)

@@ -156,6 +156,22 @@ def test_mixed_specs_get_one_config_group_each(tmp_path):
         assert torch.equal(back(ids).logits, q(ids).logits)
 
 
+def test_a_quantized_tied_head_is_written_untied(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    q = pq.quantize_model(tiny_llama(0, tie=True), "int4-g32-sym", skip=())
+    summary = export_compressed_tensors(q, tmp_path / "ct")
+    assert summary["ignore"] == [] and summary["config_groups"]["group_0"]["layers"] == 15
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["tie_word_embeddings"] is False
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True))
+    assert _same_weight(hf.lm_head.weight.data, q.lm_head)
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = q(ids).logits
+        torch.testing.assert_close(hf(ids).logits, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("kind", ["gptq", "awq"])
 def test_another_tools_checkpoint_exports_to_the_same_weights(tmp_path, kind):
     """A GPTQ or AWQ checkpoint (fp16 scales, fp16 embeddings) re-exported: the library decodes the
