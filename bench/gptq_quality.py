@@ -1,16 +1,20 @@
-"""Quality of RTN vs plain GPTQ vs attention-aware GPTQ (without and with act-order) on the
-bundled SmolLM2-135M, one run.
+"""Quality of RTN vs plain GPTQ vs attention-aware GPTQ (in three column orders) on the bundled
+SmolLM2-135M, one run.
 
-For each scheme: quantize fresh copies of the model with round-to-nearest, with GPTQ taking
-X^T X for every linear (``attention_aware=False``), with pyquant's default GPTQ (value
-projections calibrated on the attention-mixed inputs A_h X, see pyquant/quant/gptq.py), and
-with that GPTQ taking columns by decreasing H diagonal (``act_order=True``); then
+For each scheme: quantize fresh copies of the model with round-to-nearest ("rtn"), with GPTQ
+taking X^T X for every linear, left to right ("gptq-plain": ``attention_aware=False,
+act_order=False``), with value projections calibrated on the attention-mixed inputs A_h X (see
+pyquant/quant/gptq.py) left to right ("gptq-ltr": ``act_order=False``), with pyquant's default
+GPTQ, which takes the columns by decreasing H diagonal with every group's grid fixed first
+("gptq": static act-order), and with those columns' groups contiguous in that order ("gptq-act":
+``act_order=True``, the layer gathering its input); then
 force each through the same reference (the built-in prompts, greedy) and report mean KL (all,
 prefill, generation), top-1 agreement and the quantization time. GPTQ calibrates on the
 built-in calibration text, which shares nothing with the prompts.
 
     python bench/gptq_quality.py                          # int4-g128, 24 prompts x 96 new tokens
     python bench/gptq_quality.py --schemes int4-g128,int8 --reference ref.pqref
+    python bench/gptq_quality.py --methods gptq-ltr,gptq   # a subset (RTN always runs)
     python bench/gptq_quality.py --quick                  # 4 prompts, 16 tokens, 4 windows: a smoke run
 Writes bench/gptq_quality.json.
 """
@@ -32,6 +36,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=96)
     p.add_argument("--calib-seqs", type=int, default=32)
     p.add_argument("--calib-len", type=int, default=512)
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all; rtn always)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "gptq_quality.json"))
     args = p.parse_args()
@@ -52,9 +57,17 @@ def main() -> None:
         store = pq.collect_reference(model, tok, prompts, max_new_tokens=args.new_tokens)
         print(f"reference: {len(store)} sequences, {store.num_rows} positions, {time.perf_counter() - t:.0f} s", flush=True)
     calib = pq.calibration_ids(tok, seq_len=args.calib_len, sequences=args.calib_seqs)
-    methods = {"rtn": {}, "gptq-plain": {"method": "gptq", "calibration": calib, "attention_aware": False},
+    methods = {"rtn": {},
+               "gptq-plain": {"method": "gptq", "calibration": calib, "attention_aware": False, "act_order": False},
+               "gptq-ltr": {"method": "gptq", "calibration": calib, "act_order": False},
                "gptq": {"method": "gptq", "calibration": calib},
                "gptq-act": {"method": "gptq", "calibration": calib, "act_order": True}}
+    if args.methods:
+        wanted = {"rtn", *(m.strip() for m in args.methods.split(","))}
+        unknown = wanted - set(methods)
+        if unknown:
+            p.error(f"unknown --methods {sorted(unknown)}: choose from {list(methods)}")
+        methods = {k: v for k, v in methods.items() if k in wanted}
     rows = []
     print(f"{'scheme':<12} {'method':<11} {'KL all':>8} {'prefill':>8} {'gen':>8} {'top-1':>7} {'quant s':>8}", flush=True)
     for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:

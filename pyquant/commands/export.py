@@ -19,8 +19,8 @@ W8A8 scheme (int8 activations per token, as pyquant's). compressed-tensors needs
 divide the layer's in_features: where pyquant's last group is ragged (SmolLM2's 576 inputs at
 G = 128) the spec is written in groups of gcd(G, every in_features) columns (64 there), each
 repeating its scale: the same weights, a few more scale bytes. Refused with the reason: int4-a8
-(per-group activations), int4 layers quantized with --act-order, mixture-of-experts expert stacks,
-GPT-2-style Conv1D layers.
+(per-group activations), int4 layers quantized with --act-order (permuted; --act-order static
+exports), mixture-of-experts expert stacks, GPT-2-style Conv1D layers.
 
 Scales keep their dtype: a serving stack that runs in fp16 or bf16 may round fp32 scales to it;
 quantize with an -fp16 scheme (int4-g128-fp16) to ship scales that an fp16 model holds exactly.

@@ -16,9 +16,13 @@ precision, give --override layers another scheme, and write a pyquant quantized 
 column's rounding error in the columns not yet quantized, from the layer inputs seen on
 calibration text (--calibration, default: the built-in text of about 9,600 tokens); decoder layers
 are done one at a time, each calibrated on the outputs of the layers already quantized. Both
-write the same formats, so every kernel and tool runs either. --act-order takes each layer's
-columns by decreasing input energy (GPTQ's desc_act); the layer then gathers its input into that
-order (in_perm, a small cost per call). Expert weights keep their column order.
+write the same formats, so every kernel and tool runs either. GPTQ takes each layer's columns by
+decreasing input energy (GPTQ's desc_act) with every group's grid fixed from the weights first,
+so the layer keeps its own column order (--act-order static, the default; llm-compressor's
+"static" actorder). --act-order permuted keeps INT4 groups contiguous in the new order, and the
+layer gathers its input to match (in_perm, a small cost per call; expert weights keep their
+order; `pyquant export` cannot write it); --act-order off goes left to right, each group's grid
+from the error-corrected weights.
 
 Mixture-of-experts models whose experts transformers stores as 3-D parameters (Mixtral, Qwen3-MoE,
 OLMoE, gpt-oss, Llama 4, ...) get every expert quantized too, run through pyquant's kernels;
@@ -68,10 +72,12 @@ def add_arguments(p):
     p.add_argument("--plain-v", action="store_true",
                    help="GPTQ: calibrate value projections on their inputs alone, not on what the attention makes "
                         "of them (faster, no eager attention; worse on models with attention sinks)")
-    p.add_argument("--act-order", action="store_true",
-                   help="GPTQ: quantize each layer's columns by decreasing input energy (GPTQ's desc_act) instead "
-                        "of left to right; the layer gathers its input into that order (in_perm), as act-order "
-                        "GPTQ checkpoints do")
+    p.add_argument("--act-order", nargs="?", const="permuted", default=None, choices=("static", "permuted", "off"),
+                   help="GPTQ's column order. 'static' (default): by decreasing input energy (GPTQ's desc_act), "
+                        "each group's grid fixed first from the weights, the layer in its own column order; "
+                        "'permuted' (the bare flag): the same order with INT4 groups contiguous in it, the layer "
+                        "gathering its input to match (in_perm), as act-order GPTQ checkpoints do; 'off': left "
+                        "to right, each group's grid from the error-corrected weights")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the layers kept in full precision (default float32; quantization always rounds in "
                         "float32, from the weights as stored)")
@@ -155,7 +161,7 @@ def run(args) -> int:
     for s in overrides.values():
         QuantSpec.parse(s)
     skip = ["lm_head"] if args.skip is None else list(args.skip)
-    gptq_only = [f for f, on in (("--act-order", args.act_order), ("--plain-v", args.plain_v),
+    gptq_only = [f for f, on in (("--act-order", args.act_order is not None), ("--plain-v", args.plain_v),
                                  ("--calibration", args.calibration is not None)) if on]
     if gptq_only and args.method != "gptq":
         raise UsageError(f"{', '.join(gptq_only)}: GPTQ options, pass --method gptq")
@@ -187,7 +193,7 @@ def run(args) -> int:
             raise UsageError(f"--calibration: {e}") from None
         print(f"GPTQ: calibrating on {len(calib)} windows of {args.calib_len} tokens", flush=True)
         gptq = {"method": "gptq", "calibration": calib, "damp": args.damp, "attention_aware": not args.plain_v,
-                "act_order": args.act_order}
+                "act_order": {None: "static", "static": "static", "permuted": True, "off": False}[args.act_order]}
     with warnings.catch_warnings():  # _check_patterns said it in the CLI's words
         warnings.filterwarnings("ignore", message="quantize_model: pattern", category=UserWarning)
         quantize_model(model, spec, skip=skip, overrides=overrides, progress=True,

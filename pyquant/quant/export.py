@@ -26,9 +26,10 @@ dequantizing loader applies one scheme to every dense layer; vLLM reads each lay
 other linear layer (the kept lm_head) is in ``ignore``.
 
 Refused, with the reason: int4 with -a8 (pyquant quantizes activations per group of G columns,
-which the format cannot say), int4 layers quantized with act-order (they need a g_idx, which
-compressed-tensors removed in 2026), mixture-of-experts expert stacks, and layers transformers
-does not build as nn.Linear (GPT-2's Conv1D: compressed-tensors quantizes nn.Linear only).
+which the format cannot say), int4 layers stored in act-order (``in_perm``: they need a g_idx,
+which compressed-tensors removed in 2026; GPTQ's ``act_order="static"`` keeps the column order
+and exports), mixture-of-experts expert stacks, and layers transformers does not build as
+nn.Linear (GPT-2's Conv1D: compressed-tensors quantizes nn.Linear only).
 """
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def _layer_tensors(name: str, m: QuantLinear, group: Optional[int]) -> "tuple[di
     perm = m._buffers["in_perm"]
     if spec.bits == 4 and perm is not None:
         raise ValueError(f"{name}: quantized with act-order (its columns permuted, in_perm), which needs the g_idx "
-                         "that compressed-tensors removed in 2026-08 (actorder 'group'): quantize without --act-order "
-                         "to export")
+                         "that compressed-tensors removed in 2026-08 (actorder 'group'): quantize with --act-order "
+                         "static (act_order='static') to export")
     if spec.bits == 4 and spec.act_bits:
         raise ValueError(f"{name}: {spec} quantizes activations per group of {spec.group_size} columns, which "
                          "compressed-tensors cannot express (int8-a8, one scale per token, can)")

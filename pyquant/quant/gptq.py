@@ -6,7 +6,11 @@ error-corrected weights when each group is reached) differ. Columns are taken le
 groups stay contiguous along K and every kernel runs a GPTQ weight unchanged. Act-order (GPTQ's
 ``desc_act``, opt-in) takes them by decreasing H diagonal instead: the weight is stored with its
 columns in that order, groups contiguous in it, and the QuantLinear gathers x to match
-(``in_perm``), the layout act-order GPTQ checkpoints are read into (checkpoints.py).
+(``in_perm``), the layout act-order GPTQ checkpoints are read into (checkpoints.py). Static
+act-order (``act_order="static"``) takes the columns in the same order but keeps the groups
+contiguous along K, each group's grid fixed from the weights before any column is quantized
+(AutoGPTQ's static_groups): the weight keeps its layout, no gather. An INT8 layer (one grid per
+row) always gets that layout: its codes are the same either way.
 
 ``gptq_quantize_weight`` quantizes one weight given its H. ``gptq_quantize_layers`` walks a
 model: decoder layers one at a time (the inputs of layer i come from layers 0..i-1 already
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from ..formats import QuantizedWeight, QuantSpec
-from .rtn import check_weight, int4_grid, int8_scales, pack_codes, to_codes
+from .rtn import check_weight, int4_grid, int4_group_grid, int8_scales, pack_codes, to_codes
 
 DEFAULT_DAMP = 0.01
 DEFAULT_BLOCK = 128
@@ -38,7 +42,7 @@ DEFAULT_BLOCK = 128
 
 def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpec | str",
                          damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK,
-                         perm: Optional[torch.Tensor] = None) -> QuantizedWeight:
+                         perm: Optional[torch.Tensor] = None, static_groups: bool = False) -> QuantizedWeight:
     """GPTQ quantization of w [N, K] into ``spec``'s format, given hessian [K, K] = sum_t x_t x_t^T over
     the layer's calibration inputs (any positive multiple of it gives the same result), or
     [G, K, K]: one per block of N / G consecutive rows (the KV heads of a value projection).
@@ -52,7 +56,10 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpe
 
     perm: quantize the columns in this order (act-order: ``act_order_perm(hessian)``). The result
     is then the weight of ``w[:, perm]``, groups contiguous in that order: a QuantLinear runs it
-    with ``in_perm=perm``.
+    with ``in_perm=perm``. With ``static_groups`` the groups stay w's own, each one's grid fixed
+    from w before any column is quantized (AutoGPTQ's static_groups, compressed-tensors' actorder
+    "weight"), and the result is in w's column order: no in_perm, no gather at run time. INT8 (one
+    grid per row, taken from w) gives the same codes either way.
     """
     spec = QuantSpec.parse(spec)
     check_weight(w, "gptq_quantize_weight")
@@ -72,7 +79,8 @@ def gptq_quantize_weight(w: torch.Tensor, hessian: torch.Tensor, spec: "QuantSpe
         if perm.numel() != k or not torch.equal(perm.sort().values, torch.arange(k, device=perm.device)):
             raise ValueError(f"gptq_quantize_weight: perm must be a permutation of the {k} columns")
         w, hs = w[:, perm.to(w.device)], _permuted(hs, perm)
-    return _gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp) for h in hs], spec, block_size)
+    return _gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp) for h in hs], spec, block_size,
+                      perm if static_groups else None)
 
 
 def act_order_perm(hessian: torch.Tensor) -> torch.Tensor:
@@ -93,11 +101,12 @@ def _work_dtype(w: torch.Tensor) -> torch.dtype:
     return torch.float64 if w.dtype == torch.float64 else torch.float32
 
 
-def _gptq_rows(W: torch.Tensor, factors: list, spec: QuantSpec, block_size: int) -> QuantizedWeight:
+def _gptq_rows(W: torch.Tensor, factors: list, spec: QuantSpec, block_size: int,
+               order: Optional[torch.Tensor] = None) -> QuantizedWeight:
     """_gptq on len(factors) equal blocks of W's rows, each with its own factor; one QuantizedWeight."""
     if len(factors) == 1:
-        return _gptq(W, factors[0], spec, block_size)
-    parts = [_gptq(Wb, f, spec, block_size) for Wb, f in zip(W.chunk(len(factors)), factors)]
+        return _gptq(W, factors[0], spec, block_size, order)
+    parts = [_gptq(Wb, f, spec, block_size, order) for Wb, f in zip(W.chunk(len(factors)), factors)]
     cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
     return QuantizedWeight(spec, cat("qweight"), cat("scales"), cat("zeros"), tuple(W.shape))
 
@@ -128,8 +137,11 @@ def inverse_factor(hessian: torch.Tensor, damp: float = DEFAULT_DAMP):
     return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True), dead
 
 
-def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int) -> QuantizedWeight:
-    """The column loop of gptq_quantize_weight on W [N, K] (its working dtype), given inverse_factor()."""
+def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int,
+          order: Optional[torch.Tensor] = None) -> QuantizedWeight:
+    """The column loop of gptq_quantize_weight on W [N, K] (its working dtype), given inverse_factor().
+    ``order``: W and the factor are in this column order (static act-order): every group's grid is
+    fixed first from the weights in their own order, and the result is in their own order."""
     U, dead = factor
     n, k = W.shape
     wdt = W.dtype
@@ -137,11 +149,16 @@ def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int) -> Quantize
     W[:, dead.to(W.device)] = 0.0
     U = U.to(device=W.device, dtype=wdt)
     G = spec.group_size or k
-    B = -(-block_size // G) * G if spec.bits == 4 else block_size
+    static = order is not None and spec.bits == 4
+    B = -(-block_size // G) * G if spec.bits == 4 and not static else block_size
     codes = torch.empty(n, k, dtype=wdt, device=W.device)
     if spec.bits == 8:
         scales = int8_scales(W, spec)
         s_col, z_col = scales.to(wdt), None
+    elif static:
+        order = order.to(W.device)
+        scales, zeros = int4_group_grid(torch.empty_like(W).index_copy_(1, order, W), spec)
+        group_of = (order // G).tolist()  # the group of each column in processing order
     else:
         ng = spec.ngroups(k)
         scales = torch.empty(n, ng, dtype=spec.torch_scale_dtype, device=W.device)
@@ -153,7 +170,10 @@ def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int) -> Quantize
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if spec.bits == 4 and col % G == 0:  # a new group: its grid from the corrected weights
+            if static:
+                g = group_of[col]
+                s_col, z_col = scales[:, g].to(wdt), zeros[:, g]
+            elif spec.bits == 4 and col % G == 0:  # a new group: its grid from the corrected weights
                 g = col // G
                 s, z = int4_grid(W1[:, i:i + min(G, k - col)].unsqueeze(1), spec)
                 scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
@@ -166,6 +186,8 @@ def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int) -> Quantize
             E1[:, i] = err
         W[:, i2:].sub_(E1 @ U[i1:i2, i2:])
 
+    if order is not None:  # back to the weight's own column order
+        codes = torch.empty_like(codes).index_copy_(1, order.to(W.device), codes)
     if spec.bits == 8:
         return QuantizedWeight(spec, codes.to(torch.int8).contiguous(), scales.contiguous(), None, (n, k))
     kp = spec.ngroups(k) * G
@@ -338,7 +360,8 @@ class _LayerHessians:
 
 def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence[torch.Tensor],
                          make_layer: Callable, damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK,
-                         progress: bool = False, attention_aware: bool = True, act_order: bool = False) -> dict:
+                         progress: bool = False, attention_aware: bool = True,
+                         act_order: "bool | str" = False) -> dict:
     """Quantize the planned linears [(name, QuantSpec)] of ``model`` in place with GPTQ; returns
     {"sequences", "tokens", "sequential_layers", "attention_aware_v"} (and "experts_rtn" with experts).
 
@@ -347,7 +370,9 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
     nearest (counted in "experts_rtn").
 
     make_layer(linear, QuantizedWeight, in_perm) -> the replacement module (in_perm: None, or the
-    act-order column order when ``act_order``; expert stacks keep their column order). Decoder
+    act-order column order when ``act_order`` is True and the layer INT4, expert stacks keeping
+    their column order; with "static", every linear and expert takes its columns in act-order, each
+    group's grid fixed first, and keeps its column order: ``gptq_quantize_weight``'s static_groups). Decoder
     layers (the module list that holds most planned linears) are done one at a time: their inputs
     are recorded once, each layer's H is collected from the current inputs, its linears are
     quantized, and the quantized layer's outputs become the next layer's inputs. Planned linears
@@ -392,7 +417,10 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
                 continue
             if not torch.isfinite(h).all():
                 raise ValueError(f"gptq: the inputs of {name}, expert {e} contain NaN or Inf")
-            qws.append(_gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp)], spec_of[name], block_size))
+            perm = act_order_perm(h) if act_order == "static" else None  # the layout stays: experts take it too
+            if perm is not None:
+                w, h = w[:, perm.to(w.device)], _permuted(h, perm)
+            qws.append(_gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp)], spec_of[name], block_size, perm))
         install_quantized(mod, pname, qws)
         if bar is not None:
             bar.update(1)
@@ -421,8 +449,10 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
             check_weight(w, f"gptq ({name})")
             if perm is not None:
                 w = w[:, perm.to(w.device)]
-            qw = _gptq_rows(w.to(_work_dtype(w)), f, spec_of[name], block_size)
-            set_submodule(model, name, make_layer(lin, qw, perm))
+            # one grid per row (INT8) makes the permuted layout pointless: same codes, no gather
+            static = perm is not None and (act_order == "static" or spec_of[name].bits == 8)
+            qw = _gptq_rows(w.to(_work_dtype(w)), f, spec_of[name], block_size, perm if static else None)
+            set_submodule(model, name, make_layer(lin, qw, None if static else perm))
             if bar is not None:
                 bar.update(1)
 

@@ -108,7 +108,7 @@ def _untie_output_embeddings(model: nn.Module, lm_head_names: Iterable[str]) -> 
 def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",), overrides: Optional[dict] = None,
                    progress: Optional[bool] = None, method: str = "rtn", calibration=None,
                    damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK, attention_aware: bool = True,
-                   keep_routers: bool = True, act_order: bool = False) -> nn.Module:
+                   keep_routers: bool = True, act_order: "bool | str | None" = None) -> nn.Module:
     """Quantize the model's nn.Linear (and Conv1D) layers in place, and the mixture-of-experts
     weights transformers stores as 3-D parameters (named "<experts module>.gate_up_proj" etc.,
     pyquant/quant/experts.py); returns the model.
@@ -121,9 +121,12 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     method: "rtn" (round to nearest) or "gptq" (error-correcting; needs ``calibration``, a list of
     1-D token-id tensors such as ``calibration_ids`` makes; damp and block_size as in
     ``gptq_quantize_weight``; attention_aware=False gives value projections the plain X^T X
-    instead of the attention-mixed H, see ``pyquant.quant.gptq``; act_order=True quantizes each
-    linear's columns by decreasing H diagonal, GPTQ's desc_act, and gives it an ``in_perm``; expert
-    stacks keep their column order). Both write the same formats.
+    instead of the attention-mixed H, see ``pyquant.quant.gptq``; act_order: the column order,
+    "static" (GPTQ's default, None): by decreasing H diagonal, each group's grid fixed from the
+    weights first, the weight in its own column order; True: in that order with groups contiguous
+    in it, an INT4 linear then carrying an ``in_perm`` (GPTQ's desc_act; expert stacks keep their
+    column order); False: left to right, each group's grid from the corrected weights). Both
+    methods write the same formats.
     keep_routers: keep the mixture-of-experts routers (``router_layer_names``) in full precision
     whatever the patterns say, as llama.cpp keeps ``ffn_gate_inp``: they are small, their top-k
     choice is what a rounding error would flip, and some models read their ``.weight`` directly.
@@ -140,6 +143,8 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
         raise ValueError(f"quantize_model needs an nn.Module, got {type(model).__name__}")
     if method not in ("rtn", "gptq"):
         raise ValueError(f"quantize_model: method must be 'rtn' or 'gptq', got {method!r}")
+    if act_order not in (None, False, True, "static"):
+        raise ValueError(f"quantize_model: act_order must be False, True or 'static', got {act_order!r}")
     if act_order and method != "gptq":
         raise ValueError("quantize_model: act_order needs method='gptq' "
                          "(rounding to nearest has no column order)")
@@ -189,6 +194,7 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
 
     extra = {}
     if method == "gptq":
+        act_order = "static" if act_order is None else act_order
         stats = gptq_quantize_layers(model, plan + expert_plan, calibration, make_layer=_from_quantized, damp=damp,
                                      block_size=block_size, progress=progress is not False,
                                      attention_aware=attention_aware, act_order=act_order)

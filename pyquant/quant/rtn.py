@@ -63,18 +63,30 @@ def quantize_weight(w: torch.Tensor, spec: "QuantSpec | str") -> QuantizedWeight
         q = to_codes(wf, scale.float()[:, None], None, 8).to(torch.int8)
         return QuantizedWeight(spec, q.contiguous(), scale.contiguous(), None, (n, k))
 
-    g = spec.group_size
-    ng = spec.ngroups(k)
-    kp = ng * g
-    real = torch.zeros(n, kp, dtype=torch.bool, device=w.device)
-    real[:, :k] = True
-    wp = torch.zeros(n, kp, dtype=torch.float32, device=w.device)
-    wp[:, :k] = wf
-    wg, rg = wp.view(n, ng, g), real.view(n, ng, g)
+    wg, rg = _groups(wf, spec)
     scale, zero = int4_grid(wg, spec, rg)
     codes = to_codes(wg, scale.float()[:, :, None], zero[:, :, None], 4)
-    codes = torch.where(rg, codes, zero[:, :, None].expand_as(codes)).reshape(n, kp)
+    codes = torch.where(rg, codes, zero[:, :, None].expand_as(codes)).reshape(n, -1)
     return pack_codes(spec, codes, scale, zero, (n, k))
+
+
+def _groups(w: torch.Tensor, spec: QuantSpec):
+    """(groups [N, ng, G] of w [N, K] zero-padded to whole groups, mask of its real elements)."""
+    n, k = w.shape
+    g, ng = spec.group_size, spec.ngroups(k)
+    real = torch.zeros(n, ng * g, dtype=torch.bool, device=w.device)
+    real[:, :k] = True
+    wp = torch.zeros(n, ng * g, dtype=w.dtype, device=w.device)
+    wp[:, :k] = w
+    return wp.view(n, ng, g), real.view(n, ng, g)
+
+
+def int4_group_grid(w: torch.Tensor, spec: QuantSpec):
+    """int4_grid of w [N, K]'s groups of spec.group_size columns (the ragged last one from its real
+    elements): (scales [N, ng] in spec's scale dtype, zero-points [N, ng] as integers in w's dtype)."""
+    wg, rg = _groups(w, spec)
+    scale, zero = int4_grid(wg, spec, rg)
+    return scale, zero.to(w.dtype)
 
 
 def check_weight(w, who: str) -> None:

@@ -166,6 +166,14 @@ def test_gptq_calibrates_each_expert_on_its_routed_tokens(model_type, monkeypatc
         torch.testing.assert_close(got_gu[e], want_gu[e], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(got_d[e], want_d[e], rtol=1e-4, atol=1e-3)
     assert stats["experts_rtn"] == sum(4 - len(h) for h in seen.values())
+    # GPTQ's default static act-order reaches the experts too: each is gptq_quantize_weight of its H
+    from pyquant.quant.experts import expert_weights
+
+    for e, h in got_gu.items():
+        want = gptq.gptq_quantize_weight(expert_weights(ref_experts, "gate_up_proj")[e], h, "int4-g32",
+                                         perm=gptq.act_order_perm(h), static_groups=True)
+        got = model.model.layers[0].mlp.experts.gate_up_proj.expert(e)
+        assert got.in_perm is None and torch.equal(got.qw.codes(), want.codes())
     # on the calibration inputs, layer 0's GPTQ experts land nearer the full-precision outputs than RTN's
     x, idx = inputs["x"][0]
     w = torch.rand(idx.shape)

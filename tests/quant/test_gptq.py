@@ -21,10 +21,12 @@ def correlated_inputs(t: int, k: int, gen=None) -> torch.Tensor:
     return torch.randn(t, k, generator=gen) @ (0.3 * torch.randn(k, k, generator=gen) + torch.eye(k))
 
 
-def obq_reference(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float) -> torch.Tensor:
+def obq_reference(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float, grids=None) -> torch.Tensor:
     """Codes [N, K] of GPTQ in float64 without blocks or Cholesky: quantize column j, spread its
     error over the later columns with the inverse Hessian of the columns still free, then
-    eliminate column j from that inverse (Gaussian elimination, as in OBQ)."""
+    eliminate column j from that inverse (Gaussian elimination, as in OBQ). ``grids``: [(scale,
+    zero)] per column, fixed in advance (static groups), instead of each group's grid taken from
+    the corrected weights when the group starts."""
     W = w.double().clone()
     Hd = H.double().clone()
     Hd.diagonal().add_(damp * Hd.diagonal().mean())
@@ -34,7 +36,9 @@ def obq_reference(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float
     if spec.bits == 8:
         s, z = int8_scales(W, spec).double(), None
     for j in range(k):
-        if spec.bits == 4 and j % spec.group_size == 0:
+        if grids is not None:
+            s, z = grids[j]
+        elif spec.bits == 4 and j % spec.group_size == 0:
             sg, zg = int4_grid(W[:, j:j + spec.group_size].unsqueeze(1), spec)
             s, z = sg[:, 0].double(), zg[:, 0]
         c = to_codes(W[:, j], s, z, spec.bits)
@@ -159,7 +163,7 @@ def test_each_layer_is_calibrated_on_its_quantized_predecessors(seen_hessians):
     calib = [random_ids(1, 24)[0] for _ in range(4)]
     seen = seen_hessians
     fp = copy.deepcopy(model)
-    pq.quantize_model(model, "int4-g32", skip=(), method="gptq", calibration=calib)
+    pq.quantize_model(model, "int4-g32", skip=(), method="gptq", calibration=calib, act_order=False)  # H as collected
     names = ["model.layers.1.self_attn.q_proj", "lm_head"]
     want = _input_hessians(model, names, calib)  # inputs through the final quantized model
     before = _input_hessians(fp, names, calib)  # ... and through the full-precision one
@@ -215,7 +219,7 @@ def test_value_projection_gets_the_attention_mixed_hessian_per_kv_head(seen_hess
     want = _attention_mixed_hessians(model, "model.layers.0.self_attn.v_proj", 0, calib, kv_heads=2)
     plain = _input_hessians(model, ["model.layers.0.self_attn.v_proj"], calib)["model.layers.0.self_attn.v_proj"]
     attn = model.config._attn_implementation
-    pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, progress=False)
+    pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, progress=False, act_order=False)
     for g in range(2):
         assert any(torch.allclose(h.double(), want[g], rtol=1e-4, atol=1e-4) for h in seen), g
         assert not torch.allclose(want[g], plain.double(), rtol=1e-2)  # the test can tell them apart
@@ -223,7 +227,8 @@ def test_value_projection_gets_the_attention_mixed_hessian_per_kv_head(seen_hess
     assert model.config._attn_implementation == attn  # the walk's eager attention is undone
     seen.clear()
     plain_model = tiny_llama(seed=5)
-    pq.quantize_model(plain_model, "int4-g32", method="gptq", calibration=calib, progress=False, attention_aware=False)
+    pq.quantize_model(plain_model, "int4-g32", method="gptq", calibration=calib, progress=False, attention_aware=False,
+                      act_order=False)
     assert any(torch.allclose(h.double(), plain.double(), rtol=1e-4, atol=1e-4) for h in seen)
     assert not any(h.shape == want[0].shape and torch.allclose(h.double(), want[0], rtol=1e-2) for h in seen)
     assert plain_model.pyquant_config["gptq"]["attention_aware_v"] == 0
@@ -246,6 +251,35 @@ def test_act_order_is_gptq_of_the_permuted_columns(spec):
         assert torch.equal(G.gptq_quantize_weight(w32, diag, spec, perm=perm).tensors()[name], t), name
 
 
+@pytest.mark.parametrize("spec", ["int8", "int4-g32", "int4-g128-sym", "int4-g64-fp16"])
+def test_static_act_order_fixes_every_grid_first_and_keeps_the_column_order(spec):
+    """static_groups: columns in act-order, each against its own group's grid taken from w before
+    anything is quantized (the oracle, fed those grids), the result in w's column order."""
+    gen = torch.Generator().manual_seed(8)
+    k = 150  # ragged last group
+    w = torch.randn(19, k, generator=gen, dtype=torch.float64)
+    X = correlated_inputs(400, k, gen).double() * torch.exp(torch.randn(k, generator=gen, dtype=torch.float64))
+    H = X.T @ X
+    perm = G.act_order_perm(H)
+    sp = QuantSpec.parse(spec)
+    got = G.gptq_quantize_weight(w, H, spec, damp=0.01, block_size=32, perm=perm, static_groups=True)
+    if sp.bits == 4:
+        grid = [int4_grid(w[:, c:c + sp.group_size].unsqueeze(1), sp) for c in range(0, k, sp.group_size)]
+        assert torch.equal(got.scales, torch.cat([s for s, _ in grid], 1))
+        cols = [(grid[j // sp.group_size][0][:, 0].double(), grid[j // sp.group_size][1][:, 0]) for j in perm.tolist()]
+    else:
+        cols = [(int8_scales(w, sp).double(), None)] * k
+    want = obq_reference(w[:, perm], H[perm][:, perm], sp, damp=0.01, grids=cols)
+    assert torch.equal(got.codes().double()[:, :k][:, perm], want)
+    if sp.bits == 8:  # one grid per row: the permuted result's codes, put back in place
+        permuted = G.gptq_quantize_weight(w, H, spec, damp=0.01, block_size=32, perm=perm)
+        assert torch.equal(got.codes()[:, perm], permuted.codes())
+    diag, w32 = torch.diag(H.diagonal()).float(), w.float()  # no correlations: RTN of w itself
+    for name, t in pq.quantize_weight(w32, spec).tensors().items():
+        assert torch.equal(G.gptq_quantize_weight(w32, diag, spec, perm=perm, static_groups=True).tensors()[name],
+                           t), name
+
+
 @pytest.mark.parametrize("spec", ["int8", "int4-g32", "int4-g128"])
 def test_act_order_cuts_the_error_when_input_scales_differ(spec):
     gen = torch.Generator().manual_seed(3)
@@ -260,6 +294,9 @@ def test_act_order_cuts_the_error_when_input_scales_differ(spec):
     dq = G.gptq_quantize_weight(w, H, spec).dequantize()
     err_plain = ((X @ (w - dq).T) ** 2).sum()
     assert err_act < 0.8 * err_plain, (err_act, err_plain)
+    dq_static = G.gptq_quantize_weight(w, H, spec, perm=perm, static_groups=True).dequantize()
+    err_static = ((X @ (w - dq_static).T) ** 2).sum()
+    assert err_static < 0.8 * err_plain, (err_static, err_plain)
     # the layer's columns are gathered back into the model's order: float64 check of the forward
     x = torch.randn(5, k, generator=gen)
     dq_act = torch.empty_like(w, dtype=torch.float64)
@@ -305,6 +342,33 @@ def test_quantize_model_act_order_records_saves_and_loads(tmp_path, tokenizer):
     assert out.shape == (1, 7)
 
 
+def test_quantize_model_static_act_order_keeps_every_column_order(tmp_path, tokenizer):
+    """act_order="static" (and INT8 layers under act_order=True): no in_perm anywhere; the logits
+    are those of the float64 model of the dequantized weights; the model exports."""
+    from pyquant.quant.export import export_compressed_tensors
+
+    model = tiny_llama(seed=6)
+    f64 = copy.deepcopy(model).double()
+    ids = random_ids(2, 9)
+    calib = [random_ids(1, 16)[0] for _ in range(3)]
+    pq.quantize_model(model, "int4-g32", method="gptq", calibration=calib, damp=0.05, progress=False,
+                      act_order="static")
+    assert model.pyquant_config["gptq"]["act_order"] == "static"
+    assert not any("in_perm" in info for info in model.pyquant_config["layers"].values())
+    for name, q in quantized_layers(model).items():
+        assert q.in_perm is None
+        f64.get_submodule(name).weight.data = q.qw.dequantize(torch.float64)
+    with torch.no_grad():
+        y, want = model(ids).logits, f64(ids).logits
+    assert (y.double() - want).abs().max() < 1e-4 * want.abs().max()
+    export_compressed_tensors(model, tmp_path / "ct")
+    int8 = tiny_llama(seed=6)
+    pq.quantize_model(int8, "int8", method="gptq", calibration=calib, damp=0.05, progress=False, act_order=True)
+    assert all(q.in_perm is None for q in quantized_layers(int8).values())
+    with pytest.raises(ValueError, match="act_order must be False, True or 'static'"):
+        pq.quantize_model(tiny_llama(), "int8", method="gptq", calibration=calib, act_order="weight")
+
+
 def test_row_block_hessians_quantize_each_block_with_its_own(spec="int4-g32"):
     gen = torch.Generator().manual_seed(11)
     w = torch.randn(12, 64, generator=gen, dtype=torch.float64)
@@ -327,7 +391,7 @@ def test_quantize_model_gptq_records_saves_and_loads(tmp_path, tokenizer):
     cfg = model.pyquant_config
     assert cfg["method"] == "gptq" and cfg["gptq"] == {"sequences": 3, "tokens": 48, "sequential_layers": 2,
                                                       "attention_aware_v": 2, "damp": 0.05, "block_size": 128,
-                                                      "act_order": False}
+                                                      "act_order": "static"}  # the default
     assert cfg["layers"]["model.layers.0.mlp.down_proj"] == {"spec": "int8", "shape": [64, 128], "bias": False,
                                                              "method": "gptq"}
     assert type(model.lm_head).__name__ == "Linear"

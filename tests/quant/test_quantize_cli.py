@@ -112,6 +112,11 @@ def test_gptq_from_a_calibration_file(hf_dir, tmp_path, capsys):
                  str(tmp_path / "a")]) == 0
     act = pq.load_model(str(tmp_path / "a"))[0].pyquant_config
     assert act["gptq"]["act_order"] is True and all(v.get("in_perm") for v in act["layers"].values())
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--method", "gptq", "--calibration",
+                 str(calib), "--calib-seqs", "3", "--calib-len", "64", "--act-order", "static", "--output",
+                 str(tmp_path / "s")]) == 0
+    static = pq.load_model(str(tmp_path / "s"))[0].pyquant_config
+    assert static["gptq"]["act_order"] == "static" and not any("in_perm" in v for v in static["layers"].values())
 
 
 @pytest.mark.parametrize("extra,message", [
