@@ -2,19 +2,19 @@
 SmolLM2-135M, one run.
 
 For each scheme: quantize fresh copies of the model with round-to-nearest ("rtn"), with GPTQ
-taking X^T X for every linear, left to right ("gptq-plain": ``attention_aware=False,
-act_order=False``), with value projections calibrated on the attention-mixed inputs A_h X (see
-pyquant/quant/gptq.py) left to right ("gptq-ltr": ``act_order=False``), with pyquant's default
-GPTQ, which takes the columns by decreasing H diagonal with every group's grid fixed first
-("gptq": static act-order), and with those columns' groups contiguous in that order ("gptq-act":
-``act_order=True``, the layer gathering its input); then
+taking X^T X for every linear ("gptq-plain": ``attention_aware=False``), with pyquant's default
+GPTQ (value projections calibrated on the attention-mixed inputs A_h X, see
+pyquant/quant/gptq.py; columns left to right: "gptq"), with that GPTQ taking the columns by
+decreasing H diagonal, every group's grid fixed first ("gptq-static": ``act_order="static"``),
+and in that order with groups contiguous in it ("gptq-act": ``act_order=True``, the layer
+gathering its input); then
 force each through the same reference (the built-in prompts, greedy) and report mean KL (all,
 prefill, generation), top-1 agreement and the quantization time. GPTQ calibrates on the
 built-in calibration text, which shares nothing with the prompts.
 
     python bench/gptq_quality.py                          # int4-g128, 24 prompts x 96 new tokens
     python bench/gptq_quality.py --schemes int4-g128,int8 --reference ref.pqref
-    python bench/gptq_quality.py --methods gptq-ltr,gptq   # a subset (RTN always runs)
+    python bench/gptq_quality.py --methods gptq,gptq-static   # a subset (RTN always runs)
     python bench/gptq_quality.py --quick                  # 4 prompts, 16 tokens, 4 windows: a smoke run
 Writes bench/gptq_quality.json.
 """
@@ -57,10 +57,9 @@ def main() -> None:
         store = pq.collect_reference(model, tok, prompts, max_new_tokens=args.new_tokens)
         print(f"reference: {len(store)} sequences, {store.num_rows} positions, {time.perf_counter() - t:.0f} s", flush=True)
     calib = pq.calibration_ids(tok, seq_len=args.calib_len, sequences=args.calib_seqs)
-    methods = {"rtn": {},
-               "gptq-plain": {"method": "gptq", "calibration": calib, "attention_aware": False, "act_order": False},
-               "gptq-ltr": {"method": "gptq", "calibration": calib, "act_order": False},
+    methods = {"rtn": {}, "gptq-plain": {"method": "gptq", "calibration": calib, "attention_aware": False},
                "gptq": {"method": "gptq", "calibration": calib},
+               "gptq-static": {"method": "gptq", "calibration": calib, "act_order": "static"},
                "gptq-act": {"method": "gptq", "calibration": calib, "act_order": True}}
     if args.methods:
         wanted = {"rtn", *(m.strip() for m in args.methods.split(","))}

@@ -50,17 +50,14 @@ class DemoSettings:
     bench_peak_memory: bool  # isolated worker process per setting (peak RSS)
     gptq_windows: int  # GPTQ variants: calibration windows of gptq_len tokens from the built-in text
     gptq_len: int
-    gptq_act_order: str  # quantize_model's act_order for GPTQ variants ("static": GPTQ's default)
 
 
 FULL = DemoSettings(prompts=None, max_new_tokens=96, top_n=16, ppl_words=None, ppl_context=512, task_items=None,
                     bench_batch_sizes=(1, 8), bench_prompt_len=128, bench_gen_len=32, bench_requests=5,
-                    bench_warmup=1, bench_peak_memory=True, gptq_windows=32, gptq_len=512,
-                    gptq_act_order="static")
+                    bench_warmup=1, bench_peak_memory=True, gptq_windows=32, gptq_len=512)
 QUICK = DemoSettings(prompts=4, max_new_tokens=8, top_n=16, ppl_words=60, ppl_context=64, task_items=6,
                      bench_batch_sizes=(1, 2), bench_prompt_len=16, bench_gen_len=4, bench_requests=2,
-                     bench_warmup=0, bench_peak_memory=False, gptq_windows=2, gptq_len=64,
-                     gptq_act_order="static")
+                     bench_warmup=0, bench_peak_memory=False, gptq_windows=2, gptq_len=64)
 
 
 class _Log:
@@ -103,8 +100,7 @@ def _reusable(path: str) -> bool:
 
 
 # Settings of steps added to the demo later: a directory made before them lacks these keys, and
-# its other results stay valid (the new steps just run). (Not gptq_act_order: a directory made
-# before it has GPTQ results of left-to-right GPTQ, which a rerun must not reuse.)
+# its other results stay valid (the new steps just run).
 _LATER_SETTINGS = ("task_items", "gptq_windows", "gptq_len")
 
 
@@ -160,11 +156,10 @@ def _quantize_variant(model, tokenizer, variant: str, settings: DemoSettings, lo
     from .quant.gptq import calibration_ids
 
     calib = calibration_ids(tokenizer, seq_len=settings.gptq_len, sequences=settings.gptq_windows)
-    log(f"{variant}: quantizing a fresh copy of the model (GPTQ, act-order {settings.gptq_act_order}, on "
-        f"{len(calib)} windows of {settings.gptq_len} tokens of the built-in calibration text, lm_head kept full "
-        "precision)")
+    log(f"{variant}: quantizing a fresh copy of the model (GPTQ on {len(calib)} windows of {settings.gptq_len} "
+        "tokens of the built-in calibration text, lm_head kept full precision)")
     return pq.quantize_model(copy.deepcopy(model), variant[: -len(GPTQ_SUFFIX)], method="gptq", calibration=calib,
-                             progress=True, act_order=settings.gptq_act_order)
+                             progress=True)
 
 
 def _model_info(model, tokenizer, spec_name: str, variant: str) -> dict:

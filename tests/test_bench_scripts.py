@@ -137,7 +137,7 @@ def test_gptq_quality_bench_quick_on_bundled_model(tmp_path):
     out = tmp_path / "g.json"
     _run([sys.executable, "bench/gptq_quality.py", "--quick", "--output", str(out)], timeout=1200)
     res = json.loads(out.read_text())
-    assert [r["method"] for r in res["rows"]] == ["rtn", "gptq-plain", "gptq-ltr", "gptq", "gptq-act"]
+    assert [r["method"] for r in res["rows"]] == ["rtn", "gptq-plain", "gptq", "gptq-static", "gptq-act"]
     assert all(0 < r["kl_all"] < 5 and r["quantize_s"] > 0 for r in res["rows"])
     assert res["rows"][0]["kl_vs_rtn"] == 1.0 and res["meta"]["calibration"]["windows"] == 4
 

@@ -16,13 +16,13 @@ precision, give --override layers another scheme, and write a pyquant quantized 
 column's rounding error in the columns not yet quantized, from the layer inputs seen on
 calibration text (--calibration, default: the built-in text of about 9,600 tokens); decoder layers
 are done one at a time, each calibrated on the outputs of the layers already quantized. Both
-write the same formats, so every kernel and tool runs either. GPTQ takes each layer's columns by
-decreasing input energy (GPTQ's desc_act) with every group's grid fixed from the weights first,
-so the layer keeps its own column order (--act-order static, the default; llm-compressor's
-"static" actorder). --act-order permuted keeps INT4 groups contiguous in the new order, and the
+write the same formats, so every kernel and tool runs either. GPTQ goes left to right, each
+group's grid from the error-corrected weights (--act-order off, the default). --act-order static
+takes each layer's columns by decreasing input energy (GPTQ's desc_act) with every group's grid
+fixed from the weights first, so the layer keeps its own column order (llm-compressor's "static"
+actorder; experts too). --act-order permuted keeps INT4 groups contiguous in that order, and the
 layer gathers its input to match (in_perm, a small cost per call; expert weights keep their
-order; `pyquant export` cannot write it); --act-order off goes left to right, each group's grid
-from the error-corrected weights.
+order; `pyquant export` cannot write it).
 
 Mixture-of-experts models whose experts transformers stores as 3-D parameters (Mixtral, Qwen3-MoE,
 OLMoE, gpt-oss, Llama 4, ...) get every expert quantized too, run through pyquant's kernels;
@@ -72,12 +72,12 @@ def add_arguments(p):
     p.add_argument("--plain-v", action="store_true",
                    help="GPTQ: calibrate value projections on their inputs alone, not on what the attention makes "
                         "of them (faster, no eager attention; worse on models with attention sinks)")
-    p.add_argument("--act-order", nargs="?", const="permuted", default=None, choices=("static", "permuted", "off"),
-                   help="GPTQ's column order. 'static' (default): by decreasing input energy (GPTQ's desc_act), "
-                        "each group's grid fixed first from the weights, the layer in its own column order; "
-                        "'permuted' (the bare flag): the same order with INT4 groups contiguous in it, the layer "
-                        "gathering its input to match (in_perm), as act-order GPTQ checkpoints do; 'off': left "
-                        "to right, each group's grid from the error-corrected weights")
+    p.add_argument("--act-order", nargs="?", const="permuted", default=None, choices=("off", "static", "permuted"),
+                   help="GPTQ's column order. 'off' (default): left to right, each group's grid from the "
+                        "error-corrected weights; 'static': by decreasing input energy (GPTQ's desc_act), each "
+                        "group's grid fixed first from the weights, the layer in its own column order; 'permuted' "
+                        "(the bare flag): that order with INT4 groups contiguous in it, the layer gathering its "
+                        "input to match (in_perm), as act-order GPTQ checkpoints do")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the layers kept in full precision (default float32; quantization always rounds in "
                         "float32, from the weights as stored)")
@@ -193,7 +193,7 @@ def run(args) -> int:
             raise UsageError(f"--calibration: {e}") from None
         print(f"GPTQ: calibrating on {len(calib)} windows of {args.calib_len} tokens", flush=True)
         gptq = {"method": "gptq", "calibration": calib, "damp": args.damp, "attention_aware": not args.plain_v,
-                "act_order": {None: "static", "static": "static", "permuted": True, "off": False}[args.act_order]}
+                "act_order": {None: False, "off": False, "static": "static", "permuted": True}[args.act_order]}
     with warnings.catch_warnings():  # _check_patterns said it in the CLI's words
         warnings.filterwarnings("ignore", message="quantize_model: pattern", category=UserWarning)
         quantize_model(model, spec, skip=skip, overrides=overrides, progress=True,

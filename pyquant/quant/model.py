@@ -122,10 +122,10 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
     1-D token-id tensors such as ``calibration_ids`` makes; damp and block_size as in
     ``gptq_quantize_weight``; attention_aware=False gives value projections the plain X^T X
     instead of the attention-mixed H, see ``pyquant.quant.gptq``; act_order: the column order,
-    "static" (GPTQ's default, None): by decreasing H diagonal, each group's grid fixed from the
-    weights first, the weight in its own column order; True: in that order with groups contiguous
-    in it, an INT4 linear then carrying an ``in_perm`` (GPTQ's desc_act; expert stacks keep their
-    column order); False: left to right, each group's grid from the corrected weights). Both
+    False (None, the default): left to right, each group's grid from the corrected weights;
+    "static": by decreasing H diagonal, each group's grid fixed from the weights first, the weight
+    in its own column order; True: in that order with groups contiguous in it, an INT4 linear then
+    carrying an ``in_perm`` (GPTQ's desc_act; expert stacks keep their column order)). Both
     methods write the same formats.
     keep_routers: keep the mixture-of-experts routers (``router_layer_names``) in full precision
     whatever the patterns say, as llama.cpp keeps ``ffn_gate_inp``: they are small, their top-k
@@ -194,7 +194,7 @@ def quantize_model(model: nn.Module, spec: "QuantSpec | str", skip=("lm_head",),
 
     extra = {}
     if method == "gptq":
-        act_order = "static" if act_order is None else act_order
+        act_order = act_order or False  # None: the default, left to right
         stats = gptq_quantize_layers(model, plan + expert_plan, calibration, make_layer=_from_quantized, damp=damp,
                                      block_size=block_size, progress=progress is not False,
                                      attention_aware=attention_aware, act_order=act_order)

@@ -143,7 +143,8 @@ def test_gptq_calibrates_each_expert_on_its_routed_tokens(model_type, monkeypatc
             model(s[None], use_cache=False)
     handle.remove()
     ref_experts = copy.deepcopy(experts)
-    pq.quantize_model(model, "int4-g32", skip=("lm_head",), method="gptq", calibration=calib, progress=False)
+    pq.quantize_model(model, "int4-g32", skip=("lm_head",), method="gptq", calibration=calib, progress=False,
+                      act_order="static")
     stats = model.pyquant_config["gptq"]
     assert len(_stacks(model)) == 4 and {v["method"] for v in model.pyquant_config["layers"].values()} == {"gptq"}
     # H of layer 0's experts, by hand from the recorded routing (layer 0 sees the full-precision inputs)
@@ -166,7 +167,7 @@ def test_gptq_calibrates_each_expert_on_its_routed_tokens(model_type, monkeypatc
         torch.testing.assert_close(got_gu[e], want_gu[e], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(got_d[e], want_d[e], rtol=1e-4, atol=1e-3)
     assert stats["experts_rtn"] == sum(4 - len(h) for h in seen.values())
-    # GPTQ's default static act-order reaches the experts too: each is gptq_quantize_weight of its H
+    # static act-order reaches the experts too: each is gptq_quantize_weight of its H
     from pyquant.quant.experts import expert_weights
 
     for e, h in got_gu.items():

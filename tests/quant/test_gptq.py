@@ -391,7 +391,7 @@ def test_quantize_model_gptq_records_saves_and_loads(tmp_path, tokenizer):
     cfg = model.pyquant_config
     assert cfg["method"] == "gptq" and cfg["gptq"] == {"sequences": 3, "tokens": 48, "sequential_layers": 2,
                                                       "attention_aware_v": 2, "damp": 0.05, "block_size": 128,
-                                                      "act_order": "static"}  # the default
+                                                      "act_order": False}
     assert cfg["layers"]["model.layers.0.mlp.down_proj"] == {"spec": "int8", "shape": [64, 128], "bias": False,
                                                              "method": "gptq"}
     assert type(model.lm_head).__name__ == "Linear"
