@@ -371,15 +371,15 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
 
     make_layer(linear, QuantizedWeight, in_perm) -> the replacement module (in_perm: None, or the
     act-order column order when ``act_order`` is True and the layer INT4, expert stacks keeping
-    their column order; with "static", every linear and expert takes its columns in act-order, each
-    group's grid fixed first, and keeps its column order: ``gptq_quantize_weight``'s static_groups). Decoder
-    layers (the module list that holds most planned linears) are done one at a time: their inputs
-    are recorded once, each layer's H is collected from the current inputs, its linears are
-    quantized, and the quantized layer's outputs become the next layer's inputs. Planned linears
-    outside that list get their H from one more pass of the whole (by then quantized) model. Value
-    projections of the decoder layers get the attention-aware H (module docstring; attention runs
-    eagerly meanwhile) unless ``attention_aware`` is False (plain GPTQ: X^T X everywhere, attention
-    as configured).
+    their column order; with "static", every linear and expert takes its columns in act-order,
+    each group's grid fixed first, and keeps its column order: ``gptq_quantize_weight``'s
+    static_groups). Decoder layers (the module list that holds most planned linears) are done one
+    at a time: their inputs are recorded once, each layer's H is collected from the current
+    inputs, its linears are quantized, and the quantized layer's outputs become the next layer's
+    inputs. Planned linears outside that list get their H from one more pass of the whole (by then
+    quantized) model. Value projections of the decoder layers get the attention-aware H (module
+    docstring; attention runs eagerly meanwhile) unless ``attention_aware`` is False (plain GPTQ:
+    X^T X everywhere, attention as configured).
     """
     from .experts import expert_weights, install_quantized
     from .linear import _linear_weight

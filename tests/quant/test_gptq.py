@@ -234,14 +234,20 @@ def test_value_projection_gets_the_attention_mixed_hessian_per_kv_head(seen_hess
     assert plain_model.pyquant_config["gptq"]["attention_aware_v"] == 0
 
 
-@pytest.mark.parametrize("spec", ["int8", "int4-g32", "int4-g128-sym"])
-def test_act_order_is_gptq_of_the_permuted_columns(spec):
-    gen = torch.Generator().manual_seed(5)
-    k = 150  # ragged last group
+def _act_order_problem(seed: int, k: int = 150):
+    """(w [19, k] float64, H of correlated inputs whose scales spread by e^N(0,1), its act-order
+    permutation); k = 150 gives every group size a ragged last group."""
+    gen = torch.Generator().manual_seed(seed)
     w = torch.randn(19, k, generator=gen, dtype=torch.float64)
     X = correlated_inputs(400, k, gen).double() * torch.exp(torch.randn(k, generator=gen, dtype=torch.float64))
     H = X.T @ X
-    perm = G.act_order_perm(H)
+    return w, H, G.act_order_perm(H)
+
+
+@pytest.mark.parametrize("spec", ["int8", "int4-g32", "int4-g128-sym"])
+def test_act_order_is_gptq_of_the_permuted_columns(spec):
+    w, H, perm = _act_order_problem(5)
+    k = w.shape[1]
     assert torch.equal(H.diagonal()[perm], H.diagonal().sort(descending=True).values)
     got = G.gptq_quantize_weight(w, H, spec, damp=0.01, block_size=32, perm=perm)
     want = obq_reference(w[:, perm], H[perm][:, perm], QuantSpec.parse(spec), damp=0.01)
@@ -255,12 +261,8 @@ def test_act_order_is_gptq_of_the_permuted_columns(spec):
 def test_static_act_order_fixes_every_grid_first_and_keeps_the_column_order(spec):
     """static_groups: columns in act-order, each against its own group's grid taken from w before
     anything is quantized (the oracle, fed those grids), the result in w's column order."""
-    gen = torch.Generator().manual_seed(8)
-    k = 150  # ragged last group
-    w = torch.randn(19, k, generator=gen, dtype=torch.float64)
-    X = correlated_inputs(400, k, gen).double() * torch.exp(torch.randn(k, generator=gen, dtype=torch.float64))
-    H = X.T @ X
-    perm = G.act_order_perm(H)
+    w, H, perm = _act_order_problem(8)
+    k = w.shape[1]
     sp = QuantSpec.parse(spec)
     got = G.gptq_quantize_weight(w, H, spec, damp=0.01, block_size=32, perm=perm, static_groups=True)
     if sp.bits == 4:
