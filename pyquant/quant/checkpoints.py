@@ -302,13 +302,14 @@ class _Reader:
 
     def _group_of(self, layer: str) -> "str | None":
         """The compressed-tensors config group whose targets match ``layer`` best, as vLLM picks it: its
-        exact name, then a "re:" regex (re.match), then a class name (every layer here is a Linear)."""
+        exact name, then a "re:" regex (re.match), then a class name such as "Linear" (every layer
+        here is a linear one; module names are lower case)."""
         def rank(target: str) -> int:
             if target == layer:
                 return 3
             if target.startswith("re:"):
                 return 2 if re.match(target[3:], layer) else 0
-            return 1 if "." not in target else 0
+            return 1 if target[:1].isupper() and "." not in target else 0
 
         ranked = [(max((rank(t) for t in g.get("targets") or []), default=0), name)
                   for name, g in (self.qc.get("config_groups") or {}).items()]

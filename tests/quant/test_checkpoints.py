@@ -520,3 +520,18 @@ def test_moe_checkpoint_with_one_layer_per_expert(tmp_path, model_type, act_orde
     again, _ = pq.load_model(str(tmp_path / "pq"))
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, got, rtol=0, atol=0)
+
+
+def test_each_compressed_tensors_layer_takes_its_best_matching_group():
+    """A layer's config group, as vLLM resolves it: its exact name, then a "re:" regex, then a class name."""
+    from pyquant.quant.checkpoints import _Reader
+
+    w = {"num_bits": 4, "type": "int"}
+    reader = _Reader("d", {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {
+        "cls": {"targets": ["Linear"], "weights": w}, "rx": {"targets": ["re:.*down_proj$"], "weights": w},
+        "exact": {"targets": ["model.layers.0.mlp.down_proj"], "weights": w},
+        "head": {"targets": ["lm_head"], "weights": w}}})
+    assert reader._group_of("model.layers.0.mlp.down_proj") == "exact"
+    assert reader._group_of("model.layers.1.mlp.down_proj") == "rx"
+    assert reader._group_of("model.layers.1.mlp.up_proj") == "cls"
+    assert reader._group_of("lm_head") == "head"

@@ -164,7 +164,8 @@ def test_a_quantized_tied_head_is_written_untied(tmp_path):
     summary = export_compressed_tensors(q, tmp_path / "ct")
     assert summary["ignore"] == [] and summary["config_groups"]["group_0"]["layers"] == 15
     assert json.loads((tmp_path / "ct" / "config.json").read_text())["tie_word_embeddings"] is False
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ct",
+                                              quantization_config=CompressedTensorsConfig(dequantize=True))
     assert _same_weight(hf.lm_head.weight.data, q.lm_head)
     ids = random_ids(2, 9)
     with torch.no_grad():
