@@ -70,7 +70,9 @@ def _verify(model, out: str, dtype) -> int:
     def written(t):
         return t.detach().cpu().to(dtype) if dtype is not None and t.is_floating_point() else t.detach().cpu()
 
-    for name, m in mine.items():
+    from tqdm.auto import tqdm
+
+    for name, m in tqdm(mine.items(), desc="checking", unit="layer", leave=False):
         bias, other = m.bias, theirs[name].bias
         if not torch.equal(weight(m), weight(theirs[name])) or (bias is None) != (other is None) or (
                 bias is not None and not torch.equal(written(bias), other)):
@@ -103,7 +105,7 @@ def run(args) -> int:
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     t1 = time.perf_counter()
     with writing(out):
-        summary = export_compressed_tensors(model, out, tokenizer=tok, dtype=dtype)
+        summary = export_compressed_tensors(model, out, tokenizer=tok, dtype=dtype, progress=True)
     t2 = time.perf_counter()
     for name, g in summary["config_groups"].items():
         w = g["weights"]

@@ -109,9 +109,11 @@ def _check_architecture(model: nn.Module, names: list) -> None:
                              "quantizes nn.Linear layers only")
 
 
-def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Optional[torch.dtype] = None) -> dict:
+def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Optional[torch.dtype] = None,
+                              progress: bool = False) -> dict:
     """Write ``model`` (pyquant QuantLinear layers) to directory ``path`` as a compressed-tensors
-    checkpoint (module docstring); full-precision tensors in ``dtype`` (default: as they are).
+    checkpoint (module docstring); full-precision tensors in ``dtype`` (default: as they are);
+    ``progress``: a tqdm bar over the layers.
     Files go to temporary names and are renamed, config.json last. Returns a summary: {"layers",
     "config_groups": {group: {"format", "weights", "int8_activations", "layers"}}, "regrouped":
     {layer: [G, G']} (ragged layers written with smaller groups), "ignore": [kept linear layers]}."""
@@ -132,7 +134,9 @@ def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Opt
         if m.spec.bits == 4:
             group_of[m.spec] = math.gcd(group_of.get(m.spec, m.spec.group_size), m.in_features)
     tensors, groups, regrouped = {}, {}, {}
-    for name, m in layers.items():
+    from tqdm.auto import tqdm
+
+    for name, m in tqdm(layers.items(), desc="packing", unit="layer", disable=not progress, leave=False):
         t, args, fmt = _layer_tensors(name, m, group_of.get(m.spec))
         tensors.update({f"{name}.{sfx}": v.contiguous() for sfx, v in t.items()})
         if m.bias is not None:
