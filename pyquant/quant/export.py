@@ -44,7 +44,8 @@ from torch import nn
 
 from .checkpoints import pack_words
 from .io import dedupe_state_dict, write_model_files
-from .linear import QuantLinear
+from .linear import QuantLinear, unpermute_columns
+from .model import quantized_layers
 
 FORMAT_NAME = "compressed-tensors"
 
@@ -67,7 +68,7 @@ def _layer_tensors(name: str, m: QuantLinear, group: Optional[int]) -> "tuple[di
     if spec.bits == 8:
         scale = qw.scales.reshape(n, 1)
         if perm is not None:  # one group per row: the layer's own column order needs no g_idx
-            codes = torch.empty_like(codes).index_copy_(1, perm.cpu().long(), codes)
+            codes = unpermute_columns(codes, perm)
         args = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "group_size": None,
                 "dynamic": False}
         if spec.act_bits:
@@ -122,7 +123,7 @@ def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Opt
     if any(isinstance(m, QuantExpertStack) for m in model.modules()):
         raise ValueError("exporting mixture-of-experts expert stacks is not supported (their per-expert naming "
                          "differs by family); dense layers only")
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    layers = quantized_layers(model)
     if not layers:
         raise ValueError("the model has no quantized layers: quantize it first (pyquant quantize)")
     if getattr(model, "config", None) is None:

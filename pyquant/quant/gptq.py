@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..formats import QuantizedWeight, QuantSpec
+from .linear import unpermute_columns
 from .rtn import check_weight, int4_grid, int4_group_grid, int8_scales, pack_codes, to_codes
 
 DEFAULT_DAMP = 0.01
@@ -156,8 +157,7 @@ def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int,
         scales = int8_scales(W, spec)
         s_col, z_col = scales.to(wdt), None
     elif static:
-        order = order.to(W.device)
-        scales, zeros = int4_group_grid(torch.empty_like(W).index_copy_(1, order, W), spec)
+        scales, zeros = int4_group_grid(unpermute_columns(W, order), spec)
         group_of = (order // G).tolist()  # the group of each column in processing order
     else:
         ng = spec.ngroups(k)
@@ -187,7 +187,7 @@ def _gptq(W: torch.Tensor, factor, spec: QuantSpec, block_size: int,
         W[:, i2:].sub_(E1 @ U[i1:i2, i2:])
 
     if order is not None:  # back to the weight's own column order
-        codes = torch.empty_like(codes).index_copy_(1, order.to(W.device), codes)
+        codes = unpermute_columns(codes, order)
     if spec.bits == 8:
         return QuantizedWeight(spec, codes.to(torch.int8).contiguous(), scales.contiguous(), None, (n, k))
     kp = spec.ngroups(k) * G
@@ -418,9 +418,7 @@ def gptq_quantize_layers(model: nn.Module, plan: Sequence, calibration: Sequence
             if not torch.isfinite(h).all():
                 raise ValueError(f"gptq: the inputs of {name}, expert {e} contain NaN or Inf")
             perm = act_order_perm(h) if act_order == "static" else None  # the layout stays: experts take it too
-            if perm is not None:
-                w, h = w[:, perm.to(w.device)], _permuted(h, perm)
-            qws.append(_gptq_rows(w.to(_work_dtype(w)), [inverse_factor(h, damp)], spec_of[name], block_size, perm))
+            qws.append(gptq_quantize_weight(w, h, spec_of[name], damp, block_size, perm=perm, static_groups=True))
         install_quantized(mod, pname, qws)
         if bar is not None:
             bar.update(1)

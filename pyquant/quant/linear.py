@@ -56,6 +56,12 @@ def set_backend(model: nn.Module, name: Optional[str]) -> int:
     return n
 
 
+def unpermute_columns(t: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """t [N, K] whose column p is input column perm[p] (the layout ``in_perm`` describes), put back
+    in input order: result[:, perm[p]] = t[:, p]."""
+    return torch.empty_like(t).index_copy_(1, perm.to(t.device).long(), t)
+
+
 def _linear_weight(module: nn.Module) -> torch.Tensor:
     """The [out_features, in_features] weight of an nn.Linear or a transformers Conv1D (stored [in, out])."""
     if isinstance(module, nn.Linear):
@@ -142,6 +148,13 @@ class QuantLinear(nn.Module):
             qw = QuantizedWeight(self.spec, q, s, z, (self.out_features, self.in_features))
             self.__dict__["_qw"] = qw
         return qw
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The full-precision weight [out_features, in_features] in the layer's own input order
+        (``in_perm`` undone): what ``x @ W.T`` multiplies."""
+        w = self.qw.dequantize(dtype)
+        perm = self._buffers["in_perm"]
+        return w if perm is None else unpermute_columns(w, perm)
 
     @property
     def weight_nbytes(self) -> int:

@@ -25,9 +25,7 @@ def _layers(model) -> dict:
 
 def _weight(m) -> torch.Tensor:
     """A QuantLinear's float64 weight in its own column order (in_perm undone)."""
-    w = m.qw.dequantize(torch.float64)
-    perm = m._buffers["in_perm"]
-    return w if perm is None else torch.empty_like(w).index_copy_(1, perm.long(), w)
+    return m.dequantized_weight(torch.float64)
 
 
 def _library_weights(d) -> dict:

@@ -303,6 +303,7 @@ def test_act_order_cuts_the_error_when_input_scales_differ(spec):
     x = torch.randn(5, k, generator=gen)
     dq_act = torch.empty_like(w, dtype=torch.float64)
     dq_act[:, perm] = layer.qw.dequantize().double()
+    assert torch.equal(layer.dequantized_weight().double(), dq_act)
     with torch.no_grad():
         torch.testing.assert_close(layer(x).double(), x.double() @ dq_act.T, rtol=1e-5, atol=1e-4)
 
