@@ -5,6 +5,7 @@ import os
 import time
 
 from . import add_model_argument
+from .outputs import add_shard_argument
 
 HELP = "write a quantized model as a compressed-tensors checkpoint (the format vLLM and SGLang serve)"
 DESCRIPTION = """Write --model (a pyquant quantized directory, or a GPTQ / AWQ / compressed-tensors checkpoint that
@@ -40,6 +41,7 @@ def add_arguments(p):
     p.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     p.add_argument("--overwrite", action="store_true",
                    help="write into DIR even if it holds files (files of the same name are replaced)")
+    add_shard_argument(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                    help="dtype of the full-precision weights written (embeddings, norms, kept layers); 'auto' "
                         "(default): as --model stores them. Quantized layers keep their format")
@@ -53,6 +55,7 @@ def _verify(model, out: str, dtype) -> int:
     import torch
 
     from ..quant.checkpoints import load_quantized_checkpoint
+    from ..quant.io import cast_floating
     from ..quant.model import quantized_layers
 
     back = load_quantized_checkpoint(out)
@@ -61,20 +64,17 @@ def _verify(model, out: str, dtype) -> int:
         raise ValueError(f"export check: {out} reads back with other quantized layers "
                          f"({sorted(set(mine) ^ set(theirs))[:3]})")
 
-    def written(t):
-        return t.detach().cpu().to(dtype) if dtype is not None and t.is_floating_point() else t.detach().cpu()
-
     from tqdm.auto import tqdm
 
     for name, m in tqdm(mine.items(), desc="checking", unit="layer", leave=False):
         bias, other = m.bias, theirs[name].bias
         if not torch.equal(m.dequantized_weight(torch.float64), theirs[name].dequantized_weight(torch.float64)) or (bias is None) != (other is None) or (
-                bias is not None and not torch.equal(written(bias), other)):
+                bias is not None and not torch.equal(cast_floating(bias, dtype), other)):
             raise ValueError(f"export check: layer {name} reads back with other weights")
     owned = tuple(f"{n}." for n in mine)
     got = back.state_dict()
     for k, v in model.state_dict().items():
-        if not k.startswith(owned) and (k not in got or not torch.equal(got[k], written(v))):
+        if not k.startswith(owned) and (k not in got or not torch.equal(got[k], cast_floating(v, dtype))):
             raise ValueError(f"export check: tensor {k} reads back different")
     return len(mine)
 
@@ -99,7 +99,8 @@ def run(args) -> int:
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     t1 = time.perf_counter()
     with writing(out):
-        summary = export_compressed_tensors(model, out, tokenizer=tok, dtype=dtype, progress=True)
+        summary = export_compressed_tensors(model, out, tokenizer=tok, dtype=dtype, progress=True,
+                                            max_shard_size=args.max_shard_size)
     t2 = time.perf_counter()
     for name, g in summary["config_groups"].items():
         w = g["weights"]

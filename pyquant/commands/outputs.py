@@ -70,6 +70,24 @@ def check_output(path, inputs: "dict | None" = None, *, flag: str = "--output", 
     return path
 
 
+def add_shard_argument(parser) -> None:
+    """--max-shard-size: the largest weights file a command that writes a model directory writes."""
+    import argparse
+
+    from ..quant.io import MAX_SHARD_SIZE, parse_size
+
+    def size(text):
+        try:
+            return parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parser.add_argument("--max-shard-size", type=size, default=MAX_SHARD_SIZE, metavar="SIZE",
+                        help=f"largest weights file to write, e.g. 500MB, 5GB, 2GiB (default {MAX_SHARD_SIZE}): past "
+                             "it the tensors go to model-00001-of-0000N.safetensors ... with "
+                             "model.safetensors.index.json, one shard held in memory at a time")
+
+
 @contextlib.contextmanager
 def writing(path, flag: str = "--output"):
     """Turn an OSError raised while writing ``path`` into a one-line UsageError (exit 2)."""

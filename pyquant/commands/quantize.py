@@ -6,6 +6,7 @@ import time
 import warnings
 
 from . import add_model_argument
+from .outputs import add_shard_argument
 
 HELP = "quantize a model's linear layers (int8 / int4-gG) and save it as a pyquant directory"
 DESCRIPTION = """Quantize every linear layer of --model into --scheme, keep the --skip layers in full
@@ -60,6 +61,7 @@ def add_arguments(p):
                    help="quantize mixture-of-experts routers as well (default: kept in full precision)")
     p.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     p.add_argument("--overwrite", action="store_true", help="write into DIR even if it holds files (files of the same name are replaced)")
+    add_shard_argument(p)
     p.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
                    help="rtn: round to nearest (default); gptq: error-correcting, calibrated on --calibration")
     p.add_argument("--calibration", nargs="+", default=None, metavar="FILE",
@@ -202,7 +204,7 @@ def run(args) -> int:
     after = model_description(model)
     t2 = time.perf_counter()
     with writing(out):
-        save_quantized(model, out, tokenizer=tok)
+        save_quantized(model, out, tokenizer=tok, max_shard_size=args.max_shard_size)
     t3 = time.perf_counter()
 
     layers = model.pyquant_config["layers"]

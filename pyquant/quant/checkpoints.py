@@ -45,7 +45,6 @@ quantizes each token by max|x| / 127 as vLLM's kernels do.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -55,6 +54,7 @@ import torch
 from torch import nn
 
 from ..formats import SUPPORTED_GROUP_SIZES, QuantizedWeight, QuantSpec
+from .io import cast_floating, weight_files
 from .linear import QuantLinear, _linear_weight
 from .rtn import pack_codes
 
@@ -200,11 +200,12 @@ def _to_pyquant(codes, zeros, scales, g_idx, bits, group_size, who):
 
 
 def _read_checkpoint(path: str) -> dict:
-    """Every tensor of the directory's safetensors files (load_file maps the files: the packed
-    tensors stay file-backed pages, not a second copy in memory)."""
+    """Every tensor of the directory's safetensors files (io.weight_files: the index's shards when
+    there is an index; load_file maps the files: the packed tensors stay file-backed pages, not a
+    second copy in memory)."""
     from safetensors.torch import load_file
 
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    files = weight_files(path)
     if not files:
         raise ValueError(f"{path}: no .safetensors files (checkpoints in .bin files are not read)")
     tensors = {}
@@ -485,8 +486,8 @@ def load_quantized_checkpoint(path: str, dtype: Optional[torch.dtype] = None) ->
                         **({"in_perm": True} if perm is not None else {})}
     for info in layers.values():
         info["method"] = f"{reader.kind}-checkpoint"
-    result = model.load_state_dict({k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
-                                    for k, v in _rename_for(model, tensors).items()}, strict=False, assign=True)
+    result = model.load_state_dict({k: cast_floating(v, dtype) for k, v in _rename_for(model, tensors).items()},
+                                   strict=False, assign=True)
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
     if tied:
         model.tie_weights()  # the head shares the loaded input embedding

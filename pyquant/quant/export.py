@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .checkpoints import pack_words
-from .io import dedupe_state_dict, write_model_files
+from .io import MAX_SHARD_SIZE, cast_floating, dedupe_state_dict, write_model_files
 from .linear import QuantLinear, unpermute_columns
 from .model import quantized_layers
 
@@ -111,13 +111,17 @@ def _check_architecture(model: nn.Module, names: list) -> None:
 
 
 def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Optional[torch.dtype] = None,
-                              progress: bool = False) -> dict:
+                              progress: bool = False, max_shard_size=MAX_SHARD_SIZE) -> dict:
     """Write ``model`` (pyquant QuantLinear layers) to directory ``path`` as a compressed-tensors
     checkpoint (module docstring); full-precision tensors in ``dtype`` (default: as they are);
-    ``progress``: a tqdm bar over the layers.
+    ``progress``: a tqdm bar over the layers. Layers are packed one at a time into safetensors shards
+    of at most ``max_shard_size`` (io.ShardWriter: the packed copy of the model never exists whole).
     Files go to temporary names and are renamed, config.json last. Returns a summary: {"layers",
     "config_groups": {group: {"format", "weights", "int8_activations", "layers"}}, "regrouped":
-    {layer: [G, G']} (ragged layers written with smaller groups), "ignore": [kept linear layers]}."""
+    {layer: [G, G']} (ragged layers written with smaller groups), "ignore": [kept linear layers],
+    "files": [{"name", "bytes"}]}."""
+    from tqdm.auto import tqdm
+
     from .experts import QuantExpertStack
 
     if any(isinstance(m, QuantExpertStack) for m in model.modules()):
@@ -134,18 +138,38 @@ def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Opt
     for m in layers.values():
         if m.spec.bits == 4:
             group_of[m.spec] = math.gcd(group_of.get(m.spec, m.spec.group_size), m.in_features)
-    tensors, groups, regrouped = {}, {}, {}
-    from tqdm.auto import tqdm
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+    if tied and isinstance(model.get_output_embeddings(), QuantLinear):
+        config["tie_word_embeddings"] = tied = False  # the head is its own (quantized) tensor now
+    state, aliases = dedupe_state_dict(model)  # a tied head is an alias of the input embedding
+    if not tied:
+        state.update({alias: state[target] for alias, target in aliases.items()})
+    owned = tuple(f"{n}." for n in layers)
+    kept = {name: t for name, t in state.items() if not name.startswith(owned)}
+    fp = next((dtype or t.dtype for t in kept.values() if t.is_floating_point()), None)
+    if fp is not None:
+        config["dtype"] = str(fp).replace("torch.", "")
+    groups, regrouped = {}, {}
 
-    for name, m in tqdm(layers.items(), desc="packing", unit="layer", disable=not progress, leave=False):
-        t, args, fmt = _layer_tensors(name, m, group_of.get(m.spec))
-        tensors.update({f"{name}.{sfx}": v.contiguous() for sfx, v in t.items()})
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.detach().cpu().to(dtype or m.bias.dtype)
-        if args["group_size"] and args["group_size"] != m.spec.group_size:
-            regrouped[name] = [m.spec.group_size, args["group_size"]]
-        key = json.dumps([fmt, args, bool(m.spec.act_bits)], sort_keys=True)
-        groups.setdefault(key, []).append(name)
+    def tensors():  # (name, tensor) one layer at a time, the packed layers then the full-precision rest
+        for name, m in tqdm(layers.items(), desc="packing", unit="layer", disable=not progress, leave=False):
+            t, args, fmt = _layer_tensors(name, m, group_of.get(m.spec))
+            yield from ((f"{name}.{sfx}", v) for sfx, v in t.items())
+            if m.bias is not None:
+                yield f"{name}.bias", cast_floating(m.bias, dtype or m.bias.dtype)
+            if args["group_size"] and args["group_size"] != m.spec.group_size:
+                regrouped[name] = [m.spec.group_size, args["group_size"]]
+            groups.setdefault(json.dumps([fmt, args, bool(m.spec.act_bits)], sort_keys=True), []).append(name)
+        for name, t in kept.items():
+            v = cast_floating(t, dtype)
+            # an untied head written from the embedding it shared: its own copy (safetensors stores no aliases)
+            yield name, v.clone() if name in aliases and v.data_ptr() == t.data_ptr() else v
+
+    path = str(path)
+    files = write_model_files(path, tensors(), {"format": "pt"}, model, tokenizer, last="config.json",
+                              who="export_compressed_tensors", max_shard_size=max_shard_size)
     ignore = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     config_groups, summary = {}, {}
     for i, (key, names) in enumerate(sorted(groups.items(), key=lambda kv: -len(kv[1]))):
@@ -155,32 +179,13 @@ def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Opt
                                        "output_activations": None, "format": fmt}
         summary[f"group_{i}"] = {"format": fmt, "weights": args, "int8_activations": a8, "layers": len(names)}
     formats = {g["format"] for g in config_groups.values()}
-    qconfig = {"quant_method": FORMAT_NAME, "format": formats.pop() if len(formats) == 1 else "mixed-precision",
-               "quantization_status": "compressed", "config_groups": config_groups, "ignore": ignore,
-               "kv_cache_scheme": None, "global_compression_ratio": None}
-
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
-    if tied and isinstance(model.get_output_embeddings(), QuantLinear):
-        config["tie_word_embeddings"] = tied = False  # the head is its own (quantized) tensor now
-    state, aliases = dedupe_state_dict(model)  # a tied head is an alias of the input embedding
-    if not tied:
-        state.update({alias: state[target].clone() for alias, target in aliases.items()})
-    owned = tuple(f"{n}." for n in layers)
-    for name, t in state.items():
-        if not name.startswith(owned):
-            tensors[name] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
-    fp = next((t.dtype for n, t in tensors.items() if t.is_floating_point() and "weight_scale" not in n), None)
-    if fp is not None:
-        config["dtype"] = str(fp).replace("torch.", "")
-    config["quantization_config"] = qconfig
-
-    path = str(path)
-    write_model_files(path, tensors, {"format": "pt"}, model, tokenizer, last="config.json",
-                      who="export_compressed_tensors")
+    config["quantization_config"] = {
+        "quant_method": FORMAT_NAME, "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed", "config_groups": config_groups, "ignore": ignore,
+        "kv_cache_scheme": None, "global_compression_ratio": None}
     cfg_path = os.path.join(path, "config.json")
     with open(cfg_path + ".tmp", "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     os.replace(cfg_path + ".tmp", cfg_path)
-    return {"layers": len(layers), "config_groups": summary, "regrouped": regrouped, "ignore": ignore}
+    return {"layers": len(layers), "config_groups": summary, "regrouped": regrouped, "ignore": ignore,
+            "files": files}

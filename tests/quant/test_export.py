@@ -9,6 +9,7 @@ import pyquant as pq
 from pyquant.cli import main
 from pyquant.quant.checkpoints import _unpack, load_quantized_checkpoint, pack_words
 from pyquant.quant.export import export_compressed_tensors
+from pyquant.quant.io import INDEX_NAME, weight_files
 from tinymodels import random_ids, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 # transformers notes that the checkpoint's own quantization_config wins over the dequantize=True passed
@@ -37,7 +38,7 @@ def _library_weights(d) -> dict:
     from safetensors.torch import load_file
 
     qc = json.loads((d / "config.json").read_text())["quantization_config"]
-    tensors = load_file(str(d / "model.safetensors"))
+    tensors = {k: v for f in weight_files(str(d)) for k, v in load_file(f).items()}
     out = {}
     for name in sorted({k.rpartition(".")[0] for k in tensors if k.endswith(".weight_scale")}):
         group = next((g for g in qc["config_groups"].values() if name in g["targets"]), None) or next(
@@ -171,6 +172,38 @@ def test_a_quantized_tied_head_is_written_untied(tmp_path):
         torch.testing.assert_close(hf(ids).logits, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
+def test_sharded_export_loads_in_transformers_and_a_later_one_file_export_replaces_it(tmp_path):
+    """Shards of at most a quarter of the checkpoint, packed one layer at a time: Hugging Face's index,
+    transformers and pyquant load the same model as from one file; exporting again in one file into
+    the same directory leaves no shard behind (pyquant's reader would otherwise see both)."""
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    q = _quantized("int4-g32", tie=True)
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    summary = export_compressed_tensors(q, one)
+    assert [f["name"] for f in summary["files"]] == ["model.safetensors"]
+    summary = export_compressed_tensors(q, sharded, max_shard_size=summary["files"][0]["bytes"] // 4)
+    names = [f["name"] for f in summary["files"]]
+    assert len(names) >= 4 and not (sharded / "model.safetensors").exists()
+    index = json.loads((sharded / INDEX_NAME).read_text())
+    assert sorted(set(index["weight_map"].values())) == names
+    assert json.loads((sharded / "config.json").read_text()) == json.loads((one / "config.json").read_text())
+    lib = _library_weights(sharded)
+    assert len(lib) == 14 and all(torch.equal(w, _library_weights(one)[n]) for n, w in lib.items())
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        want = q(ids).logits
+        assert torch.equal(load_quantized_checkpoint(str(sharded))(ids).logits, want)
+        hf = [AutoModelForCausalLM.from_pretrained(d, quantization_config=CompressedTensorsConfig(dequantize=True))
+              for d in (one, sharded)]
+        assert torch.equal(hf[0](ids).logits, hf[1](ids).logits)
+    export_compressed_tensors(q, sharded)
+    assert sorted(p.name for p in sharded.iterdir() if "safetensors" in p.name) == ["model.safetensors"]
+    with torch.no_grad():
+        assert torch.equal(load_quantized_checkpoint(str(sharded))(ids).logits, want)
+
+
 @pytest.mark.parametrize("kind", ["gptq", "awq"])
 def test_another_tools_checkpoint_exports_to_the_same_weights(tmp_path, kind):
     """A GPTQ or AWQ checkpoint (fp16 scales, fp16 embeddings) re-exported: the library decodes the
@@ -224,7 +257,8 @@ def test_export_cli(tmp_path, capsys):
     src = tmp_path / "q"
     pq.save_quantized(_quantized("int4-g32", tie=True), src, tokenizer=tiny_tokenizer())
     out = tmp_path / "ct"
-    assert main(["export", "--model", str(src), "--output", str(out), "--dtype", "bfloat16"]) == 0
+    assert main(["export", "--model", str(src), "--output", str(out), "--dtype", "bfloat16",
+                 "--max-shard-size", "20KB"]) == 0
     text = capsys.readouterr().out
     assert "group_0: 14 layers, pack-quantized (int4 groups of 32, zero-points)" in text
     assert "verified: read back, the 14 quantized layers and every other tensor are identical" in text
@@ -232,7 +266,8 @@ def test_export_cli(tmp_path, capsys):
     assert cfg["dtype"] == "bfloat16" and cfg["tie_word_embeddings"] is True
     from safetensors.torch import load_file
 
-    tensors = load_file(str(out / "model.safetensors"))
+    tensors = {k: v for f in weight_files(str(out)) for k, v in load_file(f).items()}
+    assert len(weight_files(str(out))) > 3 and (out / INDEX_NAME).exists()
     assert tensors["model.embed_tokens.weight"].dtype == torch.bfloat16 and "lm_head.weight" not in tensors
     assert tensors["model.layers.0.mlp.up_proj.weight_scale"].dtype == torch.float32  # the format's own
     assert (out / "tokenizer.json").exists()

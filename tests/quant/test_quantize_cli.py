@@ -36,6 +36,26 @@ def test_skip_nothing_quantizes_the_head(hf_dir, tmp_path, capsys):
     assert "quantized 15 linear layers" in capsys.readouterr().out
 
 
+def test_max_shard_size_writes_shards_that_load(hf_dir, tmp_path, capsys):
+    import json
+
+    import pyquant as pq
+
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--output", str(out),
+                 "--max-shard-size", "16KiB"]) == 0
+    files = json.loads((out / "pyquant_config.json").read_text())["files"]
+    assert len(files) > 3 and all(f["name"].startswith("model-0") for f in files)
+    model, tok = pq.load_model(str(out))
+    assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear) and tok is not None
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        main(["quantize", "--model", str(hf_dir), "--scheme", "int8", "--output", str(tmp_path / "x"),
+              "--max-shard-size", "0"])
+    assert e.value.code == 2
+    assert "--max-shard-size: size '0': must be positive" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--scheme", "int4-g100"], "group size"),
     (["--scheme", "int8", "--override", "down_proj"], "PATTERN=SPEC"),
