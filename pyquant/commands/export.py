@@ -85,7 +85,7 @@ def run(args) -> int:
     from ..cli import UsageError
     from ..models import load_model
     from ..quant.export import export_compressed_tensors
-    from .outputs import check_output, model_path, writing
+    from .outputs import check_output, model_path, writing, written_directory
 
     out = args.output
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
@@ -121,7 +121,6 @@ def run(args) -> int:
     if not args.no_verify:
         n = _verify(model, out, dtype)
         print(f"verified: read back, the {n} quantized layers and every other tensor are identical")
-    disk = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if os.path.isfile(os.path.join(out, f)))
-    print(f"written: {out} ({disk / 2**20:.2f} MiB on disk)")
+    print(f"written: {written_directory(out)}")
     print(f"time: load {t1 - t0:.1f} s, export {t2 - t1:.1f} s, check {time.perf_counter() - t2:.1f} s")
     return 0

@@ -88,6 +88,16 @@ def add_shard_argument(parser) -> None:
                              "model.safetensors.index.json, one shard held in memory at a time")
 
 
+def written_directory(path: str) -> str:
+    """"DIR (X MiB on disk[, N weight shards])": the line a command prints for a model directory it wrote."""
+    from ..quant.io import weight_files
+
+    files = [os.path.join(path, f) for f in os.listdir(path)]
+    disk = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    shards = len(weight_files(path))
+    return f"{path} ({disk / 2**20:.2f} MiB on disk" + (f", {shards} weight shards)" if shards > 1 else ")")
+
+
 @contextlib.contextmanager
 def writing(path, flag: str = "--output"):
     """Turn an OSError raised while writing ``path`` into a one-line UsageError (exit 2)."""

@@ -156,7 +156,7 @@ def run(args) -> int:
 
     from ..cli import UsageError
     from ..formats import QuantSpec
-    from .outputs import check_output, model_path, writing
+    from .outputs import check_output, model_path, writing, written_directory
 
     spec = QuantSpec.parse(args.scheme)  # ValueError -> exit 2 before the (slow) model load
     overrides = _parse_overrides(args.override)
@@ -209,7 +209,6 @@ def run(args) -> int:
 
     layers = model.pyquant_config["layers"]
     per_spec = after["quant"]["specs"] if after["quant"] else {}
-    disk = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if os.path.isfile(os.path.join(out, f)))
     stacks = [v["experts"] for v in layers.values() if "experts" in v]
     moe = f", {len(stacks)} of them mixture-of-experts weights ({sum(stacks)} experts)" if stacks else ""
     print(f"quantized {len(layers)} linear layers ({args.method}{moe}): "
@@ -222,6 +221,6 @@ def run(args) -> int:
     print(f"kept in full precision: skip={skip}{kept}")
     ratio = before["weight_bytes"] / max(after["weight_bytes"], 1)
     print(f"weights in memory: {_mib(before['weight_bytes'])} -> {_mib(after['weight_bytes'])} ({ratio:.2f}x smaller)")
-    print(f"written: {out} ({_mib(disk)} on disk)")
+    print(f"written: {written_directory(out)}")
     print(f"time: load {t1 - t0:.1f} s, quantize {t2 - t1:.1f} s, save {t3 - t2:.1f} s")
     return 0

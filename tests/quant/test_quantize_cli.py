@@ -45,6 +45,7 @@ def test_max_shard_size_writes_shards_that_load(hf_dir, tmp_path, capsys):
     assert main(["quantize", "--model", str(hf_dir), "--scheme", "int4-g32", "--output", str(out),
                  "--max-shard-size", "16KiB"]) == 0
     files = json.loads((out / "pyquant_config.json").read_text())["files"]
+    assert f"{len(files)} weight shards)" in capsys.readouterr().out
     assert len(files) > 3 and all(f["name"].startswith("model-0") for f in files)
     model, tok = pq.load_model(str(out))
     assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear) and tok is not None
