@@ -112,14 +112,82 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     dev = check_qmatmul_args(x, qw, bias)
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    impl = resolve("qmatmul", dev, backend)
     if type(x) is torch.Tensor and not torch.compiler.is_compiling():
         # Eager: call the backend directly; the custom-op dispatch alone costs ~0.1 ms per call on
-        # a small CPU, more than a decode-size kernel. Tracing/compiling goes through the op.
+        # a small CPU, more than a decode-size kernel. Tracing/compiling goes through the op, which
+        # resolves the backend when it runs: the availability probes (calls into pyquant._C) are not
+        # traceable, and a graph compiled before any eager call would break on them.
+        impl = resolve("qmatmul", dev, backend)
         return _runner(qw, impl)(x if x.is_contiguous() else x.contiguous(), bias)
     x2 = x.reshape(-1, qw.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     y = torch.ops.pyquant.qmatmul(x2, qw.qweight, qw.scales, qw.zeros, bias, qw.spec.bits,
-                                  qw.spec.group_size or 0, qw.in_features, impl.name, qw.spec.act_bits or 0)
+                                  qw.spec.group_size or 0, qw.in_features, backend, qw.spec.act_bits or 0)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], qw.out_features)
+
+
+def grouped_rows(x: torch.Tensor, sizes: "list[int]", out_features: int, run: Callable) -> torch.Tensor:
+    """y[R, out_features]: group e, the next sizes[e] rows of x, through ``run(e, rows)``; zeros past them."""
+    parts, start = [], 0
+    for e, n in enumerate(sizes):
+        if n:
+            parts.append(run(e, x[start:start + n]))
+            start += n
+    if start < x.shape[0] or not parts:
+        parts.append(x.new_zeros((x.shape[0] - start, out_features)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@torch.library.custom_op("pyquant::grouped_qmatmul", mutates_args=())
+def _grouped_qmatmul_op(x: torch.Tensor, counts: torch.Tensor, qweights: list[torch.Tensor], scales: list[torch.Tensor],
+                        zeros: list[Optional[torch.Tensor]], in_perms: list[Optional[torch.Tensor]], bits: int,
+                        group_size: int, in_features: int, out_features: int, backend: str,
+                        act_bits: int = 0) -> torch.Tensor:
+    def run(e, rows):
+        if in_perms[e] is not None:
+            rows = rows.index_select(-1, in_perms[e])
+        return _qmatmul_op(rows.contiguous(), qweights[e], scales[e], zeros[e], None, bits, group_size, in_features,
+                           backend, act_bits)
+    return grouped_rows(x, counts.tolist(), out_features, run)
+
+
+@_grouped_qmatmul_op.register_fake
+def _(x, counts, qweights, scales, zeros, in_perms, bits, group_size, in_features, out_features, backend, act_bits=0):
+    return x.new_empty((x.shape[0], out_features))
+
+
+def grouped_qmatmul(x: torch.Tensor, counts: torch.Tensor, qws: "list[QuantizedWeight]",
+                    in_perms: "list[Optional[torch.Tensor]] | None" = None, backend: str = "auto") -> torch.Tensor:
+    """y[R, N] for x[R, K] whose rows come in groups: group e, the next ``counts[e]`` rows, goes through
+    ``qws[e]`` (its columns first gathered by ``in_perms[e]`` when given, as QuantLinear does); rows past
+    sum(counts) give zeros. A mixture-of-experts layer's experts on their routed rows, sorted by expert.
+    Under torch.compile this is one op, ``pyquant::grouped_qmatmul``, that reads the group sizes when it
+    runs: the graph has no shape that depends on the routing. Every weight must share one spec and shape."""
+    if not qws:
+        raise ValueError("grouped_qmatmul: no weights")
+    first = qws[0]
+    for qw in qws:
+        if not isinstance(qw, QuantizedWeight) or qw.spec != first.spec or qw.shape != first.shape:
+            raise ValueError("grouped_qmatmul: every weight must be a QuantizedWeight of one spec and shape")
+    if x.dim() != 2:
+        raise ValueError(f"grouped_qmatmul: x must be [rows, K], got {list(x.shape)}")
+    check_qmatmul_args(x, first, None)
+    if counts.dim() != 1 or counts.numel() != len(qws) or counts.is_floating_point():
+        raise ValueError(f"grouped_qmatmul: counts must be {len(qws)} integers (one per weight), got "
+                         f"{counts.dtype} {list(counts.shape)}")
+    perms = list(in_perms) if in_perms is not None else [None] * len(qws)
+    if len(perms) != len(qws):
+        raise ValueError(f"grouped_qmatmul: {len(perms)} in_perms for {len(qws)} weights")
+    if type(x) is torch.Tensor and not torch.compiler.is_compiling():
+        sizes = counts.tolist()
+        if sum(sizes) > x.shape[0] or min(sizes) < 0:
+            raise ValueError(f"grouped_qmatmul: counts {sizes} do not fit x's {x.shape[0]} rows")
+
+        def run(e, rows):
+            return qmatmul(rows if perms[e] is None else rows.index_select(-1, perms[e]), qws[e], backend=backend)
+        return grouped_rows(x, sizes, first.out_features, run)
+    return torch.ops.pyquant.grouped_qmatmul(
+        x, counts, [q.qweight for q in qws], [q.scales for q in qws], [q.zeros for q in qws], perms,
+        first.spec.bits, first.spec.group_size or 0, first.in_features, first.out_features, backend,
+        first.spec.act_bits or 0)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..ops.qmatmul import grouped_qmatmul, grouped_rows
 from .linear import QuantLinear
 from .rtn import quantize_weight
 
@@ -132,6 +133,17 @@ class QuantExpertStack(nn.Module):
         y = self.expert(e)(x)
         return y if bias is None else y + bias.to(y.dtype)
 
+    def grouped_linear(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x[R, in] sorted by expert, ``counts[e]`` rows for expert e, each through its expert (no bias);
+        rows past sum(counts) give zeros. Compiled: one pq.ops.grouped_qmatmul over every expert's
+        weight; eager: only the experts with rows are touched (Python work per call grows with the
+        experts reached, not with all 128 of a Qwen3-MoE layer)."""
+        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+            experts = [self.expert(e) for e in range(len(self))]
+            return grouped_qmatmul(x, counts, [q.qw for q in experts], [q._buffers["in_perm"] for q in experts],
+                                   backend=experts[0].backend_name)
+        return grouped_rows(x, counts.tolist(), self.expert(0).out_features, lambda e, rows: self.expert(e)(rows))
+
     def extra_repr(self) -> str:
         q = self.expert(0)
         return f"experts={len(self)}, in_features={q.in_features}, out_features={q.out_features}, spec={q.spec}, " \
@@ -151,15 +163,23 @@ def routed(module: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Te
             yield e, sel, token[sel]
 
 
-def first_projection(module: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
-    """Expert e's gate-and-up (or up) projection of x, gated: the input of its down_proj."""
-    h = _expert_linear(module, "gate_up_proj" if _has_gate(module) else "up_proj", e, x)
+def _gated(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The input of the experts' down_proj from their gate-and-up (or up) projection's output h."""
     if not _has_gate(module):
         return module.act_fn(h)
     if hasattr(module, "_apply_gate"):
         return module._apply_gate(h)
     gate, up = h.chunk(2, dim=-1)  # Llama 4: [gate; up], as transformers' default gate
     return module.act_fn(gate) * up
+
+
+def _first_name(module: nn.Module) -> str:
+    return "gate_up_proj" if _has_gate(module) else "up_proj"
+
+
+def first_projection(module: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert e's gate-and-up (or up) projection of x, gated: the input of its down_proj."""
+    return _gated(module, _expert_linear(module, _first_name(module), e, x))
 
 
 def _expert_linear(module: nn.Module, name: str, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -171,17 +191,58 @@ def _expert_linear(module: nn.Module, name: str, e: int, x: torch.Tensor) -> tor
     return F.linear(x, w.t() if is_transposed(module) else w, bias)
 
 
+def _sorted_by_expert(key: torch.Tensor, num: int):
+    """(order, key[order], counts): the rows ordered by their expert ``key`` (``num``: none, last), stably,
+    and the rows of each of the ``num`` experts. Shapes fixed by ``key``'s, so torch.compile sees none
+    that depends on the routing."""
+    order = key.argsort(stable=True)
+    counts = torch.zeros(num + 1, dtype=torch.int64, device=key.device).scatter_add_(0, key, torch.ones_like(key))
+    return order, key[order], counts[:num]
+
+
+def _grouped_expert_linear(module: nn.Module, name: str, x: torch.Tensor, key: torch.Tensor,
+                           counts: torch.Tensor) -> torch.Tensor:
+    """Rows x[R, in] sorted by expert (``key``: each row's, ``counts``: rows per expert) through each one's
+    ``name`` projection (+ its bias); a row of no expert gives zeros."""
+    weight, num = getattr(module, name), counts.numel()
+    if isinstance(weight, QuantExpertStack):
+        y = weight.grouped_linear(x, counts)
+    else:  # full-precision experts (a stack left unquantized): one F.linear per expert
+        def run(e, rows):
+            w = weight[e]
+            return F.linear(rows, w.t() if is_transposed(module) else w)
+        y = grouped_rows(x, counts.tolist(), weight.shape[-2 if not is_transposed(module) else -1], run)
+    if getattr(module, "has_bias", False):
+        bias = getattr(module, name + "_bias")
+        y = y + torch.where((key < num)[:, None], bias[key.clamp(max=num - 1)], 0).to(y.dtype)
+    return y
+
+
+def _experts_on_rows(module: nn.Module, x: torch.Tensor, key: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each row of x[R, H] (sorted by expert: ``key``, ``counts``) through its expert, up (-> gate) -> down
+    (-> post-expert norm); zeros for a row of no expert."""
+    h = _gated(module, _grouped_expert_linear(module, _first_name(module), x, key, counts))
+    y = _grouped_expert_linear(module, "down_proj", h, key, counts)
+    if getattr(module, "has_post_expert_norm", False):  # the norm of a zero row need not be zero
+        y = torch.where((key < counts.numel())[:, None], module.post_expert_norm(y), 0)
+    return y
+
+
 def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
     """The "pyquant" experts implementation: hidden_states [T, H], top_k_index / top_k_weights
-    [T, k] -> [T, H], each token's experts' outputs weighted and summed (in float32)."""
-    weights = top_k_weights.reshape(-1)
+    [T, k] -> [T, H], each token's experts' outputs weighted and summed (in float32). The routing
+    entries are sorted by expert and each expert's rows go through one grouped matmul
+    (pq.ops.grouped_qmatmul): no shape depends on the routing, so torch.compile(fullgraph=True) traces it."""
+    num, k = len(getattr(self, "down_proj")), top_k_index.shape[-1]
+    ids = top_k_index.reshape(-1)
+    key = torch.where((ids >= 0) & (ids < num), ids, num)  # an expert-parallel sentinel: no expert
+    order, key, counts = _sorted_by_expert(key, num)
+    rows = torch.arange(hidden_states.shape[0], device=hidden_states.device).repeat_interleave(k)[order]
+    y = _experts_on_rows(self, hidden_states[rows], key, counts)
+    weights = top_k_weights.reshape(-1)[order]  # y is zero where no expert
     out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
-    for e, sel, rows in routed(self, hidden_states, top_k_index):
-        y = _expert_linear(self, "down_proj", e, first_projection(self, e, hidden_states[rows]))
-        if getattr(self, "has_post_expert_norm", False):
-            y = self.post_expert_norm(y)
-        out.index_add_(0, rows, y.float() * weights[sel, None].float())
+    out.index_add_(0, rows, y.float() * weights[:, None].float())
     return out.to(hidden_states.dtype)
 
 
@@ -195,7 +256,17 @@ def _pre_weighted_rows(module: nn.Module, hidden_states: torch.Tensor):
 
 def pre_weighted_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """A ``PRE_WEIGHTED`` module's forward once pyquant runs it: hidden_states [E * T, H] -> [E * T, H],
-    each expert on its nonzero rows (the others stay zero, as the dense product gives)."""
+    each expert on its nonzero rows (the others stay zero, as the dense product gives). Eager: a loop
+    over the experts reached (fewest operations at decode sizes); compiled: the rows sorted by
+    expert through grouped matmuls, as experts_forward (no shape depends on which rows are live)."""
+    if torch.compiler.is_compiling():
+        num = len(getattr(self, "down_proj"))
+        x = hidden_states.reshape(-1, hidden_states.shape[-1])
+        live = x.view(num, -1, x.shape[-1]).ne(0).any(-1)  # [E, T]
+        experts = torch.arange(num, device=x.device)[:, None].expand_as(live)
+        order, key, counts = _sorted_by_expert(torch.where(live, experts, num).reshape(-1), num)
+        out = torch.zeros_like(x).index_copy_(0, order, _experts_on_rows(self, x[order], key, counts).to(x.dtype))
+        return out.view(hidden_states.shape)
     x, routes = _pre_weighted_rows(self, hidden_states)
     out = torch.zeros(x.shape, dtype=hidden_states.dtype, device=hidden_states.device)
     for e, rows in routes:

@@ -161,9 +161,14 @@ class QuantLinear(nn.Module):
         """Bytes of packed weight + scales + zero-points (bias not included)."""
         return self.qw.nbytes
 
+    @property
+    def backend_name(self) -> str:
+        """The backend its matmuls ask for: its own ``backend``, else the thread's ``use_backend``, else "auto"."""
+        return self.backend or getattr(_STATE, "backend", "auto")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y[..., out_features] = x[..., in_features] @ W.T (+ bias), in x's dtype, via pq.ops.qmatmul."""
-        backend = self.backend or getattr(_STATE, "backend", "auto")
+        backend = self.backend_name
         if self._buffers["in_perm"] is not None:
             x = x.index_select(-1, self._buffers["in_perm"])
         if nvtx.enabled():

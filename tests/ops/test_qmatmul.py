@@ -588,3 +588,55 @@ def test_cached_runner_follows_the_weight(device, backend):
     assert torch.equal(pq.ops.qmatmul(x, qw, backend=backend), y_b)
     for clone in (copy.deepcopy(qw), pickle.loads(pickle.dumps(qw.to("cpu")))):
         assert torch.equal(pq.ops.qmatmul(x.to(clone.device), clone, backend=backend).to(device), y_b)
+
+
+@pytest.mark.parametrize("spec", ["int4-g32", "int8", "int4-g64-sym-a8"])
+@pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_grouped_matches_float64(device, backend, spec, compiled):
+    """grouped_qmatmul: rows in groups of counts[e] (some empty, rows left over) through weight e, its
+    columns gathered by in_perms[e] where given, vs the float64 product per group; zeros past the
+    groups. Compiled: one op (pyquant::grouped_qmatmul) in a fullgraph torch.compile."""
+    from pyquant.ops.qmatmul import grouped_qmatmul
+
+    n, k, counts = 13, 100, torch.tensor([3, 0, 9, 1, 0])
+    qws = [quantize_weight(randn(n, k, seed=40 + e), spec).to(device) for e in range(len(counts))]
+    perms = [None, None, torch.randperm(k, generator=torch.Generator().manual_seed(3)).to(device), None, None]
+    x = randn(int(counts.sum()) + 2, k, seed=41, device=device)  # two rows of no group
+    run = functools.partial(grouped_qmatmul, qws=qws, in_perms=perms, backend=backend)
+    if compiled:
+        torch._dynamo.reset()
+        run = torch.compile(run, fullgraph=True, backend="eager")
+    y = run(x, counts.to(device))
+    assert y.shape == (x.shape[0], n) and y.dtype == x.dtype
+    start = 0
+    for e, c in enumerate(counts.tolist()):
+        xe = x[start:start + c]
+        if perms[e] is not None:
+            xe = xe[:, perms[e]]
+        if qws[e].spec.act_bits:
+            xe = quantize_activations(xe, qws[e].spec.act_block(k)).float()
+        assert_matmul_close(y[start:start + c], xe, qws[e].dequantize(torch.float64), what=f"{backend} group {e}")
+        start += c
+    assert not y[start:].any()
+
+
+def test_grouped_bad_input():
+    from pyquant.ops.qmatmul import grouped_qmatmul
+
+    qws = [quantize_weight(randn(5, 64, seed=e), "int4-g32") for e in range(2)]
+    x = randn(4, 64)
+    cases = [
+        (lambda: grouped_qmatmul(x, torch.tensor([1, 1]), []), "no weights"),
+        (lambda: grouped_qmatmul(x, torch.tensor([1, 1]), [qws[0], quantize_weight(randn(5, 64), "int8")]), "one spec"),
+        (lambda: grouped_qmatmul(x[None], torch.tensor([1, 1]), qws), r"\[rows, K\]"),
+        (lambda: grouped_qmatmul(randn(4, 60), torch.tensor([1, 1]), qws), "K=64"),
+        (lambda: grouped_qmatmul(x, torch.tensor([1, 1, 1]), qws), "2 integers"),
+        (lambda: grouped_qmatmul(x, torch.tensor([1.0, 1.0]), qws), "2 integers"),
+        (lambda: grouped_qmatmul(x, torch.tensor([3, 2]), qws), "do not fit"),
+        (lambda: grouped_qmatmul(x, torch.tensor([-1, 2]), qws), "do not fit"),
+        (lambda: grouped_qmatmul(x, torch.tensor([1, 1]), qws, in_perms=[None]), "1 in_perms for 2"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()

@@ -132,12 +132,15 @@ def test_greedy_generation_identical_across_backends(scheme, down):
 
 def test_quantized_model_compiles_as_one_graph():
     """torch.compile(fullgraph=True) of a quantized Llama (every linear a QuantLinear, INT4 and
-    -a8 INT8) traces the custom op with no graph break and gives the eager logits bit for bit."""
+    -a8 INT8) traces the custom op with no graph break and gives the eager logits bit for bit, also
+    when compiled before any eager call has resolved a backend (the probes are not traceable)."""
     model = pq.quantize_model(tiny_llama(std=0.3), "int4-g32", overrides={"*down_proj": "int8-a8"})
     ids = random_ids(2, 7)
+    pq.ops._registry._RESOLVED.clear()
+    torch._dynamo.reset()
     with torch.no_grad():
-        eager = model(ids, use_cache=False).logits
         compiled = torch.compile(model, fullgraph=True, backend="eager")(ids, use_cache=False).logits
+        eager = model(ids, use_cache=False).logits
     assert torch.equal(compiled, eager)
 
 
