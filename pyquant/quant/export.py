@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .checkpoints import pack_words
-from .io import MAX_SHARD_SIZE, cast_floating, dedupe_state_dict, write_model_files
+from .io import CONFIG_NAME, MAX_SHARD_SIZE, cast_floating, dedupe_state_dict, write_model_files
 from .linear import QuantLinear, unpermute_columns
 from .model import quantized_layers
 
@@ -169,7 +169,8 @@ def export_compressed_tensors(model: nn.Module, path, tokenizer=None, dtype: Opt
 
     path = str(path)
     files = write_model_files(path, tensors(), {"format": "pt"}, model, tokenizer, last="config.json",
-                              who="export_compressed_tensors", max_shard_size=max_shard_size)
+                              who="export_compressed_tensors", max_shard_size=max_shard_size,
+                              stale=(CONFIG_NAME,))  # an earlier pyquant directory's: not this format
     ignore = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     config_groups, summary = {}, {}
     for i, (key, names) in enumerate(sorted(groups.items(), key=lambda kv: -len(kv[1]))):

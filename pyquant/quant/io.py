@@ -175,19 +175,20 @@ def cast_floating(t: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor
 
 
 def write_model_files(path: str, tensors, metadata: dict, model: nn.Module, tokenizer=None, *,
-                      last: str, who: str, max_shard_size=MAX_SHARD_SIZE) -> list:
+                      last: str, who: str, max_shard_size=MAX_SHARD_SIZE, stale: tuple = ()) -> list:
     """The files of a model directory but its last one: ``tensors`` (a dict, or (name, tensor) pairs
     produced one at a time) to model.safetensors or, past ``max_shard_size``, to shards (ShardWriter),
     then the model's generation config and the tokenizer. ``last``, the file the caller writes at the
-    end, is removed first, and so are earlier weight files: the directory is incomplete until ``last``
-    lands. Returns [{"name", "bytes"}] per weights file."""
+    end, is removed first, and so are earlier weight files and the ``stale`` names (files of another
+    format that would misdescribe the new one): the directory is incomplete until ``last`` lands.
+    Returns [{"name", "bytes"}] per weights file."""
     max_bytes = parse_size(max_shard_size)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{who}: {path} exists and is not a directory")
     os.makedirs(path, exist_ok=True)
-    stale = [os.path.join(path, n) for n in (last, WEIGHTS_NAME, INDEX_NAME)]
-    stale += glob.glob(os.path.join(path, _SHARD_GLOB)) + glob.glob(os.path.join(path, ".tmp-shard-*"))
-    for f in stale:
+    old = [os.path.join(path, n) for n in (last, WEIGHTS_NAME, INDEX_NAME, *stale)]
+    old += glob.glob(os.path.join(path, _SHARD_GLOB)) + glob.glob(os.path.join(path, ".tmp-shard-*"))
+    for f in old:
         if os.path.isfile(f):
             os.remove(f)
     writer = ShardWriter(path, max_bytes, metadata)

@@ -202,6 +202,12 @@ def test_sharded_export_loads_in_transformers_and_a_later_one_file_export_replac
     assert sorted(p.name for p in sharded.iterdir() if "safetensors" in p.name) == ["model.safetensors"]
     with torch.no_grad():
         assert torch.equal(load_quantized_checkpoint(str(sharded))(ids).logits, want)
+    # exported over a pyquant directory: its pyquant_config.json goes too (it would claim the new files)
+    pq.save_quantized(q, tmp_path / "was-pyquant")
+    export_compressed_tensors(q, tmp_path / "was-pyquant")
+    assert not (tmp_path / "was-pyquant" / "pyquant_config.json").exists()
+    with torch.no_grad():
+        assert torch.equal(load_quantized_checkpoint(str(tmp_path / "was-pyquant"))(ids).logits, want)
 
 
 @pytest.mark.parametrize("kind", ["gptq", "awq"])
