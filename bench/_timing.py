@@ -6,7 +6,9 @@ absolute numbers drift.
 """
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,6 +56,35 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
                 vals.append(time_sweep(fn, n_items, clock))
             samples[name].append(statistics.median(vals))
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": v} for k, v in samples.items()}
+
+
+def l3_bytes(default: int = 32 << 20) -> int:
+    """This machine's last-level cache in bytes: the largest cache of cpu0 in Linux's sysfs (the whole
+    socket's, shared with whatever else runs there), else ``default``."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip()
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(sizes) if sizes else default
+
+
+class Rotation(list):
+    """A list indexed modulo its length: a sweep of any number of calls walks its items in turn."""
+
+    def __getitem__(self, i):
+        return list.__getitem__(self, i % len(self)) if isinstance(i, int) else list.__getitem__(self, i)
+
+
+def layers_past_cache(layer_bytes: int, minimum: int, factor: float = 2.0) -> int:
+    """How many distinct layers of ``layer_bytes`` each a rotation needs for a working set of at least
+    ``factor`` times the last-level cache (l3_bytes), and at least ``minimum``: a memory-bound kernel's
+    weights then come from memory, not cache."""
+    return max(minimum, math.ceil(factor * l3_bytes() / layer_bytes))
 
 
 def read_bandwidth(nbytes: int = 512 << 20, reps: int = 7, clock: Callable[[], float] = time.perf_counter) -> float:

@@ -23,7 +23,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import format_table, interleaved_medians, read_bandwidth, with_switch, write_json  # noqa: E402
+from _timing import (Rotation, format_table, interleaved_medians, l3_bytes, layers_past_cache,  # noqa: E402
+                     read_bandwidth, with_switch, write_json)
 
 import pyquant as pq  # noqa: E402
 from pyquant.formats import QuantizedWeight, QuantSpec, unpack_int4  # noqa: E402
@@ -72,6 +73,8 @@ def run(args) -> dict:
     i8 = QuantSpec.parse("int8")
     i4a = QuantSpec.parse(f"int4-g{g}-a8")  # the same INT4 weights with int8 activations
     clock = time.process_time if args.cpu_time else time.perf_counter
+    if args.bw_bytes is None:  # far past the last-level cache, whatever its size
+        args.bw_bytes = max(512 << 20, 4 * l3_bytes())
     bw = read_bandwidth(args.bw_bytes, clock=clock)
     print(f"read bandwidth (best torch.sum over {args.bw_bytes >> 20} MiB, {torch.get_num_threads()} threads): "
           f"{bw / 1e9:.1f} GB/s; backend info: {pq.ops.backend_info()['qmatmul']['backends']['cpu']}")
@@ -83,23 +86,33 @@ def run(args) -> dict:
                      "min_us": res["min_s"] * 1e6, "gbps": wbytes / res["median_s"] / 1e9,
                      "best_gbps": wbytes / res["min_s"] / 1e9, "ours": is_ours})
 
-    # ---------------- decode: M=1, rotating over L layers ----------------
-    q4 = [random_qweight(i4, n, k, gen) for _ in range(L)]
-    q8 = [random_qweight(i8, n, k, gen) for _ in range(L)]
+    # ---------------- decode: M=1, rotating over at least L layers ----------------
+    # Each format rotates over enough distinct layers to read 2x the last-level cache per sweep (at
+    # least L): 16 INT4 4096x4096 layers are 136 MiB, past a 32 MiB L3 but not a 480 MiB one.
+    # --quick (a smoke run): just L of each.
+    past = (lambda layer_bytes: L) if args.quick else (lambda layer_bytes: layers_past_cache(layer_bytes, L))
+    L4 = past(n * k // 2 + 2 * 4 * n * -(-k // g))  # codes, fp32 scales and zero-points
+    L8 = past(n * k + 4 * n)
+    Lf = past(4 * n * k)
+    sweep = max(L4, L8, Lf)  # calls per sweep; each candidate walks its own rotation (Rotation: index mod length)
+    print(f"last-level cache {l3_bytes() >> 20} MiB: decode rotates over {L4} int4, {L8} int8, {Lf} fp32 layers")
+    q4 = Rotation(random_qweight(i4, n, k, gen) for _ in range(L4))
+    q8 = Rotation(random_qweight(i8, n, k, gen) for _ in range(L8))
     # the same INT4 weights as -a8: x quantized to int8, integer dot products (not the targets' rows)
-    q4a = [dataclasses.replace(q, spec=i4a) for q in q4]
-    q8a = [dataclasses.replace(q, spec=QuantSpec.parse("int8-a8")) for q in q8]  # likewise
-    t4 = [torch_int4pack(q) for q in q4]
-    wf = [torch.randn(n, k, generator=gen) for _ in range(L)]
+    q4a = Rotation(dataclasses.replace(q, spec=i4a) for q in q4)
+    q8a = Rotation(dataclasses.replace(q, spec=QuantSpec.parse("int8-a8")) for q in q8)  # likewise
+    t4 = Rotation(torch_int4pack(q) for q in q4)
+    wf = Rotation(torch.randn(n, k, generator=gen) for _ in range(Lf))
     x = torch.randn(1, k, generator=gen)
     xb = x.bfloat16()
-    t4b = [(p, sz.bfloat16()) for p, sz in t4]
+    t4b = Rotation((p, sz.bfloat16()) for p, sz in t4)
     # A plain streaming read of as many bytes as one int4 layer's codes, timed in the same rounds:
     # the machine's read bandwidth under the same conditions as the kernels (the 512 MiB probe
     # above runs once, before them, and can catch a quieter or a busier moment).
-    ones = [torch.ones(q.qweight.numel() // 4) for q in q4]
-    s8b = [q.scales.bfloat16() for q in q8]
-    shape = f"M=1 {n}x{k} x{L} layers"
+    ones = Rotation(torch.ones(q.qweight.numel() // 4) for q in q4)
+    s8b = Rotation(q.scales.bfloat16() for q in q8)
+    rotation = f"x{L4}/{L8}/{Lf} layers"  # int4 / int8 / fp32
+    shape = f"M=1 {n}x{k} {rotation}"
     # (group, name, fn, weight bytes read per call, ours?)
     cands = [
         ("decode int4", "pyquant cpu int4 (fp32 x)", lambda i: pq.ops.qmatmul(x, q4[i], backend="cpu"), q4[0].nbytes, True),
@@ -129,11 +142,11 @@ def run(args) -> dict:
         ("decode int8", f"({other} codes) cpu int8 (fp32 x)", with_codes(other, lambda i: pq.ops.qmatmul(x, q8[i], backend="cpu")),
          q8[0].nbytes, True),
     ]
-    dec = interleaved_medians({c[1]: c[2] for c in cands}, L, rounds=args.rounds, clock=clock)
+    dec = interleaved_medians({c[1]: c[2] for c in cands}, sweep, rounds=args.rounds, clock=clock)
     for grp, name, _, wb, ours in cands:
         add(grp, name, dec[name], wb, shape, ours)
 
-    # ---------------- batched decode: M=args.batch_m, rotating over the same L layers ----------------
+    # ---------------- batched decode: M=args.batch_m, rotating over the same layers ----------------
     if args.batch_m > 0:
         xm = torch.randn(args.batch_m, k, generator=gen)
         xmb = xm.bfloat16()
@@ -144,12 +157,12 @@ def run(args) -> dict:
             "pyquant cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8[i], backend="cpu"),
             "pyquant a8 cpu int8 (fp32 x)": lambda i: pq.ops.qmatmul(xm, q8a[i], backend="cpu"),
             "torch fp32 x @ w.T": lambda i: xm @ wf[i].T,
-        }, L, rounds=args.rounds, clock=clock)
+        }, sweep, rounds=args.rounds, clock=clock)
         for name, wb in (("pyquant cpu int4 (fp32 x)", q4[0].nbytes), ("pyquant cpu int4 (bf16 x)", q4[0].nbytes),
                          ("pyquant a8 cpu int4 (fp32 x)", q4[0].nbytes),
                          ("pyquant cpu int8 (fp32 x)", q8[0].nbytes), ("pyquant a8 cpu int8 (fp32 x)", q8[0].nbytes),
                          ("torch fp32 x @ w.T", nbytes(wf[0]))):
-            add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} x{L} layers", name.startswith("pyquant"))
+            add("batch", name, bat[name], wb, f"M={args.batch_m} {n}x{k} {rotation}", name.startswith("pyquant"))
     del wf, t4, t4b, ones
 
     # ---------------- small layers: the demo model's shapes at M=1, called as a model calls them ----------------
@@ -263,7 +276,7 @@ def run(args) -> dict:
         ("int8 prefill vs fp32 matmul (>= 1.0)", t("prefill", "torch fp32 matmul") / t("prefill", "pyquant cpu int8"), 1.0),
     ]
     return {"read_bw_gbps": peak / 1e9, "read_bw_probe_gbps": bw / 1e9, "stream_read_median_gbps": stream["gbps"],
-            "rows": rows,
+            "l3_bytes": l3_bytes(), "decode_layers": {"int4": L4, "int8": L8, "fp32": Lf}, "rows": rows,
             "targets": [{"target": a, "value": v, "goal": goal, "met": v >= goal} for a, v, goal in targets],
             "config": vars(args)}
 
@@ -272,7 +285,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (1024x1024, M=64 prefill), fewer rounds")
     ap.add_argument("--size", type=int, default=4096, help="N = K of the weight (default 4096)")
-    ap.add_argument("--layers", type=int, default=16, help="distinct layers rotated through at decode (default 16)")
+    ap.add_argument("--layers", type=int, default=16,
+                    help="distinct layers rotated through at decode, at least (default 16); each format gets as many "
+                         "as it takes to read twice the last-level cache per sweep")
     ap.add_argument("--group", type=int, default=128, help="int4 group size (default 128)")
     ap.add_argument("--prefill-m", type=int, default=512)
     ap.add_argument("--batch-m", type=int, default=4,
@@ -281,7 +296,8 @@ def main(argv=None):
                     help="also time the demo model's layer shapes at M=1, per call (1, default) or not (0)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--prefill-rounds", type=int, default=5)
-    ap.add_argument("--bw-bytes", type=int, default=512 << 20)
+    ap.add_argument("--bw-bytes", type=int, default=None,
+                    help="bytes the read-bandwidth probe sums (default: 512 MiB or 4x the last-level cache, the larger)")
     ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (default: torch's default)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with process CPU time instead of wall time (for an oversubscribed machine; "
