@@ -230,8 +230,10 @@ def run(args) -> dict:
         "pyquant cpu int8 (bf16 x)": lambda i: pq.ops.qmatmul(xpb, q8[i], backend="cpu"),
         "torch bf16 matmul": lambda i: torch.matmul(xpb, wfpb[i].T),
     }
-    if _native.native().cpu_bf16_dot() == "on":
-        preb_c["(no bf16 dot) cpu int4 (bf16 x)"] = with_switch("bf16_dot", "off", preb_c["pyquant cpu int4 (bf16 x)"])
+    if _native.native().cpu_bf16_dot() == "on":  # the GEMM the other way than this CPU's default
+        other = "off" if _native.native().cpu_bf16_gemm() == "on" else "on"
+        preb_c[f"(bf16 gemm {other}) cpu int4 (bf16 x)"] = with_switch("bf16_gemm", other,
+                                                                       preb_c["pyquant cpu int4 (bf16 x)"])
     preb = interleaved_medians(preb_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
     for name in preb:
         wb = {"int4": q4[0].nbytes, "int8": q8[0].nbytes}.get(name[-13:-9], nbytes(wfpb[0]))

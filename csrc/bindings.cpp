@@ -18,6 +18,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_bf16_dot", [](const std::string& mode) {
     if (pyquant::set_cpu_bf16_dot(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
   }, "Set whether bf16 x (INT4 decode, the prefill GEMM) uses AVX512-BF16 dot products: on, off or auto (process-wide)");
+  m.def("cpu_bf16_gemm", &pyquant::cpu_bf16_gemm,
+        "Whether the prefill GEMM takes bf16 x through AVX512-BF16 dot products here (default: on AMD CPUs): on or off");
+  m.def("set_cpu_bf16_gemm", [](const std::string& mode) {
+    if (pyquant::set_cpu_bf16_gemm(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
+  }, "Set whether the prefill GEMM takes bf16 x through AVX512-BF16 dot products: on, off or auto (process-wide)");
   m.def("cpu_vnni", &pyquant::cpu_vnni, "Whether the -a8 kernels (INT4 decode, INT8 decode, the GEMM) use AVX512-VNNI here: on or off");
   m.def("set_cpu_vnni", [](const std::string& mode) {
     if (pyquant::set_cpu_vnni(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());

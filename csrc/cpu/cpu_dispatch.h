@@ -17,6 +17,10 @@ bool subnormal_codes();
 // AVX512-BF16; PYQUANT_BF16_DOT=0 turns it off, set_cpu_bf16_dot switches it).
 bool bf16_dot();
 
+// Whether the prefill GEMM with bf16 x uses them too: bf16_dot() and the bf16-GEMM switch (on by
+// default on AMD CPUs; PYQUANT_BF16_GEMM=0|1 overrides, set_cpu_bf16_gemm switches it).
+bool bf16_gemm();
+
 // Whether the -a8 kernels use AVX512-VNNI's vpdpbusd: the INT4 decode tile, and the integer GEMM
 // for more rows (AVX-512 kernels on a CPU with AVX512-VNNI; PYQUANT_VNNI=0 turns it off,
 // set_cpu_vnni switches it).

@@ -2,7 +2,8 @@
 // never from the build machine's. PYQUANT_ISA=scalar|avx2|avx512 forces a lower level (tests).
 // PYQUANT_CODES=convert|subnormal picks how the decode kernels turn weight codes into floats
 // (see qmatmul_kernels.h); the default is "subnormal" on AMD x86 CPUs, "convert" elsewhere.
-// PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h), and
+// PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h),
+// PYQUANT_BF16_GEMM=0|1 the prefill GEMM off or on them (default: on for AMD CPUs), and
 // PYQUANT_VNNI=0 the -a8 kernels off AVX512-VNNI's vpdpbusd (qmatmul_a8.h, qmatmul_dot_prefill.h).
 #include "pyquant/common.h"
 #include "cpu_dispatch.h"
@@ -90,14 +91,18 @@ Status set_cpu_codes(const char* mode) {
 
 const char* cpu_codes() { return subnormal_codes() ? "subnormal" : "convert"; }
 
-// An optional instruction path of the AVX-512 kernels: on where the CPU has it, unless its
-// environment variable is "0" (as set_cpu_codes("auto") honours PYQUANT_CODES, "auto" here
-// honours it too); the setters switch it for the whole process.
+// An optional instruction path of the AVX-512 kernels: where the CPU has it, on by default where
+// ``default_on`` says so, its environment variable "0" or "1" overriding that (as
+// set_cpu_codes("auto") honours PYQUANT_CODES, "auto" here honours it too); the setters switch it
+// for the whole process.
+static bool always() { return true; }
+
 struct OptionalPath {
-  const char* env;    // PYQUANT_...: "0" turns it off
+  const char* env;    // PYQUANT_...: "0" turns it off, "1" on (where available)
   const char* what;   // in messages: "bf16 dot"
   const char* needs;  // "AVX512-BF16"
   bool (*cpu_has)();  // the CPU's flag (the AVX-512 kernels must be in use too)
+  bool (*default_on)() = always;
   std::atomic<int> flag{-1};
 };
 
@@ -105,7 +110,8 @@ static bool path_available(const OptionalPath& p) { return active_isa() == Isa::
 
 static bool path_detect(const OptionalPath& p) {
   const char* forced = std::getenv(p.env);
-  return path_available(p) && !(forced && !std::strcmp(forced, "0"));
+  if (!path_available(p) || (forced && !std::strcmp(forced, "0"))) return false;
+  return (forced && !std::strcmp(forced, "1")) || p.default_on();
 }
 
 static bool path_on(OptionalPath& p) { return lazy_flag(p.flag, [&p] { return path_detect(p); }); }
@@ -132,17 +138,26 @@ static Status set_path(OptionalPath& p, const char* mode) {
 #if defined(__x86_64__) || defined(__i386__)
 static bool cpu_has_bf16() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512bf16"); }
 static bool cpu_has_vnni() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512vnni"); }
+static bool cpu_is_amd() { return __builtin_cpu_init(), __builtin_cpu_is("amd"); }
 #else
 static bool cpu_has_bf16() { return false; }
 static bool cpu_has_vnni() { return false; }
+static bool cpu_is_amd() { return false; }
 #endif
 
 static OptionalPath g_bf16_dot{"PYQUANT_BF16_DOT", "bf16 dot", "AVX512-BF16", cpu_has_bf16};
+// The prefill GEMM on bf16 dot products: 1.8-2.1x the fp32 GEMM on Zen 4, 0.70-0.78x on an Intel
+// Xeon with AMX (bench/RESULTS.md, twenty-third session), so by default on AMD CPUs only.
+static OptionalPath g_bf16_gemm{"PYQUANT_BF16_GEMM", "bf16 gemm", "AVX512-BF16", cpu_has_bf16, cpu_is_amd};
 static OptionalPath g_vnni{"PYQUANT_VNNI", "vnni", "AVX512-VNNI", cpu_has_vnni};
 
 bool bf16_dot() { return path_on(g_bf16_dot); }
 Status set_cpu_bf16_dot(const char* mode) { return set_path(g_bf16_dot, mode); }
 const char* cpu_bf16_dot() { return bf16_dot() ? "on" : "off"; }
+
+bool bf16_gemm() { return bf16_dot() && path_on(g_bf16_gemm); }
+Status set_cpu_bf16_gemm(const char* mode) { return set_path(g_bf16_gemm, mode); }
+const char* cpu_bf16_gemm() { return bf16_gemm() ? "on" : "off"; }
 
 bool vnni_dot() { return path_on(g_vnni); }
 Status set_cpu_vnni(const char* mode) { return set_path(g_vnni, mode); }

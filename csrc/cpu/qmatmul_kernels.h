@@ -696,11 +696,11 @@ static bool vnni_a8(const QmmArgs& a) {
 }
 
 // Weight-only prefill with bf16 x on AVX512-BF16 dot products, where this build and CPU have them
-// (and the bf16-dot switch is on); false: not run here.
+// (and the bf16-dot and bf16-GEMM switches are on); false: not run here.
 template <class VV = V>
 static bool bf16_prefill(const QmmArgs& a) {
   if constexpr (VV::kBf16Dot) {
-    if (a.xdt == DType::BF16 && bf16_dot()) {
+    if (a.xdt == DType::BF16 && bf16_gemm()) {
       prefill_dot<true, VV>(a);
       return true;
     }
@@ -708,15 +708,17 @@ static bool bf16_prefill(const QmmArgs& a) {
   return false;
 }
 
-// The most rows the weight-only decode kernels take: decode_max_m(K), but fewer where the bf16
-// GEMM runs (bf16 x on AVX512-BF16), which at 4096 x 4096 beat them from 13 rows for INT4 (0.99x
-// at 12, 1.08x at 16, 1.28x at 24) and from 9 for INT8 (1.02x at 9, 1.16x at 12; Zen 4,
-// bench/RESULTS.md, seventeenth session).
+// The most rows the weight-only decode kernels take: decode_max_m(K), but fewer for bf16 x on
+// CPUs with AVX512-BF16. Where the bf16 GEMM runs (bf16_gemm(), AMD), it beat them at 4096 x 4096
+// from 13 rows for INT4 (0.99x at 12, 1.08x at 16, 1.28x at 24) and from 9 for INT8 (1.02x at 9,
+// 1.16x at 12; Zen 4, bench/RESULTS.md, seventeenth session). Where it does not (an Intel Xeon),
+// the fp32 GEMM on bf16 x beat them from 13 rows for both (INT4 1.18x at 16, 1.38x at 24; INT8
+// 1.07x at 16, 1.22x at 24), and the decode kernels the fp32 GEMM up to 12 (twenty-third session).
 template <class VV = V>
 static int64_t decode_rows(const QmmArgs& a) {
   const int64_t m = decode_max_m(a.K);
   if constexpr (VV::kBf16Dot)
-    if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 4 ? 12 : 8);
+    if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 8 && bf16_gemm() ? 8 : 12);
   return m;
 }
 

@@ -31,6 +31,15 @@ const char* cpu_bf16_dot();
 // by rounding only: each product is exact either way, the sums are rounded in another order.
 Status set_cpu_bf16_dot(const char* mode);
 
+// Whether the prefill GEMM takes bf16 x through those dot products too (when cpu_bf16_dot is on):
+// "on" or "off". The default is on for AMD CPUs only: on Zen 4 the bf16 GEMM ran 1.8-2.1x the fp32
+// one, on an Intel Xeon (AVX512-BF16, AMX) 0.70-0.78x, where the decode kernels' bf16 dot products
+// still ran 1.00-1.16x. PYQUANT_BF16_GEMM=0 or 1 overrides the default.
+const char* cpu_bf16_gemm();
+// Sets it for the whole process: "on" (kUnsupported where bf16 dot products are unavailable),
+// "off" or "auto" (this CPU's default). Results differ by rounding only.
+Status set_cpu_bf16_gemm(const char* mode);
+
 // Whether the CPU kernels use AVX512-VNNI's vpdpbusd (four u8 x s8 products into an s32 lane) for
 // -a8: in the INT4 decode tile (M <= 8, or <= 16 at K >= 1024) instead of vpmaddubsw and vpmaddwd;
 // for INT8 weights at decode sizes (M <= 8, 12 at K >= 1024, 24 at K >= 4096) as a tile of its own,
