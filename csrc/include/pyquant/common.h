@@ -23,8 +23,8 @@ const char* cpu_codes();
 Status set_cpu_codes(const char* mode);
 
 // Whether the CPU kernels take bf16 x through bf16 dot products (AVX512-BF16's vdpbf16ps: two
-// codes per fp32 lane) instead of fp32 multiply-adds: INT4 decode from 2 rows, and the prefill
-// GEMM (INT4 from 13 rows, INT8 from 9): "on" or "off".
+// codes per fp32 lane) instead of fp32 multiply-adds: INT4 decode from 2 rows, and, where
+// cpu_bf16_gemm() is also on, the prefill GEMM (INT4 from 13 rows, INT8 from 9): "on" or "off".
 const char* cpu_bf16_dot();
 // Sets it for the whole process: "on" (kUnsupported where the AVX-512 kernels are not in use or
 // the CPU lacks AVX512-BF16), "off" or "auto" (on where available, the default). Results differ
