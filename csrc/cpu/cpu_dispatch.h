@@ -21,6 +21,10 @@ bool bf16_dot();
 // default on AMD CPUs; PYQUANT_BF16_GEMM=0|1 overrides, set_cpu_bf16_gemm switches it).
 bool bf16_gemm();
 
+// The most rows the weight-only decode kernels take at K >= 1024 before the GEMM does: 24 on AMD
+// CPUs, 12 elsewhere (see decode_rows in qmatmul_kernels.h).
+int64_t wide_decode_rows();
+
 // Whether the -a8 kernels use AVX512-VNNI's vpdpbusd: the INT4 decode tile, and the integer GEMM
 // for more rows (AVX-512 kernels on a CPU with AVX512-VNNI; PYQUANT_VNNI=0 turns it off,
 // set_cpu_vnni switches it).

@@ -159,6 +159,15 @@ bool bf16_gemm() { return bf16_dot() && path_on(g_bf16_gemm); }
 Status set_cpu_bf16_gemm(const char* mode) { return set_path(g_bf16_gemm, mode); }
 const char* cpu_bf16_gemm() { return bf16_gemm() ? "on" : "off"; }
 
+// Zen 4 (subnormal codes): the decode kernels beat the GEMM up to 24-32 rows at 4096 x 4096. An
+// Intel Xeon (convert codes): the GEMM beat them from 13 rows, fp32 x, INT4 1.06-1.09x at 13,
+// 1.20x at 16, 1.42x at 24; INT8 0.95x at 13, 1.05x at 16, 1.26x at 24 (bench/RESULTS.md,
+// twenty-third session).
+int64_t wide_decode_rows() {
+  static const int64_t rows = cpu_is_amd() ? 24 : 12;
+  return rows;
+}
+
 bool vnni_dot() { return path_on(g_vnni); }
 Status set_cpu_vnni(const char* mode) { return set_path(g_vnni, mode); }
 const char* cpu_vnni() { return vnni_dot() ? "on" : "off"; }

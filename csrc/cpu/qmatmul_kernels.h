@@ -13,7 +13,7 @@
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
-// Decode (M <= 8, or 24 when K >= 1024; decode_max_m): GEMV-like, several W rows per pass share
+// Decode (M <= 8, or 24 when K >= 1024, 12 on CPUs other than AMD's; decode_rows): GEMV-like, several W rows per pass share
 // each x load. INT4 bytes are read as 32-bit lanes: lane l of a 4W-byte block holds codes
 // 8l..8l+7, nibble S of every lane is isolated with one AND (no shuffles), and x is permuted (and
 // scaled by 2^-4S) once per call so that the matching x values sit in one vector. Per group (or per block when G < 8W):
@@ -708,7 +708,8 @@ static bool bf16_prefill(const QmmArgs& a) {
   return false;
 }
 
-// The most rows the weight-only decode kernels take: decode_max_m(K), but fewer for bf16 x on
+// The most rows the weight-only decode kernels take: decode_max_m(K), at K >= 1024 no more than
+// wide_decode_rows() (24 on AMD CPUs, 12 elsewhere: cpu_features.cpp), and fewer for bf16 x on
 // CPUs with AVX512-BF16. Where the bf16 GEMM runs (bf16_gemm(), AMD), it beat them at 4096 x 4096
 // from 13 rows for INT4 (0.99x at 12, 1.08x at 16, 1.28x at 24) and from 9 for INT8 (1.02x at 9,
 // 1.16x at 12; Zen 4, bench/RESULTS.md, seventeenth session). Where it does not (an Intel Xeon),
@@ -716,7 +717,7 @@ static bool bf16_prefill(const QmmArgs& a) {
 // 1.07x at 16, 1.22x at 24), and the decode kernels the fp32 GEMM up to 12 (twenty-third session).
 template <class VV = V>
 static int64_t decode_rows(const QmmArgs& a) {
-  const int64_t m = decode_max_m(a.K);
+  const int64_t m = a.K >= 1024 ? std::min(decode_max_m(a.K), wide_decode_rows()) : decode_max_m(a.K);
   if constexpr (VV::kBf16Dot)
     if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 8 && bf16_gemm() ? 8 : 12);
   return m;

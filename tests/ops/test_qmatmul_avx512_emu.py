@@ -36,6 +36,7 @@ static bool g_sub = false, g_bf = false, g_vnni = false;
 bool subnormal_codes() { return g_sub; }
 bool bf16_dot() { return g_bf; }
 bool bf16_gemm() { return g_bf; }
+int64_t wide_decode_rows() { return 24; }
 bool vnni_dot() { return g_vnni; }
 void set_last_error(const std::string&) {}
 }  // namespace pyquant

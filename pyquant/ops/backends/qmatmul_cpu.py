@@ -1,7 +1,7 @@
 """Backend "cpu" of qmatmul: the C++ kernel in pyquant._C (csrc/cpu/qmatmul*.cpp).
 
 AVX-512 / AVX2+FMA / scalar chosen at run time from the CPU's flags (``PYQUANT_ISA`` lowers it);
-dequantization in registers (decode: M <= 8, or <= 24 when K >= 1024) or into a cache-resident
+dequantization in registers (decode: M <= 8, or <= 24 when K >= 1024, 12 off AMD CPUs) or into a cache-resident
 panel (prefill).
 """
 from __future__ import annotations
