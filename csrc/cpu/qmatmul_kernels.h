@@ -717,7 +717,7 @@ static bool bf16_prefill(const QmmArgs& a) {
 // 1.07x at 16, 1.22x at 24), and the decode kernels the fp32 GEMM up to 12 (twenty-third session).
 template <class VV = V>
 static int64_t decode_rows(const QmmArgs& a) {
-  const int64_t m = a.K >= 1024 ? std::min(decode_max_m(a.K), wide_decode_rows()) : decode_max_m(a.K);
+  const int64_t m = std::min(decode_max_m(a.K), wide_decode_rows());  // wide_decode_rows() >= 12 > 8
   if constexpr (VV::kBf16Dot)
     if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 8 && bf16_gemm() ? 8 : 12);
   return m;

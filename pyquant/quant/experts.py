@@ -246,11 +246,16 @@ def experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: t
     return out.to(hidden_states.dtype)
 
 
+def _pre_weighted_view(module: nn.Module, hidden_states: torch.Tensor):
+    """x [E, T, H] (the pre-weighted input viewed per expert) and live [E, T], its nonzero rows."""
+    x = hidden_states.view(len(getattr(module, "down_proj")), -1, hidden_states.shape[-1])
+    return x, x.ne(0).any(-1)
+
+
 def _pre_weighted_rows(module: nn.Module, hidden_states: torch.Tensor):
     """x [E, T, H] (the pre-weighted input viewed per expert) and, for each expert with a nonzero
     row, (e, rows)."""
-    x = hidden_states.view(len(getattr(module, "down_proj")), -1, hidden_states.shape[-1])
-    live = x.ne(0).any(-1)  # [E, T]
+    x, live = _pre_weighted_view(module, hidden_states)
     return x, [(e, live[e].nonzero().squeeze(1)) for e in live.any(1).nonzero().squeeze(1).tolist()]
 
 
@@ -260,9 +265,9 @@ def pre_weighted_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.
     over the experts reached (fewest operations at decode sizes); compiled: the rows sorted by
     expert through grouped matmuls, as experts_forward (no shape depends on which rows are live)."""
     if torch.compiler.is_compiling():
-        num = len(getattr(self, "down_proj"))
-        x = hidden_states.reshape(-1, hidden_states.shape[-1])
-        live = x.view(num, -1, x.shape[-1]).ne(0).any(-1)  # [E, T]
+        x, live = _pre_weighted_view(self, hidden_states)
+        num = x.shape[0]
+        x = x.reshape(-1, x.shape[-1])
         experts = torch.arange(num, device=x.device)[:, None].expand_as(live)
         order, key, counts = _sorted_by_expert(torch.where(live, experts, num).reshape(-1), num)
         out = torch.zeros_like(x).index_copy_(0, order, _experts_on_rows(self, x[order], key, counts).to(x.dtype))

@@ -129,7 +129,7 @@ class ShardWriter:
     def close(self) -> list:
         if self._pending or not self._written:
             self._flush()
-        n, total, weight_map, files = len(self._written), 0, {}, []
+        n, weight_map, files = len(self._written), {}, []
         for i, (tmp, names) in enumerate(self._written, 1):
             name = WEIGHTS_NAME if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
             os.replace(tmp, os.path.join(self.path, name))
@@ -138,7 +138,7 @@ class ShardWriter:
         if n > 1:
             from ..results import atomic_file
 
-            total = sum(os.path.getsize(os.path.join(self.path, f["name"])) for f in files)
+            total = sum(f["bytes"] for f in files)
             with atomic_file(os.path.join(self.path, INDEX_NAME)) as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
         return files
@@ -301,6 +301,7 @@ def _read_tensors(path: str, meta: dict) -> dict:
             raise ValueError(f"{wpath}: tensor(s) {twice[:3]} also stored in {where[twice[0]]}")
         tensors.update(part)
         where.update(dict.fromkeys(part, entry["name"]))
+
     def file_of(name):
         return os.path.join(path, where[name])
 
