@@ -6,6 +6,7 @@ absolute numbers drift.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import math
@@ -58,6 +59,7 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": v} for k, v in samples.items()}
 
 
+@functools.lru_cache(maxsize=None)
 def l3_bytes(default: int = 32 << 20) -> int:
     """This machine's last-level cache in bytes: the largest cache of cpu0 in Linux's sysfs (the whole
     socket's, shared with whatever else runs there), else ``default``."""

@@ -91,13 +91,12 @@ def run(args) -> dict:
     # least L): 16 INT4 4096x4096 layers are 136 MiB, past a 32 MiB L3 but not a 480 MiB one.
     # --quick (a smoke run): just L of each.
     past = (lambda layer_bytes: L) if args.quick else (lambda layer_bytes: layers_past_cache(layer_bytes, L))
-    L4 = past(n * k // 2 + 2 * 4 * n * -(-k // g))  # codes, fp32 scales and zero-points
-    L8 = past(n * k + 4 * n)
-    Lf = past(4 * n * k)
+    q4, q8 = Rotation([random_qweight(i4, n, k, gen)]), Rotation([random_qweight(i8, n, k, gen)])
+    L4, L8, Lf = past(q4[0].nbytes), past(q8[0].nbytes), past(4 * n * k)
     sweep = max(L4, L8, Lf)  # calls per sweep; each candidate walks its own rotation (Rotation: index mod length)
     print(f"last-level cache {l3_bytes() >> 20} MiB: decode rotates over {L4} int4, {L8} int8, {Lf} fp32 layers")
-    q4 = Rotation(random_qweight(i4, n, k, gen) for _ in range(L4))
-    q8 = Rotation(random_qweight(i8, n, k, gen) for _ in range(L8))
+    q4 += [random_qweight(i4, n, k, gen) for _ in range(L4 - 1)]
+    q8 += [random_qweight(i8, n, k, gen) for _ in range(L8 - 1)]
     # the same INT4 weights as -a8: x quantized to int8, integer dot products (not the targets' rows)
     q4a = Rotation(dataclasses.replace(q, spec=i4a) for q in q4)
     q8a = Rotation(dataclasses.replace(q, spec=QuantSpec.parse("int8-a8")) for q in q8)  # likewise
