@@ -141,7 +141,7 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def with_switch(switch: str, mode: str, fn: Callable[[int], object]) -> Callable[[int], object]:
-    """fn, run with pyquant's CPU kernels' process-wide ``switch`` (codes, bf16_dot, bf16_gemm, vnni) set to
+    """fn, run with pyquant's CPU kernels' process-wide ``switch`` (codes, bf16_dot, bf16_gemm, vnni, amx) set to
     ``mode`` (then back to auto)."""
     from pyquant.ops import _native
     setter = getattr(_native.native(), f"set_cpu_{switch}")

@@ -215,6 +215,9 @@ def run(args) -> dict:
     }
     if _native.native().cpu_vnni() == "on":  # and the same without it: fp32 kernels on x's q * s
         pre_c["(no vnni) a8 cpu int4"] = with_switch("vnni", "off", pre_c["pyquant a8 cpu int4"])
+    if _native.native().cpu_amx() == "on":  # and the weight-only GEMM without AMX tiles
+        for b in ("int4", "int8"):
+            pre_c[f"(amx off) cpu {b}"] = with_switch("amx", "off", pre_c[f"pyquant cpu {b}"])
     pre = interleaved_medians(pre_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
     flops = 2.0 * m * n * k
     for name in pre:
@@ -233,6 +236,8 @@ def run(args) -> dict:
         other = "off" if _native.native().cpu_bf16_gemm() == "on" else "on"
         preb_c[f"(bf16 gemm {other}) cpu int4 (bf16 x)"] = with_switch("bf16_gemm", other,
                                                                        preb_c["pyquant cpu int4 (bf16 x)"])
+    if _native.native().cpu_amx() == "on":
+        preb_c["(amx off) cpu int4 (bf16 x)"] = with_switch("amx", "off", preb_c["pyquant cpu int4 (bf16 x)"])
     preb = interleaved_medians(preb_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
     for name in preb:
         wb = {"int4": q4[0].nbytes, "int8": q8[0].nbytes}.get(name[-13:-9], nbytes(wfpb[0]))

@@ -4,9 +4,16 @@
 // (see qmatmul_kernels.h); the default is "subnormal" on AMD x86 CPUs, "convert" elsewhere.
 // PYQUANT_BF16_DOT=0 keeps bf16 x off the AVX512-BF16 dot products (qmatmul_kernels.h),
 // PYQUANT_BF16_GEMM=0|1 the prefill GEMM off or on them (default: on for AMD CPUs), and
-// PYQUANT_VNNI=0 the -a8 kernels off AVX512-VNNI's vpdpbusd (qmatmul_a8.h, qmatmul_dot_prefill.h).
+// PYQUANT_VNNI=0 the -a8 kernels off AVX512-VNNI's vpdpbusd (qmatmul_a8.h, qmatmul_dot_prefill.h),
+// and PYQUANT_AMX=0 the weight-only prefill GEMM off AMX tiles (qmatmul_amx.h).
 #include "pyquant/common.h"
 #include "cpu_dispatch.h"
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -139,7 +146,22 @@ static Status set_path(OptionalPath& p, const char* mode) {
 static bool cpu_has_bf16() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512bf16"); }
 static bool cpu_has_vnni() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512vnni"); }
 static bool cpu_is_amd() { return __builtin_cpu_init(), __builtin_cpu_is("amd"); }
+// AMX-BF16 and AMX-TILE (CPUID leaf 7, EDX bits 22 and 24), and Linux's leave to use the tile
+// state: a process asks for it once (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18).
+static bool cpu_has_amx() {
+  static const bool ok = [] {
+#if defined(__linux__) && defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 22) & 1) || !((d >> 24) & 1)) return false;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #else
+    return false;
+#endif
+  }();
+  return ok;
+}
+#else
+static bool cpu_has_amx() { return false; }
 static bool cpu_has_bf16() { return false; }
 static bool cpu_has_vnni() { return false; }
 static bool cpu_is_amd() { return false; }
@@ -150,6 +172,7 @@ static OptionalPath g_bf16_dot{"PYQUANT_BF16_DOT", "bf16 dot", "AVX512-BF16", cp
 // Xeon with AMX (bench/RESULTS.md, twenty-third session), so by default on AMD CPUs only.
 static OptionalPath g_bf16_gemm{"PYQUANT_BF16_GEMM", "bf16 gemm", "AVX512-BF16", cpu_has_bf16, cpu_is_amd};
 static OptionalPath g_vnni{"PYQUANT_VNNI", "vnni", "AVX512-VNNI", cpu_has_vnni};
+static OptionalPath g_amx{"PYQUANT_AMX", "amx", "AMX-BF16", cpu_has_amx};
 
 bool bf16_dot() { return path_on(g_bf16_dot); }
 Status set_cpu_bf16_dot(const char* mode) { return set_path(g_bf16_dot, mode); }
@@ -171,6 +194,10 @@ int64_t wide_decode_rows() {
 bool vnni_dot() { return path_on(g_vnni); }
 Status set_cpu_vnni(const char* mode) { return set_path(g_vnni, mode); }
 const char* cpu_vnni() { return vnni_dot() ? "on" : "off"; }
+
+bool amx() { return path_on(g_amx); }
+Status set_cpu_amx(const char* mode) { return set_path(g_amx, mode); }
+const char* cpu_amx() { return amx() ? "on" : "off"; }
 
 const char* cpu_isa() {
   switch (active_isa()) {

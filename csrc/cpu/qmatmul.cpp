@@ -16,6 +16,7 @@ struct V {
   using F = float;
   using I = uint32_t;
   static constexpr int W = 1;
+  static constexpr bool kAmx = false;      // no AMX tiles at this level
   static constexpr bool kBf16Dot = false;  // no bf16 dot products at this level
   static constexpr bool kI8Dot = false;    // the -a8 tile runs its scalar loop
   static constexpr bool kVnni = false;

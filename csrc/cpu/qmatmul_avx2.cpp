@@ -10,6 +10,7 @@ struct V {
   using F = __m256;
   using I = __m256i;
   static constexpr int W = 8;
+  static constexpr bool kAmx = false;      // no AMX tiles at this level
   static constexpr bool kBf16Dot = false;  // no bf16 dot products at this level
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float a) { return _mm256_set1_ps(a); }

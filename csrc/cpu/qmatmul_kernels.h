@@ -676,6 +676,7 @@ static void decode_int8(const QmmArgs& a) {
 #include "qmatmul_prefill.h"
 #include "qmatmul_a8.h"
 #include "qmatmul_dot_prefill.h"
+#include "qmatmul_amx.h"
 
 // -a8 as integer dot products where this build and CPU have AVX512-VNNI (INT8 weights at
 // decode sizes, or the GEMM for more rows); false: not run here.
@@ -689,6 +690,19 @@ static bool vnni_a8(const QmmArgs& a) {
     }
     if (a.M > 8) {
       prefill_dot<false, VV>(a);
+      return true;
+    }
+  }
+  return false;
+}
+
+// Weight-only prefill on AMX tiles, where this build and CPU have them (and the AMX switch is on);
+// false: not run here.
+template <class VV = V>
+static bool amx_gemm(const QmmArgs& a) {
+  if constexpr (VV::kAmx) {
+    if (amx()) {
+      amx_prefill<VV>(a);
       return true;
     }
   }
@@ -715,9 +729,14 @@ static bool bf16_prefill(const QmmArgs& a) {
 // 1.16x at 12; Zen 4, bench/RESULTS.md, seventeenth session). Where it does not (an Intel Xeon),
 // the fp32 GEMM on bf16 x beat them from 13 rows for both (INT4 1.18x at 16, 1.38x at 24; INT8
 // 1.07x at 16, 1.22x at 24), and the decode kernels the fp32 GEMM up to 12 (twenty-third session).
+// Where the AMX GEMM runs (amx()), it beat them (4096 x 4096, from memory) from 7 rows for fp32 x
+// (INT4 0.93x at 6, 1.11x at 7; INT8 1.03x at 6, 1.23x at 7), from 6 for bf16 x with INT4 (0.99x
+// at 5, 1.13x at 6) and from 5 with INT8 (0.96x at 4, 1.20x at 5; twenty-fourth session).
 template <class VV = V>
 static int64_t decode_rows(const QmmArgs& a) {
   const int64_t m = std::min(decode_max_m(a.K), wide_decode_rows());  // wide_decode_rows() >= 12 > 8
+  if constexpr (VV::kAmx)
+    if (amx()) return std::min<int64_t>(m, a.xdt != DType::BF16 ? 6 : a.bits == 8 ? 4 : 5);
   if constexpr (VV::kBf16Dot)
     if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 8 && bf16_gemm() ? 8 : 12);
   return m;
@@ -733,7 +752,7 @@ void qmatmul_run(const QmmArgs& a) {
   if (a.M <= decode_rows(a)) {
     if (a.bits == 4) decode_int4(a);
     else decode_int8(a);
-  } else if (!bf16_prefill(a)) {
+  } else if (!amx_gemm(a) && !bf16_prefill(a)) {
     prefill(a);
   }
 }

@@ -17,7 +17,7 @@ def native():
 def cpu_available() -> "tuple[bool, str]":
     if _C is None:
         return False, _ERROR
-    return True, f"isa={_C.cpu_isa()}, codes={_C.cpu_codes()}, bf16 dot={_C.cpu_bf16_dot()}, bf16 gemm={_C.cpu_bf16_gemm()}, vnni={_C.cpu_vnni()}"
+    return True, f"isa={_C.cpu_isa()}, codes={_C.cpu_codes()}, bf16 dot={_C.cpu_bf16_dot()}, bf16 gemm={_C.cpu_bf16_gemm()}, vnni={_C.cpu_vnni()}, amx={_C.cpu_amx()}"
 
 
 def cuda_available() -> "tuple[bool, str]":

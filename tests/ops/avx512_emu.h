@@ -235,6 +235,44 @@ inline emu_m512 emu_permutexvar_ps(emu_m512i idx, emu_m512 a) {
 #define _mm512_permutexvar_ps emu_permutexvar_ps
 #define PQ_DPBUSD emu_dpbusd_epi32
 
+// AMX's eight tiles (palette 1, each configured 16 rows x 64 bytes by qmatmul_amx.h), one set per
+// thread as the hardware's, and tdpbf16ps as Intel defines it: C[m][n] += A[m][2k] * B[k][2n] and
+// then += A[m][2k + 1] * B[k][2n + 1], bf16 operands widened to fp32, denormal operands as zero.
+struct emu_tiles {
+  static uint8_t (&tile(int t))[16][64] {
+    static thread_local uint8_t tiles[8][16][64];
+    if (t < 0 || t > 7) __builtin_trap();
+    return tiles[t];
+  }
+  static void load(int t, const void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(tile(t)[r], static_cast<const uint8_t*>(p) + r * stride, 64);
+  }
+  static void store(int t, void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, tile(t)[r], 64);
+  }
+  static void zero(int t) { std::memset(tile(t), 0, sizeof(tile(t))); }
+  static float bf16(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    if ((h & 0x7F80) == 0) h &= 0x8000;  // denormals are zero
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static void dpbf16(int c, int a, int b) {
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 16; ++n) {
+        float acc;
+        std::memcpy(&acc, &tile(c)[m][4 * n], 4);
+        for (int k = 0; k < 16; ++k)
+          for (int e = 0; e < 2; ++e) acc += bf16(&tile(a)[m][4 * k + 2 * e]) * bf16(&tile(b)[k][4 * n + 2 * e]);
+        std::memcpy(&tile(c)[m][4 * n], &acc, 4);
+      }
+  }
+};
+#define PQ_TILE_EMU emu_tiles
+
 #define _mm512_set1_epi16 emu_set1_epi16
 #define _mm512_slli_epi16 emu_shift_epi16<true>
 #define _mm512_srli_epi16 emu_shift_epi16<false>

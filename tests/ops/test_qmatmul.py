@@ -260,6 +260,14 @@ def cpu_bf16_gemm():
 
 
 @pytest.fixture
+def cpu_amx():
+    """Sets whether the weight-only prefill GEMM runs on AMX tiles; back to auto after."""
+    _C = _native.native()
+    yield _C.set_cpu_amx
+    _C.set_cpu_amx("auto")
+
+
+@pytest.fixture
 def cpu_vnni():
     """Sets whether the -a8 INT4 decode tile sums through AVX512-VNNI's vpdpbusd; back to auto after."""
     _C = _native.native()
@@ -363,6 +371,52 @@ def test_cpu_bf16_dot(cpu_bf16_dot, cpu_bf16_gemm, spec):
 
 
 @needs_cpu
+@pytest.mark.parametrize("spec", SPECS)
+def test_cpu_amx(cpu_amx, spec):
+    """The prefill GEMM on AMX tiles where this CPU has them (W's codes as bf16 integers, x as 1, 2
+    or 3 bf16 terms for bf16, fp16 and fp32) and without: each against float64 at every shape and
+    dtype, with activations from 1e-30 to 1e30, strided rows, a last row block of 1 to 32 rows,
+    and NaN/inf propagating. Elsewhere "on" must refuse."""
+    _C = _native.native()
+    for mode in _modes(cpu_amx, "AMX-BF16"):
+        cpu_amx(mode)
+        assert _C.cpu_amx() == mode
+        for i, (m, n, k) in enumerate(SHAPES + [(33, 70, 200), (48, 33, 4096)]):
+            qw, w64 = _weight(spec, n, k, seed=i)
+            dtype = DTYPES[i % len(DTYPES)]
+            scale = 10.0 ** (6 * (i % 11) - 30) if dtype != torch.float16 else 10.0 ** (i % 5 - 2)
+            x = randn(m, k, dtype=dtype, seed=600 + i) * scale
+            b = randn(n, dtype=dtype, seed=700 + i) if i % 2 else None
+            y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
+            assert_matmul_close(y, x, w64, b, what=f"amx {mode} {spec} {m}x{n}x{k} {dtype}")
+        qw, w64 = _weight(spec, 19, 600, seed=3)
+        for dtype in DTYPES:
+            x = randn(30, 610, dtype=dtype, seed=4)[:, 5:605]  # rows further apart than K
+            assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"amx {mode} {spec} strided {dtype}")
+            x = randn(40, 600, dtype=dtype, seed=5)
+            x[0, 17] = float("nan")
+            x[1, 3] = float("inf")
+            y = pq.ops.qmatmul(x, qw, backend="cpu")
+            assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), (mode, dtype)
+            assert torch.isfinite(y[2:]).all(), (mode, dtype)
+
+
+@needs_cpu
+def test_cpu_amx_default():
+    """AMX is on by default where the CPU reports AMX-BF16 and AMX-TILE (and the OS grants the tile
+    state), and off, refusing "on", where it does not."""
+    _C = _native.native()
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    if not ("amx_bf16" in flags and "amx_tile" in flags) or _C.cpu_isa() != "avx512":
+        assert _C.cpu_amx() == "off"
+        with pytest.raises(ValueError, match="AMX-BF16"):
+            _C.set_cpu_amx("on")
+    elif os.environ.get("PYQUANT_AMX") != "0":
+        assert _C.cpu_amx() == "on"
+
+
+@needs_cpu
 @pytest.mark.parametrize("spec", A8_SPECS)
 def test_cpu_vnni(cpu_vnni, spec):
     """-a8 through AVX512-VNNI's vpdpbusd (where this CPU has it) and without: the INT4 decode
@@ -398,7 +452,8 @@ def test_cpu_bf16_gemm_default():
 
 
 @needs_cpu
-@pytest.mark.parametrize("switch,what", [("bf16_dot", "bf16 dot"), ("bf16_gemm", "bf16 gemm"), ("vnni", "vnni")])
+@pytest.mark.parametrize("switch,what", [("bf16_dot", "bf16 dot"), ("bf16_gemm", "bf16 gemm"), ("vnni", "vnni"),
+                                         ("amx", "amx")])
 def test_cpu_switch_bad_mode(switch, what):
     _C = _native.native()
     with pytest.raises(ValueError, match=f"unknown {what} mode"):

@@ -32,22 +32,25 @@ SOURCE = r"""
 #include "qmatmul_avx512.cpp"
 
 namespace pyquant {
-static bool g_sub = false, g_bf = false, g_vnni = false;
+static bool g_sub = false, g_bf = false, g_vnni = false, g_amx = false;
 bool subnormal_codes() { return g_sub; }
 bool bf16_dot() { return g_bf; }
 bool bf16_gemm() { return g_bf; }
 int64_t wide_decode_rows() { return 24; }
 bool vnni_dot() { return g_vnni; }
+bool amx() { return g_amx; }
 void set_last_error(const std::string&) {}
 }  // namespace pyquant
 
 extern "C" void emu_qmatmul(const void* x, int xdt, int64_t M, int64_t K, int64_t ldx, const void* qw,
                             const void* scales, int sdt, const uint8_t* zeros, const void* bias, int bits,
-                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf, int act, int vnni) {
+                            int group, int64_t N, void* y, int64_t ldy, int nthreads, int sub, int bf, int act, int vnni,
+                            int amx) {
   using namespace pyquant;
   g_sub = sub != 0;
   g_bf = bf != 0;
   g_vnni = vnni != 0;
+  g_amx = amx != 0;
   const QmmArgs a{x, DType(xdt), M, K, ldx, qw, scales, DType(sdt), zeros, bias, bits, group, N, y, ldy, nthreads,
                   DType(xdt), act};
   isa_avx512_emu::qmatmul_run(a);
@@ -73,7 +76,7 @@ def emu(tmp_path_factory):
     return ctypes.CDLL(str(d / "emu.so"))
 
 
-def _call(lib, x, qw, b, sub: bool, bf: bool = False, vnni: bool = False) -> torch.Tensor:
+def _call(lib, x, qw, b, sub: bool, bf: bool = False, vnni: bool = False, amx: bool = False) -> torch.Tensor:
     """y through the emulated kernels; x is quantized to int8 inside where qw's spec ends in -a8."""
     m, k = x.shape
     n = qw.out_features
@@ -84,15 +87,16 @@ def _call(lib, x, qw, b, sub: bool, bf: bool = False, vnni: bool = False) -> tor
                     P(qw.scales.data_ptr()), C(_DT[qw.scales.dtype]), P(None if z is None else z.data_ptr()),
                     P(None if b is None else b.data_ptr()), C(qw.spec.bits), C(qw.spec.group_size or 0), I(n),
                     P(y.data_ptr()), I(n), C(2), C(int(sub)), C(int(bf)), C(qw.spec.act_bits or 0),
-                    C(int(vnni)))
+                    C(int(vnni)), C(int(amx)))
     return y
 
 
-@pytest.mark.parametrize("codes", ["convert", "subnormal", "bf16dot"])
+@pytest.mark.parametrize("codes", ["convert", "subnormal", "bf16dot", "amx"])
 @pytest.mark.parametrize("spec", SPECS)
 def test_avx512_kernels_emulated(emu, spec, codes):
     """Every shape of the main harness (decode M <= 8 and prefill), dtypes and bias rotating
-    (bf16dot: bf16 x throughout, the only dtype it takes)."""
+    (bf16dot: bf16 x throughout, the only dtype it takes; amx: the prefill GEMM on AMX tiles, its
+    x as 1, 2 or 3 bf16 terms, tdpbf16ps written element by element)."""
     s = SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):
         dtype = torch.bfloat16 if codes == "bf16dot" else DTYPES[(i + s) % len(DTYPES)]
@@ -100,7 +104,7 @@ def test_avx512_kernels_emulated(emu, spec, codes):
         qw = quantize_weight(randn(n, k, seed=i), spec)
         x = randn(m, k, dtype=dtype, seed=3000 + 10 * i + s)
         b = randn(n, dtype=dtype, seed=4000 + i) if bias else None
-        y = _call(emu, x, qw, b, codes == "subnormal", codes == "bf16dot")
+        y = _call(emu, x, qw, b, codes == "subnormal", codes == "bf16dot", amx=codes == "amx")
         assert_matmul_close(y, x, qw.dequantize(torch.float64), b,
                             what=f"avx512 (emulated) {codes} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
 

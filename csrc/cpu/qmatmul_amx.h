@@ -1,0 +1,283 @@
+// qmatmul prefill on AMX tiles (tdpbf16ps: 16 x 16 fp32 += 16 x 32 bf16 times 32 x 16 bf16), where
+// the traits have kAmx and the CPU has AMX-BF16 (amx(); PYQUANT_AMX=0 turns it off). Included by
+// qmatmul_kernels.h inside the ISA namespace (it uses that file's helpers and V; the tile
+// operations are V's: tile_config, tile_load<T>, tile_store<T>, tile_zero<T>, tile_dp<C, A, B>,
+// tile_release).
+//
+// Exact operands, so the result is the fp32 GEMM's up to the order of fp32 additions:
+//   W: code - z (INT4, |.| <= 15) or q (INT8, |q| <= 127): small integers, exact in bf16.
+//   x: as terms that are exact in bf16 and sum to x: bf16 x itself; fp16 x two terms and fp32 x
+//      three, each the truncation to bf16 of what the terms before it leave (8 significant bits
+//      each: 8 + 8 + 8 = fp32's 24). A term below fp32's smallest normal reads as zero (AMX treats
+//      denormal inputs as zero), an error under 2^-126 per element.
+// Each product is exact in fp32 and the tile sums them in fp32, one group at a time; then
+// y += P_g * s_g for every group (as the decode kernels and the fp32 GEMM apply scales).
+//
+// Layout: x is packed once per call, bf16 terms in blocks of 32 rows x 32 k (two A tiles, 64-byte
+// rows), [row block][k step][term]. Each thread dequantizes a panel of kAmxPanel columns of W
+// into B tiles ([32-column block][k step][2 tiles][16 k pairs][16 columns][2]: a k pair of one
+// column is one 32-bit lane) and runs every row block of x against it. One 32 x 32 block of y
+// uses all 8 tiles: 4 C (fp32), 2 A (x), 2 B (W); a k step loads B once and A once per term.
+#pragma once
+
+constexpr int64_t kAmxRows = 32;    // rows of x per block (2 A tiles)
+constexpr int64_t kAmxCols = 32;    // columns of y per block (2 B tiles)
+constexpr int64_t kAmxPanel = 64;   // columns of W one thread packs at a time
+constexpr int64_t kAmxStep = 1024;  // bf16 values in a block's k step: 2 tiles of 16 x 32
+
+struct alignas(64) AmxTileConfig {  // ldtilecfg's 64 bytes, palette 1: 8 tiles of 16 rows x 64 bytes
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// bf16 terms of x: 1 (bf16), 2 (fp16: 11 significant bits) or 3 (fp32).
+static inline int amx_terms(DType dt) { return dt == DType::BF16 ? 1 : dt == DType::F16 ? 2 : 3; }
+
+// x [M, K] into X [Mp / 32][nks][terms][32 rows][32] bf16 (rows past M and k past K zero).
+static inline void amx_pack_x(const QmmArgs& a, int64_t nks, int terms, uint16_t* X, int nthreads) {
+  const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows, Kp = nks * 32;
+#pragma omp parallel num_threads(nthreads)
+  {
+    AlignedVec<float> xr(Kp);
+#pragma omp for schedule(static)
+    for (int64_t mb = 0; mb < nmb; ++mb) {
+      for (int64_t r = 0; r < kAmxRows; ++r) {
+        const int64_t m = mb * kAmxRows + r;
+        uint16_t* out = X + mb * nks * terms * kAmxStep + r * 32;
+        if (m >= a.M) {
+          for (int64_t ks = 0; ks < nks; ++ks)
+            for (int t = 0; t < terms; ++t) std::memset(out + (ks * terms + t) * kAmxStep, 0, 64);
+          continue;
+        }
+        const void* xm = row_ptr(a.x, a.xdt, m, a.ldx);
+        if (a.xdt == DType::BF16) {  // the one term is x itself
+          const auto* xb = static_cast<const uint16_t*>(xm);
+          for (int64_t ks = 0; ks < nks; ++ks) {
+            const int64_t k0 = ks * 32, n = std::min<int64_t>(32, a.K - k0);
+            uint16_t* o = out + ks * kAmxStep;
+            std::memcpy(o, xb + k0, n * 2);
+            if (n < 32) std::memset(o + n, 0, (32 - n) * 2);
+          }
+          continue;
+        }
+        load_row(xm, a.xdt, a.K, xr.data());
+        std::fill(xr.begin() + a.K, xr.end(), 0.f);
+        for (int64_t ks = 0; ks < nks; ++ks) {
+          float v[32];
+          std::memcpy(v, xr.data() + ks * 32, sizeof v);
+          for (int t = 0; t < terms; ++t) {
+            uint16_t* o = out + (ks * terms + t) * kAmxStep;
+            for (int i = 0; i < 32; ++i) {
+              const uint32_t hi = f_bits(v[i]) & 0xFFFF0000u;
+              o[i] = static_cast<uint16_t>(hi >> 16);
+              const float rest = v[i] - bits_f(hi);  // exact: what the truncation dropped
+              v[i] = rest == rest ? rest : 0.f;         // x inf (or NaN): carried by its first term
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// One B tile pair's k step from 16 rows' bytes (gather16: lane l of out[j] holds bytes 4j..4j+3
+// of row l), written as 16 rows of 16 lanes, lane l = the bf16 pair of column l.
+template <class VV>
+static inline void amx_store_pair(uint16_t* row, typename VV::F even, typename VV::F odd) {
+  const typename VV::I d = VV::bor(VV::template srl<16>(VV::asi(even)), VV::band(VV::asi(odd), 0xFFFF0000u));
+  VV::storei(reinterpret_cast<uint8_t*>(row), d);
+}
+
+// 16 rows of bytes at p (stride apart) or, for the rows and bytes past the weight's end, a
+// zero-padded copy of what exists (nr rows of nb bytes).
+static inline const uint8_t* amx_rows(const uint8_t* p, int64_t stride, int nr, int nb, uint8_t (&tmp)[256],
+                                      int64_t& out_stride) {
+  if (nr == 16 && nb == 16) {
+    out_stride = stride;
+    return p;
+  }
+  std::memset(tmp, 0, sizeof tmp);
+  for (int r = 0; r < nr; ++r)
+    if (nb > 0) std::memcpy(tmp + 16 * r, p + r * stride, nb);
+  out_stride = 16;
+  return tmp;
+}
+
+// Columns n0 .. n0 + nr - 1 of an INT4 W (nr <= 16) as one B tile per k step: lane l of row kp is
+// (code - z) of column n0 + l at k = 2 kp (low half) and 2 kp + 1 (high half). Bytes hold codes
+// low nibble first, so byte kp of a step is exactly row kp's pair.
+template <class VV>
+static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t nks, int64_t ng, uint16_t* dst,
+                          int64_t dst_step) {
+  using I = typename VV::I;
+  const int64_t rb = ng * a.group / 2;
+  const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n0 * rb;
+  const int64_t steps_per_group = a.group / 32;
+  alignas(64) int32_t z[16] = {};
+  I zv = VV::zero_i();
+  uint8_t tmp[256];
+  for (int64_t ks = 0; ks < nks; ++ks) {
+    if (ks % steps_per_group == 0) {
+      const int64_t g = ks / steps_per_group;
+      for (int l = 0; l < nr; ++l) z[l] = a.zeros ? a.zeros[(n0 + l) * ng + g] : 8;
+      zv = VV::loadi(reinterpret_cast<const uint8_t*>(z));
+    }
+    int64_t stride;
+    const uint8_t* p = amx_rows(q + ks * 16, rb, nr, 16, tmp, stride);
+    I v[4];
+    VV::gather16(p, stride, v);
+    uint16_t* o = dst + ks * dst_step;
+    for (int j = 0; j < 4; ++j) {
+      I w = v[j];
+      for (int b = 0; b < 4; ++b, w = VV::template srl<8>(w)) {
+        const I byte = VV::band(w, 0xFFu);
+        amx_store_pair<VV>(o + (4 * j + b) * 32, VV::cvt(VV::sub32(VV::band(byte, 15u), zv)),
+                           VV::cvt(VV::sub32(VV::template srl<4>(byte), zv)));
+      }
+    }
+  }
+}
+
+// The same for INT8 (rows of K bytes; k past K reads as 0).
+template <class VV>
+static void amx_pack_int8(const QmmArgs& a, int64_t n0, int nr, int64_t nks, uint16_t* dst, int64_t dst_step) {
+  using I = typename VV::I;
+  const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n0 * a.K;
+  const I off = VV::set1i(128);
+  uint8_t tmp[256];
+  for (int64_t ks = 0; ks < nks; ++ks) {
+    uint16_t* o = dst + ks * dst_step;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t k0 = ks * 32 + h * 16;
+      const int nb = static_cast<int>(std::clamp<int64_t>(a.K - k0, 0, 16));
+      int64_t stride;
+      const uint8_t* p = amx_rows(q + k0, a.K, nr, nb, tmp, stride);
+      I v[4];
+      VV::gather16(p, stride, v);
+      for (int j = 0; j < 4; ++j) {
+        I w = VV::flip_bytes(v[j]);  // bytes q + 128
+        for (int b = 0; b < 2; ++b, w = VV::template srl<16>(w)) {
+          amx_store_pair<VV>(o + (8 * h + 2 * j + b) * 32, VV::cvt(VV::sub32(VV::band(w, 0xFFu), off)),
+                             VV::cvt(VV::sub32(VV::band(VV::template srl<8>(w), 0xFFu), off)));
+        }
+      }
+    }
+  }
+}
+
+// One 32 x 32 block of y: C tiles 0-3 (rows 0-15 / 16-31 of x times columns 0-15 / 16-31), one
+// group of k steps at a time, then acc += C * s_g (the group's scales of the 32 columns). RT = 1:
+// the block's first 16 rows only (tiles 0, 1; the rest of x's block is padding).
+template <class VV, int RT>
+static inline void amx_block(const uint16_t* xb, const uint16_t* wb, int64_t nks, int terms, int64_t steps_per_group,
+                             const float* st, int64_t st_stride, float (&acc)[kAmxRows][kAmxCols],
+                             float (&cbuf)[4][16][16]) {
+  using F = typename VV::F;
+  for (int64_t r = 0; r < kAmxRows; ++r)
+    for (int64_t c = 0; c < kAmxCols; c += VV::W) VV::store(&acc[r][c], VV::zero());
+  for (int64_t ks0 = 0, g = 0; ks0 < nks; ks0 += steps_per_group, ++g) {
+    VV::template tile_zero<0>();
+    VV::template tile_zero<1>();
+    if constexpr (RT == 2) {
+      VV::template tile_zero<2>();
+      VV::template tile_zero<3>();
+    }
+    const int64_t ks1 = std::min(ks0 + steps_per_group, nks);
+    for (int64_t ks = ks0; ks < ks1; ++ks) {
+      const uint16_t* b = wb + ks * kAmxStep;
+      VV::template tile_load<6>(b, 64);
+      VV::template tile_load<7>(b + 512, 64);
+      const uint16_t* x = xb + ks * terms * kAmxStep;
+      for (int t = 0; t < terms; ++t, x += kAmxStep) {
+        VV::template tile_load<4>(x, 64);
+        VV::template tile_dp<0, 4, 6>();
+        VV::template tile_dp<1, 4, 7>();
+        if constexpr (RT == 2) {
+          VV::template tile_load<5>(x + 512, 64);
+          VV::template tile_dp<2, 5, 6>();
+          VV::template tile_dp<3, 5, 7>();
+        }
+      }
+    }
+    VV::template tile_store<0>(&cbuf[0][0][0], 64);
+    VV::template tile_store<1>(&cbuf[1][0][0], 64);
+    if constexpr (RT == 2) {
+      VV::template tile_store<2>(&cbuf[2][0][0], 64);
+      VV::template tile_store<3>(&cbuf[3][0][0], 64);
+    }
+    const float* s = st + g * st_stride;
+    const F s0 = VV::load(s), s1 = VV::load(s + 16);
+    for (int i = 0; i < RT; ++i)
+      for (int r = 0; r < 16; ++r) {
+        float* row = acc[16 * i + r];
+        VV::store(row, VV::fma(VV::load(cbuf[2 * i][r]), s0, VV::load(row)));
+        VV::store(row + 16, VV::fma(VV::load(cbuf[2 * i + 1][r]), s1, VV::load(row + 16)));
+      }
+  }
+}
+
+template <class VV>
+static void amx_prefill(const QmmArgs& a) {
+  static_assert(VV::W == 16, "AMX tiles have 16 fp32 columns");
+  const int nthreads = threads_for(a);
+  const int terms = amx_terms(a.xdt);
+  const int64_t nks = (a.K + 31) / 32;
+  const int64_t ng = a.bits == 4 ? (a.K + a.group - 1) / a.group : 1;
+  const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : nks;  // INT8: one scale per column
+  const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows;
+  const int64_t npanels = (a.N + kAmxPanel - 1) / kAmxPanel;
+  AlignedVec<uint16_t> X(nmb * nks * terms * kAmxStep);
+  amx_pack_x(a, nks, terms, X.data(), nthreads);
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(nthreads, npanels)))
+  {
+    const AmxTileConfig cfg;
+    VV::tile_config(&cfg);
+    constexpr int64_t nblocks = kAmxPanel / kAmxCols;
+    AlignedVec<uint16_t> Wp(nblocks * nks * kAmxStep);
+    AlignedVec<float> st(ng * kAmxPanel), srow(ng), bias(kAmxPanel, 0.f);
+    alignas(64) float acc[kAmxRows][kAmxCols];
+    alignas(64) float cbuf[4][16][16];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < npanels; ++p) {
+      const int64_t n0 = p * kAmxPanel, np = std::min(kAmxPanel, a.N - n0);
+      for (int64_t t = 0; t < 2 * nblocks; ++t) {  // 16-column tiles: block t / 2, tile t % 2
+        const int64_t nt = n0 + 16 * t;
+        const int nr = static_cast<int>(std::clamp<int64_t>(a.N - nt, 0, 16));
+        uint16_t* dst = Wp.data() + (t / 2) * nks * kAmxStep + (t % 2) * 512;
+        if (nr == 0) {
+          for (int64_t ks = 0; ks < nks; ++ks) std::memset(dst + ks * kAmxStep, 0, 1024);
+        } else if (a.bits == 4) {
+          amx_pack_int4<VV>(a, nt, nr, nks, ng, dst, kAmxStep);
+        } else {
+          amx_pack_int8<VV>(a, nt, nr, nks, dst, kAmxStep);
+        }
+      }
+      std::fill(st.begin(), st.end(), 0.f);
+      for (int64_t j = 0; j < np; ++j) {
+        row_scales(a, n0 + j, ng, srow.data());
+        for (int64_t g = 0; g < ng; ++g) st[g * kAmxPanel + j] = srow[g];
+      }
+      if (a.bias)
+        for (int64_t j = 0; j < np; ++j) bias[j] = load_one(a.bias, a.ydt, n0 + j);
+      for (int64_t mb = 0; mb < nmb; ++mb) {
+        const uint16_t* xb = X.data() + mb * nks * terms * kAmxStep;
+        for (int64_t b = 0; b * kAmxCols < np; ++b) {
+          const uint16_t* wb = Wp.data() + b * nks * kAmxStep;
+          const float* sb = st.data() + b * kAmxCols;
+          if (a.M - mb * kAmxRows > 16) amx_block<VV, 2>(xb, wb, nks, terms, steps_per_group, sb, kAmxPanel, acc, cbuf);
+          else amx_block<VV, 1>(xb, wb, nks, terms, steps_per_group, sb, kAmxPanel, acc, cbuf);
+          const int64_t c0 = b * kAmxCols, nc = std::min(kAmxCols, np - c0);
+          for (int64_t r = 0; r < kAmxRows && mb * kAmxRows + r < a.M; ++r) {
+            float* row = acc[r];
+            if (a.bias)
+              for (int64_t j = 0; j < nc; ++j) row[j] += bias[c0 + j];
+            char* yrow = static_cast<char*>(row_ptr(a.y, a.ydt, mb * kAmxRows + r, a.ldy));
+            store_row(row, a.ydt, nc, yrow + (n0 + c0) * dsize(a.ydt));
+          }
+        }
+      }
+    }
+    VV::tile_release();
+  }
+}
