@@ -19,8 +19,8 @@ trap 'rm -rf "$tmp"' EXIT
 # GCC's #pragma once takes two files of the same contents and modification time for one: when
 # REV's header equals the working tree's, the base build would skip it. A comment tells them apart.
 git show "$rev:csrc/cpu/qmatmul_kernels.h" \
-  | sed -e 's/#include "qmatmul_\(a8\|a8_prefill\|dot_prefill\|prefill\).h"/#include "base_\1.h"/' > "$tmp/base_kernels.h"
-for h in a8 a8_prefill dot_prefill prefill; do
+  | sed -e 's/#include "qmatmul_\(a8\|a8_prefill\|dot_prefill\|prefill\|amx\).h"/#include "base_\1.h"/' > "$tmp/base_kernels.h"
+for h in a8 a8_prefill dot_prefill prefill amx; do
   git show "$rev:csrc/cpu/qmatmul_$h.h" > "$tmp/base_$h.h" 2>/dev/null || true
   echo "// $rev" >> "$tmp/base_$h.h"
 done

@@ -234,8 +234,10 @@ def run(args) -> dict:
     }
     if _native.native().cpu_bf16_dot() == "on":  # the GEMM the other way than this CPU's default
         other = "off" if _native.native().cpu_bf16_gemm() == "on" else "on"
-        preb_c[f"(bf16 gemm {other}) cpu int4 (bf16 x)"] = with_switch("bf16_gemm", other,
-                                                                       preb_c["pyquant cpu int4 (bf16 x)"])
+        alt = with_switch("bf16_gemm", other, preb_c["pyquant cpu int4 (bf16 x)"])
+        if _native.native().cpu_amx() == "on":  # AMX takes the GEMM before either
+            alt = with_switch("amx", "off", alt)
+        preb_c[f"(bf16 gemm {other}) cpu int4 (bf16 x)"] = alt
     if _native.native().cpu_amx() == "on":
         preb_c["(amx off) cpu int4 (bf16 x)"] = with_switch("amx", "off", preb_c["pyquant cpu int4 (bf16 x)"])
     preb = interleaved_medians(preb_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)

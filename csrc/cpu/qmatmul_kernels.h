@@ -227,7 +227,10 @@ static inline void for_each_tile(int64_t M, bool sub, Fn&& f) {
 
 // ============================== decode: INT4 ==============================================
 // Software prefetch distances in the decode kernels' weight streams. INT8 (rows of K bytes, a
-// page each at K = 4096): each row's stream 16 KiB ahead (tuned on Zen 1). INT4: a tile's rows
+// page each at K = 4096): each row's stream 16 KiB ahead (tuned on Zen 1), once a cache line, in
+// both code paths (convert had none before the twenty-fourth session; adding it ran M = 1
+// 1.13-1.15x torch's int8pack_mm where it had run 1.00-1.01x, 12 and 24 KiB as 16, 8 KiB 1.04x,
+// on an Intel Xeon). INT4: a tile's rows
 // are contiguous, so its bytes are prefetched in address order, R * 4W bytes per block, 8 KiB
 // ahead: one sequential stream instead of R streams of half a page each (K = 4096); 1.06-1.14x
 // the per-row prefetches on Zen 3, where 4 and 16 KiB ahead gave 0.85-0.89x and 1.04-1.07x
@@ -591,6 +594,8 @@ static inline void dec8_tile(const Int8Plan& p, int64_t m0, const int8_t* q, flo
       F x0[MC], x1[MC];
       for (int m = 0; m < MC; ++m) { x0[m] = V::load(x[m] + k); x1[m] = V::load(x[m] + k + W); }
       for (int r = 0; r < R; ++r) {
+        if constexpr (W > 1)
+          if ((k & 63) == 0) __builtin_prefetch(q + r * K + k + kPrefetchBytes, 0, kPrefetchLocality);  // once a line
         F c0 = V::load_i8(q + r * K + k), c1 = V::load_i8(q + r * K + k + W);
         for (int m = 0; m < MC; ++m) { acc0[r][m] = V::fma(c0, x0[m], acc0[r][m]); acc1[r][m] = V::fma(c1, x1[m], acc1[r][m]); }
       }
