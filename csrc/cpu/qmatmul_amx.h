@@ -22,8 +22,9 @@
 
 constexpr int64_t kAmxRows = 32;    // rows of x per block (2 A tiles)
 constexpr int64_t kAmxCols = 32;    // columns of y per block (2 B tiles)
-constexpr int64_t kAmxPanel = 64;   // columns of W one thread packs at a time
+constexpr int64_t kAmxPanel = 128;  // columns of W one thread packs at a time
 constexpr int64_t kAmxStep = 1024;  // bf16 values in a block's k step: 2 tiles of 16 x 32
+constexpr int64_t kAmxChunk = 64;   // k steps (2048 k, whole groups) packed and run at a time
 
 struct alignas(64) AmxTileConfig {  // ldtilecfg's 64 bytes, palette 1: 8 tiles of 16 rows x 64 bytes
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -108,7 +109,7 @@ static inline const uint8_t* amx_rows(const uint8_t* p, int64_t stride, int nr, 
 // (code - z) of column n0 + l at k = 2 kp (low half) and 2 kp + 1 (high half). Bytes hold codes
 // low nibble first, so byte kp of a step is exactly row kp's pair.
 template <class VV>
-static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t nks, int64_t ng, uint16_t* dst,
+static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int64_t ks1, int64_t ng, uint16_t* dst,
                           int64_t dst_step) {
   using I = typename VV::I;
   const int64_t rb = ng * a.group / 2;
@@ -117,8 +118,8 @@ static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t nks, int
   alignas(64) int32_t z[16] = {};
   I zv = VV::zero_i();
   uint8_t tmp[256];
-  for (int64_t ks = 0; ks < nks; ++ks) {
-    if (ks % steps_per_group == 0) {
+  for (int64_t ks = ks0; ks < ks1; ++ks) {
+    if (ks == ks0 || ks % steps_per_group == 0) {
       const int64_t g = ks / steps_per_group;
       for (int l = 0; l < nr; ++l) z[l] = a.zeros ? a.zeros[(n0 + l) * ng + g] : 8;
       zv = VV::loadi(reinterpret_cast<const uint8_t*>(z));
@@ -127,7 +128,7 @@ static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t nks, int
     const uint8_t* p = amx_rows(q + ks * 16, rb, nr, 16, tmp, stride);
     I v[4];
     VV::gather16(p, stride, v);
-    uint16_t* o = dst + ks * dst_step;
+    uint16_t* o = dst + (ks - ks0) * dst_step;
     for (int j = 0; j < 4; ++j) {
       I w = v[j];
       for (int b = 0; b < 4; ++b, w = VV::template srl<8>(w)) {
@@ -141,13 +142,14 @@ static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t nks, int
 
 // The same for INT8 (rows of K bytes; k past K reads as 0).
 template <class VV>
-static void amx_pack_int8(const QmmArgs& a, int64_t n0, int nr, int64_t nks, uint16_t* dst, int64_t dst_step) {
+static void amx_pack_int8(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int64_t ks1, uint16_t* dst,
+                          int64_t dst_step) {
   using I = typename VV::I;
   const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n0 * a.K;
   const I off = VV::set1i(128);
   uint8_t tmp[256];
-  for (int64_t ks = 0; ks < nks; ++ks) {
-    uint16_t* o = dst + ks * dst_step;
+  for (int64_t ks = ks0; ks < ks1; ++ks) {
+    uint16_t* o = dst + (ks - ks0) * dst_step;
     for (int h = 0; h < 2; ++h) {
       const int64_t k0 = ks * 32 + h * 16;
       const int nb = static_cast<int>(std::clamp<int64_t>(a.K - k0, 0, 16));
@@ -166,26 +168,25 @@ static void amx_pack_int8(const QmmArgs& a, int64_t n0, int nr, int64_t nks, uin
   }
 }
 
-// One 32 x 32 block of y: C tiles 0-3 (rows 0-15 / 16-31 of x times columns 0-15 / 16-31), one
-// group of k steps at a time, then acc += C * s_g (the group's scales of the 32 columns). RT = 1:
-// the block's first 16 rows only (tiles 0, 1; the rest of x's block is padding).
+// One 32 x 32 block of y over k steps ks0 .. ks1 - 1 (wb: the panel's B tiles from ks0): C tiles
+// 0-3 (rows 0-15 / 16-31 of x times columns 0-15 / 16-31), one group of k steps at a time, then
+// acc += C * s_g (the group's scales of the 32 columns; rows of acc acc_ld apart). RT = 1: the
+// block's first 16 rows only (tiles 0, 1; the rest of x's block is padding).
 template <class VV, int RT>
-static inline void amx_block(const uint16_t* xb, const uint16_t* wb, int64_t nks, int terms, int64_t steps_per_group,
-                             const float* st, int64_t st_stride, float (&acc)[kAmxRows][kAmxCols],
+static inline void amx_block(const uint16_t* xb, const uint16_t* wb, int64_t ks0, int64_t ks1, int terms,
+                             int64_t steps_per_group, const float* st, int64_t st_stride, float* acc, int64_t acc_ld,
                              float (&cbuf)[4][16][16]) {
   using F = typename VV::F;
-  for (int64_t r = 0; r < kAmxRows; ++r)
-    for (int64_t c = 0; c < kAmxCols; c += VV::W) VV::store(&acc[r][c], VV::zero());
-  for (int64_t ks0 = 0, g = 0; ks0 < nks; ks0 += steps_per_group, ++g) {
+  for (int64_t k0 = ks0; k0 < ks1; k0 += steps_per_group) {
     VV::template tile_zero<0>();
     VV::template tile_zero<1>();
     if constexpr (RT == 2) {
       VV::template tile_zero<2>();
       VV::template tile_zero<3>();
     }
-    const int64_t ks1 = std::min(ks0 + steps_per_group, nks);
-    for (int64_t ks = ks0; ks < ks1; ++ks) {
-      const uint16_t* b = wb + ks * kAmxStep;
+    const int64_t k1 = std::min(k0 + steps_per_group, ks1);
+    for (int64_t ks = k0; ks < k1; ++ks) {
+      const uint16_t* b = wb + (ks - ks0) * kAmxStep;
       VV::template tile_load<6>(b, 64);
       VV::template tile_load<7>(b + 512, 64);
       const uint16_t* x = xb + ks * terms * kAmxStep;
@@ -206,11 +207,11 @@ static inline void amx_block(const uint16_t* xb, const uint16_t* wb, int64_t nks
       VV::template tile_store<2>(&cbuf[2][0][0], 64);
       VV::template tile_store<3>(&cbuf[3][0][0], 64);
     }
-    const float* s = st + g * st_stride;
+    const float* s = st + k0 / steps_per_group * st_stride;
     const F s0 = VV::load(s), s1 = VV::load(s + 16);
     for (int i = 0; i < RT; ++i)
       for (int r = 0; r < 16; ++r) {
-        float* row = acc[16 * i + r];
+        float* row = acc + (16 * i + r) * acc_ld;
         VV::store(row, VV::fma(VV::load(cbuf[2 * i][r]), s0, VV::load(row)));
         VV::store(row + 16, VV::fma(VV::load(cbuf[2 * i + 1][r]), s1, VV::load(row + 16)));
       }
@@ -224,7 +225,7 @@ static void amx_prefill(const QmmArgs& a) {
   const int terms = amx_terms(a.xdt);
   const int64_t nks = (a.K + 31) / 32;
   const int64_t ng = a.bits == 4 ? (a.K + a.group - 1) / a.group : 1;
-  const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : nks;  // INT8: one scale per column
+  const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : kAmxChunk;  // INT8: one scale per column
   const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows;
   const int64_t npanels = (a.N + kAmxPanel - 1) / kAmxPanel;
   AlignedVec<uint16_t> X(nmb * nks * terms * kAmxStep);
@@ -234,48 +235,55 @@ static void amx_prefill(const QmmArgs& a) {
     const AmxTileConfig cfg;
     VV::tile_config(&cfg);
     constexpr int64_t nblocks = kAmxPanel / kAmxCols;
-    AlignedVec<uint16_t> Wp(nblocks * nks * kAmxStep);
+    const int64_t chunk = std::min(kAmxChunk, nks);
+    AlignedVec<uint16_t> Wp(nblocks * chunk * kAmxStep);
     AlignedVec<float> st(ng * kAmxPanel), srow(ng), bias(kAmxPanel, 0.f);
-    alignas(64) float acc[kAmxRows][kAmxCols];
+    AlignedVec<float> acc(nmb * kAmxRows * kAmxPanel);  // the panel's y in fp32, rows kAmxPanel apart
     alignas(64) float cbuf[4][16][16];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < npanels; ++p) {
       const int64_t n0 = p * kAmxPanel, np = std::min(kAmxPanel, a.N - n0);
-      for (int64_t t = 0; t < 2 * nblocks; ++t) {  // 16-column tiles: block t / 2, tile t % 2
-        const int64_t nt = n0 + 16 * t;
-        const int nr = static_cast<int>(std::clamp<int64_t>(a.N - nt, 0, 16));
-        uint16_t* dst = Wp.data() + (t / 2) * nks * kAmxStep + (t % 2) * 512;
-        if (nr == 0) {
-          for (int64_t ks = 0; ks < nks; ++ks) std::memset(dst + ks * kAmxStep, 0, 1024);
-        } else if (a.bits == 4) {
-          amx_pack_int4<VV>(a, nt, nr, nks, ng, dst, kAmxStep);
-        } else {
-          amx_pack_int8<VV>(a, nt, nr, nks, dst, kAmxStep);
-        }
-      }
       std::fill(st.begin(), st.end(), 0.f);
       for (int64_t j = 0; j < np; ++j) {
         row_scales(a, n0 + j, ng, srow.data());
         for (int64_t g = 0; g < ng; ++g) st[g * kAmxPanel + j] = srow[g];
       }
-      if (a.bias)
-        for (int64_t j = 0; j < np; ++j) bias[j] = load_one(a.bias, a.ydt, n0 + j);
-      for (int64_t mb = 0; mb < nmb; ++mb) {
-        const uint16_t* xb = X.data() + mb * nks * terms * kAmxStep;
-        for (int64_t b = 0; b * kAmxCols < np; ++b) {
-          const uint16_t* wb = Wp.data() + b * nks * kAmxStep;
-          const float* sb = st.data() + b * kAmxCols;
-          if (a.M - mb * kAmxRows > 16) amx_block<VV, 2>(xb, wb, nks, terms, steps_per_group, sb, kAmxPanel, acc, cbuf);
-          else amx_block<VV, 1>(xb, wb, nks, terms, steps_per_group, sb, kAmxPanel, acc, cbuf);
-          const int64_t c0 = b * kAmxCols, nc = std::min(kAmxCols, np - c0);
-          for (int64_t r = 0; r < kAmxRows && mb * kAmxRows + r < a.M; ++r) {
-            float* row = acc[r];
-            if (a.bias)
-              for (int64_t j = 0; j < nc; ++j) row[j] += bias[c0 + j];
-            char* yrow = static_cast<char*>(row_ptr(a.y, a.ydt, mb * kAmxRows + r, a.ldy));
-            store_row(row, a.ydt, nc, yrow + (n0 + c0) * dsize(a.ydt));
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t ks0 = 0; ks0 < nks; ks0 += chunk) {  // chunks of k steps: W's and x's share stays in L2
+        const int64_t ks1 = std::min(ks0 + chunk, nks);
+        for (int64_t t = 0; t < 2 * nblocks; ++t) {  // 16-column tiles: block t / 2, tile t % 2
+          const int64_t nt = n0 + 16 * t;
+          const int nr = static_cast<int>(std::clamp<int64_t>(a.N - nt, 0, 16));
+          uint16_t* dst = Wp.data() + (t / 2) * chunk * kAmxStep + (t % 2) * 512;
+          if (nr == 0) {
+            for (int64_t ks = ks0; ks < ks1; ++ks) std::memset(dst + (ks - ks0) * kAmxStep, 0, 1024);
+          } else if (a.bits == 4) {
+            amx_pack_int4<VV>(a, nt, nr, ks0, ks1, ng, dst, kAmxStep);
+          } else {
+            amx_pack_int8<VV>(a, nt, nr, ks0, ks1, dst, kAmxStep);
           }
         }
+        for (int64_t mb = 0; mb < nmb; ++mb) {
+          const uint16_t* xb = X.data() + mb * nks * terms * kAmxStep;
+          for (int64_t b = 0; b * kAmxCols < np; ++b) {
+            const uint16_t* wb = Wp.data() + b * chunk * kAmxStep;
+            const float* sb = st.data() + b * kAmxCols;
+            const int64_t st_stride = a.bits == 4 ? kAmxPanel : 0;  // INT8: every chunk of k steps, group 0
+            float* ab = acc.data() + mb * kAmxRows * kAmxPanel + b * kAmxCols;
+            if (a.M - mb * kAmxRows > 16)
+              amx_block<VV, 2>(xb, wb, ks0, ks1, terms, steps_per_group, sb, st_stride, ab, kAmxPanel, cbuf);
+            else
+              amx_block<VV, 1>(xb, wb, ks0, ks1, terms, steps_per_group, sb, st_stride, ab, kAmxPanel, cbuf);
+          }
+        }
+      }
+      if (a.bias)
+        for (int64_t j = 0; j < np; ++j) bias[j] = load_one(a.bias, a.ydt, n0 + j);
+      for (int64_t m = 0; m < a.M; ++m) {
+        float* row = acc.data() + m * kAmxPanel;
+        if (a.bias)
+          for (int64_t j = 0; j < np; ++j) row[j] += bias[j];
+        store_row(row, a.ydt, np, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
     }
     VV::tile_release();
