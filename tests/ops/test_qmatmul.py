@@ -336,6 +336,22 @@ def test_cpu_subnormal_codes_edge_activations(cpu_codes, spec):
     assert torch.equal(y, y_daz)
 
 
+def _strided_and_nonfinite(spec, dtype, strided_rows, nonfinite_rows, what: str):
+    """A 19 x 600 weight on the CPU backend: x with rows further apart than K against float64, and a
+    NaN (row 0) and an inf (row 1) in x making their own rows non-finite and no other."""
+    qw, w64 = _weight(spec, 19, 600, seed=3)
+    for rows in strided_rows:
+        x = randn(rows, 610, dtype=dtype, seed=4)[:, 5:605]
+        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"{what} strided, {rows} rows")
+    for rows in nonfinite_rows:
+        x = randn(rows, 600, dtype=dtype, seed=5)
+        x[0, 17] = float("nan")
+        x[1, 3] = float("inf")
+        y = pq.ops.qmatmul(x, qw, backend="cpu")
+        assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), (what, rows)
+        assert torch.isfinite(y[2:]).all(), (what, rows)
+
+
 @needs_cpu
 @pytest.mark.parametrize("spec", SPECS)
 def test_cpu_bf16_dot(cpu_bf16_dot, cpu_bf16_gemm, spec):
@@ -357,17 +373,8 @@ def test_cpu_bf16_dot(cpu_bf16_dot, cpu_bf16_gemm, spec):
             b = randn(n, dtype=torch.bfloat16, seed=300 + i) if i % 2 else None
             y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
             assert_matmul_close(y, x, w64, b, what=f"bf16 dot {mode} {spec} {m}x{n}x{k}")
-        qw, w64 = _weight(spec, 19, 600, seed=3)
-        for rows in (3, 30):
-            x = randn(rows, 610, dtype=torch.bfloat16, seed=4)[:, 5:605]  # rows further apart than K
-            assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"bf16 dot {mode} {spec} strided")
-        for rows in (2, 40):  # the decode tile and the GEMM
-            x = randn(rows, 600, dtype=torch.bfloat16, seed=5)
-            x[0, 17] = float("nan")
-            x[1, 3] = float("inf")
-            y = pq.ops.qmatmul(x, qw, backend="cpu")
-            assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), (mode, rows)
-            assert torch.isfinite(y[2:]).all(), (mode, rows)
+        # the decode tile and the GEMM
+        _strided_and_nonfinite(spec, torch.bfloat16, (3, 30), (2, 40), what=f"bf16 dot {mode} {spec}")
 
 
 @needs_cpu
@@ -389,16 +396,8 @@ def test_cpu_amx(cpu_amx, spec):
             b = randn(n, dtype=dtype, seed=700 + i) if i % 2 else None
             y = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
             assert_matmul_close(y, x, w64, b, what=f"amx {mode} {spec} {m}x{n}x{k} {dtype}")
-        qw, w64 = _weight(spec, 19, 600, seed=3)
         for dtype in DTYPES:
-            x = randn(30, 610, dtype=dtype, seed=4)[:, 5:605]  # rows further apart than K
-            assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"amx {mode} {spec} strided {dtype}")
-            x = randn(40, 600, dtype=dtype, seed=5)
-            x[0, 17] = float("nan")
-            x[1, 3] = float("inf")
-            y = pq.ops.qmatmul(x, qw, backend="cpu")
-            assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), (mode, dtype)
-            assert torch.isfinite(y[2:]).all(), (mode, dtype)
+            _strided_and_nonfinite(spec, dtype, (30,), (40,), what=f"amx {mode} {spec} {dtype}")
 
 
 @needs_cpu
