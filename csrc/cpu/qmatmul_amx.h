@@ -109,7 +109,8 @@ static inline const uint8_t* amx_rows(const uint8_t* p, int64_t stride, int nr, 
 
 // Columns n0 .. n0 + nr - 1 of an INT4 W (nr <= 16) as one B tile per k step: lane l of row kp is
 // (code - z) of column n0 + l at k = 2 kp (low half) and 2 kp + 1 (high half). Bytes hold codes
-// low nibble first, so byte kp of a step is exactly row kp's pair.
+// low nibble first, so byte kp of a step is exactly row kp's pair. Each half becomes bf16 by a
+// table lookup (vpermw): its index is code + 15 - z, in [0, 30], and table[i] = bf16(i - 15).
 template <class VV>
 static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int64_t ks1, int64_t ng, uint16_t* dst,
                           int64_t dst_step) {
@@ -117,14 +118,18 @@ static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int
   const int64_t rb = ng * a.group / 2;
   const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n0 * rb;
   const int64_t steps_per_group = a.group / 32;
-  alignas(64) int32_t z[16] = {};
-  I zv = VV::zero_i();
+  alignas(64) uint16_t lut[32];
+  for (int i = 0; i < 32; ++i) lut[i] = f32_to_bf16(static_cast<float>(i - 15));
+  const I table = VV::loadi(reinterpret_cast<const uint8_t*>(lut));
+  alignas(64) int32_t off[16];  // -(15 - z) in both halves of column l's lane (z = 0 past N, whose codes are 0)
+  I offv = VV::zero_i();
   uint8_t tmp[256];
   for (int64_t ks = ks0; ks < ks1; ++ks) {
     if (ks == ks0 || ks % steps_per_group == 0) {
       const int64_t g = ks / steps_per_group;
-      for (int l = 0; l < nr; ++l) z[l] = a.zeros ? a.zeros[(n0 + l) * ng + g] : 8;
-      zv = VV::loadi(reinterpret_cast<const uint8_t*>(z));
+      for (int l = 0; l < 16; ++l)
+        off[l] = -(15 - (l >= nr ? 0 : a.zeros ? a.zeros[(n0 + l) * ng + g] : 8)) * 0x10001;
+      offv = VV::loadi(reinterpret_cast<const uint8_t*>(off));
     }
     int64_t stride;
     const uint8_t* p = amx_rows(q + ks * 16, rb, nr, 16, tmp, stride);
@@ -133,10 +138,9 @@ static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int
     uint16_t* o = dst + (ks - ks0) * dst_step;
     for (int j = 0; j < 4; ++j) {
       I w = v[j];
-      for (int b = 0; b < 4; ++b, w = VV::template srl<8>(w)) {
-        const I byte = VV::band(w, 0xFFu);
-        amx_store_pair<VV>(o + (4 * j + b) * 32, VV::cvt(VV::sub32(VV::band(byte, 15u), zv)),
-                           VV::cvt(VV::sub32(VV::template srl<4>(byte), zv)));
+      for (int b = 0; b < 4; ++b, w = VV::template srl<8>(w)) {  // byte b: low nibble to bits 0-3, high to 16-19
+        const I t = VV::bor(VV::band(w, 0xFu), VV::band(VV::template sll<12>(w), 0xF0000u));
+        VV::storei(reinterpret_cast<uint8_t*>(o + (4 * j + b) * 32), VV::permw(VV::sub32(t, offv), table));
       }
     }
   }

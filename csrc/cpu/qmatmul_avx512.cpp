@@ -75,6 +75,8 @@ struct V {
   static I sll(I v) { return _mm512_slli_epi32(v, N); }
   static I bor(I a, I b) { return _mm512_or_si512(a, b); }
   static I sub32(I a, I b) { return _mm512_sub_epi32(a, b); }
+  // 16-bit lane i: table's lane idx[i] & 31 (vpermw; the AMX GEMM's W packing, qmatmul_amx.h)
+  static I permw(I idx, I table) { return _mm512_permutexvar_epi16(idx, table); }
   static I dpbusd(I acc, I u8, I s8) {
 #ifdef PQ_DPBUSD
     return PQ_DPBUSD(acc, u8, s8);

@@ -154,6 +154,15 @@ inline emu_m512i emu_madd_epi16(emu_m512i a, emu_m512i b) {
 }
 // The -a8 GEMM's packing (V::storei, sll, bor, sub32)
 inline void emu_storeu_si512(void* p, emu_m512i v) { std::memcpy(p, v.u, 64); }
+inline emu_m512i emu_permutexvar_epi16(emu_m512i idx, emu_m512i table) {
+  uint16_t i[32], t[32], r[32];
+  std::memcpy(i, idx.u, 64);
+  std::memcpy(t, table.u, 64);
+  for (int l = 0; l < 32; ++l) r[l] = t[i[l] & 31];
+  emu_m512i out;
+  std::memcpy(out.u, r, 64);
+  return out;
+}
 inline emu_m512i emu_slli_epi32(emu_m512i a, unsigned n) {
   for (uint32_t& v : a.u) v = n > 31 ? 0u : v << n;
   return a;
@@ -194,6 +203,7 @@ inline emu_m512i emu_castps_si512(emu_m512 a) { emu_m512i r; std::memcpy(r.u, a.
 #define _mm512_unpackhi_epi64 emu_unpack<64, true>
 #define _mm512_storeu_si512 emu_storeu_si512
 #define _mm512_slli_epi32 emu_slli_epi32
+#define _mm512_permutexvar_epi16 emu_permutexvar_epi16
 #define _mm512_or_si512 emu_or_si512
 #define _mm512_sub_epi32 emu_sub_epi32
 // vpdpbusd (V::dpbusd): s32 lane l = acc[l] + sum over its 4 bytes j of u8 a[4l+j] * s8 b[4l+j] (wrapping)
