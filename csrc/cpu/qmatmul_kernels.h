@@ -734,15 +734,14 @@ static bool bf16_prefill(const QmmArgs& a) {
 // 1.16x at 12; Zen 4, bench/RESULTS.md, seventeenth session). Where it does not (an Intel Xeon),
 // the fp32 GEMM on bf16 x beat them from 13 rows for both (INT4 1.18x at 16, 1.38x at 24; INT8
 // 1.07x at 16, 1.22x at 24), and the decode kernels the fp32 GEMM up to 12 (twenty-third session).
-// Where the AMX GEMM runs (amx()), it beat them (4096 x 4096, from memory) for fp32 x from 7 rows
-// with INT4 (0.96x at 6, 1.09x at 7) and past 8 with INT8 (0.95x at 8, 1.17x at 10); for bf16 x
-// from 6 rows with INT4 (1.00x at 5, 1.15x at 6) and from 7 with INT8 (0.95x at 6, 1.09x at 7;
-// twenty-fourth session).
+// Where the AMX GEMM runs (amx()), it beat them (4096 x 4096, from memory) from 6 rows with INT4
+// (fp32 x 0.99x at 5, 1.07x at 6; bf16 x 1.04x at 5, 1.15x at 6), with INT8 past 8 rows for fp32 x
+// (0.95x at 8, 1.17x at 10) and from 7 for bf16 x (0.95x at 6, 1.09x at 7; twenty-fourth session).
 template <class VV = V>
 static int64_t decode_rows(const QmmArgs& a) {
   const int64_t m = std::min(decode_max_m(a.K), wide_decode_rows());  // wide_decode_rows() >= 12 > 8
   if constexpr (VV::kAmx)
-    if (amx()) return std::min<int64_t>(m, a.xdt != DType::BF16 ? (a.bits == 8 ? 8 : 6) : (a.bits == 8 ? 6 : 5));
+    if (amx()) return std::min<int64_t>(m, a.bits == 4 ? 5 : a.xdt != DType::BF16 ? 8 : 6);
   if constexpr (VV::kBf16Dot)
     if (a.xdt == DType::BF16 && bf16_dot()) return std::min<int64_t>(m, a.bits == 8 && bf16_gemm() ? 8 : 12);
   return m;
