@@ -46,7 +46,8 @@
 //              For 2 to 8 rows of x: on Zen 4 (2 threads, 16 layers of 4096 x 4096 from memory)
 //              1.09x, 1.24-1.29x and 1.32x the fp32 path at M = 2, 4 and 8, but at M = 1 0.99-1.02x
 //              there and 0.93-0.94x at 1536 x 576 (bench/RESULTS.md, fourteenth session).
-// Prefill (more rows): a blocked GEMM, qmatmul_prefill.h; -a8: qmatmul_a8.h, qmatmul_dot_prefill.h.
+// Prefill (more rows): a blocked GEMM, qmatmul_prefill.h; on AMX tiles, qmatmul_amx.h; -a8:
+// qmatmul_a8.h, qmatmul_dot_prefill.h.
 #pragma once
 #include <omp.h>
 #if defined(__x86_64__) || defined(__i386__)
