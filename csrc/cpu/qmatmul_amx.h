@@ -234,9 +234,13 @@ static void amx_prefill(const QmmArgs& a) {
   const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : kAmxChunk;  // INT8: one scale per column
   const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows;
   const int64_t npanels = (a.N + kAmxPanel - 1) / kAmxPanel;
+  // Tasks: a panel and a share of x's row blocks. With few panels each is split by rows (each
+  // share packs the panel again) so that every thread gets work: at least 4 tasks a thread.
+  const int64_t msplit = std::clamp<int64_t>((4 * int64_t{nthreads} + npanels - 1) / npanels, 1, nmb);
+  const int64_t ntasks = npanels * msplit;
   AlignedVec<uint16_t> X(nmb * nks * terms * kAmxStep);
   amx_pack_x(a, nks, terms, X.data(), nthreads);
-#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(nthreads, npanels)))
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(nthreads, ntasks)))
   {
     const AmxTileConfig cfg;
     VV::tile_config(&cfg);
@@ -244,10 +248,12 @@ static void amx_prefill(const QmmArgs& a) {
     const int64_t chunk = std::min(kAmxChunk, nks);
     AlignedVec<uint16_t> Wp(nblocks * chunk * kAmxStep);
     AlignedVec<float> st(ng * kAmxPanel), srow(ng), bias(kAmxPanel, 0.f);
-    AlignedVec<float> acc(nmb * kAmxRows * kAmxPanel);  // the panel's y in fp32, rows kAmxPanel apart
+    AlignedVec<float> acc((nmb + msplit - 1) / msplit * kAmxRows * kAmxPanel);  // the task's y in fp32
     alignas(64) float cbuf[4][16][16];
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t p = 0; p < npanels; ++p) {
+    for (int64_t task = 0; task < ntasks; ++task) {
+      const int64_t p = task / msplit, share = task % msplit;
+      const int64_t mb0 = share * nmb / msplit, mb1 = (share + 1) * nmb / msplit;  // row blocks mb0 .. mb1 - 1
       const int64_t n0 = p * kAmxPanel, np = std::min(kAmxPanel, a.N - n0);
       std::fill(st.begin(), st.end(), 0.f);
       for (int64_t j = 0; j < np; ++j) {
@@ -269,13 +275,13 @@ static void amx_prefill(const QmmArgs& a) {
             amx_pack_int8<VV>(a, nt, nr, ks0, ks1, dst, kAmxStep);
           }
         }
-        for (int64_t mb = 0; mb < nmb; ++mb) {
+        for (int64_t mb = mb0; mb < mb1; ++mb) {
           const uint16_t* xb = X.data() + mb * nks * terms * kAmxStep;
           for (int64_t b = 0; b * kAmxCols < np; ++b) {
             const uint16_t* wb = Wp.data() + b * chunk * kAmxStep;
             const float* sb = st.data() + b * kAmxCols;
             const int64_t st_stride = a.bits == 4 ? kAmxPanel : 0;  // INT8: every chunk of k steps, group 0
-            float* ab = acc.data() + mb * kAmxRows * kAmxPanel + b * kAmxCols;
+            float* ab = acc.data() + (mb - mb0) * kAmxRows * kAmxPanel + b * kAmxCols;
             if (a.M - mb * kAmxRows > 16)
               amx_block<VV, 2>(xb, wb, ks0, ks1, terms, steps_per_group, sb, st_stride, ab, kAmxPanel, cbuf);
             else
@@ -285,8 +291,8 @@ static void amx_prefill(const QmmArgs& a) {
       }
       if (a.bias)
         for (int64_t j = 0; j < np; ++j) bias[j] = load_one(a.bias, a.ydt, n0 + j);
-      for (int64_t m = 0; m < a.M; ++m) {
-        float* row = acc.data() + m * kAmxPanel;
+      for (int64_t m = mb0 * kAmxRows; m < std::min(mb1 * kAmxRows, a.M); ++m) {
+        float* row = acc.data() + (m - mb0 * kAmxRows) * kAmxPanel;
         if (a.bias)
           for (int64_t j = 0; j < np; ++j) row[j] += bias[j];
         store_row(row, a.ydt, np, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
