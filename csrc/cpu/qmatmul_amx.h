@@ -18,8 +18,9 @@
 // and a share of x's row blocks and, a chunk of kAmxChunk k steps at a time (so that the chunk
 // and a row block of x stay in L2), dequantizes the panel into B tiles ([32-column block][k step]
 // [2 tiles][16 k pairs][16 columns][2]: a k pair of one column is one 32-bit lane) and runs its
-// row blocks against it, adding into its share of y in fp32. One 32 x 32 block of y uses all 8 tiles: 4 C (fp32), 2 A (x), 2 B (W);
-// a k step loads B once and A once per term; a last row block of 16 rows or fewer uses 2 C, 1 A.
+// row blocks against it, adding into its share of y in fp32. One 32 x 32 block of y uses all 8
+// tiles: 4 C (fp32), 2 A (x), 2 B (W); a k step loads B once and A once per term; a last row
+// block of 16 rows or fewer uses 2 C, 1 A.
 #pragma once
 
 constexpr int64_t kAmxRows = 32;    // rows of x per block (2 A tiles)
