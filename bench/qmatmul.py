@@ -299,7 +299,7 @@ def main(argv=None):
     ap.add_argument("--group", type=int, default=128, help="int4 group size (default 128)")
     ap.add_argument("--prefill-m", type=int, default=512)
     ap.add_argument("--batch-m", type=int, default=4,
-                    help="M of the batched-decode rows (the decode kernels serve M <= 8, or <= 24 at K >= 1024, 12 off AMD CPUs; 0: skip them)")
+                    help="M of the batched-decode rows (the decode kernels serve M <= 8, or <= 24 at K >= 1024, fewer off AMD CPUs and with AMX; 0: skip them)")
     ap.add_argument("--small-layers", type=int, default=1,
                     help="also time the demo model's layer shapes at M=1, per call (1, default) or not (0)")
     ap.add_argument("--rounds", type=int, default=15)

@@ -85,8 +85,8 @@ static inline void amx_pack_x(const QmmArgs& a, int64_t nks, int terms, uint16_t
   }
 }
 
-// One B tile pair's k step from 16 rows' bytes (gather16: lane l of out[j] holds bytes 4j..4j+3
-// of row l), written as 16 rows of 16 lanes, lane l = the bf16 pair of column l.
+// One row of a B tile: lane l = the bf16 pair of column l, its low half from even (exact small
+// integers as fp32, so their bf16 is their top 16 bits) and its high half from odd.
 template <class VV>
 static inline void amx_store_pair(uint16_t* row, typename VV::F even, typename VV::F odd) {
   const typename VV::I d = VV::bor(VV::template srl<16>(VV::asi(even)), VV::band(VV::asi(odd), 0xFFFF0000u));
@@ -232,7 +232,10 @@ static void amx_prefill(const QmmArgs& a) {
   const int terms = amx_terms(a.xdt);
   const int64_t nks = (a.K + 31) / 32;
   const int64_t ng = a.bits == 4 ? (a.K + a.group - 1) / a.group : 1;
-  const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : kAmxChunk;  // INT8: one scale per column
+  // A block's scale steps: INT4 a group's k steps, its scales st_stride apart; INT8 one scale per
+  // column, applied at the end of every chunk (stride 0: always "group" 0).
+  const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : kAmxChunk;
+  const int64_t st_stride = a.bits == 4 ? kAmxPanel : 0;
   const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows;
   const int64_t npanels = (a.N + kAmxPanel - 1) / kAmxPanel;
   // Tasks: a panel and a share of x's row blocks. With few panels each is split by rows (each
@@ -281,7 +284,6 @@ static void amx_prefill(const QmmArgs& a) {
           for (int64_t b = 0; b * kAmxCols < np; ++b) {
             const uint16_t* wb = Wp.data() + b * chunk * kAmxStep;
             const float* sb = st.data() + b * kAmxCols;
-            const int64_t st_stride = a.bits == 4 ? kAmxPanel : 0;  // INT8: every chunk of k steps, group 0
             float* ab = acc.data() + (mb - mb0) * kAmxRows * kAmxPanel + b * kAmxCols;
             if (a.M - mb * kAmxRows > 16)
               amx_block<VV, 2>(xb, wb, ks0, ks1, terms, steps_per_group, sb, st_stride, ab, kAmxPanel, cbuf);

@@ -235,44 +235,21 @@ def test_cpu_a8_thread_count_invariant(m):
         _C.CpuWeight(qw.qweight, qw.scales, qw.zeros, 4, 32, 300, act_bits=4)
 
 
-@pytest.fixture
-def cpu_codes():
-    """Sets how the CPU decode kernels read weight codes (convert | subnormal); back to auto after."""
-    _C = _native.native()
-    yield _C.set_cpu_codes
-    _C.set_cpu_codes("auto")
+def _cpu_switch(switch: str, what: str):
+    """A fixture handing the test pyquant._C.set_cpu_<switch> (process-wide), set back to "auto" after."""
+    def fixture():
+        setter = getattr(_native.native(), f"set_cpu_{switch}")
+        yield setter
+        setter("auto")
+    fixture.__doc__ = f"Sets {what}; back to auto after."
+    return pytest.fixture(fixture, name=f"cpu_{switch}")
 
 
-@pytest.fixture
-def cpu_bf16_dot():
-    """Sets whether INT4 decode takes bf16 x through AVX512-BF16 dot products; back to auto after."""
-    _C = _native.native()
-    yield _C.set_cpu_bf16_dot
-    _C.set_cpu_bf16_dot("auto")
-
-
-@pytest.fixture
-def cpu_bf16_gemm():
-    """Sets whether the prefill GEMM takes bf16 x through those dot products; back to auto after."""
-    _C = _native.native()
-    yield _C.set_cpu_bf16_gemm
-    _C.set_cpu_bf16_gemm("auto")
-
-
-@pytest.fixture
-def cpu_amx():
-    """Sets whether the weight-only prefill GEMM runs on AMX tiles; back to auto after."""
-    _C = _native.native()
-    yield _C.set_cpu_amx
-    _C.set_cpu_amx("auto")
-
-
-@pytest.fixture
-def cpu_vnni():
-    """Sets whether the -a8 INT4 decode tile sums through AVX512-VNNI's vpdpbusd; back to auto after."""
-    _C = _native.native()
-    yield _C.set_cpu_vnni
-    _C.set_cpu_vnni("auto")
+cpu_codes = _cpu_switch("codes", "how the CPU decode kernels read weight codes (convert | subnormal)")
+cpu_bf16_dot = _cpu_switch("bf16_dot", "whether INT4 decode takes bf16 x through AVX512-BF16 dot products")
+cpu_bf16_gemm = _cpu_switch("bf16_gemm", "whether the prefill GEMM takes bf16 x through those dot products")
+cpu_amx = _cpu_switch("amx", "whether the weight-only prefill GEMM runs on AMX tiles")
+cpu_vnni = _cpu_switch("vnni", "whether the -a8 INT4 decode tile sums through AVX512-VNNI's vpdpbusd")
 
 
 def _modes(setter, needs: str) -> list:

@@ -1,8 +1,9 @@
 """Backend "cpu" of qmatmul: the C++ kernel in pyquant._C (csrc/cpu/qmatmul*.cpp).
 
 AVX-512 / AVX2+FMA / scalar chosen at run time from the CPU's flags (``PYQUANT_ISA`` lowers it);
-dequantization in registers (decode: M <= 8, or <= 24 when K >= 1024, 12 off AMD CPUs) or into a cache-resident
-panel (prefill).
+dequantization in registers (decode: up to decode_rows() rows, csrc/cpu/qmatmul_kernels.h: M <= 8, or
+<= 24 when K >= 1024, fewer off AMD CPUs and where AMX runs) or, for more rows, into a cache-resident
+panel or AMX tiles (prefill).
 """
 from __future__ import annotations
 
