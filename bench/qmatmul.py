@@ -208,16 +208,20 @@ def run(args) -> dict:
     pre_c = {
         "pyquant cpu int4": lambda i: pq.ops.qmatmul(xp, q4[i], backend="cpu"),
         "pyquant cpu int8": lambda i: pq.ops.qmatmul(xp, q8[i], backend="cpu"),
-        # the same weights as -a8 (integer GEMM where the CPU has AVX512-VNNI; not the targets' rows)
+        # the same weights as -a8 (integer GEMM on AMX-INT8 tiles or AVX512-VNNI where the CPU has
+        # them; not the targets' rows)
         "pyquant a8 cpu int4": lambda i: pq.ops.qmatmul(xp, q4a[i], backend="cpu"),
         "pyquant a8 cpu int8": lambda i: pq.ops.qmatmul(xp, q8a[i], backend="cpu"),
         "torch fp32 matmul": lambda i: torch.matmul(xp, wfp[i].T),
     }
-    if _native.native().cpu_vnni() == "on":  # and the same without it: fp32 kernels on x's q * s
-        pre_c["(no vnni) a8 cpu int4"] = with_switch("vnni", "off", pre_c["pyquant a8 cpu int4"])
-    if _native.native().cpu_amx() == "on":  # and the weight-only GEMM without AMX tiles
+    amx_on = _native.native().cpu_amx() == "on"
+    if _native.native().cpu_vnni() == "on":  # and the same without it (nor AMX): fp32 kernels on x's q * s
+        no_vnni = with_switch("vnni", "off", pre_c["pyquant a8 cpu int4"])
+        pre_c["(no vnni) a8 cpu int4"] = with_switch("amx", "off", no_vnni) if amx_on else no_vnni
+    if amx_on:  # and the GEMMs without AMX tiles (-a8: the VNNI GEMM where the CPU has it)
         for b in ("int4", "int8"):
             pre_c[f"(amx off) cpu {b}"] = with_switch("amx", "off", pre_c[f"pyquant cpu {b}"])
+            pre_c[f"(amx off) a8 cpu {b}"] = with_switch("amx", "off", pre_c[f"pyquant a8 cpu {b}"])
     pre = interleaved_medians(pre_c, P, rounds=args.prefill_rounds, warmup=1, clock=clock)
     flops = 2.0 * m * n * k
     for name in pre:

@@ -27,10 +27,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_vnni", [](const std::string& mode) {
     if (pyquant::set_cpu_vnni(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
   }, "Set whether the -a8 kernels (INT4 decode, INT8 decode, the GEMM) use AVX512-VNNI: on, off or auto (process-wide)");
-  m.def("cpu_amx", &pyquant::cpu_amx, "Whether the weight-only prefill GEMM runs on AMX tiles here: on or off");
+  m.def("cpu_amx", &pyquant::cpu_amx, "Whether the prefill GEMMs (weight-only and -a8) run on AMX tiles here: on or off");
   m.def("set_cpu_amx", [](const std::string& mode) {
     if (pyquant::set_cpu_amx(mode.c_str()) != pyquant::kOk) throw pybind11::value_error(pyquant::last_error());
-  }, "Set whether the weight-only prefill GEMM runs on AMX tiles: on, off or auto (process-wide)");
+  }, "Set whether the prefill GEMMs (weight-only and -a8) run on AMX tiles: on, off or auto (process-wide)");
   m.def("built_with_cuda", []() {
 #ifdef PYQUANT_WITH_CUDA
     return true;

@@ -30,7 +30,7 @@ int64_t wide_decode_rows();
 // set_cpu_vnni switches it).
 bool vnni_dot();
 
-// Whether the weight-only prefill GEMM runs on AMX tiles (AVX-512 kernels on a CPU with AMX-BF16
+// Whether the prefill GEMMs run on AMX tiles (AVX-512 kernels on a CPU with AMX-BF16 and AMX-INT8
 // whose OS grants this process the tile state; PYQUANT_AMX=0 turns it off, set_cpu_amx switches it).
 bool amx();
 

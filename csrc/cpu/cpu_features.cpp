@@ -146,13 +146,14 @@ static Status set_path(OptionalPath& p, const char* mode) {
 static bool cpu_has_bf16() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512bf16"); }
 static bool cpu_has_vnni() { return __builtin_cpu_init(), __builtin_cpu_supports("avx512vnni"); }
 static bool cpu_is_amd() { return __builtin_cpu_init(), __builtin_cpu_is("amd"); }
-// AMX-BF16 and AMX-TILE (CPUID leaf 7, EDX bits 22 and 24), and Linux's leave to use the tile
+// AMX-BF16, AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 22, 24 and 25), and Linux's leave to use the tile
 // state: a process asks for it once (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18).
 static bool cpu_has_amx() {
   static const bool ok = [] {
 #if defined(__linux__) && defined(__x86_64__)
     unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 22) & 1) || !((d >> 24) & 1)) return false;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 22) & 1) || !((d >> 24) & 1) || !((d >> 25) & 1))
+      return false;
     return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #else
     return false;
@@ -172,7 +173,7 @@ static OptionalPath g_bf16_dot{"PYQUANT_BF16_DOT", "bf16 dot", "AVX512-BF16", cp
 // Xeon with AMX (bench/RESULTS.md, twenty-third session), so by default on AMD CPUs only.
 static OptionalPath g_bf16_gemm{"PYQUANT_BF16_GEMM", "bf16 gemm", "AVX512-BF16", cpu_has_bf16, cpu_is_amd};
 static OptionalPath g_vnni{"PYQUANT_VNNI", "vnni", "AVX512-VNNI", cpu_has_vnni};
-static OptionalPath g_amx{"PYQUANT_AMX", "amx", "AMX-BF16", cpu_has_amx};
+static OptionalPath g_amx{"PYQUANT_AMX", "amx", "AMX-BF16 and AMX-INT8", cpu_has_amx};
 
 bool bf16_dot() { return path_on(g_bf16_dot); }
 Status set_cpu_bf16_dot(const char* mode) { return set_path(g_bf16_dot, mode); }

@@ -21,18 +21,33 @@
 // row blocks against it, adding into its share of y in fp32. One 32 x 32 block of y uses all 8
 // tiles: 4 C (fp32), 2 A (x), 2 B (W); a k step loads B once and A once per term; a last row
 // block of 16 rows or fewer uses 2 C, 1 A.
+//
+// -a8 (x quantized to int8 per row and block as act8_row does it, qmatmul_a8.h) runs on AMX-INT8's
+// tdpbssd (16 x 16 s32 += 16 x 64 s8 times 64 x 16 s8): W's codes as s8, code - z (INT4) or q
+// (INT8), and x's int8 codes, one term. A k step is then 64 codes (4 to a 32-bit lane) where bf16
+// has 32 (2), so a step is the same 2048 bytes of A tiles per 32 rows and of B tiles per 32
+// columns, in the same layout. The s32 sums are exact; each group (INT8: each chunk) adds
+// float(C) * (s_w * s_x) to y, as the VNNI GEMM does (qmatmul_dot_prefill.h). A group of 32 codes
+// is half a step: the A tiles are configured 32 bytes wide and the B tiles 8 rows high, and each
+// half of a step runs as a group of its own.
 #pragma once
 
 constexpr int64_t kAmxRows = 32;    // rows of x per block (2 A tiles)
 constexpr int64_t kAmxCols = 32;    // columns of y per block (2 B tiles)
 constexpr int64_t kAmxPanel = 128;  // columns of W one thread packs at a time
-constexpr int64_t kAmxStep = 1024;  // bf16 values in a block's k step: 2 tiles of 16 x 32
-constexpr int64_t kAmxChunk = 64;   // k steps (2048 k, whole groups) packed and run at a time
+constexpr int64_t kAmxStepBytes = 2048;  // a block's k step: 2 tiles of 16 rows x 64 bytes
+constexpr int64_t kAmxStep = kAmxStepBytes / 2;  // the same as bf16 values (32 k x 32 rows or columns)
+constexpr int64_t kAmxChunk = 64;  // k steps (2048 k for bf16, 4096 for int8; whole groups) packed and run at a time
 
-struct alignas(64) AmxTileConfig {  // ldtilecfg's 64 bytes, palette 1: 8 tiles of 16 rows x 64 bytes
+// ldtilecfg's 64 bytes, palette 1: 8 tiles of 16 rows x 64 bytes; half: the A tiles (4, 5) 32
+// bytes wide and the B tiles (6, 7) 8 rows high (-a8 with groups of 32: half a k step).
+struct alignas(64) AmxTileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+  explicit AmxTileConfig(bool half) {
+    if (half) colsb[4] = colsb[5] = 32, rows[6] = rows[7] = 8;
+  }
 };
 
 // bf16 terms of x: 1 (bf16), 2 (fp16: 11 significant bits) or 3 (fp32).
@@ -80,6 +95,32 @@ static inline void amx_pack_x(const QmmArgs& a, int64_t nks, int terms, uint16_t
             }
           }
         }
+      }
+    }
+  }
+}
+
+// -a8: x [M, K] quantized (act8_row, blocks of B codes) into X [Mp / 32][nks][32 rows][64] int8
+// codes, its block scales into sx [M][nb] and bad[m] = 1 where row m holds a NaN or an Inf (rows
+// past M and codes past K zero).
+static inline void amx_pack_x_a8(const QmmArgs& a, int64_t nks, int64_t B, uint8_t* X, float* sx, uint8_t* bad,
+                                 int nthreads) {
+  const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows, nb = (a.K + B - 1) / B;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> xr(a.K);
+    std::vector<int8_t> q(std::max(nks * 64, nb * B));
+#pragma omp for schedule(static)
+    for (int64_t mb = 0; mb < nmb; ++mb) {
+      for (int64_t r = 0; r < kAmxRows; ++r) {
+        const int64_t m = mb * kAmxRows + r;
+        uint8_t* out = X + mb * nks * kAmxStepBytes + r * 64;
+        std::fill(q.begin(), q.end(), 0);
+        if (m < a.M) {
+          load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, a.K, xr.data());
+          bad[m] = !act8_row(xr.data(), a.K, B, q.data(), sx + m * nb);
+        }
+        for (int64_t ks = 0; ks < nks; ++ks) std::memcpy(out + ks * kAmxStepBytes, q.data() + ks * 64, 64);
       }
     }
   }
@@ -175,36 +216,97 @@ static void amx_pack_int8(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int
   }
 }
 
-// One 32 x 32 block of y over k steps ks0 .. ks1 - 1 (wb: the panel's B tiles from ks0): C tiles
-// 0-3 (rows 0-15 / 16-31 of x times columns 0-15 / 16-31), one group of k steps at a time, then
-// acc += C * s_g (the group's scales of the 32 columns; rows of acc acc_ld apart). RT = 1: the
-// block's first 16 rows only (tiles 0, 1; the rest of x's block is padding).
-template <class VV, int RT>
-static inline void amx_block(const uint16_t* xb, const uint16_t* wb, int64_t ks0, int64_t ks1, int terms,
-                             int64_t steps_per_group, const float* st, int64_t st_stride, float* acc, int64_t acc_ld,
-                             float (&cbuf)[4][16][16]) {
+// -a8: columns n0 .. n0 + nr - 1 of W (nr <= 16) as one s8 B tile per k step of 64 codes: lane l
+// of row kq is codes 4 kq .. 4 kq + 3 of column n0 + l, code - z (INT4) or q (INT8); 16 bytes of
+// each column at a time (32 INT4 codes, within one group; 16 INT8 codes). Bytes past a row's end
+// read as 0 (they meet x's zero codes past K).
+template <class VV>
+static void amx_pack_a8(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int64_t ks1, int64_t ng, uint8_t* dst,
+                        int64_t dst_step) {
+  using I = typename VV::I;
+  const bool int4 = a.bits == 4;
+  const int64_t rb = int4 ? ng * a.group / 2 : a.K, step_bytes = int4 ? 32 : 64;
+  const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n0 * rb;
+  alignas(64) int32_t zt[16];
+  I zb = VV::zero_i();
+  int64_t zg = -1;  // the group whose zero-points zb holds
+  uint8_t tmp[256];
+  for (int64_t ks = ks0; ks < ks1; ++ks) {
+    uint8_t* o = dst + (ks - ks0) * dst_step;
+    for (int64_t h = 0; h < step_bytes / 16; ++h) {
+      const int64_t b0 = ks * step_bytes + 16 * h;
+      int64_t stride;
+      const uint8_t* p = amx_rows(q + b0, rb, nr, static_cast<int>(std::clamp<int64_t>(rb - b0, 0, 16)), tmp, stride);
+      I v[4];
+      VV::gather16(p, stride, v);
+      if (!int4) {
+        for (int j = 0; j < 4; ++j) VV::storei(o + (4 * h + j) * 64, v[j]);
+        continue;
+      }
+      const int64_t g = std::min(2 * b0 / a.group, ng - 1);  // past the row's end: any group (x is 0 there)
+      if (g != zg) {
+        for (int l = 0; l < 16; ++l) zt[l] = (l >= nr ? 0 : a.zeros ? a.zeros[(n0 + l) * ng + g] : 8) * 0x01010101;
+        zb = VV::loadi(reinterpret_cast<const uint8_t*>(zt));
+        zg = g;
+      }
+      for (int j = 0; j < 4; ++j) {  // lane: codes 8j .. 8j + 7 of the 32, two quads
+        VV::storei(o + (8 * h + 2 * j) * 64, codes_minus_zero<VV>(nibble_bytes<VV>(VV::band(v[j], 0xFFFFu)), zb));
+        VV::storei(o + (8 * h + 2 * j + 1) * 64, codes_minus_zero<VV>(nibble_bytes<VV>(VV::template srl<16>(v[j])), zb));
+      }
+    }
+  }
+}
+
+// A block's k-step geometry and scale layout.
+struct AmxGeom {
+  int terms;                // x's terms a k step (bf16: 1 to 3; -a8: 1)
+  int64_t steps_per_group;  // k steps a scale group spans (INT8: kAmxChunk, one scale a column)
+  int64_t st_stride;        // between groups in the panel's column scales (INT8: 0)
+  int64_t ng;               // W's groups (-a8 with groups of 32: the last step's second half may be past them)
+  const float* sx;          // -a8: x's block scales, row m's for group g at m * sx_ld + g * sx_gstride
+  int64_t sx_ld, sx_gstride;
+};
+
+template <class VV, bool A8, int C, int A, int B>
+static inline void amx_dp() {
+  if constexpr (A8) VV::template tile_dp_i8<C, A, B>();
+  else VV::template tile_dp<C, A, B>();
+}
+
+// One 32 x 32 block of y over k steps ks0 .. ks1 - 1 (xb: the row block of x; wb: the panel's B
+// tiles from ks0): C tiles 0-3 (rows 0-15 / 16-31 of x times columns 0-15 / 16-31), one group of k
+// steps at a time (Half: one half step), then acc += C * s_g (bf16: the group's scales of the 32
+// columns, st; -a8: those times each row's s_x, and C is s32). Rows of acc are acc_ld apart. RT =
+// 1: the block's first 16 rows only (tiles 0, 1; the rest of x's block is padding).
+template <class VV, int RT, bool A8, bool Half>
+static inline void amx_block(const uint8_t* xb, const uint8_t* wb, int64_t ks0, int64_t ks1, const AmxGeom& g,
+                             const float* st, int64_t m0, float* acc, int64_t acc_ld, float (&cbuf)[4][16][16]) {
   using F = typename VV::F;
-  for (int64_t k0 = ks0; k0 < ks1; k0 += steps_per_group) {
+  const int64_t upg = Half ? 1 : g.steps_per_group;  // units (k steps; Half: half steps) a group
+  const int64_t u0 = Half ? 2 * ks0 : ks0, u1 = Half ? 2 * ks1 : ks1;
+  for (int64_t gu = u0; gu < u1; gu += upg) {
+    const int64_t grp = gu / upg;
+    if (Half && grp >= g.ng) break;  // the second half of the last step, past W's groups
     VV::template tile_zero<0>();
     VV::template tile_zero<1>();
     if constexpr (RT == 2) {
       VV::template tile_zero<2>();
       VV::template tile_zero<3>();
     }
-    const int64_t k1 = std::min(k0 + steps_per_group, ks1);
-    for (int64_t ks = k0; ks < k1; ++ks) {
-      const uint16_t* b = wb + (ks - ks0) * kAmxStep;
+    for (int64_t u = gu; u < std::min(gu + upg, u1); ++u) {
+      const int64_t ks = Half ? u / 2 : u, h = Half ? u % 2 : 0;  // Half: k quads 8h.., bytes 32h.. of a row
+      const uint8_t* b = wb + (ks - ks0) * kAmxStepBytes + h * 512;
       VV::template tile_load<6>(b, 64);
-      VV::template tile_load<7>(b + 512, 64);
-      const uint16_t* x = xb + ks * terms * kAmxStep;
-      for (int t = 0; t < terms; ++t, x += kAmxStep) {
+      VV::template tile_load<7>(b + 1024, 64);
+      const uint8_t* x = xb + ks * g.terms * kAmxStepBytes + h * 32;
+      for (int t = 0; t < g.terms; ++t, x += kAmxStepBytes) {
         VV::template tile_load<4>(x, 64);
-        VV::template tile_dp<0, 4, 6>();
-        VV::template tile_dp<1, 4, 7>();
+        amx_dp<VV, A8, 0, 4, 6>();
+        amx_dp<VV, A8, 1, 4, 7>();
         if constexpr (RT == 2) {
-          VV::template tile_load<5>(x + 512, 64);
-          VV::template tile_dp<2, 5, 6>();
-          VV::template tile_dp<3, 5, 7>();
+          VV::template tile_load<5>(x + 1024, 64);
+          amx_dp<VV, A8, 2, 5, 6>();
+          amx_dp<VV, A8, 3, 5, 7>();
         }
       }
     }
@@ -214,43 +316,64 @@ static inline void amx_block(const uint16_t* xb, const uint16_t* wb, int64_t ks0
       VV::template tile_store<2>(&cbuf[2][0][0], 64);
       VV::template tile_store<3>(&cbuf[3][0][0], 64);
     }
-    const float* s = st + k0 / steps_per_group * st_stride;
+    const float* s = st + grp * g.st_stride;
     const F s0 = VV::load(s), s1 = VV::load(s + 16);
     for (int i = 0; i < RT; ++i)
       for (int r = 0; r < 16; ++r) {
         float* row = acc + (16 * i + r) * acc_ld;
-        VV::store(row, VV::fma(VV::load(cbuf[2 * i][r]), s0, VV::load(row)));
-        VV::store(row + 16, VV::fma(VV::load(cbuf[2 * i + 1][r]), s1, VV::load(row + 16)));
+        if constexpr (A8) {
+          const F sx = VV::set1(g.sx[(m0 + 16 * i + r) * g.sx_ld + grp * g.sx_gstride]);
+          const F c0 = VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(cbuf[2 * i][r])));
+          const F c1 = VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(cbuf[2 * i + 1][r])));
+          VV::store(row, VV::fma(c0, VV::fma(s0, sx, VV::zero()), VV::load(row)));
+          VV::store(row + 16, VV::fma(c1, VV::fma(s1, sx, VV::zero()), VV::load(row + 16)));
+        } else {
+          VV::store(row, VV::fma(VV::load(cbuf[2 * i][r]), s0, VV::load(row)));
+          VV::store(row + 16, VV::fma(VV::load(cbuf[2 * i + 1][r]), s1, VV::load(row + 16)));
+        }
       }
   }
 }
 
-template <class VV>
+// The GEMM: weight-only (A8 false) on tdpbf16ps, or -a8 on tdpbssd.
+template <class VV, bool A8>
 static void amx_prefill(const QmmArgs& a) {
   static_assert(VV::W == 16, "AMX tiles have 16 fp32 columns");
   const int nthreads = threads_for(a);
-  const int terms = amx_terms(a.xdt);
-  const int64_t nks = (a.K + 31) / 32;
-  const int64_t ng = a.bits == 4 ? (a.K + a.group - 1) / a.group : 1;
+  const bool int4 = a.bits == 4;
+  const int64_t kstep = A8 ? 64 : 32;  // codes a k step
+  const int64_t nks = (a.K + kstep - 1) / kstep;
+  const int64_t ng = int4 ? (a.K + a.group - 1) / a.group : 1;
+  const bool half = A8 && int4 && a.group < kstep;  // groups of 32: half a k step
   // A block's scale steps: INT4 a group's k steps, its scales st_stride apart; INT8 one scale per
-  // column, applied at the end of every chunk (stride 0: always "group" 0).
-  const int64_t steps_per_group = a.bits == 4 ? a.group / 32 : kAmxChunk;
-  const int64_t st_stride = a.bits == 4 ? kAmxPanel : 0;
+  // column, applied at the end of every chunk (stride 0: always "group" 0). -a8: x's block scales
+  // likewise (INT4: one a group; INT8: one a row).
+  AmxGeom geo{};
+  geo.terms = A8 ? 1 : amx_terms(a.xdt);
+  geo.steps_per_group = int4 ? std::max<int64_t>(a.group / kstep, 1) : kAmxChunk;
+  geo.st_stride = int4 ? kAmxPanel : 0;
+  geo.ng = ng;
+  geo.sx_ld = ng;
+  geo.sx_gstride = int4 ? 1 : 0;
   const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows;
   const int64_t npanels = (a.N + kAmxPanel - 1) / kAmxPanel;
   // Tasks: a panel and a share of x's row blocks. With few panels each is split by rows (each
   // share packs the panel again) so that every thread gets work: at least 4 tasks a thread.
   const int64_t msplit = std::clamp<int64_t>((4 * int64_t{nthreads} + npanels - 1) / npanels, 1, nmb);
   const int64_t ntasks = npanels * msplit;
-  AlignedVec<uint16_t> X(nmb * nks * terms * kAmxStep);
-  amx_pack_x(a, nks, terms, X.data(), nthreads);
+  AlignedVec<uint8_t> X(nmb * nks * geo.terms * kAmxStepBytes);
+  std::vector<float> sx(A8 ? nmb * kAmxRows * ng : 0, 0.f);
+  std::vector<uint8_t> bad(A8 ? a.M : 0, 0);
+  if constexpr (A8) amx_pack_x_a8(a, nks, int4 ? a.group : a.K, X.data(), sx.data(), bad.data(), nthreads);
+  else amx_pack_x(a, nks, geo.terms, reinterpret_cast<uint16_t*>(X.data()), nthreads);
+  geo.sx = sx.data();
 #pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(nthreads, ntasks)))
   {
-    const AmxTileConfig cfg;
+    const AmxTileConfig cfg(half);
     VV::tile_config(&cfg);
     constexpr int64_t nblocks = kAmxPanel / kAmxCols;
     const int64_t chunk = std::min(kAmxChunk, nks);
-    AlignedVec<uint16_t> Wp(nblocks * chunk * kAmxStep);
+    AlignedVec<uint8_t> Wp(nblocks * chunk * kAmxStepBytes);
     AlignedVec<float> st(ng * kAmxPanel), srow(ng), bias(kAmxPanel, 0.f);
     AlignedVec<float> acc((nmb + msplit - 1) / msplit * kAmxRows * kAmxPanel);  // the task's y in fp32
     alignas(64) float cbuf[4][16][16];
@@ -270,25 +393,33 @@ static void amx_prefill(const QmmArgs& a) {
         for (int64_t t = 0; t < 2 * nblocks; ++t) {  // 16-column tiles: block t / 2, tile t % 2
           const int64_t nt = n0 + 16 * t;
           const int nr = static_cast<int>(std::clamp<int64_t>(a.N - nt, 0, 16));
-          uint16_t* dst = Wp.data() + (t / 2) * chunk * kAmxStep + (t % 2) * 512;
+          uint8_t* dst = Wp.data() + (t / 2) * chunk * kAmxStepBytes + (t % 2) * (kAmxStepBytes / 2);
           if (nr == 0) {
-            for (int64_t ks = ks0; ks < ks1; ++ks) std::memset(dst + (ks - ks0) * kAmxStep, 0, 1024);
-          } else if (a.bits == 4) {
-            amx_pack_int4<VV>(a, nt, nr, ks0, ks1, ng, dst, kAmxStep);
+            for (int64_t ks = ks0; ks < ks1; ++ks) std::memset(dst + (ks - ks0) * kAmxStepBytes, 0, kAmxStepBytes / 2);
+          } else if constexpr (A8) {
+            amx_pack_a8<VV>(a, nt, nr, ks0, ks1, ng, dst, kAmxStepBytes);
+          } else if (int4) {
+            amx_pack_int4<VV>(a, nt, nr, ks0, ks1, ng, reinterpret_cast<uint16_t*>(dst), kAmxStep);
           } else {
-            amx_pack_int8<VV>(a, nt, nr, ks0, ks1, dst, kAmxStep);
+            amx_pack_int8<VV>(a, nt, nr, ks0, ks1, reinterpret_cast<uint16_t*>(dst), kAmxStep);
           }
         }
         for (int64_t mb = mb0; mb < mb1; ++mb) {
-          const uint16_t* xb = X.data() + mb * nks * terms * kAmxStep;
+          const uint8_t* xb = X.data() + mb * nks * geo.terms * kAmxStepBytes;
           for (int64_t b = 0; b * kAmxCols < np; ++b) {
-            const uint16_t* wb = Wp.data() + b * chunk * kAmxStep;
+            const uint8_t* wb = Wp.data() + b * chunk * kAmxStepBytes;
             const float* sb = st.data() + b * kAmxCols;
             float* ab = acc.data() + (mb - mb0) * kAmxRows * kAmxPanel + b * kAmxCols;
-            if (a.M - mb * kAmxRows > 16)
-              amx_block<VV, 2>(xb, wb, ks0, ks1, terms, steps_per_group, sb, st_stride, ab, kAmxPanel, cbuf);
-            else
-              amx_block<VV, 1>(xb, wb, ks0, ks1, terms, steps_per_group, sb, st_stride, ab, kAmxPanel, cbuf);
+            auto run = [&](auto RT, auto Half) {
+              amx_block<VV, decltype(RT)::value, A8, decltype(Half)::value>(xb, wb, ks0, ks1, geo, sb, mb * kAmxRows,
+                                                                            ab, kAmxPanel, cbuf);
+            };
+            auto run_rows = [&](auto Half) {
+              if (a.M - mb * kAmxRows > 16) run(std::integral_constant<int, 2>{}, Half);
+              else run(std::integral_constant<int, 1>{}, Half);
+            };
+            if (A8 && half) run_rows(std::bool_constant<A8>{});
+            else run_rows(std::false_type{});
           }
         }
       }
@@ -296,7 +427,8 @@ static void amx_prefill(const QmmArgs& a) {
         for (int64_t j = 0; j < np; ++j) bias[j] = load_one(a.bias, a.ydt, n0 + j);
       for (int64_t m = mb0 * kAmxRows; m < std::min(mb1 * kAmxRows, a.M); ++m) {
         float* row = acc.data() + (m - mb0 * kAmxRows) * kAmxPanel;
-        if (a.bias)
+        if (A8 && bad[m]) std::fill(row, row + np, NAN);
+        else if (a.bias)
           for (int64_t j = 0; j < np; ++j) row[j] += bias[j];
         store_row(row, a.ydt, np, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }

@@ -116,12 +116,12 @@ struct V {
     return acc;
 #endif
   }
-  // AMX tiles (qmatmul_amx.h), run only where amx() says the CPU has AMX-BF16 and the OS lets
-  // this process use it. Inline assembly, as above (tile numbers as immediates);
+  // AMX tiles (qmatmul_amx.h), run only where amx() says the CPU has AMX-BF16 and AMX-INT8 and the
+  // OS lets this process use them. Inline assembly, as above (tile numbers as immediates);
   // tests/ops/avx512_emu.h puts its stand-ins here through PQ_TILE_EMU.
   static constexpr bool kAmx = true;
 #ifdef PQ_TILE_EMU
-  static void tile_config(const void*) {}
+  static void tile_config(const void* cfg) { PQ_TILE_EMU::config(cfg); }
   template <int T>
   static void tile_load(const void* p, int64_t stride) { PQ_TILE_EMU::load(T, p, stride); }
   template <int T>
@@ -130,6 +130,8 @@ struct V {
   static void tile_zero() { PQ_TILE_EMU::zero(T); }
   template <int C, int A, int B>
   static void tile_dp() { PQ_TILE_EMU::dpbf16(C, A, B); }
+  template <int C, int A, int B>
+  static void tile_dp_i8() { PQ_TILE_EMU::dpbssd(C, A, B); }
   static void tile_release() {}
 #else
   static void tile_config(const void* cfg) { asm volatile("ldtilecfg (%0)" : : "r"(cfg) : "memory"); }
@@ -145,6 +147,8 @@ struct V {
   static void tile_zero() { asm volatile("tilezero %%tmm%c0" : : "i"(T)); }
   template <int C, int A, int B>
   static void tile_dp() { asm volatile("tdpbf16ps %%tmm%c2, %%tmm%c1, %%tmm%c0" : : "i"(C), "i"(A), "i"(B)); }
+  template <int C, int A, int B>  // C (s32) += A (s8) times B (s8): tdpbssd
+  static void tile_dp_i8() { asm volatile("tdpbssd %%tmm%c2, %%tmm%c1, %%tmm%c0" : : "i"(C), "i"(A), "i"(B)); }
   static void tile_release() { asm volatile("tilerelease" : : : "memory"); }
 #endif
 };

@@ -5,6 +5,8 @@
 // Only builds with V::kVnni (V::kBf16Dot) compile them, and they run only where vnni_dot()
 // (bf16_dot()) says the CPU has the instruction; elsewhere the fp32 kernels run (for -a8 on
 // x's q * s, act8_fp32_copy). Both share the layout, the slabs and the driver (prefill_dot).
+// Where the AMX GEMM runs (qmatmul_amx.h, amx()), it takes -a8 past 8 rows and weight-only prefill
+// before these.
 //
 // -a8:
 // y[m, n] = sum_f sw[n,f] sx[m,f] sum_{k in f} w[n,k] q[m,k]
@@ -145,6 +147,20 @@ static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, int64_t n,
   }
 }
 
+// Nibble i of each 32-bit lane's low 16 bits (its high 16 bits 0) to byte i: 4 INT4 codes in k order.
+template <class VV>
+static inline typename VV::I nibble_bytes(typename VV::I v) {
+  v = VV::band(VV::bor(v, VV::template sll<8>(v)), 0x00FF00FFu);
+  return VV::band(VV::bor(v, VV::template sll<4>(v)), 0x0F0F0F0Fu);
+}
+
+// Each byte's code (0..15) minus zb's byte (its zero-point, 0..15) as s8: (code | 128) - z, so that
+// no byte borrows from the next, then the top bit flipped back.
+template <class VV>
+static inline typename VV::I codes_minus_zero(typename VV::I codes, typename VV::I zb) {
+  return VV::flip_bytes(VV::sub32(VV::bor(codes, VV::set1i(static_cast<int32_t>(0x80808080u))), zb));
+}
+
 // W columns at once (rows n..n+W-1 of W), what a8_pack_col does for one: lane l of every vector
 // is row n + l, so each store writes a quad of W columns. The byte sums come from vpdpbusd by
 // ones. The plain loop took longer than the GEMM itself at M < 32 (bench/RESULTS.md).
@@ -159,12 +175,6 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint3
   if (a.bits == 4) {
     const int64_t ng = p.Kq / a.group, row_bytes = p.Kq / 2;
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
-    // nibble i of a lane's low 16 bits to its byte i
-    auto spread = [](I v) {
-      v = VV::band(VV::bor(v, VV::template sll<8>(v)), 0x00FF00FFu);
-      return VV::band(VV::bor(v, VV::template sll<4>(v)), 0x0F0F0F0Fu);
-    };
-    const I high = VV::set1i(static_cast<int32_t>(0x80808080u));
     for (int64_t f = 0; f < p.nf; ++f) {
       for (int l = 0; l < W; ++l) {
         const int32_t z = a.zeros ? a.zeros[(n + l) * ng + f] : 8;
@@ -177,10 +187,10 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint3
         I u[4];  // 8 codes a lane, to two quads
         VV::gather16(q + 2 * kq, row_bytes, u);
         for (int j = 0; j < 4; ++j) {
-          const I lo = spread(VV::band(u[j], 0xFFFFu)), hi = spread(VV::template srl<16>(u[j]));
+          const I lo = nibble_bytes<VV>(VV::band(u[j], 0xFFFFu)), hi = nibble_bytes<VV>(VV::template srl<16>(u[j]));
           sum = VV::dpbusd(VV::dpbusd(sum, lo, ones), hi, ones);
-          store(dst + (kq + 2 * j) * kNR, VV::flip_bytes(VV::sub32(VV::bor(lo, high), zb)));  // code - z in each byte
-          store(dst + (kq + 2 * j + 1) * kNR, VV::flip_bytes(VV::sub32(VV::bor(hi, high), zb)));
+          store(dst + (kq + 2 * j) * kNR, codes_minus_zero<VV>(lo, zb));
+          store(dst + (kq + 2 * j + 1) * kNR, codes_minus_zero<VV>(hi, zb));
         }
       }
       store(cs + f * kNR, VV::template sll<7>(VV::sub32(zc, sum)));  // -128 (sum c - 4 qpf z)

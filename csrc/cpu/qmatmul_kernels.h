@@ -47,7 +47,7 @@
 //              1.09x, 1.24-1.29x and 1.32x the fp32 path at M = 2, 4 and 8, but at M = 1 0.99-1.02x
 //              there and 0.93-0.94x at 1536 x 576 (bench/RESULTS.md, fourteenth session).
 // Prefill (more rows): a blocked GEMM, qmatmul_prefill.h; on AMX tiles, qmatmul_amx.h; -a8:
-// qmatmul_a8.h, qmatmul_dot_prefill.h.
+// qmatmul_a8.h, qmatmul_dot_prefill.h, and past 8 rows on AMX tiles too (amx_a8_rows).
 #pragma once
 #include <omp.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -702,13 +702,14 @@ static bool vnni_a8(const QmmArgs& a) {
   return false;
 }
 
-// Weight-only prefill on AMX tiles, where this build and CPU have them (and the AMX switch is on);
-// false: not run here.
+// Prefill on AMX tiles, where this build and CPU have them (and the AMX switch is on): weight-only
+// on tdpbf16ps, -a8 on tdpbssd; false: not run here.
 template <class VV = V>
 static bool amx_gemm(const QmmArgs& a) {
   if constexpr (VV::kAmx) {
     if (amx()) {
-      amx_prefill<VV>(a);
+      if (a.act_bits == 8) amx_prefill<VV, true>(a);
+      else amx_prefill<VV, false>(a);
       return true;
     }
   }
@@ -748,8 +749,15 @@ static int64_t decode_rows(const QmmArgs& a) {
   return m;
 }
 
+// The most rows of x the -a8 decode kernels keep where the AMX GEMM runs. From memory, AMX against
+// them: at 4096 x 4096 INT4 G = 128 0.95x at 8 rows, 1.08x at 9; INT8 0.92x at 8, 1.07x at 9; at
+// 1536 x 1536 INT4 0.99x at 8, 1.09x at 9, INT8 (whose decode kernel takes 12 rows there) 0.99x at
+// 12, 1.17x at 16; at 576 x 576 0.98-1.00x from 8 to 12 rows (twenty-fifth session).
+static int64_t amx_a8_rows(const QmmArgs& a) { return a.bits == 8 && a.K < 4096 ? a8_int8_max_m(a.K) : 8; }
+
 void qmatmul_run(const QmmArgs& a) {
   if (a.act_bits == 8) {
+    if (a.M > amx_a8_rows(a) && amx_gemm(a)) return;
     if (a.bits == 4 && a.M <= std::min(decode_max_m(a.K), kA8DecodeMaxM)) return decode_int4_a8(a);
     if (vnni_a8(a)) return;
     std::vector<float> xh;

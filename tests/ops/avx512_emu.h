@@ -245,20 +245,41 @@ inline emu_m512 emu_permutexvar_ps(emu_m512i idx, emu_m512 a) {
 #define _mm512_permutexvar_ps emu_permutexvar_ps
 #define PQ_DPBUSD emu_dpbusd_epi32
 
-// AMX's eight tiles (palette 1, each configured 16 rows x 64 bytes by qmatmul_amx.h), one set per
-// thread as the hardware's, and tdpbf16ps as Intel defines it: C[m][n] += A[m][2k] * B[k][2n] and
-// then += A[m][2k + 1] * B[k][2n + 1], bf16 operands widened to fp32, denormal operands as zero.
+// AMX's eight tiles (palette 1, shaped by ldtilecfg's rows and bytes per row), one set per
+// thread as the hardware's; tdpbf16ps as Intel defines it: C[m][n] += A[m][2k] * B[k][2n] and then
+// += A[m][2k + 1] * B[k][2n + 1], bf16 operands widened to fp32, denormal operands as zero; and
+// tdpbssd: C[m][n] (s32) += the four products A[m][4k + e] * B[k][4n + e] (s8). Reads past a
+// tile's configured shape trap.
 struct emu_tiles {
+  struct shape { int rows = 16, colsb = 64; };
+  static shape& cfg(int t) {
+    static thread_local shape s[8];
+    if (t < 0 || t > 7) __builtin_trap();
+    return s[t];
+  }
+  static void config(const void* p) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    if (b[0] != 1) __builtin_trap();  // palette 1
+    for (int t = 0; t < 8; ++t) {
+      uint16_t colsb;
+      std::memcpy(&colsb, b + 16 + 2 * t, 2);
+      cfg(t) = {b[48 + t], colsb};
+      if (b[48 + t] > 16 || colsb > 64) __builtin_trap();
+    }
+  }
   static uint8_t (&tile(int t))[16][64] {
     static thread_local uint8_t tiles[8][16][64];
     if (t < 0 || t > 7) __builtin_trap();
     return tiles[t];
   }
   static void load(int t, const void* p, int64_t stride) {
-    for (int r = 0; r < 16; ++r) std::memcpy(tile(t)[r], static_cast<const uint8_t*>(p) + r * stride, 64);
+    std::memset(tile(t), 0, sizeof(tile(t)));
+    for (int r = 0; r < cfg(t).rows; ++r)
+      std::memcpy(tile(t)[r], static_cast<const uint8_t*>(p) + r * stride, cfg(t).colsb);
   }
   static void store(int t, void* p, int64_t stride) {
-    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, tile(t)[r], 64);
+    for (int r = 0; r < cfg(t).rows; ++r)
+      std::memcpy(static_cast<uint8_t*>(p) + r * stride, tile(t)[r], cfg(t).colsb);
   }
   static void zero(int t) { std::memset(tile(t), 0, sizeof(tile(t))); }
   static float bf16(const uint8_t* p) {
@@ -270,13 +291,30 @@ struct emu_tiles {
     std::memcpy(&f, &u, 4);
     return f;
   }
+  // the shapes must agree: A rows = C rows, A's k (colsb / 4 lanes) = B rows, B colsb = C colsb
+  static void check(int c, int a, int b) {
+    if (cfg(a).rows != cfg(c).rows || cfg(a).colsb / 4 != cfg(b).rows || cfg(b).colsb != cfg(c).colsb) __builtin_trap();
+  }
   static void dpbf16(int c, int a, int b) {
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 16; ++n) {
+    check(c, a, b);
+    for (int m = 0; m < cfg(c).rows; ++m)
+      for (int n = 0; n < cfg(c).colsb / 4; ++n) {
         float acc;
         std::memcpy(&acc, &tile(c)[m][4 * n], 4);
-        for (int k = 0; k < 16; ++k)
+        for (int k = 0; k < cfg(b).rows; ++k)
           for (int e = 0; e < 2; ++e) acc += bf16(&tile(a)[m][4 * k + 2 * e]) * bf16(&tile(b)[k][4 * n + 2 * e]);
+        std::memcpy(&tile(c)[m][4 * n], &acc, 4);
+      }
+  }
+  static void dpbssd(int c, int a, int b) {
+    check(c, a, b);
+    for (int m = 0; m < cfg(c).rows; ++m)
+      for (int n = 0; n < cfg(c).colsb / 4; ++n) {
+        int32_t acc;
+        std::memcpy(&acc, &tile(c)[m][4 * n], 4);
+        for (int k = 0; k < cfg(b).rows; ++k)
+          for (int e = 0; e < 4; ++e)
+            acc += int32_t{static_cast<int8_t>(tile(a)[m][4 * k + e])} * static_cast<int8_t>(tile(b)[k][4 * n + e]);
         std::memcpy(&tile(c)[m][4 * n], &acc, 4);
       }
   }

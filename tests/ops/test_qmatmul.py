@@ -248,7 +248,7 @@ def _cpu_switch(switch: str, what: str):
 cpu_codes = _cpu_switch("codes", "how the CPU decode kernels read weight codes (convert | subnormal)")
 cpu_bf16_dot = _cpu_switch("bf16_dot", "whether INT4 decode takes bf16 x through AVX512-BF16 dot products")
 cpu_bf16_gemm = _cpu_switch("bf16_gemm", "whether the prefill GEMM takes bf16 x through those dot products")
-cpu_amx = _cpu_switch("amx", "whether the weight-only prefill GEMM runs on AMX tiles")
+cpu_amx = _cpu_switch("amx", "whether the prefill GEMMs (weight-only and -a8) run on AMX tiles")
 cpu_vnni = _cpu_switch("vnni", "whether the -a8 INT4 decode tile sums through AVX512-VNNI's vpdpbusd")
 
 
@@ -378,13 +378,50 @@ def test_cpu_amx(cpu_amx, spec):
 
 
 @needs_cpu
+@pytest.mark.parametrize("spec", A8_SPECS)
+def test_cpu_amx_a8(cpu_amx, spec):
+    """-a8 past the decode kernels' rows on AMX-INT8 tiles where this CPU has them (code - z or the
+    int8 code times x's int8 codes, s32 sums per group, groups of 32 as half tiles) and without:
+    against float64 on quantize_activations(x) at every shape past 8 rows plus four more (K up to
+    8192, ragged groups, last row blocks of 1 to 32 rows), activations from 1e-3 to 1e3, strided
+    x, and a NaN or an inf making its own row NaN and no other. INT4's s32 sums and scale products
+    are the VNNI GEMM's, added in the same order: the same bits wherever that GEMM runs."""
+    _C = _native.native()
+    shapes = [s for s in SHAPES if s[0] > 8] + [(33, 70, 200), (48, 33, 4096), (17, 33, 96), (40, 20, 8192)]
+    modes = _modes(cpu_amx, "AMX-INT8")
+    ys = {}
+    for mode in modes:
+        cpu_amx(mode)
+        for i, (m, n, k) in enumerate(shapes):
+            qw, w64 = _weight(spec, n, k, seed=i)
+            dtype = DTYPES[i % len(DTYPES)]
+            x = randn(m, k, dtype=dtype, seed=800 + i) * 10.0 ** (i % 7 - 3)
+            b = randn(n, dtype=dtype, seed=900 + i) if i % 2 else None
+            ys[mode, i] = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
+            assert_matmul_close(ys[mode, i], quantize_activations(x, qw.spec.act_block(k)), w64, b, out_dtype=dtype,
+                                what=f"amx {mode} {spec} {m}x{n}x{k} {dtype}")
+        qw, w64 = _weight(spec, 19, 600, seed=3)
+        x = randn(30, 610, seed=4)[:, 5:605]
+        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), quantize_activations(x, qw.spec.act_block(600)), w64,
+                            what=f"amx {mode} {spec} strided")
+        x = randn(40, 600, seed=5)
+        x[0, 17], x[1, 3] = float("nan"), float("inf")
+        y = pq.ops.qmatmul(x, qw, backend="cpu")
+        assert torch.isnan(y[:2]).all() and torch.isfinite(y[2:]).all(), f"amx {mode} {spec} non-finite rows"
+    if "on" in modes and qw.spec.bits == 4 and _C.cpu_vnni() == "on":
+        for i, (m, n, k) in enumerate(shapes):
+            if m > (16 if k >= 1024 else 8):  # past the INT4 decode tile: the VNNI GEMM
+                assert torch.equal(ys["on", i], ys["off", i]), f"{spec} {m}x{n}x{k}"
+
+
+@needs_cpu
 def test_cpu_amx_default():
-    """AMX is on by default where the CPU reports AMX-BF16 and AMX-TILE (and the OS grants the tile
-    state), and off, refusing "on", where it does not."""
+    """AMX is on by default where the CPU reports AMX-BF16, AMX-INT8 and AMX-TILE (and the OS grants
+    the tile state), and off, refusing "on", where it does not."""
     _C = _native.native()
     with open("/proc/cpuinfo") as f:
         flags = f.read()
-    if not ("amx_bf16" in flags and "amx_tile" in flags) or _C.cpu_isa() != "avx512":
+    if not all(f in flags for f in ("amx_bf16", "amx_tile", "amx_int8")) or _C.cpu_isa() != "avx512":
         assert _C.cpu_amx() == "off"
         with pytest.raises(ValueError, match="AMX-BF16"):
             _C.set_cpu_amx("on")

@@ -7,7 +7,8 @@ vector traits and the shared kernels at 16 lanes (blocks of 128 INT4 codes, per-
 groups of 32 and 64, 32-wide prefill panels) are checked against float64 like the other ISAs.
 The same shapes and specs as tests/ops/test_qmatmul.py, every way of reading codes: convert,
 subnormal, and bf16 dot products (INT4 with bf16 x; vdpbf16ps written lane by lane); and the
--a8 specs (x quantized to int8; vpmaddubsw, vpmaddwd and vpdpbusd written lane by lane).
+-a8 specs (x quantized to int8; vpmaddubsw, vpmaddwd and vpdpbusd written lane by lane); AMX's
+tiles element by element (tdpbf16ps, tdpbssd) for the prefill GEMMs.
 """
 import ctypes
 import os
@@ -109,12 +110,15 @@ def test_avx512_kernels_emulated(emu, spec, codes):
                             what=f"avx512 (emulated) {codes} {spec} M={m} N={n} K={k} {dtype} bias={bias}")
 
 
-@pytest.mark.parametrize("vnni", [False, True], ids=["maddubs", "vnni"])
+@pytest.mark.parametrize("sums", ["maddubs", "vnni", "amx"])
 @pytest.mark.parametrize("spec", A8_SPECS)
-def test_avx512_a8_emulated(emu, spec, vnni):
+def test_avx512_a8_emulated(emu, spec, sums):
     """-a8 at 16 lanes: the integer tile's 128-code blocks (per-lane scales for groups of 32 and
     64, a last block past the row's end) and the fp32-copy paths, against the float64 definition;
-    the tile's sums through vpmaddubsw + vpmaddwd, or through vpdpbusd (vnni)."""
+    the tile's sums through vpmaddubsw + vpmaddwd, or through vpdpbusd (vnni); amx: past 8 rows
+    (12 for INT8 at K < 4096) the GEMM on AMX tiles, tdpbssd written element by element (groups
+    of 32 on half tiles, whose configured shape the stand-in enforces)."""
+    vnni = sums != "maddubs"
     s = A8_SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):
         dtype = DTYPES[(i + s) % len(DTYPES)]
@@ -122,7 +126,7 @@ def test_avx512_a8_emulated(emu, spec, vnni):
         qw = quantize_weight(randn(n, k, seed=i), spec)
         x = randn(m, k, dtype=dtype, seed=5000 + 10 * i + s)
         b = randn(n, dtype=dtype, seed=6000 + i) if bias else None
-        y = _call(emu, x, qw, b, True, vnni=vnni)
+        y = _call(emu, x, qw, b, True, vnni=vnni, amx=sums == "amx")
         xe = quantize_activations(x, qw.spec.act_block(k))
         assert_matmul_close(y, xe, qw.dequantize(torch.float64), b, out_dtype=dtype,
                             what=f"avx512 (emulated) {spec} M={m} N={n} K={k} {dtype} bias={bias}")

@@ -40,13 +40,16 @@ const char* cpu_bf16_gemm();
 // "off" or "auto" (this CPU's default). Results differ by rounding only.
 Status set_cpu_bf16_gemm(const char* mode);
 
-// Whether the weight-only prefill GEMM (more rows than the decode kernels take) runs on AMX tiles
-// (AMX-BF16's tdpbf16ps): W's codes as exact bf16 integers, x as one (bf16), two (fp16) or three
-// (fp32) bf16 terms that sum to it exactly, products summed in fp32 per group: "on" or "off".
+// Whether the prefill GEMMs (more rows than the decode kernels take) run on AMX tiles: weight-only
+// on AMX-BF16's tdpbf16ps (W's codes as exact bf16 integers, x as one (bf16), two (fp16) or three
+// (fp32) bf16 terms that sum to it exactly, products summed in fp32 per group), and -a8 past 8 rows
+// (12 for INT8 at 1024 <= K < 4096) on AMX-INT8's tdpbssd (W's codes and x's as s8, exact s32 sums
+// per group): "on" or "off".
 const char* cpu_amx();
 // Sets it for the whole process: "on" (kUnsupported where the AVX-512 kernels are not in use, the
-// CPU lacks AMX-BF16 or the OS refuses the tile state), "off" or "auto" (on where available, the
-// default). Results differ by rounding only.
+// CPU lacks AMX-BF16 or AMX-INT8, or the OS refuses the tile state), "off" or "auto" (on where
+// available, the default). Results differ by rounding only (INT4 -a8: not at all where the VNNI
+// GEMM would run instead).
 Status set_cpu_amx(const char* mode);
 
 // Whether the CPU kernels use AVX512-VNNI's vpdpbusd (four u8 x s8 products into an s32 lane) for
