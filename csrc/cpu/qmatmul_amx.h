@@ -1,8 +1,8 @@
-// qmatmul prefill on AMX tiles (tdpbf16ps: 16 x 16 fp32 += 16 x 32 bf16 times 32 x 16 bf16), where
-// the traits have kAmx and the CPU has AMX-BF16 (amx(); PYQUANT_AMX=0 turns it off). Included by
-// qmatmul_kernels.h inside the ISA namespace (it uses that file's helpers and V; the tile
-// operations are V's: tile_config, tile_load<T>, tile_store<T>, tile_zero<T>, tile_dp<C, A, B>,
-// tile_release).
+// qmatmul prefill on AMX tiles (tdpbf16ps: 16 x 16 fp32 += 16 x 32 bf16 times 32 x 16 bf16; -a8:
+// tdpbssd, below), where the traits have kAmx and the CPU has AMX-BF16 and AMX-INT8 (amx();
+// PYQUANT_AMX=0 turns it off). Included by qmatmul_kernels.h inside the ISA namespace (it uses that
+// file's helpers and V; the tile operations are V's: tile_config, tile_load<T>, tile_store<T>,
+// tile_zero<T>, tile_dp<C, A, B>, tile_dp_i8<C, A, B>, tile_release).
 //
 // Exact operands, so the result is the fp32 GEMM's up to the order of fp32 additions:
 //   W: code - z (INT4, |.| <= 15) or q (INT8, |q| <= 127): small integers, exact in bf16.
@@ -11,23 +11,28 @@
 //      each: 8 + 8 + 8 = fp32's 24). A term below fp32's smallest normal reads as zero (AMX treats
 //      denormal inputs as zero), an error under 2^-126 per element.
 // Each product is exact in fp32 and the tile sums them in fp32, one group at a time; then
-// y += P_g * s_g for every group (as the decode kernels and the fp32 GEMM apply scales).
+// y += P_g * s_g for every group (as the decode kernels and the fp32 GEMM apply scales). INT8 has
+// one scale a column: its sums go on in fp32 through all of K and are scaled once.
 //
 // Layout: x is packed once per call, bf16 terms in blocks of 32 rows x 32 k (two A tiles, 64-byte
 // rows), [row block][k step][term]. A task (one thread's) takes a panel of kAmxPanel columns of W
 // and a share of x's row blocks and, a chunk of kAmxChunk k steps at a time (so that the chunk
 // and a row block of x stay in L2), dequantizes the panel into B tiles ([32-column block][k step]
 // [2 tiles][16 k pairs][16 columns][2]: a k pair of one column is one 32-bit lane) and runs its
-// row blocks against it, adding into its share of y in fp32. One 32 x 32 block of y uses all 8
-// tiles: 4 C (fp32), 2 A (x), 2 B (W); a k step loads B once and A once per term; a last row
-// block of 16 rows or fewer uses 2 C, 1 A.
+// row blocks against it, adding into its share of y in fp32: per row block, one group at a time
+// (INT8: kAmxKeepSteps steps) across the panel's 4 column blocks, so that the group's x tiles stay
+// in L1 for the 4 blocks and the row block's y (16 KiB) stays there throughout (at M = 512,
+// 4096 x 4096: -a8 INT4 G = 128 8.8 -> 7.2-7.9 ms, INT8 6.0 -> 5.4 ms; twenty-fifth session). One
+// 32 x 32 block of y uses all 8 tiles: 4 C (fp32), 2 A (x), 2 B (W); a k step loads B once and A
+// once per term; a last row block of 16 rows or fewer uses 2 C, 1 A.
 //
 // -a8 (x quantized to int8 per row and block as act8_row does it, qmatmul_a8.h) runs on AMX-INT8's
 // tdpbssd (16 x 16 s32 += 16 x 64 s8 times 64 x 16 s8): W's codes as s8, code - z (INT4) or q
 // (INT8), and x's int8 codes, one term. A k step is then 64 codes (4 to a 32-bit lane) where bf16
 // has 32 (2), so a step is the same 2048 bytes of A tiles per 32 rows and of B tiles per 32
-// columns, in the same layout. The s32 sums are exact; each group (INT8: each chunk) adds
-// float(C) * (s_w * s_x) to y, as the VNNI GEMM does (qmatmul_dot_prefill.h). A group of 32 codes
+// columns, in the same layout. The s32 sums are exact; each INT4 group adds float(C) * (s_w * s_x)
+// to y, as the VNNI GEMM does (qmatmul_dot_prefill.h), and INT8's s32 sums run through all of K
+// (|sum| <= 127 * 127 * K < 2^31 for K < 133000), converted and scaled once. A group of 32 codes
 // is half a step: the A tiles are configured 32 bytes wide and the B tiles 8 rows high, and each
 // half of a step runs as a group of its own.
 #pragma once
@@ -37,6 +42,9 @@ constexpr int64_t kAmxCols = 32;    // columns of y per block (2 B tiles)
 constexpr int64_t kAmxPanel = 128;  // columns of W one thread packs at a time
 constexpr int64_t kAmxStepBytes = 2048;  // a block's k step: 2 tiles of 16 rows x 64 bytes
 constexpr int64_t kAmxStep = kAmxStepBytes / 2;  // the same as bf16 values (32 k x 32 rows or columns)
+// INT8: k steps between C's trips to acc (x's tiles stay in L1 meanwhile). At M = 512, 4096 x 4096
+// -a8: 5.4 ms with 4, 5.5 with 8, 6.2 with 16, 6.4 with 2 (twenty-fifth session).
+constexpr int64_t kAmxKeepSteps = 4;
 constexpr int64_t kAmxChunk = 64;  // k steps (2048 k for bf16, 4096 for int8; whole groups) packed and run at a time
 
 // ldtilecfg's 64 bytes, palette 1: 8 tiles of 16 rows x 64 bytes; half: the A tiles (4, 5) 32
@@ -260,8 +268,8 @@ static void amx_pack_a8(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int64
 // A block's k-step geometry and scale layout.
 struct AmxGeom {
   int terms;                // x's terms a k step (bf16: 1 to 3; -a8: 1)
-  int64_t steps_per_group;  // k steps a scale group spans (INT8: kAmxChunk, one scale a column)
-  int64_t st_stride;        // between groups in the panel's column scales (INT8: 0)
+  int64_t steps_per_group;  // k steps a scale group spans (INT8: kAmxKeepSteps, see Keep)
+  int64_t st_stride;        // between groups in the panel's column scales
   int64_t ng;               // W's groups (-a8 with groups of 32: the last step's second half may be past them)
   const float* sx;          // -a8: x's block scales, row m's for group g at m * sx_ld + g * sx_gstride
   int64_t sx_ld, sx_gstride;
@@ -273,66 +281,81 @@ static inline void amx_dp() {
   else VV::template tile_dp<C, A, B>();
 }
 
-// One 32 x 32 block of y over k steps ks0 .. ks1 - 1 (xb: the row block of x; wb: the panel's B
-// tiles from ks0): C tiles 0-3 (rows 0-15 / 16-31 of x times columns 0-15 / 16-31), one group of k
-// steps at a time (Half: one half step), then acc += C * s_g (bf16: the group's scales of the 32
-// columns, st; -a8: those times each row's s_x, and C is s32). Rows of acc are acc_ld apart. RT =
-// 1: the block's first 16 rows only (tiles 0, 1; the rest of x's block is padding).
-template <class VV, int RT, bool A8, bool Half>
-static inline void amx_block(const uint8_t* xb, const uint8_t* wb, int64_t ks0, int64_t ks1, const AmxGeom& g,
-                             const float* st, int64_t m0, float* acc, int64_t acc_ld, float (&cbuf)[4][16][16]) {
+// One group of one 32 x 32 block of y: units u0 .. u1 - 1 (k steps; Half: half steps) of scale group
+// grp, xb the row block of x, wb the column block's B tiles from step ks0. C tiles 0-3 (rows 0-15
+// / 16-31 of x times columns 0-15 / 16-31) sum the group, then acc += C * s (bf16: the group's
+// scales of the 32 columns, st; -a8: those times each row's s_x, and C is s32). Keep (INT8): C
+// starts from acc and goes back there unscaled (fp32, or -a8 s32); the scales come at the end.
+// Rows of acc are acc_ld apart. RT = 1: the block's first 16 rows only (tiles 0, 1; the rest of
+// x's block is padding).
+template <class VV, int RT, bool A8, bool Half, bool Keep>
+static inline void amx_group(const uint8_t* xb, const uint8_t* wb, int64_t ks0, int64_t u0, int64_t u1, int64_t grp,
+                             const AmxGeom& g, const float* st, int64_t m0, float* acc, int64_t acc_ld,
+                             float (&cbuf)[4][16][16]) {
   using F = typename VV::F;
-  const int64_t upg = Half ? 1 : g.steps_per_group;  // units (k steps; Half: half steps) a group
-  const int64_t u0 = Half ? 2 * ks0 : ks0, u1 = Half ? 2 * ks1 : ks1;
-  for (int64_t gu = u0; gu < u1; gu += upg) {
-    const int64_t grp = gu / upg;
-    if (Half && grp >= g.ng) break;  // the second half of the last step, past W's groups
+  if constexpr (Keep) {  // INT8: C goes on from acc (fp32, or -a8 s32), scaled once at the end
+    VV::template tile_load<0>(acc, acc_ld * 4);
+    VV::template tile_load<1>(acc + 16, acc_ld * 4);
+    if constexpr (RT == 2) {
+      VV::template tile_load<2>(acc + 16 * acc_ld, acc_ld * 4);
+      VV::template tile_load<3>(acc + 16 * acc_ld + 16, acc_ld * 4);
+    }
+  } else {
     VV::template tile_zero<0>();
     VV::template tile_zero<1>();
     if constexpr (RT == 2) {
       VV::template tile_zero<2>();
       VV::template tile_zero<3>();
     }
-    for (int64_t u = gu; u < std::min(gu + upg, u1); ++u) {
-      const int64_t ks = Half ? u / 2 : u, h = Half ? u % 2 : 0;  // Half: k quads 8h.., bytes 32h.. of a row
-      const uint8_t* b = wb + (ks - ks0) * kAmxStepBytes + h * 512;
-      VV::template tile_load<6>(b, 64);
-      VV::template tile_load<7>(b + 1024, 64);
-      const uint8_t* x = xb + ks * g.terms * kAmxStepBytes + h * 32;
-      for (int t = 0; t < g.terms; ++t, x += kAmxStepBytes) {
-        VV::template tile_load<4>(x, 64);
-        amx_dp<VV, A8, 0, 4, 6>();
-        amx_dp<VV, A8, 1, 4, 7>();
-        if constexpr (RT == 2) {
-          VV::template tile_load<5>(x + 1024, 64);
-          amx_dp<VV, A8, 2, 5, 6>();
-          amx_dp<VV, A8, 3, 5, 7>();
-        }
-      }
-    }
-    VV::template tile_store<0>(&cbuf[0][0][0], 64);
-    VV::template tile_store<1>(&cbuf[1][0][0], 64);
-    if constexpr (RT == 2) {
-      VV::template tile_store<2>(&cbuf[2][0][0], 64);
-      VV::template tile_store<3>(&cbuf[3][0][0], 64);
-    }
-    const float* s = st + grp * g.st_stride;
-    const F s0 = VV::load(s), s1 = VV::load(s + 16);
-    for (int i = 0; i < RT; ++i)
-      for (int r = 0; r < 16; ++r) {
-        float* row = acc + (16 * i + r) * acc_ld;
-        if constexpr (A8) {
-          const F sx = VV::set1(g.sx[(m0 + 16 * i + r) * g.sx_ld + grp * g.sx_gstride]);
-          const F c0 = VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(cbuf[2 * i][r])));
-          const F c1 = VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(cbuf[2 * i + 1][r])));
-          VV::store(row, VV::fma(c0, VV::fma(s0, sx, VV::zero()), VV::load(row)));
-          VV::store(row + 16, VV::fma(c1, VV::fma(s1, sx, VV::zero()), VV::load(row + 16)));
-        } else {
-          VV::store(row, VV::fma(VV::load(cbuf[2 * i][r]), s0, VV::load(row)));
-          VV::store(row + 16, VV::fma(VV::load(cbuf[2 * i + 1][r]), s1, VV::load(row + 16)));
-        }
-      }
   }
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t ks = Half ? u / 2 : u, h = Half ? u % 2 : 0;  // Half: k quads 8h.., bytes 32h.. of a row
+    const uint8_t* b = wb + (ks - ks0) * kAmxStepBytes + h * 512;
+    VV::template tile_load<6>(b, 64);
+    VV::template tile_load<7>(b + 1024, 64);
+    const uint8_t* x = xb + ks * g.terms * kAmxStepBytes + h * 32;
+    for (int t = 0; t < g.terms; ++t, x += kAmxStepBytes) {
+      VV::template tile_load<4>(x, 64);
+      amx_dp<VV, A8, 0, 4, 6>();
+      amx_dp<VV, A8, 1, 4, 7>();
+      if constexpr (RT == 2) {
+        VV::template tile_load<5>(x + 1024, 64);
+        amx_dp<VV, A8, 2, 5, 6>();
+        amx_dp<VV, A8, 3, 5, 7>();
+      }
+    }
+  }
+  if constexpr (Keep) {
+    VV::template tile_store<0>(acc, acc_ld * 4);
+    VV::template tile_store<1>(acc + 16, acc_ld * 4);
+    if constexpr (RT == 2) {
+      VV::template tile_store<2>(acc + 16 * acc_ld, acc_ld * 4);
+      VV::template tile_store<3>(acc + 16 * acc_ld + 16, acc_ld * 4);
+    }
+    return;
+  }
+  VV::template tile_store<0>(&cbuf[0][0][0], 64);
+  VV::template tile_store<1>(&cbuf[1][0][0], 64);
+  if constexpr (RT == 2) {
+    VV::template tile_store<2>(&cbuf[2][0][0], 64);
+    VV::template tile_store<3>(&cbuf[3][0][0], 64);
+  }
+  const float* s = st + grp * g.st_stride;
+  const F s0 = VV::load(s), s1 = VV::load(s + 16);
+  for (int i = 0; i < RT; ++i)
+    for (int r = 0; r < 16; ++r) {
+      float* row = acc + (16 * i + r) * acc_ld;
+      if constexpr (A8) {
+        const F sx = VV::set1(g.sx[(m0 + 16 * i + r) * g.sx_ld + grp * g.sx_gstride]);
+        const F c0 = VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(cbuf[2 * i][r])));
+        const F c1 = VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(cbuf[2 * i + 1][r])));
+        VV::store(row, VV::fma(c0, VV::fma(s0, sx, VV::zero()), VV::load(row)));
+        VV::store(row + 16, VV::fma(c1, VV::fma(s1, sx, VV::zero()), VV::load(row + 16)));
+      } else {
+        VV::store(row, VV::fma(VV::load(cbuf[2 * i][r]), s0, VV::load(row)));
+        VV::store(row + 16, VV::fma(VV::load(cbuf[2 * i + 1][r]), s1, VV::load(row + 16)));
+      }
+    }
 }
 
 // The GEMM: weight-only (A8 false) on tdpbf16ps, or -a8 on tdpbssd.
@@ -350,7 +373,7 @@ static void amx_prefill(const QmmArgs& a) {
   // likewise (INT4: one a group; INT8: one a row).
   AmxGeom geo{};
   geo.terms = A8 ? 1 : amx_terms(a.xdt);
-  geo.steps_per_group = int4 ? std::max<int64_t>(a.group / kstep, 1) : kAmxChunk;
+  geo.steps_per_group = int4 ? std::max<int64_t>(a.group / kstep, 1) : kAmxKeepSteps;
   geo.st_stride = int4 ? kAmxPanel : 0;
   geo.ng = ng;
   geo.sx_ld = ng;
@@ -404,24 +427,44 @@ static void amx_prefill(const QmmArgs& a) {
             amx_pack_int8<VV>(a, nt, nr, ks0, ks1, reinterpret_cast<uint16_t*>(dst), kAmxStep);
           }
         }
+        // Per row block, a group at a time across the panel's column blocks: the group's x tiles
+        // stay in L1 for the 4 blocks, and the row block's y (16 KiB) there throughout.
         for (int64_t mb = mb0; mb < mb1; ++mb) {
           const uint8_t* xb = X.data() + mb * nks * geo.terms * kAmxStepBytes;
-          for (int64_t b = 0; b * kAmxCols < np; ++b) {
-            const uint8_t* wb = Wp.data() + b * chunk * kAmxStepBytes;
-            const float* sb = st.data() + b * kAmxCols;
-            float* ab = acc.data() + (mb - mb0) * kAmxRows * kAmxPanel + b * kAmxCols;
-            auto run = [&](auto RT, auto Half) {
-              amx_block<VV, decltype(RT)::value, A8, decltype(Half)::value>(xb, wb, ks0, ks1, geo, sb, mb * kAmxRows,
-                                                                            ab, kAmxPanel, cbuf);
-            };
-            auto run_rows = [&](auto Half) {
-              if (a.M - mb * kAmxRows > 16) run(std::integral_constant<int, 2>{}, Half);
-              else run(std::integral_constant<int, 1>{}, Half);
-            };
-            if (A8 && half) run_rows(std::bool_constant<A8>{});
-            else run_rows(std::false_type{});
-          }
+          float* am = acc.data() + (mb - mb0) * kAmxRows * kAmxPanel;
+          auto run = [&](auto RT, auto Half, auto Keep) {
+            constexpr int rt = decltype(RT)::value;
+            constexpr bool hf = decltype(Half)::value;
+            const int64_t upg = hf ? 1 : geo.steps_per_group;  // units (k steps; Half: half steps) a group
+            const int64_t u0 = hf ? 2 * ks0 : ks0, u1 = hf ? 2 * ks1 : ks1;
+            for (int64_t gu = u0; gu < u1; gu += upg) {
+              const int64_t grp = gu / upg, ge = std::min(gu + upg, u1);
+              if (hf && grp >= ng) break;  // the second half of the last step, past W's groups
+              for (int64_t b = 0; b * kAmxCols < np; ++b)
+                amx_group<VV, rt, A8, hf, decltype(Keep)::value>(xb, Wp.data() + b * chunk * kAmxStepBytes, ks0, gu, ge, grp, geo,
+                                          st.data() + b * kAmxCols, mb * kAmxRows, am + b * kAmxCols, kAmxPanel, cbuf);
+            }
+          };
+          auto run_rows = [&](auto Half, auto Keep) {
+            if (a.M - mb * kAmxRows > 16) run(std::integral_constant<int, 2>{}, Half, Keep);
+            else run(std::integral_constant<int, 1>{}, Half, Keep);
+          };
+          if (!int4) run_rows(std::false_type{}, std::true_type{});
+          else if (A8 && half) run_rows(std::bool_constant<A8>{}, std::false_type{});
+          else run_rows(std::false_type{}, std::false_type{});
         }
+      }
+      if (!int4) {  // INT8: acc holds the whole sums (-a8: s32); y = acc * s_w (* s_x)
+        for (int64_t m = mb0 * kAmxRows; m < std::min(mb1 * kAmxRows, a.M); ++m)
+          for (int64_t j = 0; j < kAmxPanel; j += 16) {
+            float* row = acc.data() + (m - mb0 * kAmxRows) * kAmxPanel + j;
+            const auto s = VV::load(st.data() + j);
+            if constexpr (A8)
+              VV::store(row, VV::fma(VV::cvt(VV::loadi(reinterpret_cast<const uint8_t*>(row))),
+                                     VV::fma(s, VV::set1(sx[m]), VV::zero()), VV::zero()));
+            else
+              VV::store(row, VV::fma(VV::load(row), s, VV::zero()));
+          }
       }
       if (a.bias)
         for (int64_t j = 0; j < np; ++j) bias[j] = load_one(a.bias, a.ydt, n0 + j);

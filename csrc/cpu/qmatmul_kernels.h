@@ -707,7 +707,8 @@ static bool vnni_a8(const QmmArgs& a) {
 template <class VV = V>
 static bool amx_gemm(const QmmArgs& a) {
   if constexpr (VV::kAmx) {
-    if (amx()) {
+    // -a8 INT8 sums all of K in s32: |sum| <= 127 * 127 * K < 2^31 needs K < 133000
+    if (amx() && !(a.act_bits == 8 && a.bits == 8 && a.K >= (int64_t{1} << 17))) {
       if (a.act_bits == 8) amx_prefill<VV, true>(a);
       else amx_prefill<VV, false>(a);
       return true;

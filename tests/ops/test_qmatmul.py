@@ -408,6 +408,11 @@ def test_cpu_amx_a8(cpu_amx, spec):
         x[0, 17], x[1, 3] = float("nan"), float("inf")
         y = pq.ops.qmatmul(x, qw, backend="cpu")
         assert torch.isnan(y[:2]).all() and torch.isfinite(y[2:]).all(), f"amx {mode} {spec} non-finite rows"
+        if qw.spec.bits == 8:  # every code 127 and K past what whole-K s32 sums hold (AMX hands it on)
+            qw = quantize_weight(torch.ones(3, 140000), spec)
+            x = torch.ones(40, 140000)
+            assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), quantize_activations(x, qw.spec.act_block(140000)),
+                                qw.dequantize(torch.float64), what=f"amx {mode} {spec} K=140000")
     if "on" in modes and qw.spec.bits == 4 and _C.cpu_vnni() == "on":
         for i, (m, n, k) in enumerate(shapes):
             if m > (16 if k >= 1024 else 8):  # past the INT4 decode tile: the VNNI GEMM
