@@ -3,8 +3,10 @@
 With VNNI the CPU kernels multiply weight codes by int8 activations with vpdpbusd: the INT4 decode
 tile (M <= 8, or <= 16 at K >= 1024; the same bits either way), the INT8 decode tile (M <= 8, 12 at
 K >= 1024, 24 at K >= 4096) and, for more rows, an integer GEMM for INT4 and INT8 weights
-(csrc/cpu/qmatmul_dot_prefill.h), where the fallback runs the fp32 kernels on x's q * s. Each row
-times both ways interleaved (one sweep over the layers each per round, medians), so the ratio
+(csrc/cpu/qmatmul_dot_prefill.h), where the fallback runs the fp32 kernels on x's q * s. Both run
+with AMX off; on a CPU with AMX-INT8 a third column times the default, which takes -a8 past 8
+rows (12 for INT8 at 1024 <= K < 4096, 56 for groups of 32) to AMX tiles (csrc/cpu/qmatmul_amx.h).
+Each row times the ways interleaved (one sweep over the layers each per round, medians), so the ratio
 survives a noisy machine; --layers distinct weights rotate so that at decode sizes they come from
 memory. Needs a CPU with AVX512-VNNI (exits 2 elsewhere).
 
@@ -35,12 +37,21 @@ def run(args) -> dict:
         for m in (int(v) for v in args.m.split(",")):
             x = torch.randn(m, k, generator=gen)
             call = lambda i, x=x: pq.ops.qmatmul(x, qws[i], backend="cpu")  # noqa: E731
-            res = interleaved_medians({"vnni": call, "no vnni": with_switch("vnni", "off", call)}, args.layers,
-                                      rounds=args.rounds, warmup=1)
+            base = with_switch("amx", "off", call) if args.amx else call
+            cands = {"vnni": base, "no vnni": with_switch("vnni", "off", base)}
+            if args.amx:
+                cands["default"] = call
+            res = interleaved_medians(cands, args.layers, rounds=args.rounds, warmup=1)
             on, off = res["vnni"]["median_s"], res["no vnni"]["median_s"]
-            rows.append({"spec": spec, "shape": f"M={m} {n}x{k}", "m": m, "vnni_us": on * 1e6, "no_vnni_us": off * 1e6,
-                         "speedup": off / on, "vnni_gmacs": m * n * k / on / 1e9})
-            print(f"{spec} M={m}: {on * 1e6:.0f} us with VNNI, {off * 1e6:.0f} us without, {off / on:.2f}x", flush=True)
+            row = {"spec": spec, "shape": f"M={m} {n}x{k}", "m": m, "vnni_us": on * 1e6, "no_vnni_us": off * 1e6,
+                   "speedup": off / on, "vnni_gmacs": m * n * k / on / 1e9}
+            msg = f"{spec} M={m}: {on * 1e6:.0f} us with VNNI, {off * 1e6:.0f} us without, {off / on:.2f}x"
+            if args.amx:
+                d = res["default"]["median_s"]
+                row.update(default_us=d * 1e6, default_vs_vnni=on / d)
+                msg += f"; default (AMX past the decode rows) {d * 1e6:.0f} us, {on / d:.2f}x VNNI"
+            rows.append(row)
+            print(msg, flush=True)
     return {"rows": rows, "config": vars(args)}
 
 
@@ -57,10 +68,13 @@ def main(argv=None):
     if native is None or native.cpu_vnni() != "on":
         print("needs pyquant._C on a CPU with AVX512-VNNI (cpu_vnni() is not 'on' here)", file=sys.stderr)
         return 2
+    args.amx = native.cpu_amx() == "on"
     res = run(args)
     cols = [("spec", "scheme", "{}"), ("shape", "shape", "{}"), ("vnni_us", "VNNI us", "{:.0f}"),
             ("no_vnni_us", "without us", "{:.0f}"), ("speedup", "speedup", "{:.2f}x"),
             ("vnni_gmacs", "G MAC/s", "{:.1f}")]
+    if args.amx:
+        cols += [("default_us", "default us", "{:.0f}"), ("default_vs_vnni", "default vs VNNI", "{:.2f}x")]
     print(format_table(res["rows"], cols))
     write_json(args.output, res)
     print(f"\nwrote {args.output}")

@@ -34,6 +34,8 @@ def test_a8_vnni_bench_tiny(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["spec"], r["m"]) for r in rows] == [("int4-g32-a8", 2), ("int4-g32-a8", 12), ("int8-a8", 2), ("int8-a8", 12)]
     assert all(r["vnni_us"] > 0 and r["no_vnni_us"] > 0 for r in rows)
+    amx = _native.native().cpu_amx() == "on"
+    assert all((r.get("default_us", 0) > 0) == amx for r in rows)
 
 
 @needs_cpu
@@ -48,6 +50,8 @@ def test_qmatmul_bench_tiny(tmp_path):
             f"({other} codes) cpu int4 (fp32 x)", "pyquant cpu int4", "torch fp32 matmul", "stream read (torch.sum)",
             "pyquant a8 cpu int4 (fp32 x)", "pyquant a8 cpu int8 (fp32 x)"} <= names
     assert all(r["us"] > 0 for r in res["rows"]) and len(res["targets"]) == 7
+    if _native.native().cpu_amx() == "on":  # the prefill GEMMs with AMX off, side by side
+        assert {f"(amx off) {a}cpu {b}" for a in ("", "a8 ") for b in ("int4", "int8")} <= names
     # the read bandwidth is never below the stream read's best round, and decode rows carry their
     # fraction of the stream read's median
     stream = next(r for r in res["rows"] if r["group"] == "read")

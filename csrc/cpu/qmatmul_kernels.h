@@ -750,11 +750,17 @@ static int64_t decode_rows(const QmmArgs& a) {
   return m;
 }
 
-// The most rows of x the -a8 decode kernels keep where the AMX GEMM runs. From memory, AMX against
-// them: at 4096 x 4096 INT4 G = 128 0.95x at 8 rows, 1.08x at 9; INT8 0.92x at 8, 1.07x at 9; at
-// 1536 x 1536 INT4 0.99x at 8, 1.09x at 9, INT8 (whose decode kernel takes 12 rows there) 0.99x at
-// 12, 1.17x at 16; at 576 x 576 0.98-1.00x from 8 to 12 rows (twenty-fifth session).
-static int64_t amx_a8_rows(const QmmArgs& a) { return a.bits == 8 && a.K < 4096 ? a8_int8_max_m(a.K) : 8; }
+// The most rows of x the -a8 kernels before it keep where the AMX GEMM runs. From memory, AMX against
+// them: at 4096 x 4096 INT4 G = 128 0.95-1.01x at 8 rows, 1.08-1.13x at 9; G = 64 0.92x at 8, 1.00x at
+// 9, 1.24x at 12; INT8 0.92-0.99x at 8, 1.07-1.09x at 9; at 1536 x 1536 INT4 0.99x at 8, 1.09x at 9,
+// INT8 (whose decode kernel takes 12 rows there) 0.99-1.02x at 12, 1.17x at 16; at 576 x 576
+// 0.98-1.00x from 8 to 12 rows. Groups of 32 (half tiles, and a scaling pass every 32 codes) lose
+// longer: 0.64x at 8, 0.82-0.86x at 24 and 32 (against the VNNI GEMM), 0.95x at 48 and 56, 1.01-1.06x
+// at 64 (1536 x 1536: 1.09x), 1.14x at 128 (twenty-fifth session).
+static int64_t amx_a8_rows(const QmmArgs& a) {
+  if (a.bits == 4) return a.group == 32 ? 56 : 8;
+  return a.K < 4096 ? a8_int8_max_m(a.K) : 8;
+}
 
 void qmatmul_run(const QmmArgs& a) {
   if (a.act_bits == 8) {

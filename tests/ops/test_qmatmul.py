@@ -381,13 +381,15 @@ def test_cpu_amx(cpu_amx, spec):
 @pytest.mark.parametrize("spec", A8_SPECS)
 def test_cpu_amx_a8(cpu_amx, spec):
     """-a8 past the decode kernels' rows on AMX-INT8 tiles where this CPU has them (code - z or the
-    int8 code times x's int8 codes, s32 sums per group, groups of 32 as half tiles) and without:
-    against float64 on quantize_activations(x) at every shape past 8 rows plus four more (K up to
-    8192, ragged groups, last row blocks of 1 to 32 rows), activations from 1e-3 to 1e3, strided
-    x, and a NaN or an inf making its own row NaN and no other. INT4's s32 sums and scale products
-    are the VNNI GEMM's, added in the same order: the same bits wherever that GEMM runs."""
+    int8 code times x's int8 codes, s32 sums per group, groups of 32 as half tiles past 56 rows)
+    and without: against float64 on quantize_activations(x) at every shape past 8 rows plus five
+    more (K up to 8192, ragged groups, last row blocks of 1 to 32 rows), activations from 1e-3 to
+    1e3, strided x, and a NaN or an inf making its own row NaN and no other; INT8 past the K that
+    whole-K s32 sums hold. INT4's s32 sums and scale products are the VNNI GEMM's, added in the
+    same order: the same bits wherever that GEMM runs."""
     _C = _native.native()
-    shapes = [s for s in SHAPES if s[0] > 8] + [(33, 70, 200), (48, 33, 4096), (17, 33, 96), (40, 20, 8192)]
+    shapes = [s for s in SHAPES if s[0] > 8] + [(33, 70, 200), (48, 33, 4096), (17, 33, 96), (40, 20, 8192),
+                                                (60, 37, 1000)]
     modes = _modes(cpu_amx, "AMX-INT8")
     ys = {}
     for mode in modes:

@@ -116,8 +116,8 @@ def test_avx512_a8_emulated(emu, spec, sums):
     """-a8 at 16 lanes: the integer tile's 128-code blocks (per-lane scales for groups of 32 and
     64, a last block past the row's end) and the fp32-copy paths, against the float64 definition;
     the tile's sums through vpmaddubsw + vpmaddwd, or through vpdpbusd (vnni); amx: past 8 rows
-    (12 for INT8 at K < 4096) the GEMM on AMX tiles, tdpbssd written element by element (groups
-    of 32 on half tiles, whose configured shape the stand-in enforces)."""
+    (12 for INT8 at 1024 <= K < 4096, 56 for groups of 32) the GEMM on AMX tiles, tdpbssd written
+    element by element (groups of 32 on half tiles, whose configured shape the stand-in enforces)."""
     vnni = sums != "maddubs"
     s = A8_SPECS.index(spec)
     for i, (m, n, k) in enumerate(SHAPES):

@@ -42,9 +42,9 @@ Status set_cpu_bf16_gemm(const char* mode);
 
 // Whether the prefill GEMMs (more rows than the decode kernels take) run on AMX tiles: weight-only
 // on AMX-BF16's tdpbf16ps (W's codes as exact bf16 integers, x as one (bf16), two (fp16) or three
-// (fp32) bf16 terms that sum to it exactly, products summed in fp32 per group), and -a8 past 8 rows
-// (12 for INT8 at 1024 <= K < 4096) on AMX-INT8's tdpbssd (W's codes and x's as s8, exact s32 sums
-// per group): "on" or "off".
+// (fp32) bf16 terms that sum to it exactly, products summed in fp32 per group), and -a8 past 8
+// rows (12 for INT8 at 1024 <= K < 4096, 56 for groups of 32) on AMX-INT8's tdpbssd (W's codes
+// and x's as s8, exact s32 sums per group): "on" or "off".
 const char* cpu_amx();
 // Sets it for the whole process: "on" (kUnsupported where the AVX-512 kernels are not in use, the
 // CPU lacks AMX-BF16 or AMX-INT8, or the OS refuses the tile state), "off" or "auto" (on where
