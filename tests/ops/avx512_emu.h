@@ -295,28 +295,27 @@ struct emu_tiles {
   static void check(int c, int a, int b) {
     if (cfg(a).rows != cfg(c).rows || cfg(a).colsb / 4 != cfg(b).rows || cfg(b).colsb != cfg(c).colsb) __builtin_trap();
   }
-  static void dpbf16(int c, int a, int b) {
+  // C[m][n] (Acc) += the products of A[m][k]'s and B[k][n]'s Per elements (4 / Per bytes each) of
+  // every 4-byte lane k, in order; mul(a, b) multiplies one pair
+  template <class Acc, int Per, class Mul>
+  static void dp(int c, int a, int b, Mul mul) {
     check(c, a, b);
     for (int m = 0; m < cfg(c).rows; ++m)
       for (int n = 0; n < cfg(c).colsb / 4; ++n) {
-        float acc;
+        Acc acc;
         std::memcpy(&acc, &tile(c)[m][4 * n], 4);
         for (int k = 0; k < cfg(b).rows; ++k)
-          for (int e = 0; e < 2; ++e) acc += bf16(&tile(a)[m][4 * k + 2 * e]) * bf16(&tile(b)[k][4 * n + 2 * e]);
+          for (int e = 0; e < Per; ++e) acc += mul(&tile(a)[m][4 * k + 4 / Per * e], &tile(b)[k][4 * n + 4 / Per * e]);
         std::memcpy(&tile(c)[m][4 * n], &acc, 4);
       }
   }
+  static void dpbf16(int c, int a, int b) {
+    dp<float, 2>(c, a, b, [](const uint8_t* x, const uint8_t* y) { return bf16(x) * bf16(y); });
+  }
   static void dpbssd(int c, int a, int b) {
-    check(c, a, b);
-    for (int m = 0; m < cfg(c).rows; ++m)
-      for (int n = 0; n < cfg(c).colsb / 4; ++n) {
-        int32_t acc;
-        std::memcpy(&acc, &tile(c)[m][4 * n], 4);
-        for (int k = 0; k < cfg(b).rows; ++k)
-          for (int e = 0; e < 4; ++e)
-            acc += int32_t{static_cast<int8_t>(tile(a)[m][4 * k + e])} * static_cast<int8_t>(tile(b)[k][4 * n + e]);
-        std::memcpy(&tile(c)[m][4 * n], &acc, 4);
-      }
+    dp<int32_t, 4>(c, a, b, [](const uint8_t* x, const uint8_t* y) {
+      return int32_t{static_cast<int8_t>(*x)} * static_cast<int8_t>(*y);
+    });
   }
 };
 #define PQ_TILE_EMU emu_tiles
