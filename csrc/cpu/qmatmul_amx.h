@@ -369,8 +369,8 @@ static void amx_prefill(const QmmArgs& a) {
   const int64_t ng = int4 ? (a.K + a.group - 1) / a.group : 1;
   const bool half = A8 && int4 && a.group < kstep;  // groups of 32: half a k step
   // A block's scale steps: INT4 a group's k steps, its scales st_stride apart; INT8 one scale per
-  // column, applied at the end of every chunk (stride 0: always "group" 0). -a8: x's block scales
-  // likewise (INT4: one a group; INT8: one a row).
+  // column, applied once at the end (its "groups" are only how often C visits acc). -a8: x's
+  // block scales likewise (INT4: one a group; INT8: one a row).
   AmxGeom geo{};
   geo.terms = A8 ? 1 : amx_terms(a.xdt);
   geo.steps_per_group = int4 ? std::max<int64_t>(a.group / kstep, 1) : kAmxKeepSteps;
@@ -441,8 +441,9 @@ static void amx_prefill(const QmmArgs& a) {
               const int64_t grp = gu / upg, ge = std::min(gu + upg, u1);
               if (hf && grp >= ng) break;  // the second half of the last step, past W's groups
               for (int64_t b = 0; b * kAmxCols < np; ++b)
-                amx_group<VV, rt, A8, hf, decltype(Keep)::value>(xb, Wp.data() + b * chunk * kAmxStepBytes, ks0, gu, ge, grp, geo,
-                                          st.data() + b * kAmxCols, mb * kAmxRows, am + b * kAmxCols, kAmxPanel, cbuf);
+                amx_group<VV, rt, A8, hf, decltype(Keep)::value>(
+                    xb, Wp.data() + b * chunk * kAmxStepBytes, ks0, gu, ge, grp, geo, st.data() + b * kAmxCols,
+                    mb * kAmxRows, am + b * kAmxCols, kAmxPanel, cbuf);
             }
           };
           auto run_rows = [&](auto Half, auto Keep) {
