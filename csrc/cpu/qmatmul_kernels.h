@@ -755,7 +755,7 @@ static int64_t decode_rows(const QmmArgs& a) {
 // 9, 1.24x at 12; INT8 0.92-0.99x at 8, 1.07-1.09x at 9; at 1536 x 1536 INT4 0.99x at 8, 1.09x at 9,
 // INT8 (whose decode kernel takes 12 rows there) 0.99-1.02x at 12, 1.17x at 16; at 576 x 576
 // 0.98-1.00x from 8 to 12 rows. Groups of 32 (half tiles, and a scaling pass every 32 codes) lose
-// longer: 0.64x at 8, 0.82-0.86x at 24 and 32 (against the VNNI GEMM), 0.95x at 48 and 56, 1.01-1.06x
+// longer: 0.64x at 8, 0.80-0.86x at 24 and 32 (against the VNNI GEMM), 0.95x at 48 and 56, 1.01-1.06x
 // at 64 (1536 x 1536: 1.09x), 1.14x at 128 (twenty-fifth session).
 static int64_t amx_a8_rows(const QmmArgs& a) {
   if (a.bits == 4) return a.group == 32 ? 56 : 8;
