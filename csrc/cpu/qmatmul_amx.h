@@ -178,7 +178,7 @@ static void amx_pack_int4(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int
     if (ks == ks0 || ks % steps_per_group == 0) {
       const int64_t g = ks / steps_per_group;
       for (int l = 0; l < 16; ++l)
-        off[l] = -(15 - (l >= nr ? 0 : a.zeros ? a.zeros[(n0 + l) * ng + g] : 8)) * 0x10001;
+        off[l] = -(15 - (l >= nr ? 0 : zero_point(a, n0 + l, ng, g))) * 0x10001;
       offv = VV::loadi(reinterpret_cast<const uint8_t*>(off));
     }
     int64_t stride;
@@ -253,7 +253,7 @@ static void amx_pack_a8(const QmmArgs& a, int64_t n0, int nr, int64_t ks0, int64
       }
       const int64_t g = std::min(2 * b0 / a.group, ng - 1);  // past the row's end: any group (x is 0 there)
       if (g != zg) {
-        for (int l = 0; l < 16; ++l) zt[l] = (l >= nr ? 0 : a.zeros ? a.zeros[(n0 + l) * ng + g] : 8) * 0x01010101;
+        for (int l = 0; l < 16; ++l) zt[l] = (l >= nr ? 0 : zero_point(a, n0 + l, ng, g)) * 0x01010101;
         zb = VV::loadi(reinterpret_cast<const uint8_t*>(zt));
         zg = g;
       }
@@ -270,7 +270,6 @@ struct AmxGeom {
   int terms;                // x's terms a k step (bf16: 1 to 3; -a8: 1)
   int64_t steps_per_group;  // k steps a scale group spans (INT8: kAmxKeepSteps, see Keep)
   int64_t st_stride;        // between groups in the panel's column scales
-  int64_t ng;               // W's groups (-a8 with groups of 32: the last step's second half may be past them)
   const float* sx;          // -a8: x's block scales, row m's for group g at m * sx_ld + g * sx_gstride
   int64_t sx_ld, sx_gstride;
 };
@@ -375,7 +374,6 @@ static void amx_prefill(const QmmArgs& a) {
   geo.terms = A8 ? 1 : amx_terms(a.xdt);
   geo.steps_per_group = int4 ? std::max<int64_t>(a.group / kstep, 1) : kAmxKeepSteps;
   geo.st_stride = int4 ? kAmxPanel : 0;
-  geo.ng = ng;
   geo.sx_ld = ng;
   geo.sx_gstride = int4 ? 1 : 0;
   const int64_t nmb = (a.M + kAmxRows - 1) / kAmxRows;
@@ -451,7 +449,7 @@ static void amx_prefill(const QmmArgs& a) {
             else run(std::integral_constant<int, 1>{}, Half, Keep);
           };
           if (!int4) run_rows(std::false_type{}, std::true_type{});
-          else if (A8 && half) run_rows(std::bool_constant<A8>{}, std::false_type{});
+          else if (half) run_rows(std::bool_constant<A8>{}, std::false_type{});  // half implies A8
           else run_rows(std::false_type{}, std::false_type{});
         }
       }

@@ -113,7 +113,7 @@ static inline void a8_pack_col(const QmmArgs& a, const A8GemmPlan& p, int64_t n,
     const int64_t ng = p.Kq / a.group;
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2);
     for (int64_t f = 0; f < p.nf; ++f) {
-      const uint64_t z = (a.zeros ? a.zeros[n * ng + f] : 8) * 0x0101010101010101ull;
+      const uint64_t z = zero_point(a, n, ng, f) * 0x0101010101010101ull;
       int32_t sum = 0;
       for (int64_t kq = f * p.qpf; kq < (f + 1) * p.qpf; kq += 2) {  // 8 codes (4 bytes) to two quads
         uint32_t u;
@@ -177,7 +177,7 @@ static void a8_pack_cols(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uint3
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
     for (int64_t f = 0; f < p.nf; ++f) {
       for (int l = 0; l < W; ++l) {
-        const int32_t z = a.zeros ? a.zeros[(n + l) * ng + f] : 8;
+        const int32_t z = zero_point(a, n + l, ng, f);
         t[l] = z * 0x01010101;        // in each byte
         tz[l] = 4 * p.qpf * z;       // times the fold's codes
       }
@@ -272,7 +272,7 @@ static inline void bf16_pack_col(const QmmArgs& a, const A8GemmPlan& p, int64_t 
     const int64_t ng = p.Kq / a.group;
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * (p.Kq / 2);
     for (int64_t kp = 0; kp < p.nq; ++kp) {
-      const int32_t z = a.zeros ? a.zeros[n * ng + (2 * kp) / a.group] : 8;
+      const int32_t z = zero_point(a, n, ng, (2 * kp) / a.group);
       dst[kp * kNR] = bf16_pair((q[kp] & 15) - z, (q[kp] >> 4) - z);
     }
     for (int64_t f = 0; f < p.nf; ++f) s[f * kNR] = scale_at(a, n * ng + f);
@@ -301,7 +301,7 @@ static void bf16_pack_cols(const QmmArgs& a, const A8GemmPlan& p, int64_t n, uin
     const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
     alignas(64) int32_t t[W];
     for (int64_t f = 0; f < p.nf; ++f) {
-      for (int l = 0; l < W; ++l) t[l] = a.zeros ? a.zeros[(n + l) * ng + f] : 8;
+      for (int l = 0; l < W; ++l) t[l] = zero_point(a, n + l, ng, f);
       const I z = VV::loadi(reinterpret_cast<const uint8_t*>(t));
       for (int64_t kp = f * p.qpf; kp < (f + 1) * p.qpf; kp += 16) {  // 32 codes (16 bytes) a row; G % 32 == 0
         I u[4];

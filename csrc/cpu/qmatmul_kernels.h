@@ -191,6 +191,11 @@ static inline void* row_ptr(void* base, DType dt, int64_t row, int64_t ld) {
 
 static inline int threads_for(const QmmArgs& a) { return a.nthreads > 0 ? a.nthreads : omp_get_max_threads(); }
 
+// INT4 weight row n's zero-point in group g (ng groups a row): 8 for symmetric weights (no zeros).
+static inline int32_t zero_point(const QmmArgs& a, int64_t n, int64_t ng, int64_t g) {
+  return a.zeros ? a.zeros[n * ng + g] : 8;
+}
+
 // Scales of one weight row as fp32 (ng of them). fp16 ones W at a time (F16C: the scalar
 // conversion made INT4-g128 decode with fp16 scales 0.85x the fp32-scale speed).
 static inline void row_scales(const QmmArgs& a, int64_t n, int64_t ng, float* out) {

@@ -81,7 +81,7 @@ static void dequant_column(const QmmArgs& a, int64_t n, int64_t k0, int64_t k1, 
   const uint8_t* q = static_cast<const uint8_t*>(a.qw) + n * (ng * G / 2);
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t g = k / G;
-    const float z = static_cast<float>(a.zeros ? a.zeros[n * ng + g] : 8);
+    const float z = static_cast<float>(zero_point(a, n, ng, g));
     const int code = (q[k >> 1] >> ((k & 1) * 4)) & 15;
     dst[(k - kbase) * kNR] = std::fma(static_cast<float>(code), srow[g], -(srow[g] * z));
   }
@@ -134,7 +134,7 @@ static void dequant_panel(const QmmArgs& a, int64_t n0, int nc, int64_t k0, int6
           const int64_t g = kv / G;
           for (int l = 0; l < W; ++l) {
             st[l] = srow[l * ng + g];
-            zt[l] = -(st[l] * static_cast<float>(a.zeros ? a.zeros[(n + l) * ng + g] : 8));
+            zt[l] = -(st[l] * static_cast<float>(zero_point(a, n + l, ng, g)));
           }
           const F s = V::load(st), off = V::load(zt);
           auto eight = [&](I v, int64_t k) {  // codes k..k+7, 4 bytes a lane

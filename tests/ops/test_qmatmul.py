@@ -314,18 +314,23 @@ def test_cpu_subnormal_codes_edge_activations(cpu_codes, spec):
 
 
 def _strided_and_nonfinite(spec, dtype, strided_rows, nonfinite_rows, what: str):
-    """A 19 x 600 weight on the CPU backend: x with rows further apart than K against float64, and a
-    NaN (row 0) and an inf (row 1) in x making their own rows non-finite and no other."""
+    """A 19 x 600 weight on the CPU backend: x with rows further apart than K against float64 (on
+    quantize_activations(x) for -a8 specs), and a NaN (row 0) and an inf (row 1) in x making their
+    own rows non-finite (-a8: NaN) and no other."""
     qw, w64 = _weight(spec, 19, 600, seed=3)
+    a8 = qw.spec.act_bits == 8
     for rows in strided_rows:
         x = randn(rows, 610, dtype=dtype, seed=4)[:, 5:605]
-        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), x, w64, what=f"{what} strided, {rows} rows")
+        ref = quantize_activations(x, qw.spec.act_block(600)) if a8 else x
+        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), ref, w64, out_dtype=dtype,
+                            what=f"{what} strided, {rows} rows")
     for rows in nonfinite_rows:
         x = randn(rows, 600, dtype=dtype, seed=5)
         x[0, 17] = float("nan")
         x[1, 3] = float("inf")
         y = pq.ops.qmatmul(x, qw, backend="cpu")
         assert torch.isnan(y[0]).all() and not torch.isfinite(y[1]).all(), (what, rows)
+        assert not a8 or torch.isnan(y[1]).all(), (what, rows)
         assert torch.isfinite(y[2:]).all(), (what, rows)
 
 
@@ -402,14 +407,7 @@ def test_cpu_amx_a8(cpu_amx, spec):
             ys[mode, i] = pq.ops.qmatmul(x, qw, bias=b, backend="cpu")
             assert_matmul_close(ys[mode, i], quantize_activations(x, qw.spec.act_block(k)), w64, b, out_dtype=dtype,
                                 what=f"amx {mode} {spec} {m}x{n}x{k} {dtype}")
-        qw, w64 = _weight(spec, 19, 600, seed=3)
-        x = randn(30, 610, seed=4)[:, 5:605]
-        assert_matmul_close(pq.ops.qmatmul(x, qw, backend="cpu"), quantize_activations(x, qw.spec.act_block(600)), w64,
-                            what=f"amx {mode} {spec} strided")
-        x = randn(40, 600, seed=5)
-        x[0, 17], x[1, 3] = float("nan"), float("inf")
-        y = pq.ops.qmatmul(x, qw, backend="cpu")
-        assert torch.isnan(y[:2]).all() and torch.isfinite(y[2:]).all(), f"amx {mode} {spec} non-finite rows"
+        _strided_and_nonfinite(spec, torch.float32, (30,), (40,), what=f"amx {mode} {spec}")
         if qw.spec.bits == 8:  # every code 127 and K past what whole-K s32 sums hold (AMX hands it on)
             qw = quantize_weight(torch.ones(3, 140000), spec)
             x = torch.ones(40, 140000)
