@@ -25,6 +25,11 @@ struct V {
     return _mm_cvtss_f32(s);
   }
   static I loadi(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  // The first nbytes (a multiple of 4, below 4W) of p, zeros past them; nothing past them is read.
+  static I loadi_head(const uint8_t* p, int nbytes) {
+    const I lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), _mm256_cmpgt_epi32(_mm256_set1_epi32(nbytes / 4), lanes));
+  }
   static I band(I v, uint32_t mask) { return _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask))); }
   static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
   template <int N>

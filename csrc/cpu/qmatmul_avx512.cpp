@@ -22,6 +22,10 @@ struct V {
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
   static I loadi(const uint8_t* p) { return _mm512_loadu_si512(reinterpret_cast<const void*>(p)); }
+  // The first nbytes (a multiple of 4, below 4W) of p, zeros past them; nothing past them is read.
+  static I loadi_head(const uint8_t* p, int nbytes) {
+    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << (nbytes / 4)) - 1), p);
+  }
   static I band(I v, uint32_t mask) { return _mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(mask))); }
   static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
   template <int N>

@@ -2,7 +2,7 @@
 // qmatmul.cpp (scalar, W=1), qmatmul_avx2.cpp (W=8), qmatmul_avx512.cpp (W=16). The includer
 // defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
-//   loadi (4W bytes), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
+//   loadi (4W bytes), loadi_head(p, n) (W > 1: the first n bytes, zeros after), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
 //   read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 /
 //   load_u8 (W int8 / uint8 -> float), load_f16 (W fp16 -> float), scale_block(s, lpg) (lane l
 //   gets s[l / lpg]), gather16(p, stride, out[4]) (lane l of out[j]: bytes 4j..4j+3 of row
@@ -264,11 +264,13 @@ static inline int64_t decode_max_m(int64_t K) { return K >= 1024 ? kDecodeMaxM :
 
 struct Int4Plan {
   int64_t G, ng, ngp, Kp, nblocks;  // ngp: ng rounded up to W; nblocks full 8W-code blocks per row
+  int64_t Kx;                        // Kp rounded up to 8W: x's padded length (the partial block's too)
+  int tail;                          // bytes of a row's last, partial block (G < 8W only), else 0
   int gshift;                        // log2(G): group of code k is k >> gshift (no division in the loop)
   bool sub;                          // subnormal codes (see the top of this file)
   bool bf;                           // bf16 dot products (bf16 x; see the top of this file)
-  AlignedVec<uint16_t> xb;           // [M][Kp] bf16 x, permuted for the dot products (bf only)
-  AlignedVec<float> xr, xp, gsum;    // [M][Kp] raw (zero-padded), [M][Kp] permuted, [M][ngp] (zero-padded)
+  AlignedVec<uint16_t> xb;           // [M][Kx] bf16 x, permuted for the dot products (bf only)
+  AlignedVec<float> xr, xp, gsum;    // [M][Kx] raw (zero-padded), [M][Kx] permuted, [M][ngp] (zero-padded)
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
 
@@ -298,8 +300,10 @@ static inline __attribute__((always_inline)) void fold_scales(const float* const
     for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
 }
 
-// The INT4 decode tiles' loop: the per-(row, m) dot products of the codes with x over the full
-// blocks, times the group scales. Per block, the R rows' 4W code bytes (the next tile's
+// The INT4 decode tiles' loop: the per-(row, m) dot products of the codes with x over all of a
+// row's blocks (the last one partial when G < 8W and Kp is not a multiple of 8W: at K = 576,
+// G = 32 or 64, that is 64 of 576 codes, which a scalar loop made 2.6-3.7x slower than K = 640 in
+// one run on this file's Xeon host, twenty-sixth session), times the group scales. Per block, the R rows' 4W code bytes (the next tile's
 // prefetched) go to step(b, v, acc), which adds the block's products to acc; the scale is folded
 // into tot once per group when a group spans whole blocks (G >= 8W), else once per block with a
 // per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the nibble decoding
@@ -330,6 +334,15 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
     }
     fold_scales<MC, R>(srow, (b0 * 8 * W) >> gshift, G, acc, tot);
   }
+  if constexpr (W > 1)
+    if (p.tail) {  // the partial block (G < 8W, so bpg = 1): its codes, zeros past them, and x is zero there
+      F acc[R][MC];
+      for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
+      I v[R];
+      for (int r = 0; r < R; ++r) v[r] = VV::loadi_head(q + r * row_bytes + p.nblocks * 4 * W, p.tail);
+      step(p.nblocks, v, acc);
+      fold_scales<MC, R>(srow, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
+    }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
 }
 
@@ -427,26 +440,18 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
   float out[R][MC];
   if constexpr (C == kBf16Dot) {
     const uint16_t* xb[MC];
-    for (int m = 0; m < MC; ++m) xb[m] = p.xb.data() + (m0 + m) * p.Kp;
+    for (int m = 0; m < MC; ++m) xb[m] = p.xb.data() + (m0 + m) * p.Kx;
     dec4_tile_bf16<MC, R>(xb, q, row_bytes, srow, p, out);
   } else {
     const float* xp[MC];
-    for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kp;
+    for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kx;
     dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, srow, p, out);
   }
-  const int64_t kt = p.nblocks * 8 * V::W;
   for (int r = 0; r < R; ++r) {
-    const uint8_t* qr = q + r * row_bytes;
     const float* sz = sbuf + (4 + r) * p.ngp;
     for (int m = 0; m < MC; ++m) {
-      const float* xr = p.xr.data() + (m0 + m) * p.Kp;
       const float* gs = p.gsum.data() + (m0 + m) * p.ngp;
-      float v = static_cast<float>(out[r][m] * p.unscale[m0 + m]);
-      for (int64_t k = kt; k < p.Kp; ++k) {  // scalar tail (fewer than 8W codes)
-        const float code = static_cast<float>((qr[k >> 1] >> ((k & 1) * 4)) & 15);
-        v += srow[r][k >> p.gshift] * (C == kBf16Dot ? 1.f + code * 0.0625f : code) * xr[k];
-      }
-      yacc[m * 4 + r] = v - zero_term(sz, gs, p.ngp);
+      yacc[m * 4 + r] = static_cast<float>(out[r][m] * p.unscale[m0 + m]) - zero_term(sz, gs, p.ngp);
     }
   }
 }
@@ -478,19 +483,21 @@ static void decode_int4(const QmmArgs& a) {
   p.ngp = (p.ng + W - 1) / W * W;
   p.Kp = p.ng * p.G;
   p.nblocks = p.Kp / (8 * W);
+  p.Kx = (p.Kp + 8 * W - 1) / (8 * W) * (8 * W);
+  p.tail = static_cast<int>(p.Kp - p.nblocks * 8 * W) / 2;  // a multiple of G / 2 >= 16 bytes
   p.gshift = 0;
   while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
   p.bf = V::kBf16Dot && a.xdt == DType::BF16 && a.M >= 2 && bf16_dot();
   p.sub = !p.bf && subnormal_codes();
-  const int64_t M = a.M, Kp = p.Kp;
-  p.xr.assign(M * Kp, 0.f);
-  p.xp.resize(p.bf ? 0 : M * Kp);
-  p.xb.resize(p.bf ? M * Kp : 0);
+  const int64_t M = a.M, Kx = p.Kx;
+  p.xr.assign(M * Kx, 0.f);
+  p.xp.resize(p.bf ? 0 : M * Kx);
+  p.xb.resize(p.bf ? M * Kx : 0);
   p.gsum.assign(M * p.ngp, 0.f);
   p.unscale.assign(M, 1.0);
   for (int64_t m = 0; m < M; ++m) {
-    float* xr = p.xr.data() + m * Kp;
-    float* xp = p.xp.data() + m * Kp;
+    float* xr = p.xr.data() + m * Kx;
+    float* xp = p.xp.data() + m * Kx;
     load_row(row_ptr(a.x, a.xdt, m, a.ldx), a.xdt, a.K, xr);
     for (int64_t g = 0; g < p.ng; ++g) {  // G is a multiple of W; xr is zero past K
       typename V::F acc = V::zero();
@@ -499,8 +506,8 @@ static void decode_int4(const QmmArgs& a) {
     }
     if (p.bf) {  // 16-bit lane 2l + h of block b, step S meets code b*8W + 8l + 4h + S: bf16 x as given
       const auto* xs = static_cast<const uint16_t*>(row_ptr(a.x, a.xdt, m, a.ldx));
-      uint16_t* xb = p.xb.data() + m * Kp;
-      for (int64_t b = 0; b < p.nblocks; ++b)
+      uint16_t* xb = p.xb.data() + m * Kx;
+      for (int64_t b = 0; b < Kx / (8 * W); ++b)
         for (int S = 0; S < 4; ++S)
           for (int l = 0; l < W; ++l)
             for (int h = 0; h < 2; ++h) {
@@ -515,7 +522,7 @@ static void decode_int4(const QmmArgs& a) {
     if (p.sub) p.unscale[m] = std::ldexp(1.0, T);
     double mul[8];
     for (int S = 0; S < 8; ++S) mul[S] = std::ldexp(1.0, p.sub ? 149 - T - 4 * (S & 3) : S == 7 ? 0 : -4 * S);
-    for (int64_t b = 0; b < p.nblocks; ++b)
+    for (int64_t b = 0; b < Kx / (8 * W); ++b)
       for (int S = 0; S < 8; ++S)
         for (int l = 0; l < W; ++l)
           xp[b * 8 * W + S * W + l] = static_cast<float>(xr[b * 8 * W + 8 * l + S] * mul[S]);

@@ -33,6 +33,13 @@ inline emu_m512 emu_fmadd_ps(emu_m512 a, emu_m512 b, emu_m512 c) {
 }
 inline float emu_reduce_add_ps(emu_m512 v) { float s = 0.f; for (float x : v.f) s += x; return s; }
 inline emu_m512i emu_loadu_si512(const void* p) { emu_m512i r; std::memcpy(r.u, p, 64); return r; }
+// reads only the dwords the mask selects (the real one suppresses faults past them)
+inline emu_m512i emu_maskz_loadu_epi32(uint16_t k, const void* p) {
+  emu_m512i r{};
+  for (int l = 0; l < 16; ++l)
+    if (k >> l & 1) std::memcpy(&r.u[l], static_cast<const char*>(p) + 4 * l, 4);
+  return r;
+}
 inline emu_m512i emu_set1_epi32(int a) { emu_m512i r; for (uint32_t& v : r.u) v = static_cast<uint32_t>(a); return r; }
 inline emu_m512i emu_and_si512(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] &= b.u[l]; return a; }
 inline emu_m512i emu_xor_si512(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] ^= b.u[l]; return a; }
@@ -341,6 +348,8 @@ struct emu_tiles {
 #define _mm512_fmadd_ps emu_fmadd_ps
 #define _mm512_reduce_add_ps emu_reduce_add_ps
 #define _mm512_loadu_si512 emu_loadu_si512
+#define _mm512_maskz_loadu_epi32 emu_maskz_loadu_epi32
+#define __mmask16 uint16_t
 #define _mm512_set1_epi32 emu_set1_epi32
 #define _mm512_and_si512 emu_and_si512
 #define _mm512_xor_si512 emu_xor_si512

@@ -495,7 +495,8 @@ FORCED_ISA_SCRIPT = textwrap.dedent("""
     from pyquant.quant.rtn import quantize_weight
     from helpers import assert_matmul_close, randn
     assert _native.native().cpu_isa() == sys.argv[2], _native.native().cpu_isa()
-    cases = ((1, 7, 300, torch.float32), (6, 5, 129, torch.bfloat16), (19, 37, 520, torch.float32))
+    cases = ((1, 7, 300, torch.float32), (1, 3, 96, torch.float32), (6, 5, 129, torch.bfloat16),
+             (19, 37, 520, torch.float32))
     for mode in ("convert", "subnormal"):
         _native.native().set_cpu_codes(mode)
         for spec in ("int8", "int4-g32", "int4-g128-sym-fp16", "int4-g32-a8", "int4-g128-a8"):
