@@ -45,7 +45,7 @@ def prepare(qweight, scales, zeros, bits: int, group_size: int, in_features: int
     n = w.out_features
 
     def run(x: torch.Tensor, bias):
-        y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype)
+        y = x.new_empty((*x.shape[:-1], n))  # 1.6 us where torch.empty(x.shape[:-1] + (n,), dtype=...) took 2.5
         w.matmul(_to_dlpack(x), None if bias is None else _to_dlpack(bias), _to_dlpack(y), torch.get_num_threads())
         return y
 
