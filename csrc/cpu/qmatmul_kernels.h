@@ -2,13 +2,14 @@
 // qmatmul.cpp (scalar, W=1), qmatmul_avx2.cpp (W=8), qmatmul_avx512.cpp (W=16). The includer
 // defines PQ_ISA_NS and, inside pyquant::PQ_ISA_NS, a struct V with:
 //   F, I (float / 32-bit-int vector), W (lanes), zero, set1, load, store, add, fma, hsum,
-//   loadi (4W bytes), loadi_head(p, n) (W > 1: the first n bytes, zeros after), band(I, mask) (lane & mask), cvt(I) (int lane -> float), asf(I) (lane
-//   read as a float), srl<N>(I) (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 /
-//   load_u8 (W int8 / uint8 -> float), load_f16 (W fp16 -> float), scale_block(s, lpg) (lane l
-//   gets s[l / lpg]), gather16(p, stride, out[4]) (lane l of out[j]: bytes 4j..4j+3 of row
-//   p + l * stride), kBf16Dot, and where it is true nib_bf16<S> and dot_bf16 (below), kI8Dot,
-//   and where it is true lo4, hi4, maddubs, add16, sum16 (the -a8 tile, qmatmul_a8.h), kVnni, and
-//   where it is true dpbusd (the same tile on AVX512-VNNI).
+//   loadi (4W bytes), loadi_head(p, n) (W > 1: the first n bytes, zeros after), band(I, mask)
+//   (lane & mask), cvt(I) (int lane -> float), asf(I) (lane read as a float), srl<N>(I)
+//   (lane >> N), flip_bytes(I) (lane ^ 0x80808080), load_i8 / load_u8 (W int8 / uint8 -> float),
+//   load_f16 (W fp16 -> float), scale_block(s, lpg) (lane l gets s[l / lpg]), gather16(p,
+//   stride, out[4]) (lane l of out[j]: bytes 4j..4j+3 of row p + l * stride), kBf16Dot, and
+//   where it is true nib_bf16<S> and dot_bf16 (below), kI8Dot, and where it is true lo4, hi4,
+//   maddubs, add16, sum16 (the -a8 tile, qmatmul_a8.h), kVnni, and where it is true dpbusd (the
+//   same tile on AVX512-VNNI).
 // What is built from those (nib, bits, cvt_and, gather4) is defined once below.
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
@@ -301,9 +302,10 @@ static inline __attribute__((always_inline)) void fold_scales(const float* const
 }
 
 // The INT4 decode tiles' loop: the per-(row, m) dot products of the codes with x over all of a
-// row's blocks (the last one partial when G < 8W and Kp is not a multiple of 8W: at K = 576,
-// G = 32 or 64, that is 64 of 576 codes, which a scalar loop made 2.6-3.7x slower than K = 640 in
-// one run on this file's Xeon host, twenty-sixth session), times the group scales. Per block, the R rows' 4W code bytes (the next tile's
+// row's blocks, times the group scales. The last block is partial when G < 8W and Kp is not a
+// multiple of 8W (at K = 576, G = 32 or 64: 64 of the 576 codes); it is read by a masked load
+// (a scalar loop there made 1536 x 576 run 2.6x slower than 1536 x 640 at M = 1 and 3.7x at M = 4
+// on an Intel Xeon, twenty-sixth session). Per block, the R rows' 4W code bytes (the next tile's
 // prefetched) go to step(b, v, acc), which adds the block's products to acc; the scale is folded
 // into tot once per group when a group spans whole blocks (G >= 8W), else once per block with a
 // per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the nibble decoding
