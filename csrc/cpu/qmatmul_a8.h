@@ -26,8 +26,9 @@
 // the pace), M = 4 1.3-1.5x; from L3 1.6x (bench/RESULTS.md, twelfth session). The AVX-512 build
 // (AVX512BW) had run the 256-bit code until the fifteenth session (bench/RESULTS.md).
 // INT8 weights at as many rows, on AVX512-VNNI: decode_int8_a8 below. More rows run an integer
-// GEMM on AMX-INT8 tiles (qmatmul_amx.h) or on AVX512-VNNI (qmatmul_dot_prefill.h). Everything else (INT8 weights without VNNI, more rows
-// without VNNI) quantizes x into an fp32 copy q * s and runs the weight-only kernels on it.
+// GEMM on AMX-INT8 tiles (qmatmul_amx.h) or on AVX512-VNNI (qmatmul_dot_prefill.h). Everything
+// else (INT8 weights without VNNI, more rows without VNNI) quantizes x into an fp32 copy q * s and
+// runs the weight-only kernels on it.
 #pragma once
 
 // Row x[0..K) (fp32) into q[0..) (zero from K to the end of the last block) and s[0..nb):

@@ -14,10 +14,11 @@
 // Everything here lives in the ISA namespace so no inline function is shared between TUs
 // compiled with different instruction sets.
 //
-// Decode (M <= 8, or 24 when K >= 1024, fewer off AMD CPUs and with AMX; decode_rows): GEMV-like, several W rows per pass share
-// each x load. INT4 bytes are read as 32-bit lanes: lane l of a 4W-byte block holds codes
-// 8l..8l+7, nibble S of every lane is isolated with one AND (no shuffles), and x is permuted (and
-// scaled by 2^-4S) once per call so that the matching x values sit in one vector. Per group (or per block when G < 8W):
+// Decode (M <= 8, or 24 when K >= 1024, fewer off AMD CPUs and with AMX; decode_rows): GEMV-like,
+// several W rows per pass share each x load. INT4 bytes are read as 32-bit lanes: lane l of a
+// 4W-byte block holds codes 8l..8l+7, nibble S of every lane is isolated with one AND (no
+// shuffles), and x is permuted (and scaled by 2^-4S) once per call so that the matching x values
+// sit in one vector. Per group (or per block when G < 8W):
 // acc = sum(code * x), then total += acc * scale; the zero-points are applied once per row
 // with precomputed group sums of x: y = sum_g s_g * (sum_k code_k x_k - z_g * sum_k x_k).
 // Codes become floats one of two ways (subnormal_codes() picks one per process):
