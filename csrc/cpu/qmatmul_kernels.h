@@ -251,9 +251,30 @@ constexpr int64_t kPrefetchTileBytes = 8192;
 constexpr int kPrefetchLocality = 2;
 
 // A tile's share of its weight stream: bytes [p, p + n) of the block being read, prefetched
-// kPrefetchTileBytes ahead into L2, a line at a time (the INT4 decode tiles and the -a8 tile).
+// kPrefetchTileBytes ahead into L2, a line at a time (the -a8 tile).
 static inline void prefetch_tile_ahead(const uint8_t* p, int64_t n) {
   for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o + kPrefetchTileBytes, 0, kPrefetchLocality);
+}
+
+// One line into L2. On x86 an asm statement, which the compiler keeps where it stands among the
+// block's steps (it gathered __builtin_prefetch calls at one end of the loop body).
+static inline void prefetch_line(const uint8_t* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" : : "m"(*reinterpret_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, kPrefetchLocality);
+#endif
+}
+
+// The INT4 decode tiles' prefetch, spread over a block's NS steps: after step S, lines
+// [S * NL / NS, (S + 1) * NL / NS) of the NL lines at p (the block's bytes kPrefetchTileBytes
+// ahead). On an Intel Xeon a probe of the loop alone (2 threads, 2 GiB) streamed 18-19 GB/s with
+// the lines issued together and 26-27 GB/s with one every other step; in the kernel, with the
+// chunks and the scale prefetch below, 1.07-1.08x INT4 M = 1 against 1.03x without the spread
+// (bench/RESULTS.md, twenty-seventh session).
+template <int S, int NS, int NL>
+static inline __attribute__((always_inline)) void prefetch_step(const uint8_t* p) {
+  for (int j = S * NL / NS; j < (S + 1) * NL / NS; ++j) prefetch_line(p + 64 * j);
 }
 
 // The most rows of x the decode kernels take; more go to the blocked prefill GEMM. 8, and 24 when
@@ -276,11 +297,15 @@ struct Int4Plan {
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
 
-// Work chunks of the decode kernels' row-tile loops: 16 tiles, fewer when that would leave fewer
-// than 8 chunks per thread (at N = 192, 16 made 3 chunks for 2 threads: one thread did twice the
-// other's work).
+// Work chunks of the decode kernels' row-tile loops: 8 chunks per thread (fewer when there are
+// fewer tiles). Each chunk is a contiguous run of a thread's weight stream, and its first tile
+// goes without the software prefetch (the tile before it was another chunk's): at N = 4096, chunks
+// of 64 tiles instead of 16 ran INT4 and INT8 M = 1 1.04-1.06x from memory on an Intel Xeon
+// (bench/RESULTS.md, twenty-seventh session). Not one chunk per thread (1.03-1.04x more there): a
+// dynamic schedule keeps a thread that the host delays from holding up the call. (At N = 192,
+// chunks of 16 made 3 for 2 threads: one thread did twice the other's work.)
 static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
-  return std::clamp<int64_t>(ntiles / (8 * int64_t{nthreads}), 1, 16);
+  return std::max<int64_t>(ntiles / (8 * int64_t{nthreads}), 1);
 }
 
 // tot[r][m] += acc[r][m] * the scale(s) of row r from group g0: one per row when a group spans
@@ -289,14 +314,14 @@ static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
 // block storing and reloading them; split, 1.46x at M = 4 and 1.06x at M = 1 (where memory sets
 // the pace) on Zen 4, AVX-512.
 template <int MC, int R>
-static inline __attribute__((always_inline)) void fold_scales(const float* const* srow, int64_t g0, int G,
+static inline __attribute__((always_inline)) void fold_scales(const float* s, int64_t ngp, int64_t g0, int G,
                                                               const typename V::F (&acc)[R][MC],
                                                               typename V::F (&tot)[R][MC]) {
   typename V::F sv[R];
   if (G >= 8 * V::W) {
-    for (int r = 0; r < R; ++r) sv[r] = V::set1(srow[r][g0]);
+    for (int r = 0; r < R; ++r) sv[r] = V::set1(s[r * ngp + g0]);
   } else {
-    for (int r = 0; r < R; ++r) sv[r] = V::scale_block(srow[r] + g0, G / 8);
+    for (int r = 0; r < R; ++r) sv[r] = V::scale_block(s + r * ngp + g0, G / 8);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
@@ -306,8 +331,9 @@ static inline __attribute__((always_inline)) void fold_scales(const float* const
 // row's blocks, times the group scales. The last block is partial when G < 8W and Kp is not a
 // multiple of 8W (at K = 576, G = 32 or 64: 64 of the 576 codes); it is read by a masked load
 // (a scalar loop there made 1536 x 576 run 2.6x slower than 1536 x 640 at M = 1 and 3.7x at M = 4
-// on an Intel Xeon, twenty-sixth session). Per block, the R rows' 4W code bytes (the next tile's
-// prefetched) go to step(b, v, acc), which adds the block's products to acc; the scale is folded
+// on an Intel Xeon, twenty-sixth session). Per block, the R rows' 4W code bytes go to
+// step(b, v, acc, pf), which adds the block's products to acc and prefetches the R * 4W bytes at
+// pf (the next tile's, in address order; prefetch_step) between its steps; the scale is folded
 // into tot once per group when a group spans whole blocks (G >= 8W), else once per block with a
 // per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the nibble decoding
 // (AND, or AND + conversion), not the FMA latency, sets the pace; two chains per row measured
@@ -316,7 +342,7 @@ static inline __attribute__((always_inline)) void fold_scales(const float* const
 // only where it is called).
 template <int MC, int R, class VV, class Step>
 static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, int64_t row_bytes,
-                                                            const float* const* srow, const Int4Plan& p,
+                                                            const float* srow, const Int4Plan& p,
                                                             float out[R][MC], Step&& step) {
   using F = typename VV::F;
   using I = typename VV::I;
@@ -332,10 +358,9 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
     for (int64_t b = b0; b < bend; ++b) {
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
-      if constexpr (W > 1) prefetch_tile_ahead(q + b * R * 4 * W, R * 4 * W);  // from memory
-      step(b, v, acc);
+      step(b, v, acc, q + b * R * 4 * W + kPrefetchTileBytes);  // prefetching from memory as it goes
     }
-    fold_scales<MC, R>(srow, (b0 * 8 * W) >> gshift, G, acc, tot);
+    fold_scales<MC, R>(srow, p.ngp, (b0 * 8 * W) >> gshift, G, acc, tot);
   }
   if constexpr (W > 1)
     if (p.tail) {  // the partial block (G < 8W, so bpg = 1): its codes, zeros past them, and x is zero there
@@ -343,8 +368,8 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
       for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi_head(q + r * row_bytes + p.nblocks * 4 * W, p.tail);
-      step(p.nblocks, v, acc);
-      fold_scales<MC, R>(srow, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
+      step(p.nblocks, v, acc, q);  // (prefetches lines already read)
+      fold_scales<MC, R>(srow, p.ngp, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
     }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
 }
@@ -354,11 +379,13 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
 // instantiated) it ran 0.94-0.98x at M = 1 (Zen 3), its registers shared with the caller's state.
 template <int MC, int R, bool Sub>
 __attribute__((noinline)) static void dec4_tile(const float* const* xp, const uint8_t* q, int64_t row_bytes,
-                                                const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+                                                const float* srow, const Int4Plan& p, float out[R][MC]) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int W = V::W;
-  dec4_loop<MC, R, V>(q, row_bytes, srow, p, out, [&](int64_t b, I (&v)[R], F (&acc)[R][MC]) __attribute__((always_inline)) {
+  constexpr int NL = W > 1 ? R * 4 * W / 64 : 0;  // lines a block
+  dec4_loop<MC, R, V>(q, row_bytes, srow, p, out, [&](int64_t b, I (&v)[R], F (&acc)[R][MC], const uint8_t* pf)
+                      __attribute__((always_inline)) {
     const int64_t k0 = b * 8 * W;
 #define PQ_NIB_STEP(S)                                                             \
     {                                                                              \
@@ -368,6 +395,7 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
         F c = Sub ? bits(v[r], 15u << (4 * ((S) & 3))) : nib<S>(v[r]);            \
         for (int m = 0; m < MC; ++m) acc[r][m] = V::fma(c, xs[m], acc[r][m]);      \
       }                                                                            \
+      prefetch_step<S, 8, NL>(pf);                                                 \
     }
     PQ_NIB_STEP(0) PQ_NIB_STEP(1) PQ_NIB_STEP(2) PQ_NIB_STEP(3)
     if constexpr (Sub)  // nibbles 4-7 to the low half (in place: fewer live registers)
@@ -381,11 +409,13 @@ __attribute__((noinline)) static void dec4_tile(const float* const* xp, const ui
 // permuted; four steps of two codes a lane (bf16 pairs, x as bf16 pairs).
 template <int MC, int R, class VV = V>
 __attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, const uint8_t* q, int64_t row_bytes,
-                                                     const float* const* srow, const Int4Plan& p, float out[R][MC]) {
+                                                     const float* srow, const Int4Plan& p, float out[R][MC]) {
   using F = typename VV::F;
   using I = typename VV::I;
   constexpr int W = VV::W;
-  dec4_loop<MC, R, VV>(q, row_bytes, srow, p, out, [&](int64_t b, I (&v)[R], F (&acc)[R][MC]) __attribute__((always_inline)) {
+  constexpr int NL = R * 4 * W / 64;  // lines a block
+  dec4_loop<MC, R, VV>(q, row_bytes, srow, p, out, [&](int64_t b, I (&v)[R], F (&acc)[R][MC], const uint8_t* pf)
+                       __attribute__((always_inline)) {
 #define PQ_BF16_STEP(S)                                                                            \
     {                                                                                              \
       I xs[MC];                                                                                    \
@@ -395,6 +425,7 @@ __attribute__((noinline)) static void dec4_tile_bf16(const uint16_t* const* xb, 
         const I c = VV::template nib_bf16<S>(v[r]);                                                \
         for (int m = 0; m < MC; ++m) acc[r][m] = VV::dot_bf16(acc[r][m], c, xs[m]);               \
       }                                                                                            \
+      prefetch_step<S, 4, NL>(pf);                                                                 \
     }
     PQ_BF16_STEP(0) PQ_BF16_STEP(1) PQ_BF16_STEP(2) PQ_BF16_STEP(3)
 #undef PQ_BF16_STEP
@@ -420,6 +451,16 @@ static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, flo
   }
 }
 
+// Rows n..n+nr-1's scales and zero-points (ng each) into L2: the next tile's, prefetched while this
+// one runs, as its codes are (row_scales_zeros reads them).
+static inline void prefetch_scales_zeros(const QmmArgs& a, int64_t n, int64_t nr, int64_t ng) {
+  const int64_t ss = a.sdt == DType::F32 ? 4 : 2;
+  const auto* s = static_cast<const uint8_t*>(a.scales);
+  for (int64_t o = n * ng * ss; o < (n + nr) * ng * ss; o += 64) prefetch_line(s + o);
+  if (a.zeros)
+    for (int64_t o = n * ng; o < (n + nr) * ng; o += 64) prefetch_line(a.zeros + o);
+}
+
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
 // to ngp (a multiple of W: no scalar tail; with G = 32 a row has K/32 groups, as many as a tenth
 // of its FMAs, and at K = 576, G = 128 five, as costly as the tile's epilogue).
@@ -438,8 +479,7 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
   // scales at r * ngp, its s * z at (4 + r) * ngp (with C = kBf16Dot: 16 s and s * (z + 16)).
   const int64_t row_bytes = p.Kp / 2;
   const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
-  const float* srow[R];
-  for (int r = 0; r < R; ++r) srow[r] = sbuf + r * p.ngp;
+  const float* srow = sbuf;  // row r's scales at r * ngp
   float out[R][MC];
   if constexpr (C == kBf16Dot) {
     const uint16_t* xb[MC];
@@ -542,6 +582,7 @@ static void decode_int4(const QmmArgs& a) {
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t bi = 0; bi < nblk; ++bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
+      if (n0 + 4 < N) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
       for (int64_t r = 0; r < nr; ++r)
         row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp, p.bf);
       for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
