@@ -9,7 +9,8 @@
 //   static: each thread one contiguous half; dynN: OpenMP dynamic chunks of N tiles
 // bench/RESULTS.md, twenty-seventh session, has its figures on an Intel Xeon.
 //
-//   g++ -O3 -march=native -fopenmp bench/prefetch_probe.cpp -o /tmp/prefetch_probe && /tmp/prefetch_probe
+//   g++ -O3 -march=native -fopenmp bench/prefetch_probe.cpp -o /tmp/prefetch_probe && /tmp/prefetch_probe [MiB]
+// MiB: the size swept from memory (2048; a multiple of 8 MiB; give more than the last-level cache).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -91,15 +92,20 @@ static void row(const char* name, const uint8_t* big, int64_t nbig, const uint8_
   std::printf("%-16s from memory %6.1f GB/s   cached %6.1f GB/s\n", name, nbig / tm[2] / 1e9, nbig / tc[2] / 1e9);
 }
 
-int main() {
+int main(int argc, char** argv) {
   for (int i = 0; i < 2 * RB; ++i) xs[i] = 1.0f / (i + 1);
-  const int64_t nbig = int64_t{2} << 30, nsmall = 256 << 10;
+  const int64_t mib = argc > 1 ? std::atoll(argv[1]) : 2048;
+  if (mib < 8 || mib % 8) {
+    std::fprintf(stderr, "usage: prefetch_probe [MiB, a multiple of 8]\n");
+    return 2;
+  }
+  const int64_t nbig = mib << 20, nsmall = 256 << 10;
   auto* big = static_cast<uint8_t*>(std::aligned_alloc(4096, nbig));
   auto* small = static_cast<uint8_t*>(std::aligned_alloc(4096, nsmall));
   std::memset(big, 0x5a, nbig);
   std::memset(small, 0x5a, nsmall);
-  std::printf("%d threads, tiles of %d rows x %lld bytes, prefetch %lld bytes ahead\n", omp_get_max_threads(), R,
-              static_cast<long long>(RB), static_cast<long long>(kAhead));
+  std::printf("%d threads, %lld MiB, tiles of %d rows x %lld bytes, prefetch %lld bytes ahead\n", omp_get_max_threads(),
+              static_cast<long long>(mib), R, static_cast<long long>(RB), static_cast<long long>(kAhead));
   // The small buffer has 32 tiles: the cached column of dyn64 runs on one thread.
   for (int64_t chunk : {int64_t{0}, int64_t{16}, int64_t{64}}) {
     char name[32];

@@ -117,6 +117,23 @@ def test_decode_ceiling_avx512_rows(tmp_path):
 
 
 @needs_cpu
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_prefetch_probe_builds_and_runs(tmp_path):
+    """bench/prefetch_probe.cpp: a row per schedule and prefetch placement, from memory and cached."""
+    if _native.native().cpu_isa() != "avx512":
+        pytest.skip("needs a CPU with AVX-512")
+    exe = tmp_path / "prefetch_probe"
+    _run(["g++", "-O2", "-march=native", "-fopenmp", "-std=c++17", "bench/prefetch_probe.cpp", "-o", str(exe)])
+    text = _run([str(exe), "16"])
+    rows = {" ".join(ln.split()[:2]): ln for ln in text.splitlines()[1:]}
+    assert set(rows) == {f"{s} {p}" for s in ("static", "dyn16", "dyn64") for p in ("burst", "spread")}
+    for ln in rows.values():
+        rates = [float(w) for w in ln.split() if w.replace(".", "", 1).isdigit()]
+        assert len(rates) == 2 and all(r > 0 for r in rates), ln
+    assert subprocess.run([str(exe), "12"], capture_output=True).returncode == 2
+
+
+@needs_cpu
 def test_decode_ab_against_head(tmp_path):
     """bench/decode_ab.sh builds HEAD's and the working tree's decode kernels into one program
     and times them interleaved; both compute the same products, so their outputs agree to
