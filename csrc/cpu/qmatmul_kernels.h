@@ -268,10 +268,10 @@ static inline void prefetch_line(const uint8_t* p) {
 
 // The INT4 decode tiles' prefetch, spread over a block's NS steps: after step S, lines
 // [S * NL / NS, (S + 1) * NL / NS) of the NL lines at p (the block's bytes kPrefetchTileBytes
-// ahead). On an Intel Xeon a probe of the loop alone (2 threads, 2 GiB) streamed 18-19 GB/s with
-// the lines issued together and 26-27 GB/s with one every other step; in the kernel, with the
-// chunks and the scale prefetch below, 1.07-1.08x INT4 M = 1 against 1.03x without the spread
-// (bench/RESULTS.md, twenty-seventh session).
+// ahead). On an Intel Xeon the loop alone (bench/prefetch_probe.cpp, 2 threads, 2 GiB) streamed
+// 19.9 GB/s with the lines issued together and 25.5 GB/s with one every other step; the kernel,
+// with the chunks and the scale prefetch below, 1.06-1.08x INT4 M = 1 against 1.03x without the
+// spread (bench/RESULTS.md, twenty-seventh session).
 template <int S, int NS, int NL>
 static inline __attribute__((always_inline)) void prefetch_step(const uint8_t* p) {
   for (int j = S * NL / NS; j < (S + 1) * NL / NS; ++j) prefetch_line(p + 64 * j);
@@ -300,10 +300,10 @@ struct Int4Plan {
 // Work chunks of the decode kernels' row-tile loops: 8 chunks per thread (fewer when there are
 // fewer tiles). Each chunk is a contiguous run of a thread's weight stream, and its first tile
 // goes without the software prefetch (the tile before it was another chunk's): at N = 4096, chunks
-// of 64 tiles instead of 16 ran INT4 and INT8 M = 1 1.04-1.06x from memory on an Intel Xeon
-// (bench/RESULTS.md, twenty-seventh session). Not one chunk per thread (1.03-1.04x more there): a
-// dynamic schedule keeps a thread that the host delays from holding up the call. (At N = 192,
-// chunks of 16 made 3 for 2 threads: one thread did twice the other's work.)
+// of 64 tiles instead of 16 ran INT8 M = 1 1.04-1.06x from memory on an Intel Xeon, INT4 with the
+// scale prefetch 1.03x (bench/RESULTS.md, twenty-seventh session). Not one chunk per thread (3-5%
+// more there): a dynamic schedule keeps a thread that the host delays from holding up the call.
+// (At N = 192, chunks of 16 made 3 for 2 threads: one thread did twice the other's work.)
 static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
   return std::max<int64_t>(ntiles / (8 * int64_t{nthreads}), 1);
 }
