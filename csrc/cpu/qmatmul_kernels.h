@@ -301,9 +301,10 @@ struct Int4Plan {
 // fewer tiles). Each chunk is a contiguous run of a thread's weight stream, and its first tile
 // goes without the software prefetch (the tile before it was another chunk's): at N = 4096, chunks
 // of 64 tiles instead of 16 ran INT8 M = 1 1.04-1.06x from memory on an Intel Xeon, INT4 with the
-// scale prefetch 1.03x (bench/RESULTS.md, twenty-seventh session). Not one chunk per thread (3-5%
-// more there): a dynamic schedule keeps a thread that the host delays from holding up the call.
-// (At N = 192, chunks of 16 made 3 for 2 threads: one thread did twice the other's work.)
+// scale prefetch 1.03x (bench/RESULTS.md, twenty-seventh session). Not one chunk per thread: 3-5%
+// faster on a quiet host, but 0.82x these chunks with another process busy on one of the 2 cores
+// (a thread that the host delays holds up the call). (At N = 192, chunks of 16 made 3 for 2
+// threads: one thread did twice the other's work.)
 static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
   return std::max<int64_t>(ntiles / (8 * int64_t{nthreads}), 1);
 }
