@@ -453,13 +453,17 @@ static inline void row_scales_zeros(const QmmArgs& a, int64_t n, int64_t ng, flo
 }
 
 // Rows n..n+nr-1's scales and zero-points (ng each) into L2: the next tile's, prefetched while this
-// one runs, as its codes are (row_scales_zeros reads them).
+// one runs, as its codes are (row_scales_zeros reads them). Every line the bytes touch, from the
+// line holding the first (a tile's scales need not start on a line: fp16, or ng not a multiple of 16).
 static inline void prefetch_scales_zeros(const QmmArgs& a, int64_t n, int64_t nr, int64_t ng) {
+  auto lines = [](const uint8_t* p, int64_t nbytes) {  // by address: the first line may start before p
+    const uintptr_t end = reinterpret_cast<uintptr_t>(p) + nbytes;
+    for (uintptr_t u = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; u < end; u += 64)
+      prefetch_line(reinterpret_cast<const uint8_t*>(u));
+  };
   const int64_t ss = a.sdt == DType::F32 ? 4 : 2;
-  const auto* s = static_cast<const uint8_t*>(a.scales);
-  for (int64_t o = n * ng * ss; o < (n + nr) * ng * ss; o += 64) prefetch_line(s + o);
-  if (a.zeros)
-    for (int64_t o = n * ng; o < (n + nr) * ng; o += 64) prefetch_line(a.zeros + o);
+  lines(static_cast<const uint8_t*>(a.scales) + n * ng * ss, nr * ng * ss);
+  if (a.zeros) lines(a.zeros + n * ng, nr * ng);
 }
 
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
@@ -480,16 +484,15 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
   // scales at r * ngp, its s * z at (4 + r) * ngp (with C = kBf16Dot: 16 s and s * (z + 16)).
   const int64_t row_bytes = p.Kp / 2;
   const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
-  const float* srow = sbuf;  // row r's scales at r * ngp
   float out[R][MC];
   if constexpr (C == kBf16Dot) {
     const uint16_t* xb[MC];
     for (int m = 0; m < MC; ++m) xb[m] = p.xb.data() + (m0 + m) * p.Kx;
-    dec4_tile_bf16<MC, R>(xb, q, row_bytes, srow, p, out);
+    dec4_tile_bf16<MC, R>(xb, q, row_bytes, sbuf, p, out);
   } else {
     const float* xp[MC];
     for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kx;
-    dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, srow, p, out);
+    dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, sbuf, p, out);
   }
   for (int r = 0; r < R; ++r) {
     const float* sz = sbuf + (4 + r) * p.ngp;
