@@ -32,6 +32,6 @@ sed -e "s/isa_$isa/isa_new/g" "csrc/cpu/qmatmul_$isa.cpp" > "$tmp/new_isa.cpp"
 git show "$rev:csrc/cpu/qmatmul_$isa.cpp" \
   | sed -e "s/isa_$isa/isa_base/g" -e 's/#include "qmatmul_kernels.h"/#include "base_kernels.h"/' > "$tmp/base_isa.cpp"
 echo "ISA: $isa"
-g++ -O3 -fopenmp "${flags[@]}" -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \
+g++ -O3 -fopenmp -Wno-ignored-attributes "${flags[@]}" -std=c++17 -Icsrc/include -Icsrc/cpu -I"$tmp" bench/decode_ab.cpp \
   csrc/cpu/cpu_features.cpp -o "$tmp/decode_ab"
 for m in "${ms[@]}"; do "$tmp/decode_ab" "$bits" "$m" ${LAYERS:-16} ${SIZE:-4096} ${ROUNDS:-30} ${SCALES:-fp32}; done

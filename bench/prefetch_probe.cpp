@@ -9,7 +9,8 @@
 //   static: each thread one contiguous half; dynN: OpenMP dynamic chunks of N tiles
 // bench/RESULTS.md, twenty-seventh session, has its figures on an Intel Xeon.
 //
-//   g++ -O3 -march=native -fopenmp bench/prefetch_probe.cpp -o /tmp/prefetch_probe && /tmp/prefetch_probe [MiB]
+//   g++ -O3 -fopenmp -mavx512f -mavx512bw -mavx2 -mfma bench/prefetch_probe.cpp -o /tmp/prefetch_probe && /tmp/prefetch_probe [MiB]
+// (the library's ISA flags, not -march=native: see bench/layout_probe.cpp)
 // MiB: the size swept from memory (2048; a multiple of 8 MiB; give more than the last-level cache).
 #include <immintrin.h>
 #include <omp.h>

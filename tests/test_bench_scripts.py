@@ -123,7 +123,8 @@ def test_prefetch_probe_builds_and_runs(tmp_path):
     if _native.native().cpu_isa() != "avx512":
         pytest.skip("needs a CPU with AVX-512")
     exe = tmp_path / "prefetch_probe"
-    _run(["g++", "-O2", "-march=native", "-fopenmp", "-std=c++17", "bench/prefetch_probe.cpp", "-o", str(exe)])
+    _run(["g++", "-O2", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx2", "-mfma", "-std=c++17",
+          "bench/prefetch_probe.cpp", "-o", str(exe)])
     text = _run([str(exe), "16"])
     rows = {" ".join(ln.split()[:2]): ln for ln in text.splitlines()[1:]}
     assert set(rows) == {f"{s} {p}" for s in ("static", "dyn16", "dyn64") for p in ("burst", "spread")}
@@ -131,6 +132,29 @@ def test_prefetch_probe_builds_and_runs(tmp_path):
         rates = [float(w) for w in ln.split() if w.replace(".", "", 1).isdigit()]
         assert len(rates) == 2 and all(r > 0 for r in rates), ln
     assert subprocess.run([str(exe), "12"], capture_output=True).returncode == 2
+
+
+@needs_cpu
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_layout_probe_builds_and_runs(tmp_path):
+    """bench/layout_probe.cpp: a row per code layout and prefetch distance, each from memory (also
+    as a ratio to the plain read timed in the same rounds) and cached; bad arguments exit 2."""
+    if _native.native().cpu_isa() != "avx512":
+        pytest.skip("needs a CPU with AVX-512")
+    exe = tmp_path / "layout_probe"
+    _run(["g++", "-O2", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx2", "-mfma", "-std=c++17",
+          "bench/layout_probe.cpp", "-o", str(exe)])
+    text = _run([str(exe), "16", "2"])
+    rows = {ln.split(" from memory ")[0].strip(): ln for ln in text.splitlines()[1:]}
+    assert set(rows) == {"plain read", "row-major 8K", "row-major 16K", "row-major none", "rows in turn 8K",
+                         "interleaved 8K", "interleaved none"}
+    for name, ln in rows.items():
+        nums = [float(w.rstrip("x")) for w in ln.split(" from memory ")[1].split()
+                if w.rstrip("x").replace(".", "", 1).isdigit()]
+        assert len(nums) == 3 and all(v > 0 for v in nums), ln
+        assert name != "plain read" or nums[1] == 1.0, ln
+    for bad in (["12"], ["16", "0"]):
+        assert subprocess.run([str(exe), *bad], capture_output=True).returncode == 2
 
 
 @needs_cpu
