@@ -6,6 +6,8 @@
 // region per 8 MiB layer, as csrc/cpu/qmatmul_kernels.h runs it (no zero-points, no Python):
 //   row-major:   the format's layout (row r of a tile at r * 2 KiB): 4 streams a tile, the next
 //                tile's lines prefetched into L2 in address order (prefetcht1), AHEAD bytes ahead
+//   row-matched: the same, each row's line prefetched from the next tile's same row (AHEAD bytes
+//                ahead of the line being read: the same lead for every row, not in address order)
 //   rows in turn: one row at a time (one stream), its own line AHEAD bytes ahead
 //   interleaved: the 4 rows' 64-byte blocks interleaved (block b of row r at (4b + r) * 64): one
 //                stream a tile; a layout the format does not have
@@ -36,7 +38,7 @@ alignas(64) static float sc[RB / 64 + R];  // a scale per block
 
 static inline void prefetch_l2(const uint8_t* p) { asm volatile("prefetcht1 %0" : : "m"(*p)); }
 
-enum Layout { kRowMajor, kRowsInTurn, kInterleaved };
+enum Layout { kRowMajor, kRowsInTurn, kInterleaved, kRowMajorMatched };
 
 // Block b's 8 steps for NR rows of codes v[], each step's nibble (S & 3) after a 16-bit shift
 // for S >= 4; acc[r] += code * x.
@@ -75,7 +77,9 @@ static inline float tile(const uint8_t* q) {
   for (int64_t b = 0; b < RB / 64; ++b) {
     __m512i v[R];
     for (int r = 0; r < R; ++r) v[r] = _mm512_load_si512(L == kInterleaved ? q + (b * R + r) * 64 : q + r * RB + b * 64);
-    if (Ahead)
+    if (Ahead && L == kRowMajorMatched)
+      for (int r = 0; r < R; ++r) prefetch_l2(q + r * RB + b * 64 + Ahead);
+    else if (Ahead)
       for (int r = 0; r < R; ++r) prefetch_l2(q + b * R * 64 + Ahead + 64 * r);
     __m512 acc[R];
     for (auto& a : acc) a = _mm512_setzero_ps();
@@ -130,6 +134,7 @@ int main(int argc, char** argv) {
                              {"row-major 8K", sweep<kRowMajor, 8192>},
                              {"row-major 16K", sweep<kRowMajor, 16384>},
                              {"row-major none", sweep<kRowMajor, 0>},
+                             {"row-matched 8K", sweep<kRowMajorMatched, 8192>},
                              {"rows in turn 8K", sweep<kRowsInTurn, 8192>},
                              {"interleaved 8K", sweep<kInterleaved, 8192>},
                              {"interleaved none", sweep<kInterleaved, 0>}};
