@@ -146,8 +146,8 @@ def test_layout_probe_builds_and_runs(tmp_path):
           "bench/layout_probe.cpp", "-o", str(exe)])
     text = _run([str(exe), "16", "2"])
     rows = {ln.split(" from memory ")[0].strip(): ln for ln in text.splitlines()[1:]}
-    assert set(rows) == {"plain read", "row-major 8K", "row-major 16K", "row-major none", "row-matched 8K", "rows in turn 8K",
-                         "interleaved 8K", "interleaved none"}
+    assert set(rows) == {"plain read", "row-major 8K", "row-major 16K", "row-major none", "row-matched 8K",
+                         "rows in turn 8K", "interleaved 8K", "interleaved none"}
     for name, ln in rows.items():
         nums = [float(w.rstrip("x")) for w in ln.split(" from memory ")[1].split()
                 if w.rstrip("x").replace(".", "", 1).isdigit()]
