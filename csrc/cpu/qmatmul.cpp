@@ -71,6 +71,7 @@ Status qmatmul_cpu(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t l
   if (scale_dtype != DType::F32 && scale_dtype != DType::F16)
     return fail(kUnsupported, "scale dtype must be float32 or float16");
   if (M < 0 || K <= 0 || N <= 0) return fail(kInvalidArgument, "need M >= 0, K > 0, N > 0");
+  if (N >= (int64_t{1} << 34)) return fail(kInvalidArgument, "need N < 2^34 (the decode kernels' row tiles)");
   if (ldx < K) return fail(kInvalidArgument, "ldx must be >= K");
   if (ldy < N) return fail(kInvalidArgument, "ldy must be >= N");
   if (bits == 8) {

@@ -251,13 +251,12 @@ static void decode_int4_a8(const QmmArgs& a) {
   const int64_t N = a.N, nblk = (N + 3) / 4, row_bytes = p.Kp / 2;
   const bool vnni = V::kVnni && vnni_dot();
   const int nt = threads_for(a);
-  const int64_t chunk = tile_chunk(nblk, nt);
+  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
 #pragma omp parallel num_threads(nt)
   {
     static thread_local std::vector<float> sbuf;  // this thread's own
     sbuf.assign(8 * p.ngp, 0.f);  // 4 rows' scales, then their s * z; zero padding to ngp
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t bi = 0; bi < nblk; ++bi) {
+    ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       const float* sw[4];
       for (int64_t r = 0; r < nr; ++r) {
@@ -302,7 +301,7 @@ static void decode_int4_a8(const QmmArgs& a) {
         }
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
-    }
+    });
   }
 }
 
@@ -376,11 +375,10 @@ static void decode_int8_a8(const QmmArgs& a) {
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
   const int nt = threads_for(a);
-  const int64_t chunk = tile_chunk(nblk, nt);
+  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
 #pragma omp parallel num_threads(nt)
   {
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t bi = 0; bi < nblk; ++bi) {
+    ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       float sw[4];
       for (int64_t r = 0; r < nr; ++r) row_scales(a, n0 + r, 1, sw + r);
@@ -412,7 +410,7 @@ static void decode_int8_a8(const QmmArgs& a) {
         }
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
-    }
+    });
   }
 }
 

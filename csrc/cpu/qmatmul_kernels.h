@@ -60,9 +60,11 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -297,14 +299,57 @@ struct Int4Plan {
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
 };
 
-// Work chunks of the decode kernels' row-tile loops: 8 chunks per thread (fewer when there are
-// fewer tiles). Each chunk is a contiguous run of a thread's weight stream, and its first tile
-// goes without the software prefetch (the tile before it was another chunk's): at N = 4096, chunks
-// of 64 tiles instead of 16 ran INT8 M = 1 1.04-1.06x from memory on an Intel Xeon, INT4 with the
-// scale prefetch 1.03x (bench/RESULTS.md, twenty-seventh session). Not one chunk per thread: 3-5%
-// faster on a quiet host, but 0.82x these chunks with another process busy on one of the 2 cores
-// (a thread that the host delays holds up the call). (At N = 192, chunks of 16 made 3 for 2
-// threads: one thread did twice the other's work.)
+// The decode kernels' row tiles (4 weight rows each) shared between threads: thread t owns the
+// t-th contiguous range of tiles and claims it front to back, `step` tiles at a time (half what is
+// left near the end), so its weight stream is one run and the prefetch ahead of each tile is its
+// own next tile's; a thread done with its own range claims half of what is left at the back of
+// another's, again and again, so a thread that the host delays does not hold up the call. A
+// range's front and back share one atomic word (compare-and-swap). Against OpenMP's dynamic
+// chunks (each chunk's first tile unprefetched, its last tile's prefetch spent on another
+// thread's tiles), on an AMD EPYC (Zen 5), 2 threads: INT4 M = 1 4096 x 4096 from memory
+// 1.07-1.13x when the host's memory ran fast and 1.00-1.03x when slow, -a8 and INT8 up to 1.10x,
+// at the demo model's shapes 1.08-1.37x, and 1.05x with another process busy on one of the 2
+// cores (bench/RESULTS.md, twenty-eighth session). Every tile is claimed once whichever threads
+// join (a thread that OpenMP does not start leaves its range to the others); the result does not
+// depend on who ran a tile. Fewer than 2^32 tiles (the word's halves).
+class TileRanges {
+ public:
+  TileRanges(int64_t ntiles, int nthreads, int64_t step)
+      : n_(std::max(nthreads, 1)), step_(std::max<int64_t>(step, 1)), r_(new Range[n_]) {
+    for (int t = 0; t < n_; ++t)
+      r_[t].fb.store(pack(ntiles * t / n_, ntiles * (t + 1) / n_), std::memory_order_relaxed);
+  }
+  // Calls f(tile) for every tile that thread t claims: its own range's, then others'.
+  template <class F>
+  void run(int t, F&& f) {
+    int64_t lo, hi;
+    while (claim(r_[t], true, lo, hi))
+      for (int64_t i = lo; i < hi; ++i) f(i);
+    for (int k = 1; k < n_; ++k)
+      while (claim(r_[(t + k) % n_], false, lo, hi))
+        for (int64_t i = lo; i < hi; ++i) f(i);
+  }
+
+ private:
+  struct alignas(64) Range { std::atomic<uint64_t> fb; };  // back << 32 | front
+  static uint64_t pack(int64_t front, int64_t back) { return uint64_t(back) << 32 | uint64_t(front); }
+  bool claim(Range& r, bool own, int64_t& lo, int64_t& hi) const {
+    uint64_t v = r.fb.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t f = int64_t(v & 0xffffffffu), b = int64_t(v >> 32);
+      if (f >= b) return false;
+      const int64_t take = own ? std::min(step_, (b - f + 1) / 2) : std::max<int64_t>((b - f) / 2, 1);
+      lo = own ? f : b - take;
+      hi = own ? f + take : b;
+      if (r.fb.compare_exchange_weak(v, own ? pack(hi, b) : pack(f, lo), std::memory_order_relaxed)) return true;
+    }
+  }
+  int n_;
+  int64_t step_;
+  std::unique_ptr<Range[]> r_;
+};
+
+// The claim step: 1/8 of a thread's tiles (64 at N = 4096), at least 1.
 static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
   return std::max<int64_t>(ntiles / (8 * int64_t{nthreads}), 1);
 }
@@ -576,15 +621,14 @@ static void decode_int4(const QmmArgs& a) {
   }
   const int64_t N = a.N, nblk = (N + 3) / 4;
   const int nt = threads_for(a);
-  const int64_t chunk = tile_chunk(nblk, nt);
+  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
 #pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
     static thread_local std::vector<float> sbuf;  // this thread's own
     sbuf.assign(8 * p.ngp, 0.f);  // 4 rows' scales, then their s * z; zero padding to ngp
     float yrow[kDecodeMaxM * 4];
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t bi = 0; bi < nblk; ++bi) {
+    ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       if (n0 + 4 < N) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
       for (int64_t r = 0; r < nr; ++r)
@@ -601,7 +645,7 @@ static void decode_int4(const QmmArgs& a) {
           vals[r] = yrow[m * 4 + r] + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f);
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
-    }
+    });
   }
 }
 
@@ -716,13 +760,12 @@ static void decode_int8(const QmmArgs& a) {
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
   const int nt = threads_for(a);
-  const int64_t chunk = tile_chunk(nblk, nt);
+  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
 #pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
     float yrow[kDecodeMaxM * 4];
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t bi = 0; bi < nblk; ++bi) {
+    ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       for_each_tile<4>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
         dec8_block<decltype(MC)::value, decltype(Sub)::value>(p, qw, m0, n0, nr, yrow + m0 * 4);
@@ -735,7 +778,7 @@ static void decode_int8(const QmmArgs& a) {
           vals[r] = yrow[m * 4 + r] * s[r] + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f);
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
       }
-    }
+    });
   }
 }
 

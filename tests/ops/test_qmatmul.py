@@ -528,6 +528,41 @@ def test_cpu_lower_isa_path(isa):
     assert r.returncode == 0 and f"{isa} ok" in r.stdout, r.stdout + r.stderr
 
 
+THREADS_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    import pyquant as pq
+    from pyquant.ops.reference import quantize_activations
+    from pyquant.quant.rtn import quantize_weight
+    from helpers import assert_matmul_close, randn
+    torch.set_num_threads(int(sys.argv[2]))
+    for spec in ("int8", "int4-g128", "int4-g32-a8", "int8-a8"):
+        for (m, n, k) in ((1, 1, 64), (2, 9, 128), (1, 37, 256), (5, 1001, 130)):
+            qw = quantize_weight(randn(n, k, seed=n), spec)
+            x = randn(m, k, seed=m)
+            y = pq.ops.qmatmul(x, qw, backend="cpu")
+            xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
+            assert_matmul_close(y, xe, qw.dequantize(torch.float64), None, what=f"{spec} {m} {n} {k}")
+    print("threads ok")
+""")
+
+
+@needs_cpu
+@pytest.mark.parametrize("threads,limit", [(3, None), (3, "1"), (2, "1")])
+def test_cpu_decode_tiles_whichever_threads_join(threads, limit):
+    """The decode kernels split their row tiles into one range per requested thread and let threads
+    take tiles from the others' ranges: every tile is computed once with more threads than cores and
+    when OpenMP starts fewer threads than asked (OMP_THREAD_LIMIT), where one thread takes them all."""
+    env = dict(os.environ)
+    env.pop("OMP_THREAD_LIMIT", None)
+    if limit:
+        env["OMP_THREAD_LIMIT"] = limit
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, here, str(threads)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "threads ok" in r.stdout, r.stdout + r.stderr
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
 def test_bad_input_public(device, backend):
