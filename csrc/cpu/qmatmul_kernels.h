@@ -307,9 +307,9 @@ struct Int4Plan {
 // range's front and back share one atomic word (compare-and-swap). Against OpenMP's dynamic
 // chunks (each chunk's first tile unprefetched, its last tile's prefetch spent on another
 // thread's tiles), on an AMD EPYC (Zen 5), 2 threads: INT4 M = 1 4096 x 4096 from memory
-// 1.07-1.13x when the host's memory ran fast and 1.00-1.03x when slow, -a8 and INT8 up to 1.10x,
-// at the demo model's shapes 1.08-1.37x, and 1.05x with another process busy on one of the 2
-// cores (bench/RESULTS.md, twenty-eighth session). Every tile is claimed once whichever threads
+// 1.02-1.13x (median 1.08x) when the host's memory ran fast and 1.00-1.04x when slow, -a8 and
+// INT8 up to 1.10x, at the demo model's shapes 1.08-1.37x, and 1.05x with another process busy
+// on one of the 2 cores (bench/RESULTS.md, twenty-eighth session). Every tile is claimed once whichever threads
 // join (a thread that OpenMP does not start leaves its range to the others); the result does not
 // depend on who ran a tile. Fewer than 2^32 tiles (the word's halves).
 class TileRanges {
