@@ -309,9 +309,11 @@ struct Int4Plan {
 // thread's tiles), on an AMD EPYC (Zen 5), 2 threads: INT4 M = 1 4096 x 4096 from memory
 // 1.02-1.13x (median 1.08x) when the host's memory ran fast and 1.00-1.04x when slow, -a8 and
 // INT8 up to 1.10x, at the demo model's shapes 1.08-1.37x, and 1.05x with another process busy
-// on one of the 2 cores (bench/RESULTS.md, twenty-eighth session). Every tile is claimed once whichever threads
-// join (a thread that OpenMP does not start leaves its range to the others); the result does not
-// depend on who ran a tile. Fewer than 2^32 tiles (the word's halves).
+// on one of the 2 cores (bench/RESULTS.md, twenty-eighth session; a static split, one range per
+// thread and no stealing, ran 0.82x with a busy core on an Intel Xeon, twenty-seventh session).
+// Every tile is claimed once whichever threads join (a thread that OpenMP does not start leaves
+// its range to the others); the result does not depend on who ran a tile. Fewer than 2^32 tiles
+// (the word's halves; qmatmul_cpu checks N).
 class TileRanges {
  public:
   TileRanges(int64_t ntiles, int nthreads, int64_t step)
