@@ -251,7 +251,7 @@ static void decode_int4_a8(const QmmArgs& a) {
   const int64_t N = a.N, nblk = (N + 3) / 4, row_bytes = p.Kp / 2;
   const bool vnni = V::kVnni && vnni_dot();
   const int nt = threads_for(a);
-  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
+  TileRanges ranges(nblk, nt);
 #pragma omp parallel num_threads(nt)
   {
     static thread_local std::vector<float> sbuf;  // this thread's own
@@ -375,7 +375,7 @@ static void decode_int8_a8(const QmmArgs& a) {
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
   const int nt = threads_for(a);
-  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
+  TileRanges ranges(nblk, nt);
 #pragma omp parallel num_threads(nt)
   {
     ranges.run(omp_get_thread_num(), [&](int64_t bi) {

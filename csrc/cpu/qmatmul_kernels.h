@@ -300,10 +300,10 @@ struct Int4Plan {
 };
 
 // The decode kernels' row tiles (4 weight rows each) shared between threads: thread t owns the
-// t-th contiguous range of tiles and claims it front to back, `step` tiles at a time (half what is
-// left near the end), so its weight stream is one run and the prefetch ahead of each tile is its
-// own next tile's; a thread done with its own range claims half of what is left at the back of
-// another's, again and again, so a thread that the host delays does not hold up the call. A
+// t-th contiguous range of tiles and claims it front to back, 1/8 of a thread's tiles at a time
+// (64 at N = 4096 on 2 threads; at least 1, and half what is left near the end), so its weight
+// stream is one run and the prefetch ahead of each tile is its own next tile's; a thread done
+// with its own range claims half of what is left at the back of another's, again and again, so a thread that the host delays does not hold up the call. A
 // range's front and back share one atomic word (compare-and-swap). Against OpenMP's dynamic
 // chunks (each chunk's first tile unprefetched, its last tile's prefetch spent on another
 // thread's tiles), on an AMD EPYC (Zen 5), 2 threads: INT4 M = 1 4096 x 4096 from memory
@@ -316,8 +316,9 @@ struct Int4Plan {
 // (the word's halves; qmatmul_cpu checks N).
 class TileRanges {
  public:
-  TileRanges(int64_t ntiles, int nthreads, int64_t step)
-      : n_(std::max(nthreads, 1)), step_(std::max<int64_t>(step, 1)), r_(new Range[n_]) {
+  TileRanges(int64_t ntiles, int nthreads)
+      : n_(std::max(nthreads, 1)), step_(std::max<int64_t>(ntiles / (8 * int64_t{n_}), 1)),
+        r_(new Range[n_]) {
     for (int t = 0; t < n_; ++t)
       r_[t].fb.store(pack(ntiles * t / n_, ntiles * (t + 1) / n_), std::memory_order_relaxed);
   }
@@ -350,11 +351,6 @@ class TileRanges {
   int64_t step_;
   std::unique_ptr<Range[]> r_;
 };
-
-// The claim step: 1/8 of a thread's tiles (64 at N = 4096), at least 1.
-static inline int64_t tile_chunk(int64_t ntiles, int nthreads) {
-  return std::max<int64_t>(ntiles / (8 * int64_t{nthreads}), 1);
-}
 
 // tot[r][m] += acc[r][m] * the scale(s) of row r from group g0: one per row when a group spans
 // whole blocks (G >= 8W), else a per-lane vector. Two loops, not one with the case chosen per
@@ -623,7 +619,7 @@ static void decode_int4(const QmmArgs& a) {
   }
   const int64_t N = a.N, nblk = (N + 3) / 4;
   const int nt = threads_for(a);
-  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
+  TileRanges ranges(nblk, nt);
 #pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
@@ -762,7 +758,7 @@ static void decode_int8(const QmmArgs& a) {
   }
   const auto* qw = static_cast<const int8_t*>(a.qw);
   const int nt = threads_for(a);
-  TileRanges ranges(nblk, nt, tile_chunk(nblk, nt));
+  TileRanges ranges(nblk, nt);
 #pragma omp parallel num_threads(nt)
   {
     NoDaz no_daz;
