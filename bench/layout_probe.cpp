@@ -2,8 +2,9 @@
 // bytes timed in the same rounds, by how the codes are laid out and how far ahead they are
 // prefetched. The loop is the kernel's fp32-x step on subnormal codes (an AND and an FMA per 16
 // codes, 4 weight rows sharing each x load) with a scale fold per 128-code block, on 2 KiB rows
-// (K = 4096) in tiles of 4 rows, OpenMP dynamic chunks of 1/16 of a layer's tiles, one parallel
-// region per 8 MiB layer, as csrc/cpu/qmatmul_kernels.h runs it (no zero-points, no Python):
+// (K = 4096) in tiles of 4 rows, OpenMP dynamic chunks of 1/16 of a layer's tiles (the decode
+// kernels' split before they took TileRanges, csrc/cpu/qmatmul_kernels.h), one parallel region
+// per 8 MiB layer (no zero-points, no Python):
 //   row-major:   the format's layout (row r of a tile at r * 2 KiB): 4 streams a tile, the next
 //                tile's lines prefetched into L2 in address order (prefetcht1), AHEAD bytes ahead
 //   row-matched: the same, each row's line prefetched from the next tile's same row (AHEAD bytes
