@@ -3,7 +3,10 @@
 // turning weight codes into floats allows. Same loop shape as csrc/cpu/qmatmul_kernels.h (4
 // weight rows share each x load); ratios are printed from one run. The tile rows time the
 // batched kernel's shapes (MC activation rows x R weight rows). Built with AVX-512 (and BF16)
-// flags it also times the INT4 loop at 16 lanes, with the kernel's scale fold per 128 codes.
+// flags it also times the INT4 loop at 16 lanes, with the kernel's scale fold per 128 codes, and
+// gives each of those rows as a share of the core's measured FMA issue rate (the "fma peak" rows:
+// the ceiling of every loop that spends one FMA lane a code). Build with -O3 to compare with the
+// peak: at -O2 GCC 12 leaves the row loops rolled and the accumulators in memory (4x slower).
 //
 //   g++ -O3 -mavx2 -mfma bench/decode_ceiling.cpp -o /tmp/decode_ceiling && /tmp/decode_ceiling
 //   g++ -O3 -mavx2 -mfma -mavx512f -mavx512bw -mavx512bf16 bench/decode_ceiling.cpp -o /tmp/dc512
@@ -183,6 +186,28 @@ __attribute__((noinline)) float int8_loop() {
   return s;
 }
 
+// The core's FMA issue rate, the ceiling every loop above shares (each multiply-add takes one
+// FMA lane; only the bf16 dot products, two codes a lane, can pass it): 12 independent chains of
+// register-only FMAs, enough to cover the FMA latency on every core here. Inline asm, so the
+// compiler can neither drop nor spill them; PQ_REG names the register file (ymm or zmm).
+#define PQ_FMA(n) "vfmadd231ps %%" PQ_REG "12, %%" PQ_REG "13, %%" PQ_REG #n "\n\t"
+#define PQ_FMA_PEAK_LOOP(name)                                                                  \
+  __attribute__((noinline)) float name() {                                                      \
+    for (int it = 0; it < 512; ++it)                                                            \
+      asm volatile(PQ_FMA(0) PQ_FMA(1) PQ_FMA(2) PQ_FMA(3) PQ_FMA(4) PQ_FMA(5) PQ_FMA(6) PQ_FMA(7) \
+                   PQ_FMA(8) PQ_FMA(9) PQ_FMA(10) PQ_FMA(11) ::: "xmm0", "xmm1", "xmm2", "xmm3",   \
+                   "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11");            \
+    return 0.f;                                                                                 \
+  }
+#define PQ_REG "ymm"
+PQ_FMA_PEAK_LOOP(fma_peak_ymm)  // 512 x 12 FMAs of 8 lanes
+#undef PQ_REG
+#ifdef __AVX512F__
+#define PQ_REG "zmm"
+PQ_FMA_PEAK_LOOP(fma_peak_zmm)  // 512 x 12 FMAs of 16 lanes
+#undef PQ_REG
+#endif
+
 template <class Fn>
 static double gmacs(Fn fn, int macs_per_call = R * K) {  // best of 20 rounds of 2000 calls: G multiply-adds per second
   volatile float sink = fn();
@@ -204,7 +229,9 @@ int main() {
   for (auto& row : xm) for (float& v : row) v = 1e30f * (static_cast<float>(std::rand()) / RAND_MAX - 0.5f);
   const double c4 = gmacs(int4_loop<T256, false>), s4 = gmacs(int4_loop<T256, true>), s4a = gmacs(int4_loop<T256, true, 2>);
   const double c8 = gmacs(int8_loop<false>), s8 = gmacs(int8_loop<true>);
+  const double peak8 = gmacs(fma_peak_ymm, 512 * 12 * 8);
   std::printf("one core, L1-resident, G multiply-adds/s\n");
+  std::printf("fma peak (8 lanes) %6.2f  (12 independent FMA chains: the most any 8-lane loop here can reach)\n", peak8);
   std::printf("int4 convert   %6.2f\nint4 subnormal %6.2f  (%.2fx)\n", c4, s4, s4 / c4);
   std::printf("int4 subnormal-2chains %6.2f  (%.2fx: two FMA chains per row)\n", s4a, s4a / s4);
   std::printf("int8 convert   %6.2f\nint8 subnormal %6.2f  (%.2fx)\n", c8, s8, s8 / c8);
@@ -215,9 +242,9 @@ int main() {
 #ifdef __AVX512F__
   // 16 lanes, M = 1 (x as the kernel scales it): the kernel's loop is "subnormal+fold"
   for (float& v : xp) v *= 1e30f;
-  const double f = gmacs(int4_loop<T512, true, 1, 1, R, true>);
-  std::printf("avx512 int4, 1 x row (codes a cycle at 3.6 GHz in brackets):\n");
-  auto row = [&](const char* name, double g) { std::printf("  %-24s %6.2f  (%5.2f, %.2fx the fold)\n", name, g, g / 3.6, g / f); };
+  const double f = gmacs(int4_loop<T512, true, 1, 1, R, true>), peak16 = gmacs(fma_peak_zmm, 512 * 12 * 16);
+  std::printf("avx512 int4, 1 x row (share of the 16-lane FMA peak, %.2f, in brackets):\n", peak16);
+  auto row = [&](const char* name, double g) { std::printf("  %-24s %6.2f  (%.2f, %.2fx the fold)\n", name, g, g / peak16, g / f); };
   row("subnormal", gmacs(int4_loop<T512, true>));
   row("subnormal+fold", f);
   row("subnormal+fold-2chains", gmacs(int4_loop<T512, true, 2, 1, R, true>));

@@ -12,6 +12,9 @@
 //   rows in turn: one row at a time (one stream), its own line AHEAD bytes ahead
 //   interleaved: the 4 rows' 64-byte blocks interleaved (block b of row r at (4b + r) * 64): one
 //                stream a tile; a layout the format does not have
+//   R4 / R8 ranges: the format's layout in tiles of 4 or 8 rows, each thread one contiguous half
+//                of a layer's tiles (as the kernel's TileRanges give them when no thread falls
+//                behind), the lines prefetched in address order AHEAD bytes ahead
 // Every variant runs once per round, in turn; medians over the rounds. "cached": the same loop
 // over 1 MiB again and again (the loop's own speed, all in L2).
 // bench/RESULTS.md, twenty-eighth session, has its figures on an AMD EPYC (Zen 5).
@@ -35,7 +38,7 @@
 constexpr int R = 4;                   // weight rows a tile
 constexpr int64_t RB = 2048, TB = R * RB, kLayer = 8 << 20, kCached = 1 << 20;
 alignas(64) static float xs[2 * RB];   // x, permuted: 128 floats a block
-alignas(64) static float sc[RB / 64 + R];  // a scale per block
+alignas(64) static float sc[RB / 64 + 8];  // a scale per block (and row: up to 8)
 
 static inline void prefetch_l2(const uint8_t* p) { asm volatile("prefetcht1 %0" : : "m"(*p)); }
 
@@ -53,6 +56,34 @@ static inline void block_steps(__m512i (&v)[NR], const float* x, __m512 (&acc)[N
       acc[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(c), xv, acc[r]);
     }
   }
+}
+
+// A tile of NR rows in the format's layout (the kernel's shape with NR = 4).
+template <int NR, int64_t Ahead>
+static inline float tile_rows(const uint8_t* q) {
+  __m512 tot[NR];
+  for (auto& t : tot) t = _mm512_setzero_ps();
+  for (int64_t b = 0; b < RB / 64; ++b) {
+    __m512i v[NR];
+    for (int r = 0; r < NR; ++r) v[r] = _mm512_load_si512(q + r * RB + b * 64);
+    for (int r = 0; r < NR; ++r) prefetch_l2(q + b * NR * 64 + Ahead + 64 * r);
+    __m512 acc[NR];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    block_steps<NR>(v, xs + b * 128, acc);
+    for (int r = 0; r < NR; ++r) tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(sc[b + r]), tot[r]);
+  }
+  float s = 0;
+  for (auto& t : tot) s += _mm512_reduce_add_ps(t);
+  return s;
+}
+
+template <int NR, int64_t Ahead>
+__attribute__((noinline)) static float sweep_ranges(const uint8_t* buf, int64_t n) {
+  const int64_t ntiles = n / (NR * RB);
+  float tot = 0;
+#pragma omp parallel for reduction(+ : tot) schedule(static)
+  for (int64_t t = 0; t < ntiles; ++t) tot += tile_rows<NR, Ahead>(buf + t * NR * RB);
+  return tot;
 }
 
 template <int L, int64_t Ahead>
@@ -138,7 +169,10 @@ int main(int argc, char** argv) {
                              {"row-matched 8K", sweep<kRowMajorMatched, 8192>},
                              {"rows in turn 8K", sweep<kRowsInTurn, 8192>},
                              {"interleaved 8K", sweep<kInterleaved, 8192>},
-                             {"interleaved none", sweep<kInterleaved, 0>}};
+                             {"interleaved none", sweep<kInterleaved, 0>},
+                             {"R4 ranges 8K", sweep_ranges<4, 8192>},
+                             {"R8 ranges 16K", sweep_ranges<8, 16384>},
+                             {"R8 ranges 24K", sweep_ranges<8, 24576>}};
   volatile float sink = 0;
   using Clock = std::chrono::steady_clock;
   for (int r = 0; r < rounds; ++r)
