@@ -66,7 +66,8 @@ static inline float tile_rows(const uint8_t* q) {
   for (int64_t b = 0; b < RB / 64; ++b) {
     __m512i v[NR];
     for (int r = 0; r < NR; ++r) v[r] = _mm512_load_si512(q + r * RB + b * 64);
-    for (int r = 0; r < NR; ++r) prefetch_l2(q + b * NR * 64 + Ahead + 64 * r);
+    if (Ahead)
+      for (int r = 0; r < NR; ++r) prefetch_l2(q + b * NR * 64 + Ahead + 64 * r);
     __m512 acc[NR];
     for (auto& a : acc) a = _mm512_setzero_ps();
     block_steps<NR>(v, xs + b * 128, acc);
@@ -88,6 +89,7 @@ __attribute__((noinline)) static float sweep_ranges(const uint8_t* buf, int64_t 
 
 template <int L, int64_t Ahead>
 static inline float tile(const uint8_t* q) {
+  if constexpr (L == kRowMajor) return tile_rows<R, Ahead>(q);
   float s = 0;
   if constexpr (L == kRowsInTurn) {
     for (int r = 0; r < R; ++r) {
