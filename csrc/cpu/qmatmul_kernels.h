@@ -303,8 +303,9 @@ struct Int4Plan {
 // t-th contiguous range of tiles and claims it front to back, 1/8 of a thread's tiles at a time
 // (64 at N = 4096 on 2 threads; at least 1, and half what is left near the end), so its weight
 // stream is one run and the prefetch ahead of each tile is its own next tile's; a thread done
-// with its own range claims half of what is left at the back of another's, again and again, so a thread that the host delays does not hold up the call. A
-// range's front and back share one atomic word (compare-and-swap). Against OpenMP's dynamic
+// with its own range claims half of what is left at the back of another's, again and again, so
+// a thread that the host delays does not hold up the call. A range's front and back share one
+// atomic word (compare-and-swap). Against OpenMP's dynamic
 // chunks (each chunk's first tile unprefetched, its last tile's prefetch spent on another
 // thread's tiles), on an AMD EPYC (Zen 5), 2 threads: INT4 M = 1 4096 x 4096 from memory
 // 1.02-1.13x (median 1.08x) when the host's memory ran fast and 1.00-1.04x when slow, -a8 and
