@@ -297,6 +297,8 @@ struct Int4Plan {
   AlignedVec<uint16_t> xb;           // [M][Kx] bf16 x, permuted for the dot products (bf only)
   AlignedVec<float> xr, xp, gsum;    // [M][Kx] raw (zero-padded), [M][Kx] permuted, [M][ngp] (zero-padded)
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
+  bool in_place;                     // the tiles read fp32 scales where they lie, not from a copy
+  int64_t ss;                        // the scales' row stride where the tiles read them: ng, or ngp in a copy
 };
 
 // The decode kernels' row tiles (4 weight rows each) shared between threads: thread t owns the
@@ -359,14 +361,14 @@ class TileRanges {
 // block storing and reloading them; split, 1.46x at M = 4 and 1.06x at M = 1 (where memory sets
 // the pace) on Zen 4, AVX-512.
 template <int MC, int R>
-static inline __attribute__((always_inline)) void fold_scales(const float* s, int64_t ngp, int64_t g0, int G,
+static inline __attribute__((always_inline)) void fold_scales(const float* s, int64_t ss, int64_t g0, int G,
                                                               const typename V::F (&acc)[R][MC],
                                                               typename V::F (&tot)[R][MC]) {
   typename V::F sv[R];
   if (G >= 8 * V::W) {
-    for (int r = 0; r < R; ++r) sv[r] = V::set1(s[r * ngp + g0]);
+    for (int r = 0; r < R; ++r) sv[r] = V::set1(s[r * ss + g0]);
   } else {
-    for (int r = 0; r < R; ++r) sv[r] = V::scale_block(s + r * ngp + g0, G / 8);
+    for (int r = 0; r < R; ++r) sv[r] = V::scale_block(s + r * ss + g0, G / 8);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MC; ++m) tot[r][m] = V::fma(acc[r][m], sv[r], tot[r][m]);
@@ -405,7 +407,7 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
       for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
       step(b, v, acc, q + b * R * 4 * W + kPrefetchTileBytes);  // prefetching from memory as it goes
     }
-    fold_scales<MC, R>(srow, p.ngp, (b0 * 8 * W) >> gshift, G, acc, tot);
+    fold_scales<MC, R>(srow, p.ss, (b0 * 8 * W) >> gshift, G, acc, tot);
   }
   if constexpr (W > 1)
     if (p.tail) {  // the partial block (G < 8W, so bpg = 1): its codes, zeros past them, and x is zero there
@@ -414,7 +416,7 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi_head(q + r * row_bytes + p.nblocks * 4 * W, p.tail);
       step(p.nblocks, v, acc, q);  // (prefetches lines already read)
-      fold_scales<MC, R>(srow, p.ngp, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
+      fold_scales<MC, R>(srow, p.ss, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
     }
   for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
 }
@@ -519,30 +521,45 @@ static inline float zero_term(const float* sz, const float* gsum, int64_t ngp) {
   return V::hsum(acc);
 }
 
+// The same from one row's fp32 scales s and zero-points z (8 each when null), ng of each (a
+// multiple of W), with no s * z array in between: each s_g * z_g rounded as row_scales_zeros
+// rounds it, summed in the same lanes, so both give the same bits.
+static inline float zero_term(const float* s, const uint8_t* z, int64_t ng, const float* gsum) {
+  typename V::F acc = V::zero();
+  for (int64_t g = 0; g < ng; g += V::W) {
+    const typename V::F sz = V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero());
+    acc = V::fma(sz, V::load(gsum + g), acc);
+  }
+  return V::hsum(acc);
+}
+
 // How a decode tile reads INT4 codes (see the top of this file).
 enum Codes : int { kConvert = 0, kSubnormal = 1, kBf16Dot = 2 };
 
 template <int MC, int R, int C>
 static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, const float* sbuf, float* yacc) {
-  // yacc[m * 4 + r] (m < MC, r < R) receives the finished values. sbuf: row r's
-  // scales at r * ngp, its s * z at (4 + r) * ngp (with C = kBf16Dot: 16 s and s * (z + 16)).
+  // yacc[m * 4 + r] (m < MC, r < R) receives the finished values. sbuf (unless p.in_place): row
+  // r's scales at r * ngp, its s * z at (4 + r) * ngp (with C = kBf16Dot: 16 s and s * (z + 16)).
   const int64_t row_bytes = p.Kp / 2;
   const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
+  const float* srow = p.in_place ? static_cast<const float*>(a.scales) + n * p.ng : sbuf;
   float out[R][MC];
   if constexpr (C == kBf16Dot) {
     const uint16_t* xb[MC];
     for (int m = 0; m < MC; ++m) xb[m] = p.xb.data() + (m0 + m) * p.Kx;
-    dec4_tile_bf16<MC, R>(xb, q, row_bytes, sbuf, p, out);
+    dec4_tile_bf16<MC, R>(xb, q, row_bytes, srow, p, out);
   } else {
     const float* xp[MC];
     for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kx;
-    dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, sbuf, p, out);
+    dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, srow, p, out);
   }
   for (int r = 0; r < R; ++r) {
-    const float* sz = sbuf + (4 + r) * p.ngp;
+    const uint8_t* z = a.zeros ? a.zeros + (n + r) * p.ng : nullptr;
     for (int m = 0; m < MC; ++m) {
       const float* gs = p.gsum.data() + (m0 + m) * p.ngp;
-      yacc[m * 4 + r] = static_cast<float>(out[r][m] * p.unscale[m0 + m]) - zero_term(sz, gs, p.ngp);
+      const float zt = p.in_place ? zero_term(srow + r * p.ss, z, p.ng, gs)
+                                  : zero_term(sbuf + (4 + r) * p.ngp, gs, p.ngp);
+      yacc[m * 4 + r] = static_cast<float>(out[r][m] * p.unscale[m0 + m]) - zt;
     }
   }
 }
@@ -580,6 +597,11 @@ static void decode_int4(const QmmArgs& a) {
   while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
   p.bf = V::kBf16Dot && a.xdt == DType::BF16 && a.M >= 2 && bf16_dot();
   p.sub = !p.bf && subnormal_codes();
+  // In place only where nothing reads past a row's scales: a partial last block (tail) reads
+  // scale_block's full vector of groups (in a copy, its zero padding; in place, the next row's
+  // scales, where an Inf would spoil this row), and zero_term takes W groups at a time.
+  p.in_place = !p.bf && a.sdt == DType::F32 && p.tail == 0 && p.ng % W == 0;
+  p.ss = p.in_place ? p.ng : p.ngp;
   const int64_t M = a.M, Kx = p.Kx;
   p.xr.assign(M * Kx, 0.f);
   p.xp.resize(p.bf ? 0 : M * Kx);
@@ -630,8 +652,9 @@ static void decode_int4(const QmmArgs& a) {
     ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       if (n0 + 4 < N) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
-      for (int64_t r = 0; r < nr; ++r)
-        row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp, p.bf);
+      if (!p.in_place)  // (in place: the tiles read the scales, dec4_rows the zero-points, where they lie)
+        for (int64_t r = 0; r < nr; ++r)
+          row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp, p.bf);
       for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
         constexpr int mc = decltype(MC)::value;
         if constexpr (V::kBf16Dot)

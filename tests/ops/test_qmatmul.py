@@ -153,6 +153,24 @@ def test_cpu_strided_rows():
 
 
 @needs_cpu
+@pytest.mark.parametrize("spec", ["int4-g32", "int4-g64", "int4-g128", "int4-g64-sym", "int8"])
+@pytest.mark.parametrize("k", [100, 576, 1000, 4096])
+def test_cpu_rows_read_only_their_own_scales(spec, k):
+    """The decode kernels read fp32 scales where they lie (no copy): a row's results must not
+    depend on the next row's scales, which an Inf there would show (0 * Inf is NaN), even where
+    the row ends in a partial block."""
+    _C = _native.native()
+    qw = quantize_weight(randn(10, k, seed=21), spec)
+    qw.scales[1::2] = float("inf")  # odd rows' scales: their own outputs are not checked
+    w = qw.dequantize(torch.float64)[0::2]
+    for m in (1, 3):
+        x = randn(m, k, seed=22)
+        y = torch.empty(m, 10)
+        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, qw.spec.bits, qw.spec.group_size or 0, k, y, 0)
+        assert_matmul_close(y[:, 0::2], x, w, what=f"{spec} K={k} M={m}, even rows")
+
+
+@needs_cpu
 def test_cpu_leading_dimensions():
     """The binding takes x[..., K] -> y[..., N] when the leading dimensions collapse into rows
     (contiguous, or a slice of whole rows), and names the problem when they do not; the public op
