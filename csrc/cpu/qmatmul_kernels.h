@@ -521,16 +521,21 @@ static inline float zero_term(const float* sz, const float* gsum, int64_t ngp) {
   return V::hsum(acc);
 }
 
-// The same from one row's fp32 scales s and zero-points z (8 each when null), ng of each (a
-// multiple of W), with no s * z array in between: each s_g * z_g rounded as row_scales_zeros
-// rounds it, summed in the same lanes, so both give the same bits.
+// The same from one row's fp32 scales s and zero-points z (8 each when null), ng of each, with no
+// s * z array in between: each s_g * z_g rounded as row_scales_zeros rounds it. The groups past
+// the last multiple of W are summed apart (so the bits equal the copy's only when W divides ng):
+// zero-padded copies of that last partial vector, stored and read back per row, ran the demo
+// model's 1536 x 576 at 0.64x the copy path, this 1.20-1.22x (bench/RESULTS.md, thirtieth session).
 static inline float zero_term(const float* s, const uint8_t* z, int64_t ng, const float* gsum) {
   typename V::F acc = V::zero();
-  for (int64_t g = 0; g < ng; g += V::W) {
+  int64_t g = 0;
+  for (; g + V::W <= ng; g += V::W) {
     const typename V::F sz = V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero());
     acc = V::fma(sz, V::load(gsum + g), acc);
   }
-  return V::hsum(acc);
+  float t = 0.f;
+  for (; g < ng; ++g) t += s[g] * (z ? static_cast<float>(z[g]) : 8.f) * gsum[g];
+  return ng >= V::W ? V::hsum(acc) + t : t;
 }
 
 // How a decode tile reads INT4 codes (see the top of this file).
@@ -599,8 +604,10 @@ static void decode_int4(const QmmArgs& a) {
   p.sub = !p.bf && subnormal_codes();
   // In place only where nothing reads past a row's scales: a partial last block (tail) reads
   // scale_block's full vector of groups (in a copy, its zero padding; in place, the next row's
-  // scales, where an Inf would spoil this row), and zero_term takes W groups at a time.
-  p.in_place = !p.bf && a.sdt == DType::F32 && p.tail == 0 && p.ng % W == 0;
+  // scales, where an Inf would spoil this row). And with groups past the last multiple of W only
+  // at M = 1: zero_term sums those one by one for every row of x, which at M = 4 ran 576 x 1536
+  // at 0.94x the copy path (bench/RESULTS.md, thirtieth session).
+  p.in_place = !p.bf && a.sdt == DType::F32 && p.tail == 0 && (p.ng % W == 0 || a.M == 1);
   p.ss = p.in_place ? p.ng : p.ngp;
   const int64_t M = a.M, Kx = p.Kx;
   p.xr.assign(M * Kx, 0.f);
