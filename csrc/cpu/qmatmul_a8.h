@@ -250,6 +250,13 @@ static void decode_int4_a8(const QmmArgs& a) {
   }
   const int64_t N = a.N, nblk = (N + 3) / 4, row_bytes = p.Kp / 2;
   const bool vnni = V::kVnni && vnni_dot();
+  // fp32 scales read where they lie, as decode_int4 does and on the same conditions (see there; a
+  // last block past the row's end reads scale_block's full vector of groups): against the copy,
+  // 4096 x 4096 1.07x and 1536 x 576 1.13x at M = 1 from memory, with the scales prefetched as
+  // decode_int4 prefetches them (bench/RESULTS.md, thirtieth session).
+  const bool in_place = a.sdt == DType::F32 && (p.G >= kA8Block || p.ng % (kA8Block / p.G) == 0) &&
+                        (p.ng % W == 0 || M == 1);
+  const bool prefetch_scales = scales_worth_prefetching(row_bytes);
   const int nt = threads_for(a);
   TileRanges ranges(nblk, nt);
 #pragma omp parallel num_threads(nt)
@@ -259,7 +266,12 @@ static void decode_int4_a8(const QmmArgs& a) {
     ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       const float* sw[4];
+      if (n0 + 4 < N && prefetch_scales) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
       for (int64_t r = 0; r < nr; ++r) {
+        if (in_place) {
+          sw[r] = static_cast<const float*>(a.scales) + (n0 + r) * p.ng;
+          continue;
+        }
         row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp);
         sw[r] = sbuf.data() + r * p.ngp;
       }
@@ -296,7 +308,10 @@ static void decode_int4_a8(const QmmArgs& a) {
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
         for (int64_t r = 0; r < nr; ++r) {
-          const float v = yt[r][m] - zero_term(sbuf.data() + (4 + r) * p.ngp, p.qsum.data() + m * p.ngp, p.ngp);
+          const float* qs = p.qsum.data() + m * p.ngp;
+          const uint8_t* z = a.zeros ? a.zeros + (n0 + r) * p.ng : nullptr;
+          const float v = yt[r][m] - (in_place ? zero_term(sw[r], z, p.ng, qs)
+                                               : zero_term(sbuf.data() + (4 + r) * p.ngp, qs, p.ngp));
           vals[r] = p.finite[m] ? v + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f) : NAN;
         }
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));

@@ -512,6 +512,13 @@ static inline void prefetch_scales_zeros(const QmmArgs& a, int64_t n, int64_t nr
   if (a.zeros) lines(a.zeros + n * ng, nr * ng);
 }
 
+// Whether the INT4 decode tiles prefetch the next tile's scales and zero-points: where a tile's
+// codes span the codes' own prefetch lead (K >= 4096), not in shorter tiles, which end before
+// a line from memory would arrive. With the scales read in place, 48 layers from memory (Zen 5,
+// slow state): at 4096 x 4096 INT4 1.00x and -a8 1.01-1.03x with the prefetch against without;
+// at 1536 x 576 0.98x both (bench/RESULTS.md, thirtieth session).
+static inline bool scales_worth_prefetching(int64_t row_bytes) { return 4 * row_bytes >= kPrefetchTileBytes; }
+
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
 // to ngp (a multiple of W: no scalar tail; with G = 32 a row has K/32 groups, as many as a tenth
 // of its FMAs, and at K = 576, G = 128 five, as costly as the tile's epilogue).
@@ -648,6 +655,7 @@ static void decode_int4(const QmmArgs& a) {
           xp[b * 8 * W + S * W + l] = static_cast<float>(xr[b * 8 * W + 8 * l + S] * mul[S]);
   }
   const int64_t N = a.N, nblk = (N + 3) / 4;
+  const bool prefetch_scales = scales_worth_prefetching(p.Kp / 2);
   const int nt = threads_for(a);
   TileRanges ranges(nblk, nt);
 #pragma omp parallel num_threads(nt)
@@ -658,7 +666,7 @@ static void decode_int4(const QmmArgs& a) {
     float yrow[kDecodeMaxM * 4];
     ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
-      if (n0 + 4 < N) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
+      if (n0 + 4 < N && prefetch_scales) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
       if (!p.in_place)  // (in place: the tiles read the scales, dec4_rows the zero-points, where they lie)
         for (int64_t r = 0; r < nr; ++r)
           row_scales_zeros(a, n0 + r, p.ng, sbuf.data() + r * p.ngp, sbuf.data() + (4 + r) * p.ngp, p.bf);

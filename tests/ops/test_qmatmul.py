@@ -153,7 +153,7 @@ def test_cpu_strided_rows():
 
 
 @needs_cpu
-@pytest.mark.parametrize("spec", ["int4-g32", "int4-g64", "int4-g128", "int4-g64-sym", "int8"])
+@pytest.mark.parametrize("spec", ["int4-g32", "int4-g64", "int4-g128", "int4-g64-sym", "int4-g32-a8", "int4-g64-sym-a8", "int8"])
 @pytest.mark.parametrize("k", [100, 576, 1000, 4096])
 def test_cpu_rows_read_only_their_own_scales(spec, k):
     """The decode kernels read fp32 scales where they lie (no copy): a row's results must not
@@ -166,8 +166,10 @@ def test_cpu_rows_read_only_their_own_scales(spec, k):
     for m in (1, 3):
         x = randn(m, k, seed=22)
         y = torch.empty(m, 10)
-        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, qw.spec.bits, qw.spec.group_size or 0, k, y, 0)
-        assert_matmul_close(y[:, 0::2], x, w, what=f"{spec} K={k} M={m}, even rows")
+        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, qw.spec.bits, qw.spec.group_size or 0, k, y, 0,
+                       qw.spec.act_bits or 0)
+        xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
+        assert_matmul_close(y[:, 0::2], xe, w, what=f"{spec} K={k} M={m}, even rows")
 
 
 @needs_cpu
