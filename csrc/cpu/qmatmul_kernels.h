@@ -514,9 +514,9 @@ static inline void prefetch_scales_zeros(const QmmArgs& a, int64_t n, int64_t nr
 
 // Whether the INT4 decode tiles prefetch the next tile's scales and zero-points: where a tile's
 // codes span the codes' own prefetch lead (K >= 4096), not in shorter tiles, which end before
-// a line from memory would arrive. With the scales read in place, 48 layers from memory (Zen 5,
-// slow state): at 4096 x 4096 INT4 1.00x and -a8 1.01-1.03x with the prefetch against without;
-// at 1536 x 576 0.98x both (bench/RESULTS.md, thirtieth session).
+// a line from memory would arrive. With the scales read in place, M = 1, from memory (Zen 5, slow
+// state), with the prefetch against without: 4096 x 4096 INT4 1.00-1.01x, -a8 1.02-1.08x; 1536 x
+// 576 0.97-0.98x both, 0.93-0.96x from L3 (bench/RESULTS.md, thirtieth session).
 static inline bool scales_worth_prefetching(int64_t row_bytes) { return 4 * row_bytes >= kPrefetchTileBytes; }
 
 // sum_g s_g * z_g * gsum_g: the zero-points' share of one row's result, over arrays zero-padded
