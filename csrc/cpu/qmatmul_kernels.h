@@ -532,7 +532,7 @@ static inline float zero_term(const float* sz, const float* gsum, int64_t ngp) {
 // s * z array in between: each s_g * z_g rounded as row_scales_zeros rounds it. The groups past
 // the last multiple of W are summed apart (so the bits equal the copy's only when W divides ng):
 // zero-padded copies of that last partial vector, stored and read back per row, ran the demo
-// model's 1536 x 576 at 0.64x the copy path, this 1.20-1.22x (bench/RESULTS.md, thirtieth session).
+// model's 1536 x 576 at 0.64x the copy path, this 1.20-1.24x (bench/RESULTS.md, thirtieth session).
 static inline float zero_term(const float* s, const uint8_t* z, int64_t ng, const float* gsum) {
   typename V::F acc = V::zero();
   int64_t g = 0;

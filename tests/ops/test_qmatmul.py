@@ -153,7 +153,8 @@ def test_cpu_strided_rows():
 
 
 @needs_cpu
-@pytest.mark.parametrize("spec", ["int4-g32", "int4-g64", "int4-g128", "int4-g64-sym", "int4-g32-a8", "int4-g64-sym-a8", "int8"])
+@pytest.mark.parametrize("spec", ["int4-g32", "int4-g64", "int4-g128", "int4-g64-sym", "int4-g32-a8", "int4-g64-sym-a8",
+                                  "int8"])
 @pytest.mark.parametrize("k", [100, 576, 1000, 4096])
 def test_cpu_rows_read_only_their_own_scales(spec, k):
     """The decode kernels read fp32 scales where they lie (no copy): a row's results must not
