@@ -250,12 +250,10 @@ static void decode_int4_a8(const QmmArgs& a) {
   }
   const int64_t N = a.N, nblk = (N + 3) / 4, row_bytes = p.Kp / 2;
   const bool vnni = V::kVnni && vnni_dot();
-  // fp32 scales read where they lie, as decode_int4 does and on the same conditions (see there; a
-  // last block past the row's end reads scale_block's full vector of groups): against the copy,
+  // fp32 scales read where they lie, as decode_int4 does (scales_in_place): against the copy,
   // 4096 x 4096 1.07x and 1536 x 576 1.13x at M = 1 from memory, with the scales prefetched as
   // decode_int4 prefetches them (bench/RESULTS.md, thirtieth session).
-  const bool in_place = a.sdt == DType::F32 && (p.G >= kA8Block || p.ng % (kA8Block / p.G) == 0) &&
-                        (p.ng % W == 0 || M == 1);
+  const bool in_place = scales_in_place(a, p.ng, p.G < kA8Block && p.ng % (kA8Block / p.G) != 0);
   const bool prefetch_scales = scales_worth_prefetching(row_bytes);
   const int nt = threads_for(a);
   TileRanges ranges(nblk, nt);

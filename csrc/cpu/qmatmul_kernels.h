@@ -545,6 +545,17 @@ static inline float zero_term(const float* s, const uint8_t* z, int64_t ng, cons
   return ng >= V::W ? V::hsum(acc) + t : t;
 }
 
+// Whether the INT4 decode tiles read a weight's scales where they lie (fp32 ones), with
+// zero_term(s, z, ng, gsum), instead of from a per-tile copy. Only where nothing reads past a
+// row's scales: a partial last block reads scale_block's full vector of groups (in a copy, its
+// zero padding; in place, the next row's scales, where an Inf would spoil this row). And with
+// groups past the last multiple of W only at M = 1: zero_term sums those one by one for every
+// row of x, which at M = 4 ran 576 x 1536 at 0.94x the copy path (bench/RESULTS.md, thirtieth
+// session).
+static inline bool scales_in_place(const QmmArgs& a, int64_t ng, bool partial_last_block) {
+  return a.sdt == DType::F32 && !partial_last_block && (ng % V::W == 0 || a.M == 1);
+}
+
 // How a decode tile reads INT4 codes (see the top of this file).
 enum Codes : int { kConvert = 0, kSubnormal = 1, kBf16Dot = 2 };
 
@@ -609,12 +620,7 @@ static void decode_int4(const QmmArgs& a) {
   while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
   p.bf = V::kBf16Dot && a.xdt == DType::BF16 && a.M >= 2 && bf16_dot();
   p.sub = !p.bf && subnormal_codes();
-  // In place only where nothing reads past a row's scales: a partial last block (tail) reads
-  // scale_block's full vector of groups (in a copy, its zero padding; in place, the next row's
-  // scales, where an Inf would spoil this row). And with groups past the last multiple of W only
-  // at M = 1: zero_term sums those one by one for every row of x, which at M = 4 ran 576 x 1536
-  // at 0.94x the copy path (bench/RESULTS.md, thirtieth session).
-  p.in_place = !p.bf && a.sdt == DType::F32 && p.tail == 0 && (p.ng % W == 0 || a.M == 1);
+  p.in_place = !p.bf && scales_in_place(a, p.ng, p.tail != 0);  // (bf: the copy holds 16 s)
   p.ss = p.in_place ? p.ng : p.ngp;
   const int64_t M = a.M, Kx = p.Kx;
   p.xr.assign(M * Kx, 0.f);
