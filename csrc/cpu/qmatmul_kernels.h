@@ -355,17 +355,26 @@ class TileRanges {
   std::unique_ptr<Range[]> r_;
 };
 
+// How a weight's INT4 groups lie over the decode tiles' blocks of 8W codes a row; dec4_loop has a
+// loop for each.
+enum GroupLayout : int {
+  kGroupsInBlock = 0,   // G < 8W: a vector of 8W / G scales per row, folded every block
+  kGroupIsBlock = 1,    // G = 8W (g128 with AVX-512, g64 with AVX2): a scale per row, every block
+  kGroupIs2Blocks = 2,  // G = 16W (g256 with AVX-512, g128 with AVX2): a scale every 2 blocks
+  kGroupIsBlocks = 3,   // G > 16W (and every G with one lane): a scale every G / 8W blocks
+};
+
 // tot[r][m] += acc[r][m] * the scale(s) of row r from group g0: one per row when a group spans
 // whole blocks (G >= 8W), else a per-lane vector. Two loops, not one with the case chosen per
 // row: as one (with scale_block's stack array in it) GCC 12 kept acc and tot in memory, every
 // block storing and reloading them; split, 1.46x at M = 4 and 1.06x at M = 1 (where memory sets
 // the pace) on Zen 4, AVX-512.
-template <int MC, int R>
+template <int MC, int R, int Layout>
 static inline __attribute__((always_inline)) void fold_scales(const float* s, int64_t ss, int64_t g0, int G,
                                                               const typename V::F (&acc)[R][MC],
                                                               typename V::F (&tot)[R][MC]) {
   typename V::F sv[R];
-  if (G >= 8 * V::W) {
+  if constexpr (Layout != kGroupsInBlock) {
     for (int r = 0; r < R; ++r) sv[r] = V::set1(s[r * ss + g0]);
   } else {
     for (int r = 0; r < R; ++r) sv[r] = V::scale_block(s + r * ss + g0, G / 8);
@@ -385,8 +394,14 @@ static inline __attribute__((always_inline)) void fold_scales(const float* s, in
 // per-lane scale vector. One accumulator per (row, m) (4 or 8 FMA chains: the nibble decoding
 // (AND, or AND + conversion), not the FMA latency, sets the pace; two chains per row measured
 // 1.00-1.04x one on Zen 3, bench/decode_ceiling.cpp): with R = 4, v/acc/tot stay in registers
-// (fold_scales says how). VV: V (a template parameter so that dec4_tile_bf16's body is compiled
-// only where it is called).
+// (fold_scales says how). One loop per GroupLayout, its blocks per fold a constant where that is
+// 1 or 2 and its totals copied out only at the end: against one loop for every layout (a block
+// loop inside a group loop, whose totals GCC 12 stored to the stack at every fold), on Zen 5,
+// in one process, same outputs: AVX-512 M = 1 4096 x 4096 g128 1.13-1.21x from L3 and
+// 1.00-1.05x from memory, g32, g64 and g256 1.05-1.14x, M = 2 and 4 1.04-1.05x, M = 8 0.99x, bf16
+// dot products at M = 4 1.18x, the demo model's shapes 1.05-1.07x; AVX2 g64 1.12x, g128 1.06x
+// (bench/RESULTS.md, thirty-first session). VV: V (a template parameter so that
+// dec4_tile_bf16's body is compiled only where it is called).
 template <int MC, int R, class VV, class Step>
 static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, int64_t row_bytes,
                                                             const float* srow, const Int4Plan& p,
@@ -394,31 +409,45 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
   using F = typename VV::F;
   using I = typename VV::I;
   constexpr int W = VV::W;
-  F tot[R][MC];
-  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = VV::zero();
   const int G = static_cast<int>(p.G), gshift = p.gshift;
-  const int64_t bpg = G >= 8 * W ? G / (8 * W) : 1;  // blocks per scale fold
-  for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {
-    F acc[R][MC];
-    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
-    const int64_t bend = std::min(b0 + bpg, p.nblocks);
-    for (int64_t b = b0; b < bend; ++b) {
+  F sum[R][MC];
+  auto run = [&](auto layout) __attribute__((always_inline)) {
+    constexpr int L = decltype(layout)::value;
+    const int64_t bpg = L == kGroupIsBlocks ? G / (8 * W) : L == kGroupIs2Blocks ? 2 : 1;  // blocks per fold
+    F tot[R][MC];
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) tot[r][m] = VV::zero();
+    auto block = [&](int64_t b, F (&acc)[R][MC]) __attribute__((always_inline)) {
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
       step(b, v, acc, q + b * R * 4 * W + kPrefetchTileBytes);  // prefetching from memory as it goes
-    }
-    fold_scales<MC, R>(srow, p.ss, (b0 * 8 * W) >> gshift, G, acc, tot);
-  }
-  if constexpr (W > 1)
-    if (p.tail) {  // the partial block (G < 8W, so bpg = 1): its codes, zeros past them, and x is zero there
+    };
+    for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {  // (nblocks is a multiple of bpg)
       F acc[R][MC];
       for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
-      I v[R];
-      for (int r = 0; r < R; ++r) v[r] = VV::loadi_head(q + r * row_bytes + p.nblocks * 4 * W, p.tail);
-      step(p.nblocks, v, acc, q);  // (prefetches lines already read)
-      fold_scales<MC, R>(srow, p.ss, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
+      if constexpr (L == kGroupIsBlocks) {
+        for (int64_t b = b0; b < b0 + bpg; ++b) block(b, acc);
+      } else {
+        block(b0, acc);
+        if constexpr (L == kGroupIs2Blocks) block(b0 + 1, acc);
+      }
+      fold_scales<MC, R, L>(srow, p.ss, L == kGroupIsBlock ? b0 : (b0 * 8 * W) >> gshift, G, acc, tot);
     }
-  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(tot[r][m]);
+    if constexpr (W > 1 && L == kGroupsInBlock)
+      if (p.tail) {  // the partial block: its codes, zeros past them, and x is zero there
+        F acc[R][MC];
+        for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) acc[r][m] = VV::zero();
+        I v[R];
+        for (int r = 0; r < R; ++r) v[r] = VV::loadi_head(q + r * row_bytes + p.nblocks * 4 * W, p.tail);
+        step(p.nblocks, v, acc, q);  // (prefetches lines already read)
+        fold_scales<MC, R, L>(srow, p.ss, (p.nblocks * 8 * W) >> gshift, G, acc, tot);
+      }
+    for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) sum[r][m] = tot[r][m];
+  };
+  if (G < 8 * W) run(std::integral_constant<int, kGroupsInBlock>{});
+  else if (G == 8 * W) run(std::integral_constant<int, kGroupIsBlock>{});
+  else if (G == 16 * W) run(std::integral_constant<int, kGroupIs2Blocks>{});
+  else run(std::integral_constant<int, kGroupIsBlocks>{});
+  for (int r = 0; r < R; ++r) for (int m = 0; m < MC; ++m) out[r][m] = VV::hsum(sum[r][m]);
 }
 
 // dec4_loop with fp32 x (xp[m]: x row m permuted, see decode_int4): eight steps of one code a
