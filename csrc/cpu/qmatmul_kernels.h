@@ -248,8 +248,14 @@ static inline void for_each_tile(int64_t M, bool sub, Fn&& f) {
 // on Zen 4 that ran INT4 M = 1 1.2-1.3x, INT8 1.14-1.23x, -a8 1.14x (AVX-512 and AVX2 builds
 // alike; a likely reason: into L1, 8 KiB of codes ahead share a 32-48 KiB L1 with the 16 KiB x
 // row). Into L2, 4, 12 and 16 KiB ahead were worse than 8 (bench/RESULTS.md, fourteenth session).
+// The weight-only INT4 tiles at M <= 2 read faster since their loop was split by group layout
+// (dec4_loop), and there 16 KiB ahead beats 8 on Zen 5, 48 layers of 4096 x 4096 from memory,
+// AVX-512, in one process: M = 1 1.07-1.21x (fp32 x), 1.23x (bf16 x), g32 1.08x, M = 2 1.02x; but
+// M = 3, 4 and 8 0.96-0.97x, the -a8 tile 0.95x, AVX2 M = 1 1.03x, the demo model's 1536 x 576
+// 0.99-1.00x (bench/RESULTS.md, thirty-first session).
 constexpr int64_t kPrefetchBytes = 16384;
 constexpr int64_t kPrefetchTileBytes = 8192;
+static inline int64_t int4_tile_lead(int64_t M) { return M <= 2 ? 16384 : kPrefetchTileBytes; }
 constexpr int kPrefetchLocality = 2;
 
 // A tile's share of its weight stream: bytes [p, p + n) of the block being read, prefetched
@@ -269,7 +275,7 @@ static inline void prefetch_line(const uint8_t* p) {
 }
 
 // The INT4 decode tiles' prefetch, spread over a block's NS steps: after step S, lines
-// [S * NL / NS, (S + 1) * NL / NS) of the NL lines at p (the block's bytes kPrefetchTileBytes
+// [S * NL / NS, (S + 1) * NL / NS) of the NL lines at p (the block's bytes int4_tile_lead(M)
 // ahead). On an Intel Xeon the loop alone (bench/prefetch_probe.cpp, 2 threads, 2 GiB) streamed
 // 19.9 GB/s with the lines issued together and 25.5 GB/s with one every other step; the kernel,
 // with the chunks and the scale prefetch below, 1.06-1.08x INT4 M = 1 against 1.03x without the
@@ -298,6 +304,7 @@ struct Int4Plan {
   AlignedVec<float> xr, xp, gsum;    // [M][Kx] raw (zero-padded), [M][Kx] permuted, [M][ngp] (zero-padded)
   std::vector<double> unscale;       // [M]: 2^T (subnormal) or 1, applied to the block sums
   bool in_place;                     // the tiles read fp32 scales where they lie, not from a copy
+  int64_t lead;                      // bytes ahead of a block that the tiles prefetch (int4_tile_lead)
   int64_t ss;                        // the scales' row stride where the tiles read them: ng, or ngp in a copy
 };
 
@@ -419,7 +426,7 @@ static inline __attribute__((always_inline)) void dec4_loop(const uint8_t* q, in
     auto block = [&](int64_t b, F (&acc)[R][MC]) __attribute__((always_inline)) {
       I v[R];
       for (int r = 0; r < R; ++r) v[r] = VV::loadi(q + r * row_bytes + b * 4 * W);
-      step(b, v, acc, q + b * R * 4 * W + kPrefetchTileBytes);  // prefetching from memory as it goes
+      step(b, v, acc, q + b * R * 4 * W + p.lead);  // prefetching from memory as it goes
     };
     for (int64_t b0 = 0; b0 < p.nblocks; b0 += bpg) {  // (nblocks is a multiple of bpg)
       F acc[R][MC];
@@ -651,6 +658,7 @@ static void decode_int4(const QmmArgs& a) {
   p.sub = !p.bf && subnormal_codes();
   p.in_place = !p.bf && scales_in_place(a, p.ng, p.tail != 0);  // (bf: the copy holds 16 s)
   p.ss = p.in_place ? p.ng : p.ngp;
+  p.lead = int4_tile_lead(a.M);
   const int64_t M = a.M, Kx = p.Kx;
   p.xr.assign(M * Kx, 0.f);
   p.xp.resize(p.bf ? 0 : M * Kx);
