@@ -21,6 +21,23 @@ def _run(args, timeout=300, env=None):
     return r.stdout
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 14])
+def test_round_order_balances_predecessors(n):
+    """Over a full cycle of rounds (n, or 2n when n is odd) every candidate runs once a round and
+    comes right after each other one equally often: no candidate always follows the same one."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from _timing import round_order
+    cycle = n if n % 2 == 0 else 2 * n
+    follows = {}
+    for r in range(cycle):
+        order = round_order(n, r)
+        assert sorted(order) == list(range(n))
+        for a, b in zip(order, order[1:]):
+            follows[a, b] = follows.get((a, b), 0) + 1
+    assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert set(follows.values()) <= {cycle // n}
+
+
 @needs_cpu
 def test_a8_vnni_bench_tiny(tmp_path):
     out = tmp_path / "a.json"
