@@ -64,9 +64,10 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
     names = list(cands)
     for r in range(rounds):
         # Round r runs the candidates in order round_order(n, r): each follows each other one
-        # equally often, so none always runs right after the same one (a rotation of one fixed
-        # order gave every candidate the same predecessor in every round: a row on the weights
-        # its predecessor had just read ran 7-9% faster than its twin on the same kernel).
+        # equally often, so none always runs right after the same one. (Rotating one fixed order
+        # gave every candidate the same predecessor in every round: in bench/qmatmul.py the INT4
+        # bf16-x row, always right after the fp32-x row on the same weights, ran 7-9% faster than
+        # it on the same kernel; in this design the two agree within 1-4%.)
         for name in (names[i] for i in round_order(len(names), r)):
             fn = cands[name]
             t_end = time.perf_counter() + min_round_s
