@@ -35,7 +35,8 @@ def round_order(n: int, r: int) -> "list[int]":
     """Round r's order of n candidates: row r mod n of a Williams design (a Latin square in which
     each candidate comes right after each other one exactly once), mirrored in rounds n to 2n - 1
     when n is odd (then balanced over 2n rounds)."""
-    first, lo, hi = [], 0, n - 1  # 0, n-1, 1, n-2, 2, ...: steps -1, +2, -3, ... (mod n), all different when n is even
+    # 0, n-1, 1, n-2, 2, ...: steps -1, +2, -3, ... (mod n), all different when n is even
+    first, lo, hi = [], 0, n - 1
     for j in range(n):
         if j % 2 == 0:
             first.append(lo)
