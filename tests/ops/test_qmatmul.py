@@ -520,7 +520,10 @@ FORCED_ISA_SCRIPT = textwrap.dedent("""
              (19, 37, 520, torch.float32))
     for mode in ("convert", "subnormal"):
         _native.native().set_cpu_codes(mode)
-        for spec in ("int8", "int4-g32", "int4-g128-sym-fp16", "int4-g32-a8", "int4-g128-a8"):
+        # every INT4 group layout of the decode loop (qmatmul_kernels.h, GroupLayout) at 8 lanes:
+        # g32 < 8W, g64 = 8W, g128 = 16W, g256 > 16W
+        for spec in ("int8", "int4-g32", "int4-g64", "int4-g128-sym-fp16", "int4-g256", "int4-g32-a8",
+                     "int4-g128-a8"):
             for (m, n, k, dt) in cases:
                 qw = quantize_weight(randn(n, k, seed=k), spec)
                 x, b = randn(m, k, dtype=dt, seed=m), randn(n, dtype=dt, seed=n)
