@@ -306,10 +306,8 @@ static void decode_int4_a8(const QmmArgs& a) {
       for (int64_t m = 0; m < M; ++m) {
         float vals[4];
         for (int64_t r = 0; r < nr; ++r) {
-          const float* qs = p.qsum.data() + m * p.ngp;
-          const uint8_t* z = a.zeros ? a.zeros + (n0 + r) * p.ng : nullptr;
-          const float v = yt[r][m] - (in_place ? zero_term(sw[r], z, p.ng, qs)
-                                               : zero_term(sbuf.data() + (4 + r) * p.ngp, qs, p.ngp));
+          const float v = yt[r][m] - row_zero_term(a, n0 + r, p.ng, p.ngp, in_place, sw[r],
+                                                   sbuf.data() + (4 + r) * p.ngp, p.qsum.data() + m * p.ngp);
           vals[r] = p.finite[m] ? v + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f) : NAN;
         }
         store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));

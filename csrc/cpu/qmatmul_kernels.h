@@ -581,6 +581,14 @@ static inline float zero_term(const float* s, const uint8_t* z, int64_t ng, cons
   return ng >= V::W ? V::hsum(acc) + t : t;
 }
 
+// Row n's zero-point term against gsum, as the INT4 decode kernels read its scales: in place (see
+// scales_in_place) from its fp32 scales s and its zero-points where they lie, else from the
+// per-tile copy's s * z (sz, zero-padded to ngp).
+static inline float row_zero_term(const QmmArgs& a, int64_t n, int64_t ng, int64_t ngp, bool in_place,
+                                  const float* s, const float* sz, const float* gsum) {
+  return in_place ? zero_term(s, a.zeros ? a.zeros + n * ng : nullptr, ng, gsum) : zero_term(sz, gsum, ngp);
+}
+
 // Whether the INT4 decode tiles read a weight's scales where they lie (fp32 ones), with
 // zero_term(s, z, ng, gsum), instead of from a per-tile copy. Only where nothing reads past a
 // row's scales: a partial last block reads scale_block's full vector of groups (in a copy, its
@@ -612,15 +620,12 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
     for (int m = 0; m < MC; ++m) xp[m] = p.xp.data() + (m0 + m) * p.Kx;
     dec4_tile<MC, R, C == kSubnormal>(xp, q, row_bytes, srow, p, out);
   }
-  for (int r = 0; r < R; ++r) {
-    const uint8_t* z = a.zeros ? a.zeros + (n + r) * p.ng : nullptr;
+  for (int r = 0; r < R; ++r)
     for (int m = 0; m < MC; ++m) {
-      const float* gs = p.gsum.data() + (m0 + m) * p.ngp;
-      const float zt = p.in_place ? zero_term(srow + r * p.ss, z, p.ng, gs)
-                                  : zero_term(sbuf + (4 + r) * p.ngp, gs, p.ngp);
+      const float zt = row_zero_term(a, n + r, p.ng, p.ngp, p.in_place, srow + r * p.ss, sbuf + (4 + r) * p.ngp,
+                                     p.gsum.data() + (m0 + m) * p.ngp);
       yacc[m * 4 + r] = static_cast<float>(out[r][m] * p.unscale[m0 + m]) - zt;
     }
-  }
 }
 
 template <int MC, int C>
