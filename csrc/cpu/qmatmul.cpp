@@ -41,6 +41,9 @@ struct V {
   }
   static F load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static F load_u8(const uint8_t* p) { return static_cast<float>(*p); }
+  // (one lane: no partial vector, never called)
+  static F load_head(const float* p, int) { return *p; }
+  static F load_u8_head(const uint8_t* p, int) { return static_cast<float>(*p); }
   static F load_f16(const uint16_t* p);  // defined below, from the shared f16_to_f32
   static F scale_block(const float* s, int) { return s[0]; }
 };

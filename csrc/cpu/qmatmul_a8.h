@@ -253,7 +253,11 @@ static void decode_int4_a8(const QmmArgs& a) {
   // fp32 scales read where they lie, as decode_int4 does (scales_in_place): against the copy,
   // 4096 x 4096 1.07x and 1536 x 576 1.13x at M = 1 from memory, with the scales prefetched as
   // decode_int4 prefetches them (bench/RESULTS.md, thirtieth session).
-  const bool in_place = scales_in_place(a, p.ng, p.G < kA8Block && p.ng % (kA8Block / p.G) != 0);
+  // With a partial vector of groups (ng not a multiple of W) only at M = 1: this epilogue sums
+  // each row's zero-point term anew for every row of x, and in place (s * z formed each time)
+  // the demo model's 1536 x 576 and 576 x 1536 ran 0.94x the copy at M = 4 and 8.
+  const bool in_place = scales_in_place(a, p.G < kA8Block && p.ng % (kA8Block / p.G) != 0) &&
+                        (p.ng % W == 0 || M == 1);
   const bool prefetch_scales = scales_worth_prefetching(row_bytes);
   const int nt = threads_for(a);
   TileRanges ranges(nblk, nt);

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace pyquant {
 namespace isa_avx2 {
@@ -54,6 +55,28 @@ struct V {
   }
   static F load_u8(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // The first n (0 < n < W) floats / uint8s at p as floats, zeros past them; nothing past them is
+  // read. No byte-masked loads here: the bytes go to a register as two overlapping loads of 4 (or
+  // 2) bytes, the second ending at byte n - 1 (the demo model's shapes at M = 1 against the scalar
+  // sum these replaced: a loop of byte loads 0.97-0.98x, this 1.02-1.03x).
+  static F load_head(const float* p, int n) {
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  }
+  static F load_u8_head(const uint8_t* p, int n) {
+    uint64_t v = p[0];
+    if (n >= 4) {
+      uint32_t lo, hi;
+      std::memcpy(&lo, p, 4);
+      std::memcpy(&hi, p + n - 4, 4);
+      v = lo | static_cast<uint64_t>(hi) << (8 * (n - 4));
+    } else if (n >= 2) {
+      uint16_t lo, hi;
+      std::memcpy(&lo, p, 2);
+      std::memcpy(&hi, p + n - 2, 2);
+      v = lo | static_cast<uint64_t>(hi) << (8 * (n - 2));
+    }
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(v))));
   }
   static F load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   // The -a8 tile's integer dot products (qmatmul_a8.h): the low and the high nibble of every

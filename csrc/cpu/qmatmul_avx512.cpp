@@ -58,6 +58,11 @@ struct V {
   static F load_u8(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  // The first n (0 < n < W) floats / uint8s at p as floats, zeros past them; nothing past them is read.
+  static F load_head(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
+  static F load_u8_head(const uint8_t* p, int n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << n) - 1), p)));
+  }
   static F load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   // The -a8 tile's integer dot products (qmatmul_a8.h; AVX512BW), as in the AVX2 traits.
   static constexpr bool kI8Dot = true;

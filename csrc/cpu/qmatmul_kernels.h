@@ -174,7 +174,7 @@ static inline void load_row(const void* p, DType dt, int64_t n, float* out) {
 }
 static inline void store_row(const float* in, DType dt, int64_t n, void* out) {
   if (dt == DType::F32) {
-    if (n <= 4) {  // the decode kernels' tiles: a few floats, copied without a memcpy call
+    if (n <= 4) {  // the INT8 and -a8 decode tiles: a few floats, copied without a memcpy call
       for (int64_t i = 0; i < n; ++i) static_cast<float*>(out)[i] = in[i];
     } else {
       std::memcpy(out, in, n * sizeof(float));
@@ -191,6 +191,23 @@ static inline const void* row_ptr(const void* base, DType dt, int64_t row, int64
 }
 static inline void* row_ptr(void* base, DType dt, int64_t row, int64_t ld) {
   return static_cast<char*>(base) + row * ld * dsize(dt);
+}
+
+// y[m, n] = v + bias[n] (+ 0 without one), in y's dtype: one value, stored as an INT4 decode tile
+// finishes it. Collected in a small array and stored by store_row, a tile's 4 values were read
+// back as one vector just after their 4 scalar stores, a load that waits for those stores to
+// complete instead of taking their data (no store forwarding from several stores to one load):
+// with the masked zero-point sums below, 1.05-1.16x at M = 1 on the demo model's shapes (AVX-512;
+// bench/RESULTS.md, thirty-second session). The INT8 and -a8 tiles stored this way ran 0.92-0.96x
+// at M = 2 and 4 and keep store_row.
+static inline void store_y(const QmmArgs& a, int64_t m, int64_t n, float v) {
+  v += a.bias ? load_one(a.bias, a.ydt, n) : 0.f;
+  void* row = row_ptr(a.y, a.ydt, m, a.ldy);
+  switch (a.ydt) {
+    case DType::F32: static_cast<float*>(row)[n] = v; return;
+    case DType::BF16: static_cast<uint16_t*>(row)[n] = f32_to_bf16(v); return;
+    default: static_cast<uint16_t*>(row)[n] = f32_to_f16(v); return;
+  }
 }
 
 static inline int threads_for(const QmmArgs& a) { return a.nthreads > 0 ? a.nthreads : omp_get_max_threads(); }
@@ -565,20 +582,26 @@ static inline float zero_term(const float* sz, const float* gsum, int64_t ngp) {
 }
 
 // The same from one row's fp32 scales s and zero-points z (8 each when null), ng of each, with no
-// s * z array in between: each s_g * z_g rounded as row_scales_zeros rounds it. The groups past
-// the last multiple of W are summed apart (so the bits equal the copy's only when W divides ng):
-// zero-padded copies of that last partial vector, stored and read back per row, ran the demo
-// model's 1536 x 576 at 0.64x the copy path, this 1.20-1.24x (bench/RESULTS.md, thirtieth session).
+// s * z array in between: each s_g * z_g rounded as row_scales_zeros rounds it, and summed as
+// zero_term above sums it (the same bits). The groups past the last multiple of W by masked
+// loads (gsum's zero padding meets their zeros): zero-padded copies of that last partial vector,
+// stored and read back per row, ran the demo model's 1536 x 576 at 0.64x the copy path (thirtieth
+// session); summed one by one, 0.93-0.99x this at M = 1 on its shapes (thirty-second session).
 static inline float zero_term(const float* s, const uint8_t* z, int64_t ng, const float* gsum) {
-  typename V::F acc = V::zero();
+  using F = typename V::F;
+  F acc = V::zero();
   int64_t g = 0;
   for (; g + V::W <= ng; g += V::W) {
-    const typename V::F sz = V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero());
+    const F sz = V::fma(V::load(s + g), z ? V::load_u8(z + g) : V::set1(8.f), V::zero());
     acc = V::fma(sz, V::load(gsum + g), acc);
   }
-  float t = 0.f;
-  for (; g < ng; ++g) t += s[g] * (z ? static_cast<float>(z[g]) : 8.f) * gsum[g];
-  return ng >= V::W ? V::hsum(acc) + t : t;
+  if constexpr (V::W > 1)
+    if (g < ng) {
+      const int n = static_cast<int>(ng - g);
+      const F sz = V::fma(V::load_head(s + g, n), z ? V::load_u8_head(z + g, n) : V::set1(8.f), V::zero());
+      acc = V::fma(sz, V::load(gsum + g), acc);
+    }
+  return V::hsum(acc);
 }
 
 // Row n's zero-point term against gsum, as the INT4 decode kernels read its scales: in place (see
@@ -592,20 +615,21 @@ static inline float row_zero_term(const QmmArgs& a, int64_t n, int64_t ng, int64
 // Whether the INT4 decode tiles read a weight's scales where they lie (fp32 ones), with
 // zero_term(s, z, ng, gsum), instead of from a per-tile copy. Only where nothing reads past a
 // row's scales: a partial last block reads scale_block's full vector of groups (in a copy, its
-// zero padding; in place, the next row's scales, where an Inf would spoil this row). And with
-// groups past the last multiple of W only at M = 1: zero_term sums those one by one for every
-// row of x, which at M = 4 ran 576 x 1536 at 0.94x the copy path (bench/RESULTS.md, thirtieth
-// session).
-static inline bool scales_in_place(const QmmArgs& a, int64_t ng, bool partial_last_block) {
-  return a.sdt == DType::F32 && !partial_last_block && (ng % V::W == 0 || a.M == 1);
+// zero padding; in place, the next row's scales, where an Inf would spoil this row). With a
+// partial vector of groups (ng not a multiple of W) it ran only at M = 1 while zero_term summed
+// those groups one by one for every row of x; with masked loads, in place against the copy:
+// the demo model's 576 x 576 and 1536 x 576 1.10-1.15x at M = 2, 1.04x at M = 4, 1.02x at
+// M = 8 (576 x 1536; bench/RESULTS.md, thirty-second session).
+static inline bool scales_in_place(const QmmArgs& a, bool partial_last_block) {
+  return a.sdt == DType::F32 && !partial_last_block;
 }
 
 // How a decode tile reads INT4 codes (see the top of this file).
 enum Codes : int { kConvert = 0, kSubnormal = 1, kBf16Dot = 2 };
 
 template <int MC, int R, int C>
-static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, const float* sbuf, float* yacc) {
-  // yacc[m * 4 + r] (m < MC, r < R) receives the finished values. sbuf (unless p.in_place): row
+static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n, const float* sbuf) {
+  // y[m0 + m, n + r] (m < MC, r < R) receives the finished values. sbuf (unless p.in_place): row
   // r's scales at r * ngp, its s * z at (4 + r) * ngp (with C = kBf16Dot: 16 s and s * (z + 16)).
   const int64_t row_bytes = p.Kp / 2;
   const auto* q = static_cast<const uint8_t*>(a.qw) + n * row_bytes;
@@ -624,13 +648,12 @@ static void dec4_rows(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n
     for (int m = 0; m < MC; ++m) {
       const float zt = row_zero_term(a, n + r, p.ng, p.ngp, p.in_place, srow + r * p.ss, sbuf + (4 + r) * p.ngp,
                                      p.gsum.data() + (m0 + m) * p.ngp);
-      yacc[m * 4 + r] = static_cast<float>(out[r][m] * p.unscale[m0 + m]) - zt;
+      store_y(a, m0 + m, n + r, static_cast<float>(out[r][m] * p.unscale[m0 + m]) - zt);
     }
 }
 
 template <int MC, int C>
-static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, const float* sbuf,
-                       float* yacc) {
+static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t n0, int64_t nr, const float* sbuf) {
   // Tiles of R = 4 weight rows and MC <= 2 activation rows (8 accumulators); larger M runs as
   // several passes over the same 4 weight rows, the later ones reading them from L1. The MC = 4,
   // R = 2 tile used before has 8 accumulators too, but GCC 12 gives each of its FMAs its x vector
@@ -640,8 +663,8 @@ static void dec4_block(const QmmArgs& a, const Int4Plan& p, int64_t m0, int64_t 
   // bench/RESULTS.md, tenth session).
   constexpr int R = 4;
   int64_t r = 0;
-  for (; r + R <= nr; r += R) dec4_rows<MC, R, C>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
-  for (; r < nr; ++r) dec4_rows<MC, 1, C>(a, p, m0, n0 + r, sbuf + r * p.ngp, yacc + r);
+  for (; r + R <= nr; r += R) dec4_rows<MC, R, C>(a, p, m0, n0 + r, sbuf + r * p.ngp);
+  for (; r < nr; ++r) dec4_rows<MC, 1, C>(a, p, m0, n0 + r, sbuf + r * p.ngp);
 }
 
 static void decode_int4(const QmmArgs& a) {
@@ -661,7 +684,7 @@ static void decode_int4(const QmmArgs& a) {
   while ((int64_t{1} << p.gshift) < p.G) ++p.gshift;
   p.bf = V::kBf16Dot && a.xdt == DType::BF16 && a.M >= 2 && bf16_dot();
   p.sub = !p.bf && subnormal_codes();
-  p.in_place = !p.bf && scales_in_place(a, p.ng, p.tail != 0);  // (bf: the copy holds 16 s)
+  p.in_place = !p.bf && scales_in_place(a, p.tail != 0);  // (bf: the copy holds 16 s)
   p.ss = p.in_place ? p.ng : p.ngp;
   p.lead = int4_tile_lead(a.M);
   const int64_t M = a.M, Kx = p.Kx;
@@ -711,7 +734,6 @@ static void decode_int4(const QmmArgs& a) {
     NoDaz no_daz;
     static thread_local std::vector<float> sbuf;  // this thread's own
     sbuf.assign(8 * p.ngp, 0.f);  // 4 rows' scales, then their s * z; zero padding to ngp
-    float yrow[kDecodeMaxM * 4];
     ranges.run(omp_get_thread_num(), [&](int64_t bi) {
       const int64_t n0 = bi * 4, nr = std::min<int64_t>(4, N - n0);
       if (n0 + 4 < N && prefetch_scales) prefetch_scales_zeros(a, n0 + 4, std::min<int64_t>(4, N - n0 - 4), p.ng);
@@ -721,15 +743,9 @@ static void decode_int4(const QmmArgs& a) {
       for_each_tile<2>(M, p.sub, [&](int64_t m0, auto MC, auto Sub) {
         constexpr int mc = decltype(MC)::value;
         if constexpr (V::kBf16Dot)
-          if (p.bf) return dec4_block<mc, kBf16Dot>(a, p, m0, n0, nr, sbuf.data(), yrow + m0 * 4);
-        dec4_block<mc, decltype(Sub)::value ? kSubnormal : kConvert>(a, p, m0, n0, nr, sbuf.data(), yrow + m0 * 4);
+          if (p.bf) return dec4_block<mc, kBf16Dot>(a, p, m0, n0, nr, sbuf.data());
+        dec4_block<mc, decltype(Sub)::value ? kSubnormal : kConvert>(a, p, m0, n0, nr, sbuf.data());
       });
-      for (int64_t m = 0; m < M; ++m) {
-        float vals[4];
-        for (int64_t r = 0; r < nr; ++r)
-          vals[r] = yrow[m * 4 + r] + (a.bias ? load_one(a.bias, a.ydt, n0 + r) : 0.f);
-        store_row(vals, a.ydt, nr, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n0 * dsize(a.ydt));
-      }
     });
   }
 }

@@ -40,6 +40,19 @@ inline emu_m512i emu_maskz_loadu_epi32(uint16_t k, const void* p) {
     if (k >> l & 1) std::memcpy(&r.u[l], static_cast<const char*>(p) + 4 * l, 4);
   return r;
 }
+// likewise, floats and bytes
+inline emu_m512 emu_maskz_loadu_ps(uint16_t k, const float* p) {
+  emu_m512 r{};
+  for (int l = 0; l < 16; ++l)
+    if (k >> l & 1) r.f[l] = p[l];
+  return r;
+}
+inline emu_m128i emu_maskz_loadu_epi8(uint16_t k, const void* p) {
+  emu_m128i r{};
+  for (int l = 0; l < 16; ++l)
+    if (k >> l & 1) r.b[l] = static_cast<const uint8_t*>(p)[l];
+  return r;
+}
 inline emu_m512i emu_set1_epi32(int a) { emu_m512i r; for (uint32_t& v : r.u) v = static_cast<uint32_t>(a); return r; }
 inline emu_m512i emu_and_si512(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] &= b.u[l]; return a; }
 inline emu_m512i emu_xor_si512(emu_m512i a, emu_m512i b) { for (int l = 0; l < 16; ++l) a.u[l] ^= b.u[l]; return a; }
@@ -349,6 +362,8 @@ struct emu_tiles {
 #define _mm512_reduce_add_ps emu_reduce_add_ps
 #define _mm512_loadu_si512 emu_loadu_si512
 #define _mm512_maskz_loadu_epi32 emu_maskz_loadu_epi32
+#define _mm512_maskz_loadu_ps emu_maskz_loadu_ps
+#define _mm_maskz_loadu_epi8 emu_maskz_loadu_epi8
 #define __mmask16 uint16_t
 #define _mm512_set1_epi32 emu_set1_epi32
 #define _mm512_and_si512 emu_and_si512

@@ -537,6 +537,46 @@ FORCED_ISA_SCRIPT = textwrap.dedent("""
 _ISAS = ("scalar", "avx2", "avx512")
 
 
+PARTIAL_GROUPS_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from pyquant.ops import _native
+    from pyquant.quant.rtn import quantize_weight
+    from helpers import assert_matmul_close, randn
+    _C = _native.native()
+    assert _C.cpu_isa() == sys.argv[2], _C.cpu_isa()
+    for spec in ("int4-g128", "int4-g128-sym"):
+        for ng in range(1, 18):  # every remainder of ng groups at 8 and at 16 lanes
+            k = 128 * ng - 3 * (ng % 2)  # and ragged last groups
+            qw = quantize_weight(randn(10, k, seed=ng), spec)
+            qw.scales[1::2] = float("inf")  # odd rows' scales: their own outputs are not checked
+            w = qw.dequantize(torch.float64)[0::2]
+            for m in (1, 3):
+                x = randn(m, k, seed=m)
+                y = torch.empty(m, 10)
+                _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, 4, 128, k, y, 0, 0)
+                assert_matmul_close(y[:, 0::2], x, w, what=f"{sys.argv[2]} {spec} K={k} M={m}, even rows")
+    print(sys.argv[2], "ok")
+""")
+
+
+@needs_cpu
+@pytest.mark.parametrize("isa", _ISAS)
+def test_cpu_zero_point_terms_of_partial_vectors(isa):
+    """The INT4 decode kernels sum a row's zero-point terms W groups at a time, reading its fp32
+    scales and zero-points where they lie and the last ng % W groups by masked loads (AVX2: two
+    overlapping loads of the zero-point bytes): every remainder at 8 and 16 lanes, at M = 1 and 3,
+    with the next row's scales Inf, which a read past a row's own would turn into NaN."""
+    best = _native.native().cpu_isa()
+    if isa not in _ISAS[:_ISAS.index(best) + 1]:
+        pytest.skip(f"{isa} is above this CPU's ISA ({best})")
+    env = dict(os.environ, PYQUANT_ISA=isa, OMP_NUM_THREADS="2")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", PARTIAL_GROUPS_SCRIPT, here, isa], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and f"{isa} ok" in r.stdout, r.stdout + r.stderr
+
+
 @needs_cpu
 @pytest.mark.parametrize("isa", _ISAS[:2])
 def test_cpu_lower_isa_path(isa):
