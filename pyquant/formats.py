@@ -156,7 +156,7 @@ class QuantizedWeight:
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
         self.validate()
-        self._runners = {}  # backend name -> prepared kernel runner (pyquant.ops.qmatmul); not part of the value
+        self._runners = {}  # (backend asked for, device) -> prepared kernel runner (pyquant.ops.qmatmul); not part of the value
 
     def __getstate__(self):  # pickle / deepcopy: the runners hold native handles; rebuilt on demand
         return {k: v for k, v in self.__dict__.items() if k != "_runners"}

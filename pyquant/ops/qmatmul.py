@@ -42,14 +42,25 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, backend, a
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
-def _runner(qw: QuantizedWeight, impl) -> Callable:
-    """``run(x[..., K], bias) -> y[..., N]`` for ``qw`` on backend ``impl`` (x's rows contiguous): its
-    prepared runner (weight checked and converted once), cached on ``qw`` while the weight's tensors
-    stay the same objects and storage."""
-    hit = qw._runners.get(impl.name)
-    q, s, z = qw.qweight, qw.scales, qw.zeros
-    if hit is not None and hit[0] is q and hit[1] is s and hit[2] is z and hit[3] == _ptrs(q, s, z):
+def _cached_runner(qw: QuantizedWeight, dev: torch.device, backend: str) -> "Callable | None":
+    """The runner ``_runner`` made for ``qw`` on ``dev`` with ``backend``, while the weight's tensors
+    are still the same objects and storage; else None."""
+    hit = qw._runners.get((backend, dev))
+    if hit is not None and hit[0] is qw.qweight and hit[1] is qw.scales and hit[2] is qw.zeros \
+            and hit[3] == _ptrs(hit[0], hit[1], hit[2]):
         return hit[4]
+    return None
+
+
+def _runner(qw: QuantizedWeight, dev: torch.device, backend: str) -> Callable:
+    """``run(x[..., K], bias) -> y[..., N]`` for ``qw`` on device ``dev`` through ``backend`` ("auto" or
+    a name), x's rows contiguous: the backend's prepared runner (weight checked and converted once),
+    cached on ``qw`` (``_cached_runner``)."""
+    run = _cached_runner(qw, dev, backend)
+    if run is not None:
+        return run
+    impl = resolve("qmatmul", dev, backend)
+    q, s, z = qw.qweight, qw.scales, qw.zeros
     args = (q, s, z, qw.spec.bits, qw.spec.group_size or 0, qw.in_features)
     act = qw.spec.act_bits
     kernel_quantizes_x = bool(act) and impl.quantizes_activations
@@ -62,7 +73,7 @@ def _runner(qw: QuantizedWeight, impl) -> Callable:
         run = _any_rank(run, qw.in_features)
     if act and not kernel_quantizes_x:
         run = reference.with_quantized_activations(run, qw.spec.act_block(qw.in_features))
-    qw._runners[impl.name] = (q, s, z, _ptrs(q, s, z), run)
+    qw._runners[(backend, dev)] = (q, s, z, _ptrs(q, s, z), run)
     return run
 
 
@@ -109,16 +120,25 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     registers. ``backend``: "auto" (fastest available for x's device), or a name from
     ``pq.ops.available_backends("qmatmul", device)``.
     """
-    dev = check_qmatmul_args(x, qw, bias)
-    if bias is not None and bias.dtype != x.dtype:
-        bias = bias.to(x.dtype)
     if type(x) is torch.Tensor and not torch.compiler.is_compiling():
         # Eager: call the backend directly; the custom-op dispatch alone costs ~0.1 ms per call on
         # a small CPU, more than a decode-size kernel. Tracing/compiling goes through the op, which
         # resolves the backend when it runs: the availability probes (calls into pyquant._C) are not
         # traceable, and a graph compiled before any eager call would break on them.
-        impl = resolve("qmatmul", dev, backend)
-        return _runner(qw, impl)(x if x.is_contiguous() else x.contiguous(), bias)
+        if bias is None and isinstance(qw, QuantizedWeight) and x.ndim and x.shape[-1] == qw.shape[1] \
+                and x.dtype in SUPPORTED_X_DTYPES:
+            # A runner made for x's device passed check_qmatmul_args with the weight as it still is,
+            # and x fits it: 2.7-3.4 us a call less (bench/RESULTS.md, thirty-second session).
+            run = _cached_runner(qw, x.device, backend)
+            if run is not None:
+                return run(x if x.is_contiguous() else x.contiguous(), None)
+        dev = check_qmatmul_args(x, qw, bias)
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        return _runner(qw, dev, backend)(x if x.is_contiguous() else x.contiguous(), bias)
+    check_qmatmul_args(x, qw, bias)
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
     x2 = x.reshape(-1, qw.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()

@@ -629,13 +629,21 @@ def test_cpu_decode_tiles_whichever_threads_join(threads, limit):
 
 # ---- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("device,backend", BACKENDS, ids=[f"{d}-{b}" for d, b in BACKENDS])
-def test_bad_input_public(device, backend):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "after-a-call"])
+def test_bad_input_public(device, backend, warm):
+    """Every bad input raises, also once the weight has a cached runner (the eager fast path)."""
     qw = quantize_weight(randn(8, 64, seed=1), "int4-g32").to(device)
     x = randn(2, 64, device=device)
+    if warm:
+        pq.ops.qmatmul(x, qw, backend=backend)
     with pytest.raises(ValueError, match="last dimension"):
         pq.ops.qmatmul(randn(2, 63, device=device), qw, backend=backend)
+    with pytest.raises(ValueError, match="last dimension"):
+        pq.ops.qmatmul(torch.tensor(1.0, device=device), qw, backend=backend)
     with pytest.raises(ValueError, match="dtype"):
         pq.ops.qmatmul(torch.ones(2, 64, dtype=torch.int32, device=device), qw, backend=backend)
+    with pytest.raises(ValueError, match="dtype"):
+        pq.ops.qmatmul(x.double(), qw, backend=backend)
     with pytest.raises(ValueError, match="bias"):
         pq.ops.qmatmul(x, qw, bias=randn(7, device=device), backend=backend)
     with pytest.raises(ValueError, match="on meta"):
