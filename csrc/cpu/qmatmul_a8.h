@@ -255,7 +255,8 @@ static void decode_int4_a8(const QmmArgs& a) {
   // decode_int4 prefetches them (bench/RESULTS.md, thirtieth session).
   // With a partial vector of groups (ng not a multiple of W) only at M = 1: this epilogue sums
   // each row's zero-point term anew for every row of x, and in place (s * z formed each time)
-  // the demo model's 1536 x 576 and 576 x 1536 ran 0.94x the copy at M = 4 and 8.
+  // the demo model's 1536 x 576 and 576 x 1536 ran 0.94x the copy at M = 4 and 8 (bench/RESULTS.md,
+  // thirty-second session).
   const bool in_place = scales_in_place(a, p.G < kA8Block && p.ng % (kA8Block / p.G) != 0) &&
                         (p.ng % W == 0 || M == 1);
   const bool prefetch_scales = scales_worth_prefetching(row_bytes);

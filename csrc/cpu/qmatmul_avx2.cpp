@@ -59,7 +59,7 @@ struct V {
   // The first n (0 < n < W) floats / uint8s at p as floats, zeros past them; nothing past them is
   // read. No byte-masked loads here: the bytes go to a register as two overlapping loads of 4 (or
   // 2) bytes, the second ending at byte n - 1 (the demo model's shapes at M = 1 against the scalar
-  // sum these replaced: a loop of byte loads 0.97-0.98x, this 1.02-1.03x).
+  // sum these replaced: a loop of byte loads 0.97-0.99x, this 1.02-1.03x).
   static F load_head(const float* p, int n) {
     return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
   }

@@ -120,25 +120,23 @@ def qmatmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] =
     registers. ``backend``: "auto" (fastest available for x's device), or a name from
     ``pq.ops.available_backends("qmatmul", device)``.
     """
-    if type(x) is torch.Tensor and not torch.compiler.is_compiling():
-        # Eager: call the backend directly; the custom-op dispatch alone costs ~0.1 ms per call on
-        # a small CPU, more than a decode-size kernel. Tracing/compiling goes through the op, which
-        # resolves the backend when it runs: the availability probes (calls into pyquant._C) are not
-        # traceable, and a graph compiled before any eager call would break on them.
-        if bias is None and isinstance(qw, QuantizedWeight) and x.ndim and x.shape[-1] == qw.shape[1] \
-                and x.dtype in SUPPORTED_X_DTYPES:
-            # A runner made for x's device passed check_qmatmul_args with the weight as it still is,
-            # and x fits it: 2.7-3.4 us a call less (bench/RESULTS.md, thirty-second session).
-            run = _cached_runner(qw, x.device, backend)
-            if run is not None:
-                return run(x if x.is_contiguous() else x.contiguous(), None)
-        dev = check_qmatmul_args(x, qw, bias)
-        if bias is not None and bias.dtype != x.dtype:
-            bias = bias.to(x.dtype)
-        return _runner(qw, dev, backend)(x if x.is_contiguous() else x.contiguous(), bias)
-    check_qmatmul_args(x, qw, bias)
+    eager = type(x) is torch.Tensor and not torch.compiler.is_compiling()
+    if eager and bias is None and isinstance(qw, QuantizedWeight) and x.ndim and x.shape[-1] == qw.shape[1] \
+            and x.dtype in SUPPORTED_X_DTYPES:
+        # A runner made for x's device passed check_qmatmul_args with the weight as it still is, and
+        # x fits it: 2.5-4.2 us a call less at 4096 x 4096 (bench/RESULTS.md, thirty-second session).
+        run = _cached_runner(qw, x.device, backend)
+        if run is not None:
+            return run(x if x.is_contiguous() else x.contiguous(), None)
+    dev = check_qmatmul_args(x, qw, bias)
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
+    if eager:
+        # Call the backend directly; the custom-op dispatch alone costs ~0.1 ms per call on a small
+        # CPU, more than a decode-size kernel. Tracing/compiling goes through the op, which resolves
+        # the backend when it runs: the availability probes (calls into pyquant._C) are not
+        # traceable, and a graph compiled before any eager call would break on them.
+        return _runner(qw, dev, backend)(x if x.is_contiguous() else x.contiguous(), bias)
     x2 = x.reshape(-1, qw.in_features)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
