@@ -52,7 +52,7 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
                         warmup: int = 2, min_round_s: float = 0.0,
                         clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
     """Time every candidate over ``rounds`` rounds, one sweep of ``n_items`` calls each per round
-    (the order rotated by one candidate per round).
+    (the order of each round from round_order).
 
     Returns {name: {"median_s", "min_s", "samples"}} in seconds per call. ``warmup`` untimed sweeps
     of each candidate come first. A round repeats a candidate's sweep until ``min_round_s`` passes

@@ -88,3 +88,22 @@ def tiny_llama(seed=None, *, tie: bool = False, std: float = 0.2, vocab: int = 3
                 if isinstance(m, torch.nn.Linear) and m.bias is not None:
                     m.bias.normal_(0, std)
     return model
+
+
+def assert_rows_read_only_their_own_scales(qw, ms=(1, 3), seed: int = 22, what: str = "") -> None:
+    """Through the CPU binding (pyquant._C.qmatmul_cpu, fp32 x and y): with the odd rows' scales set
+    to Inf, the even rows' results must still match float64 (0 * Inf would make them NaN if a row
+    read past its own scales). ``qw`` is changed: its odd rows' scales become Inf."""
+    from pyquant.ops import _native
+    from pyquant.ops.reference import quantize_activations
+
+    k = qw.in_features
+    qw.scales[1::2] = float("inf")
+    w = qw.dequantize(torch.float64)[0::2]
+    for m in ms:
+        x = randn(m, k, seed=seed)
+        y = torch.empty(m, qw.out_features)
+        _native.native().qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, qw.spec.bits, qw.spec.group_size or 0,
+                                     k, y, 0, qw.spec.act_bits or 0)
+        xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
+        assert_matmul_close(y[:, 0::2], xe, w, what=f"{what} K={k} M={m}, even rows")

@@ -22,7 +22,7 @@ from pyquant.ops import _native
 from pyquant.ops.reference import quantize_activations
 from pyquant.quant.rtn import quantize_weight
 
-from helpers import assert_matmul_close, randn
+from helpers import assert_matmul_close, assert_rows_read_only_their_own_scales, randn
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKENDS = [(d, b) for d in DEVICES for b in pq.ops.available_backends("qmatmul", d)]
@@ -160,17 +160,7 @@ def test_cpu_rows_read_only_their_own_scales(spec, k):
     """The decode kernels read fp32 scales where they lie (no copy): a row's results must not
     depend on the next row's scales, which an Inf there would show (0 * Inf is NaN), even where
     the row ends in a partial block."""
-    _C = _native.native()
-    qw = quantize_weight(randn(10, k, seed=21), spec)
-    qw.scales[1::2] = float("inf")  # odd rows' scales: their own outputs are not checked
-    w = qw.dequantize(torch.float64)[0::2]
-    for m in (1, 3):
-        x = randn(m, k, seed=22)
-        y = torch.empty(m, 10)
-        _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, qw.spec.bits, qw.spec.group_size or 0, k, y, 0,
-                       qw.spec.act_bits or 0)
-        xe = quantize_activations(x, qw.spec.act_block(k)) if qw.spec.act_bits else x
-        assert_matmul_close(y[:, 0::2], xe, w, what=f"{spec} K={k} M={m}, even rows")
+    assert_rows_read_only_their_own_scales(quantize_weight(randn(10, k, seed=21), spec), what=spec)
 
 
 @needs_cpu
@@ -538,26 +528,28 @@ _ISAS = ("scalar", "avx2", "avx512")
 
 
 PARTIAL_GROUPS_SCRIPT = textwrap.dedent("""
-    import sys, torch
+    import sys
     sys.path.insert(0, sys.argv[1])
     from pyquant.ops import _native
     from pyquant.quant.rtn import quantize_weight
-    from helpers import assert_matmul_close, randn
-    _C = _native.native()
-    assert _C.cpu_isa() == sys.argv[2], _C.cpu_isa()
+    from helpers import assert_rows_read_only_their_own_scales, randn
+    assert _native.native().cpu_isa() == sys.argv[2], _native.native().cpu_isa()
     for spec in ("int4-g128", "int4-g128-sym"):
         for ng in range(1, 18):  # every remainder of ng groups at 8 and at 16 lanes
             k = 128 * ng - 3 * (ng % 2)  # and ragged last groups
-            qw = quantize_weight(randn(10, k, seed=ng), spec)
-            qw.scales[1::2] = float("inf")  # odd rows' scales: their own outputs are not checked
-            w = qw.dequantize(torch.float64)[0::2]
-            for m in (1, 3):
-                x = randn(m, k, seed=m)
-                y = torch.empty(m, 10)
-                _C.qmatmul_cpu(x, qw.qweight, qw.scales, qw.zeros, None, 4, 128, k, y, 0, 0)
-                assert_matmul_close(y[:, 0::2], x, w, what=f"{sys.argv[2]} {spec} K={k} M={m}, even rows")
+            assert_rows_read_only_their_own_scales(quantize_weight(randn(10, k, seed=ng), spec), seed=1,
+                                                   what=f"{sys.argv[2]} {spec}")
     print(sys.argv[2], "ok")
 """)
+
+
+def _run_with_isa(script: str, isa: str) -> None:
+    """Run ``script`` (argv: the tests directory, isa) in a fresh process with PYQUANT_ISA=isa; it must
+    print "<isa> ok"."""
+    env = dict(os.environ, PYQUANT_ISA=isa, OMP_NUM_THREADS="2")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", script, here, isa], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"{isa} ok" in r.stdout, r.stdout + r.stderr
 
 
 @needs_cpu
@@ -570,11 +562,7 @@ def test_cpu_zero_point_terms_of_partial_vectors(isa):
     best = _native.native().cpu_isa()
     if isa not in _ISAS[:_ISAS.index(best) + 1]:
         pytest.skip(f"{isa} is above this CPU's ISA ({best})")
-    env = dict(os.environ, PYQUANT_ISA=isa, OMP_NUM_THREADS="2")
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", PARTIAL_GROUPS_SCRIPT, here, isa], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and f"{isa} ok" in r.stdout, r.stdout + r.stderr
+    _run_with_isa(PARTIAL_GROUPS_SCRIPT, isa)
 
 
 @needs_cpu
@@ -585,11 +573,7 @@ def test_cpu_lower_isa_path(isa):
     best = _native.native().cpu_isa()
     if isa not in _ISAS[:_ISAS.index(best)]:
         pytest.skip(f"{isa} is this CPU's own ISA ({best}) or above it: the other tests run it or cannot")
-    env = dict(os.environ, PYQUANT_ISA=isa, OMP_NUM_THREADS="2")
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", FORCED_ISA_SCRIPT, here, isa], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and f"{isa} ok" in r.stdout, r.stdout + r.stderr
+    _run_with_isa(FORCED_ISA_SCRIPT, isa)
 
 
 THREADS_SCRIPT = textwrap.dedent("""
