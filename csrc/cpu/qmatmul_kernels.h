@@ -174,7 +174,7 @@ static inline void load_row(const void* p, DType dt, int64_t n, float* out) {
 }
 static inline void store_row(const float* in, DType dt, int64_t n, void* out) {
   if (dt == DType::F32) {
-    if (n <= 4) {  // the INT8 and -a8 decode tiles: a few floats, copied without a memcpy call
+    if (n <= 4) {  // the decode tiles (store_y: one value): a few floats, copied without a memcpy call
       for (int64_t i = 0; i < n; ++i) static_cast<float*>(out)[i] = in[i];
     } else {
       std::memcpy(out, in, n * sizeof(float));
@@ -202,12 +202,7 @@ static inline void* row_ptr(void* base, DType dt, int64_t row, int64_t ld) {
 // at M = 2 and 4 and keep store_row.
 static inline void store_y(const QmmArgs& a, int64_t m, int64_t n, float v) {
   v += a.bias ? load_one(a.bias, a.ydt, n) : 0.f;
-  void* row = row_ptr(a.y, a.ydt, m, a.ldy);
-  switch (a.ydt) {
-    case DType::F32: static_cast<float*>(row)[n] = v; return;
-    case DType::BF16: static_cast<uint16_t*>(row)[n] = f32_to_bf16(v); return;
-    default: static_cast<uint16_t*>(row)[n] = f32_to_f16(v); return;
-  }
+  store_row(&v, a.ydt, 1, static_cast<char*>(row_ptr(a.y, a.ydt, m, a.ldy)) + n * dsize(a.ydt));
 }
 
 static inline int threads_for(const QmmArgs& a) { return a.nthreads > 0 ? a.nthreads : omp_get_max_threads(); }
