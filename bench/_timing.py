@@ -49,14 +49,17 @@ def round_order(n: int, r: int) -> "list[int]":
 
 
 def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int, rounds: int = 15,
-                        warmup: int = 2, min_round_s: float = 0.0,
+                        warmup: int = 2, min_round_s: float = 0.0, warm_s: float = 0.0,
                         clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
     """Time every candidate over ``rounds`` rounds, one sweep of ``n_items`` calls each per round
     (the order of each round from round_order).
 
     Returns {name: {"median_s", "min_s", "samples"}} in seconds per call. ``warmup`` untimed sweeps
-    of each candidate come first. A round repeats a candidate's sweep until ``min_round_s`` passes
-    (so tiny calls are not dominated by timer resolution). ``clock`` as in time_sweep.
+    of each candidate come first. With ``warm_s`` > 0, untimed sweeps of a candidate run right
+    before each of its timed ones until warm_s seconds have passed (at least one), so each is timed
+    after the same time of its own work, not in the wake of the candidate before it (see
+    bench/qmatmul.py). A round repeats a candidate's sweep until ``min_round_s`` passes (so tiny
+    calls are not dominated by timer resolution). ``clock`` as in time_sweep.
     """
     for fn in cands.values():
         for _ in range(warmup):
@@ -71,6 +74,11 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
         # it on the same kernel; in this design the two agree within 1-4%.)
         for name in (names[i] for i in round_order(len(names), r)):
             fn = cands[name]
+            if warm_s > 0:
+                t_warm = time.perf_counter() + warm_s
+                time_sweep(fn, n_items, clock)
+                while time.perf_counter() < t_warm:
+                    time_sweep(fn, n_items, clock)
             t_end = time.perf_counter() + min_round_s
             vals = [time_sweep(fn, n_items, clock)]
             while time.perf_counter() < t_end:

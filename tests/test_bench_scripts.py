@@ -38,6 +38,33 @@ def test_round_order_balances_predecessors(n):
     assert set(follows.values()) <= {cycle // n}
 
 
+@pytest.mark.parametrize("warm_s", [0.0, 1e-6])
+def test_interleaved_medians_warm_up_before_each_timed_sweep(warm_s):
+    """With warm_s, each timed sweep comes right after untimed sweeps of the same candidate, so a
+    cost paid only on the first call after another candidate stays out of the timings; without
+    it, timed sweeps pay it."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import time
+    from _timing import interleaved_medians
+    log = []
+
+    def cand(name):
+        def call(i):
+            if log and log[-1] != name:
+                time.sleep(0.02)  # the wake of the other candidate
+            log.append(name)
+        return call
+
+    res = interleaved_medians({"a": cand("a"), "b": cand("b")}, 1, rounds=4, warmup=0, warm_s=warm_s)
+    assert all(len(r["samples"]) == 4 for r in res.values())
+    if warm_s:
+        assert all(max(r["samples"]) < 0.01 for r in res.values())
+        assert log[:4] == ["a", "a", "b", "b"] or log[:4] == ["b", "b", "a", "a"]
+    else:  # (a round's first candidate can be the one that ended the round before: no wake there)
+        assert all(max(r["samples"]) >= 0.02 for r in res.values())
+        assert len(log) == 8
+
+
 @needs_cpu
 def test_a8_vnni_bench_tiny(tmp_path):
     out = tmp_path / "a.json"
@@ -67,6 +94,7 @@ def test_qmatmul_bench_tiny(tmp_path):
             f"({other} codes) cpu int4 (fp32 x)", "pyquant cpu int4", "torch fp32 matmul", "stream read (torch.sum)",
             "pyquant a8 cpu int4 (fp32 x)", "pyquant a8 cpu int8 (fp32 x)"} <= names
     assert all(r["us"] > 0 for r in res["rows"]) and len(res["targets"]) == 7
+    assert isinstance(res["memory_state_changed"], bool)
     if _native.native().cpu_amx() == "on":  # the prefill GEMMs with AMX off, side by side
         assert {f"(amx off) {a}cpu {b}" for a in ("", "a8 ") for b in ("int4", "int8")} <= names
     # the read bandwidth is never below the stream read's best round, and decode rows carry their
