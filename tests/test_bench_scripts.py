@@ -1,6 +1,7 @@
 """The benchmark scripts in bench/ run end to end at tiny sizes (so they cannot rot unseen).
 Their timings are not checked here (timing assertions belong in the benchmarks); their structure
 and the outputs that must agree between paths are."""
+import itertools
 import json
 import os
 import shutil
@@ -59,7 +60,8 @@ def test_interleaved_medians_warm_up_before_each_timed_sweep(warm_s):
     assert all(len(r["samples"]) == 4 for r in res.values())
     if warm_s:
         assert all(max(r["samples"]) < 0.01 for r in res.values())
-        assert log[:4] == ["a", "a", "b", "b"] or log[:4] == ["b", "b", "a", "a"]
+        runs = [len(list(g)) for _, g in itertools.groupby(log)]
+        assert min(runs) >= 2  # every timed call right after a warm one of its own
     else:  # (a round's first candidate can be the one that ended the round before: no wake there)
         assert all(max(r["samples"]) >= 0.02 for r in res.values())
         assert len(log) == 8
