@@ -31,6 +31,17 @@ def time_sweep(fn: Callable[[int], object], n_items: int, clock: Callable[[], fl
     return (clock() - t0) / n_items
 
 
+def sweeps_for(fn: Callable[[int], object], n_items: int, seconds: float,
+               clock: Callable[[], float] = time.perf_counter) -> "list[float]":
+    """time_sweep once, then again until ``seconds`` (wall) have passed since the first began: each
+    sweep's seconds per item."""
+    t_end = time.perf_counter() + seconds
+    vals = [time_sweep(fn, n_items, clock)]
+    while time.perf_counter() < t_end:
+        vals.append(time_sweep(fn, n_items, clock))
+    return vals
+
+
 def round_order(n: int, r: int) -> "list[int]":
     """Round r's order of n candidates: row r mod n of a Williams design (a Latin square in which
     each candidate comes right after each other one exactly once), mirrored in rounds n to 2n - 1
@@ -75,15 +86,8 @@ def interleaved_medians(cands: Dict[str, Callable[[int], object]], n_items: int,
         for name in (names[i] for i in round_order(len(names), r)):
             fn = cands[name]
             if warm_s > 0:
-                t_warm = time.perf_counter() + warm_s
-                time_sweep(fn, n_items, clock)
-                while time.perf_counter() < t_warm:
-                    time_sweep(fn, n_items, clock)
-            t_end = time.perf_counter() + min_round_s
-            vals = [time_sweep(fn, n_items, clock)]
-            while time.perf_counter() < t_end:
-                vals.append(time_sweep(fn, n_items, clock))
-            samples[name].append(statistics.median(vals))
+                sweeps_for(fn, n_items, warm_s, clock)
+            samples[name].append(statistics.median(sweeps_for(fn, n_items, min_round_s, clock)))
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": v} for k, v in samples.items()}
 
 
